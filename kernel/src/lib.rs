@@ -45,14 +45,23 @@
 //! - `testkit` (feature `testkit`): an in-memory stepper wiring a Head to Nodes, for tests, fuzzing and demos.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Messages are built once and moved to the host; boxing the large variants would cost an
+// allocation per message for nothing.
+#![allow(clippy::large_enum_variant)]
 
 pub mod errors;
+pub mod head;
 pub mod ids;
+pub mod node;
 pub mod proto;
 pub mod resources;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod time;
 
 pub use errors::{ActorDeath, ErrorReason, InputError, TaskFailure};
+pub use head::{Head, HeadConfig, HeadInput, HeadOutput};
 pub use ids::{ActorId, ConnId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+pub use node::{Node, NodeConfig, NodeInput, NodeOutput};
 pub use resources::{Allocation, Amount, ResourcePool, ResourceSet};
 pub use time::{Duration, Time};

@@ -44,7 +44,7 @@ pub enum Arg {
 }
 
 /// A hard label constraint on the node a task may run on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum LabelConstraint {
     /// The label `key` has one of `values`.
@@ -80,7 +80,7 @@ impl LabelConstraint {
 }
 
 /// Where a task may be placed.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum SchedulingStrategy {
     /// Hybrid: pack onto nodes until their utilisation passes the spread threshold, then spread;

@@ -69,7 +69,7 @@ impl fmt::Display for Amount {
 ///
 /// `memory` is in bytes (as an [`Amount`] of whole bytes). Custom resources are named; a missing
 /// name is zero.
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ResourceSet {
     /// CPUs.

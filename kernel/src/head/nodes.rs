@@ -1,0 +1,217 @@
+//! Nodes: registration, heartbeats, failure detection by deadline, drain, and loss.
+//!
+//! Any message from a node proves it alive, not only heartbeats, so a node busy with work is never
+//! declared dead for want of a heartbeat. A node that misses its deadline is dead for good: its id
+//! is never reused, and if it speaks again it is told to register again as a new node.
+
+use super::{Head, HeadOutput};
+use crate::errors::{InputError, TaskFailure};
+use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
+use crate::proto::{HeadToNode, Labels, NodeToHead};
+use crate::resources::ResourceSet;
+use crate::time::Time;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the Head knows of one live node.
+#[derive(Debug)]
+pub(super) struct NodeRecord {
+    /// When the node is declared dead unless it speaks.
+    pub deadline: Time,
+    /// Draining: no new work; reported drained once idle.
+    pub draining: bool,
+    /// Task attempts running there (normal tasks, actor creations and actor methods).
+    pub running: BTreeSet<TaskId>,
+    /// Objects with a copy there.
+    pub objects: BTreeSet<ObjectId>,
+    /// Actors living there.
+    pub actors: BTreeSet<ActorId>,
+    /// Placement-group bundles reserved there.
+    pub bundles: BTreeSet<(PlacementGroupId, u32)>,
+}
+
+impl NodeRecord {
+    fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.actors.is_empty() && self.bundles.is_empty()
+    }
+}
+
+/// Live nodes and their deadlines.
+#[derive(Debug, Default)]
+pub(super) struct NodeTable {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    deadlines: BTreeSet<(Time, NodeId)>,
+    next_id: u64,
+}
+
+impl NodeTable {
+    pub fn get(&self, node: NodeId) -> Option<&NodeRecord> {
+        self.nodes.get(&node)
+    }
+
+    pub fn get_mut(&mut self, node: NodeId) -> Option<&mut NodeRecord> {
+        self.nodes.get_mut(&node)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &NodeRecord)> {
+        self.nodes.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Nodes whose deadline is at or before `now`, in deadline order.
+    pub fn expired(&self, now: Time) -> Vec<NodeId> {
+        self.deadlines.iter().take_while(|(t, _)| *t <= now).map(|(_, n)| *n).collect()
+    }
+
+    fn insert(&mut self, deadline: Time) -> NodeId {
+        self.next_id += 1;
+        let id = NodeId(self.next_id);
+        let record = NodeRecord {
+            deadline,
+            draining: false,
+            running: BTreeSet::new(),
+            objects: BTreeSet::new(),
+            actors: BTreeSet::new(),
+            bundles: BTreeSet::new(),
+        };
+        assert!(self.nodes.insert(id, record).is_none(), "node id reused");
+        self.deadlines.insert((deadline, id));
+        id
+    }
+
+    fn touch(&mut self, node: NodeId, deadline: Time) {
+        let record = self.nodes.get_mut(&node).expect("touch of an unknown node");
+        assert!(self.deadlines.remove(&(record.deadline, node)), "deadline index out of sync");
+        record.deadline = deadline.max(record.deadline);
+        self.deadlines.insert((record.deadline, node));
+    }
+
+    fn remove(&mut self, node: NodeId) -> Option<NodeRecord> {
+        let record = self.nodes.remove(&node)?;
+        assert!(self.deadlines.remove(&(record.deadline, node)), "deadline index out of sync");
+        Some(record)
+    }
+
+    /// Checks the deadline index.
+    pub fn check_invariants(&self) {
+        assert_eq!(self.deadlines.len(), self.nodes.len(), "one deadline per node");
+        for (id, n) in &self.nodes {
+            assert!(self.deadlines.contains(&(n.deadline, *id)), "node {id} deadline missing from index");
+            assert!(id.0 <= self.next_id, "node id above the allocator");
+        }
+    }
+}
+
+impl Head {
+    pub(super) fn register_node(&mut self, resources: ResourceSet, labels: Labels) -> Result<NodeId, InputError> {
+        resources.validate().map_err(|e| InputError::Malformed { what: format!("node resources: {e}") })?;
+        let deadline = self.now + self.config.node_timeout;
+        let node = self.nodes.insert(deadline);
+        self.cluster.add_node(node, resources, labels);
+        // New capacity: infeasible work and pending groups may fit now.
+        self.retry_infeasible();
+        self.queue_all_runnable();
+        self.pgs_mark_all_pending_retry();
+        Ok(node)
+    }
+
+    pub(super) fn on_node_message(&mut self, node: NodeId, msg: NodeToHead) -> Result<(), InputError> {
+        if self.nodes.get(node).is_none() {
+            if node.0 != 0 {
+                // Declared dead (or never registered): it must come back as a new node.
+                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::Reregister });
+            }
+            return Err(InputError::UnknownNode(node));
+        }
+        let deadline = self.now + self.config.node_timeout;
+        self.nodes.touch(node, deadline);
+        match msg {
+            NodeToHead::Heartbeat => Ok(()),
+            NodeToHead::TaskStarted { task, attempt, worker } => self.on_task_started(node, task, attempt, worker),
+            NodeToHead::TaskEnded { task, attempt, outcome } => self.on_task_ended(node, task, attempt, outcome),
+            NodeToHead::ActorWorkerDied { actor, worker } => self.on_actor_worker_died(node, actor, worker),
+            NodeToHead::ObjectAdded { object, size } => self.on_object_added(node, object, size),
+            NodeToHead::ObjectRemoved(object) => self.on_object_removed(node, object),
+            NodeToHead::FromSubmitter { task, msg } => {
+                let record = self.tasks.get(task);
+                let runs_here = record.is_some_and(|t| t.state.running_node() == Some(node));
+                let actor = self.actors.holder_on_node(task, node);
+                if !runs_here && actor.is_none() {
+                    return Err(InputError::SubmitterNotRunning { task, node });
+                }
+                let holder = actor.unwrap_or_else(|| self.tasks.holder_of(task));
+                let job = self.tasks.get(holder).map(|t| t.spec.job).or_else(|| record.map(|t| t.spec.job));
+                let job = job.expect("a running submitter has a job");
+                let result = self.on_client_message(holder, job, msg);
+                if let Err(error) = &result {
+                    let reply = crate::proto::HeadToDriver::Rejected { error: error.clone() };
+                    self.emit(HeadOutput::ToNode { node, msg: HeadToNode::ToSubmitter { task, msg: reply } });
+                }
+                result
+            }
+            NodeToHead::Leaving => {
+                self.on_node_lost(node);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn on_drain_request(&mut self, node: NodeId) -> Result<(), InputError> {
+        let record = self.nodes.get_mut(node).ok_or(InputError::UnknownNode(node))?;
+        if !record.draining {
+            record.draining = true;
+            self.cluster.set_schedulable(node, false);
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::Drain });
+        }
+        self.check_drained(node);
+        Ok(())
+    }
+
+    /// Reports a draining node once nothing runs or is reserved there.
+    pub(super) fn check_drained(&mut self, node: NodeId) {
+        if self.nodes.get(node).is_some_and(|n| n.draining && n.is_idle()) {
+            self.emit(HeadOutput::NodeDrained(node));
+        }
+    }
+
+    /// A node is gone (missed its deadline, or left): retry its tasks, restart its actors, re-place
+    /// its bundles, and recover every still-referenced object that lost its last copy.
+    pub(super) fn on_node_lost(&mut self, node: NodeId) {
+        let Some(record) = self.nodes.remove(node) else { return };
+        self.stats.nodes_lost += 1;
+        self.cluster.remove_node(node);
+        self.emit(HeadOutput::NodeDead(node));
+        // Actors first, so that their calls retried below wait for the restart.
+        for actor in &record.actors {
+            self.on_actor_lost(*actor, node);
+        }
+        for task in &record.running {
+            self.on_attempt_lost(*task, node, TaskFailure::WorkerDied { exit_code: None });
+        }
+        for (pg, bundle) in &record.bundles {
+            self.on_bundle_lost(*pg, *bundle);
+        }
+        let mut lost = Vec::new();
+        for object in &record.objects {
+            if self.objects.remove_location(*object, node) {
+                lost.push(*object);
+            }
+        }
+        self.recover_objects(&lost, node);
+        self.queue_all_runnable();
+    }
+
+    pub(super) fn node_is_live(&self, node: NodeId) -> bool {
+        self.nodes.get(node).is_some()
+    }
+}

@@ -1,0 +1,447 @@
+//! The object directory and reference counting.
+//!
+//! An object's reference count is the sum of three kinds of holders:
+//! - **handles**: the owner's and borrowers' own references (a driver or a task holds `n` handles);
+//! - **borrowing tasks**: tasks not yet ended that take the object as an argument, by reference or
+//!   nested in a value;
+//! - **containing objects**: live objects whose value holds a reference to it.
+//!
+//! When the count reaches zero the object is freed on every node that holds a copy. Its record
+//! stays, *released*, while retained lineage (a finished task that took it as an argument) may
+//! need to rebuild it; then it goes too.
+
+use super::{Head, HeadOutput};
+use crate::errors::{ErrorReason, InputError};
+use crate::ids::{NodeId, ObjectId, TaskId};
+use crate::proto::{HeadToDriver, HeadToNode, ObjectData};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Whether an object's value exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum ObjState {
+    /// Not produced yet (or being rebuilt).
+    Pending,
+    /// Produced: inline bytes or copies at `locations` (possibly none, if all were lost and it is
+    /// released or about to be recovered).
+    Ready,
+    /// Will never be available.
+    Failed(ErrorReason),
+}
+
+#[derive(Debug)]
+pub(super) struct ObjectRecord {
+    pub owner: TaskId,
+    pub state: ObjState,
+    pub size: u64,
+    pub inline: Option<Vec<u8>>,
+    pub locations: BTreeSet<NodeId>,
+    pub nested: Vec<ObjectId>,
+    /// Sum of all handles held (the per-holder counts are in [`ObjectTable::handles`]).
+    pub handles: u64,
+    pub arg_uses: u64,
+    pub contained_in: u64,
+    /// Retained lineage records of finished tasks that take this object by reference.
+    pub lineage_uses: u64,
+    pub subscribers: BTreeSet<TaskId>,
+    /// Tasks waiting for this object before they can run.
+    pub waiting_tasks: BTreeSet<TaskId>,
+    /// Every reference was dropped: the value is freed; the record stays for lineage only.
+    pub released: bool,
+    /// The producer's lineage was evicted: the object can no longer be rebuilt.
+    pub lineage_evicted: bool,
+}
+
+impl ObjectRecord {
+    pub fn new(owner: TaskId) -> ObjectRecord {
+        ObjectRecord {
+            owner,
+            state: ObjState::Pending,
+            size: 0,
+            inline: None,
+            locations: BTreeSet::new(),
+            nested: Vec::new(),
+            handles: 0,
+            arg_uses: 0,
+            contained_in: 0,
+            lineage_uses: 0,
+            subscribers: BTreeSet::new(),
+            waiting_tasks: BTreeSet::new(),
+            released: false,
+            lineage_evicted: false,
+        }
+    }
+
+    pub fn ref_count(&self) -> u64 {
+        self.handles + self.arg_uses + self.contained_in
+    }
+
+    /// Ready with bytes that can be read now (inline, or at least one copy).
+    pub fn is_ready(&self) -> bool {
+        self.state == ObjState::Ready && (self.inline.is_some() || !self.locations.is_empty())
+    }
+
+    pub fn failure(&self) -> Option<&ErrorReason> {
+        match &self.state {
+            ObjState::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn data(&self) -> ObjectData {
+        match &self.inline {
+            Some(bytes) => ObjectData::Inline(bytes.clone()),
+            None => ObjectData::At(self.locations.iter().copied().collect()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ObjectTable {
+    objects: BTreeMap<ObjectId, ObjectRecord>,
+    /// Handles per (holder, object).
+    pub handles: BTreeMap<(TaskId, ObjectId), u64>,
+    /// Objects per owner, for owner death.
+    pub owned: BTreeSet<(TaskId, ObjectId)>,
+}
+
+impl ObjectTable {
+    pub fn get(&self, object: ObjectId) -> Option<&ObjectRecord> {
+        self.objects.get(&object)
+    }
+
+    pub fn get_mut(&mut self, object: ObjectId) -> Option<&mut ObjectRecord> {
+        self.objects.get_mut(&object)
+    }
+
+    pub fn contains(&self, object: ObjectId) -> bool {
+        self.objects.contains_key(&object)
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
+        self.objects.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// A new pending object owned by `owner`, with `handles` handles held by the owner.
+    pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
+        let mut record = ObjectRecord::new(owner);
+        record.handles = handles;
+        assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
+        if handles > 0 {
+            self.handles.insert((owner, object), handles);
+        }
+        self.owned.insert((owner, object));
+    }
+
+    fn remove(&mut self, object: ObjectId) -> ObjectRecord {
+        let record = self.objects.remove(&object).expect("removing an unknown object");
+        assert_eq!(record.handles, 0, "removing an object with handles");
+        self.owned.remove(&(record.owner, object));
+        record
+    }
+
+    /// Removes `node` from the object's locations; true when that was its last copy of a value
+    /// that still matters (not inline, not released).
+    pub fn remove_location(&mut self, object: ObjectId, node: NodeId) -> bool {
+        let Some(record) = self.objects.get_mut(&object) else { return false };
+        record.locations.remove(&node) && record.locations.is_empty() && record.inline.is_none() && !record.released
+    }
+
+    /// The objects a holder has handles to, in order.
+    pub fn held_by(&self, holder: TaskId) -> Vec<(ObjectId, u64)> {
+        let lo = (holder, ObjectId { task: TaskId(0), index: 0 });
+        self.handles.range(lo..).take_while(|((h, _), _)| *h == holder).map(|((_, o), n)| (*o, *n)).collect()
+    }
+
+    /// The objects an owner owns, in order.
+    pub fn owned_by(&self, owner: TaskId) -> Vec<ObjectId> {
+        let lo = (owner, ObjectId { task: TaskId(0), index: 0 });
+        self.owned.range(lo..).take_while(|(h, _)| *h == owner).map(|(_, o)| *o).collect()
+    }
+}
+
+impl Head {
+    pub(super) fn put_object(
+        &mut self,
+        owner: TaskId,
+        object: ObjectId,
+        size: u64,
+        inline: Option<Vec<u8>>,
+        node: Option<NodeId>,
+        nested: Vec<ObjectId>,
+    ) -> Result<(), InputError> {
+        if !object.is_put() || object.task != owner {
+            return Err(InputError::Malformed { what: format!("{object} is not a put id of its submitter {owner}") });
+        }
+        if self.objects.contains(object) {
+            return Err(InputError::DuplicateObject(object));
+        }
+        self.check_value_shape(size, inline.as_deref(), node)?;
+        if let Some(missing) = nested.iter().find(|o| !self.objects.contains(**o)) {
+            return Err(InputError::UnknownObject(*missing));
+        }
+        self.objects.create(object, owner, 1);
+        self.seal_value(object, size, inline, node, nested);
+        Ok(())
+    }
+
+    /// Checks that a value is inline and small, or stored on a live node.
+    pub(super) fn check_value_shape(
+        &self,
+        size: u64,
+        inline: Option<&[u8]>,
+        node: Option<NodeId>,
+    ) -> Result<(), InputError> {
+        match (inline, node) {
+            (Some(bytes), _) => {
+                if bytes.len() as u64 != size {
+                    return Err(InputError::Malformed {
+                        what: format!("inline value of {} bytes claims {size}", bytes.len()),
+                    });
+                }
+                if size > self.config.inline_max_bytes {
+                    return Err(InputError::Malformed {
+                        what: format!("inline value of {size} bytes exceeds {}", self.config.inline_max_bytes),
+                    });
+                }
+                Ok(())
+            }
+            (None, Some(node)) if self.node_is_live(node) => Ok(()),
+            (None, Some(node)) => Err(InputError::UnknownNode(node)),
+            (None, None) => Err(InputError::Malformed { what: "a value must be inline or stored on a node".into() }),
+        }
+    }
+
+    /// Makes an object ready with its value, wakes its waiters and notifies subscribers. Nested
+    /// references gain a containing-object count (a rebuilt value replaces the old value's).
+    pub(super) fn seal_value(
+        &mut self,
+        object: ObjectId,
+        size: u64,
+        inline: Option<Vec<u8>>,
+        node: Option<NodeId>,
+        nested: Vec<ObjectId>,
+    ) {
+        let record = self.objects.get_mut(object).expect("sealing an unknown object");
+        assert!(!matches!(record.state, ObjState::Failed(_)), "sealing a failed object");
+        assert!(!record.released, "sealing a released object");
+        record.state = ObjState::Ready;
+        record.size = size;
+        let stored_on = match inline {
+            Some(bytes) => {
+                record.inline = Some(bytes);
+                None
+            }
+            None => node,
+        };
+        if let Some(node) = stored_on {
+            record.locations.insert(node);
+            self.nodes.get_mut(node).expect("sealed on a dead node").objects.insert(object);
+        }
+        let old = std::mem::replace(&mut self.objects.get_mut(object).expect("sealed").nested, nested.clone());
+        for inner in &nested {
+            if let Some(r) = self.objects.get_mut(*inner) {
+                r.contained_in += 1;
+            }
+        }
+        for inner in old {
+            if let Some(r) = self.objects.get_mut(inner) {
+                r.contained_in -= 1;
+                self.maybe_release(inner);
+            }
+        }
+        self.on_object_ready(object);
+    }
+
+    /// Wakes tasks waiting for `object` and answers its subscribers.
+    pub(super) fn on_object_ready(&mut self, object: ObjectId) {
+        let record = self.objects.get_mut(object).expect("ready object exists");
+        let subscribers = std::mem::take(&mut record.subscribers);
+        let waiting = std::mem::take(&mut record.waiting_tasks);
+        let (size, data) = (record.size, record.data());
+        for subscriber in subscribers {
+            let msg = HeadToDriver::ObjectReady { object, size, data: data.clone() };
+            self.send_to_submitter(subscriber, msg);
+        }
+        for task in waiting {
+            self.on_dependency_ready(task);
+        }
+    }
+
+    /// Marks `object` failed for good, tells its subscribers and fails the tasks waiting on it.
+    pub(super) fn fail_object(&mut self, object: ObjectId, reason: ErrorReason) {
+        let Some(record) = self.objects.get_mut(object) else { return };
+        if matches!(record.state, ObjState::Failed(_)) {
+            return;
+        }
+        record.state = ObjState::Failed(reason.clone());
+        let subscribers = std::mem::take(&mut record.subscribers);
+        let waiting = std::mem::take(&mut record.waiting_tasks);
+        let locations = std::mem::take(&mut record.locations);
+        record.inline = None;
+        self.free_copies(object, locations);
+        for subscriber in subscribers {
+            self.send_to_submitter(subscriber, HeadToDriver::ObjectFailed { object, reason: reason.clone() });
+        }
+        for task in waiting {
+            self.on_dependency_failed(task, object, reason.clone());
+        }
+    }
+
+    fn free_copies(&mut self, object: ObjectId, locations: BTreeSet<NodeId>) {
+        for node in locations {
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.objects.remove(&object);
+                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![object]) });
+            }
+        }
+    }
+
+    pub(super) fn add_handle(&mut self, holder: TaskId, object: ObjectId) -> Result<(), InputError> {
+        match self.objects.get_mut(object) {
+            Some(record) if !record.released => {
+                record.handles += 1;
+                *self.objects.handles.entry((holder, object)).or_default() += 1;
+                Ok(())
+            }
+            _ => Err(InputError::UnknownObject(object)),
+        }
+    }
+
+    pub(super) fn remove_handle(&mut self, holder: TaskId, object: ObjectId) -> Result<(), InputError> {
+        let key = (holder, object);
+        let Some(count) = self.objects.handles.get_mut(&key) else {
+            return Err(InputError::UnknownObject(object));
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.objects.handles.remove(&key);
+        }
+        let record = self.objects.get_mut(object).expect("a handle to an unknown object");
+        record.handles -= 1;
+        self.maybe_release(object);
+        Ok(())
+    }
+
+    /// Drops every handle `holder` has (its process ended).
+    pub(super) fn drop_all_handles(&mut self, holder: TaskId) {
+        for (object, n) in self.objects.held_by(holder) {
+            self.objects.handles.remove(&(holder, object));
+            let record = self.objects.get_mut(object).expect("a handle to an unknown object");
+            record.handles -= n;
+            self.maybe_release(object);
+        }
+    }
+
+    pub(super) fn add_arg_use(&mut self, object: ObjectId) {
+        if let Some(record) = self.objects.get_mut(object) {
+            record.arg_uses += 1;
+        }
+    }
+
+    pub(super) fn remove_arg_use(&mut self, object: ObjectId) {
+        if let Some(record) = self.objects.get_mut(object) {
+            record.arg_uses = record.arg_uses.checked_sub(1).expect("arg use underflow");
+            self.maybe_release(object);
+        }
+    }
+
+    pub(super) fn remove_lineage_use(&mut self, object: ObjectId) {
+        if let Some(record) = self.objects.get_mut(object) {
+            record.lineage_uses = record.lineage_uses.checked_sub(1).expect("lineage use underflow");
+            self.maybe_release(object);
+        }
+    }
+
+    /// Frees an object whose count reached zero, and forgets it once no lineage needs it. Cascades
+    /// through nested references and through producers whose returns are all gone.
+    pub(super) fn maybe_release(&mut self, object: ObjectId) {
+        let mut work = vec![object];
+        while let Some(object) = work.pop() {
+            let Some(record) = self.objects.get_mut(object) else { continue };
+            if record.ref_count() > 0 {
+                continue;
+            }
+            if !record.released {
+                record.released = true;
+                record.inline = None;
+                let locations = std::mem::take(&mut record.locations);
+                let nested = std::mem::take(&mut record.nested);
+                self.free_copies(object, locations);
+                for inner in nested {
+                    if let Some(r) = self.objects.get_mut(inner) {
+                        r.contained_in -= 1;
+                        work.push(inner);
+                    }
+                }
+            }
+            let record = self.objects.get(object).expect("still here");
+            let producer_active = !object.is_put() && self.tasks.get(object.task).is_some_and(|t| !t.state.is_ended());
+            if record.lineage_uses == 0 && !producer_active {
+                self.objects.remove(object);
+                if !object.is_put() {
+                    self.on_return_forgotten(object.task, &mut work);
+                }
+            }
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, subscriber: TaskId, objects: Vec<ObjectId>) -> Result<(), InputError> {
+        if let Some(unknown) = objects.iter().find(|o| self.objects.get(**o).is_none_or(|r| r.released)) {
+            return Err(InputError::UnknownObject(*unknown));
+        }
+        for object in objects {
+            let record = self.objects.get_mut(object).expect("checked above");
+            if record.is_ready() {
+                let msg = HeadToDriver::ObjectReady { object, size: record.size, data: record.data() };
+                self.send_to_submitter(subscriber, msg);
+            } else if let Some(reason) = record.failure().cloned() {
+                self.send_to_submitter(subscriber, HeadToDriver::ObjectFailed { object, reason });
+            } else {
+                record.subscribers.insert(subscriber);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_object_added(&mut self, node: NodeId, object: ObjectId, size: u64) -> Result<(), InputError> {
+        let Some(record) = self.objects.get_mut(object) else {
+            // Freed meanwhile: the copy is garbage.
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![object]) });
+            return Err(InputError::UnknownObject(object));
+        };
+        if record.released || record.state != ObjState::Ready || record.inline.is_some() {
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![object]) });
+            return Ok(());
+        }
+        if record.size != size {
+            return Err(InputError::Malformed {
+                what: format!("{object} copy of {size} bytes, expected {}", record.size),
+            });
+        }
+        record.locations.insert(node);
+        self.nodes.get_mut(node).expect("live node").objects.insert(object);
+        Ok(())
+    }
+
+    pub(super) fn on_object_removed(&mut self, node: NodeId, object: ObjectId) -> Result<(), InputError> {
+        if !self.objects.contains(object) {
+            return Err(InputError::UnknownObject(object));
+        }
+        self.nodes.get_mut(node).expect("live node").objects.remove(&object);
+        if self.objects.remove_location(object, node) {
+            self.recover_objects(&[object], node);
+        }
+        Ok(())
+    }
+
+    /// The owner died: every object it owns fails with `reason` and is freed.
+    pub(super) fn fail_owned_objects(&mut self, owner: TaskId, reason: ErrorReason) {
+        for object in self.objects.owned_by(owner) {
+            self.fail_object(object, reason.clone());
+        }
+    }
+}

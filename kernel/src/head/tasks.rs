@@ -1,0 +1,844 @@
+//! Tasks: submission, dependency tracking, the ready queue, dispatch, completion, retries and
+//! recursive cancellation.
+//!
+//! A task moves `WaitingDeps -> Queued -> Running -> Finished | Failed | Cancelled`; a system
+//! failure (worker or node death) sends a running task back to `WaitingDeps` with its retry budget
+//! reduced. Queued tasks wait in per-class queues (a class is a resource shape, strategy and label
+//! selector), so that one full class never blocks another and a blocked class costs nothing until
+//! resources are released.
+
+use super::scheduler::{NoPlacement, PlacementRequest};
+use super::{Head, HeadOutput, Timer};
+use crate::errors::{ErrorReason, InputError, TaskFailure};
+use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
+use crate::resources::{Allocation, ResourceSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Where a task is in its life, without the details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaskStateKind {
+    /// Waiting for arguments.
+    WaitingDeps,
+    /// Ready, waiting for resources (or for its actor).
+    Queued,
+    /// Running on a node.
+    Running,
+    /// Finished successfully (kept as lineage).
+    Finished,
+    /// Failed for good.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+#[derive(Debug)]
+pub(super) enum TaskState {
+    WaitingDeps { missing: u32 },
+    Queued,
+    Running { node: NodeId, alloc: Allocation, bundle: Option<(PlacementGroupId, u32)>, worker: Option<WorkerId> },
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn kind(&self) -> TaskStateKind {
+        match self {
+            TaskState::WaitingDeps { .. } => TaskStateKind::WaitingDeps,
+            TaskState::Queued => TaskStateKind::Queued,
+            TaskState::Running { .. } => TaskStateKind::Running,
+            TaskState::Finished => TaskStateKind::Finished,
+            TaskState::Failed => TaskStateKind::Failed,
+            TaskState::Cancelled => TaskStateKind::Cancelled,
+        }
+    }
+
+    pub fn running_node(&self) -> Option<NodeId> {
+        match self {
+            TaskState::Running { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(self, TaskState::Finished | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct TaskRecord {
+    pub spec: TaskSpec,
+    pub owner: TaskId,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries_left: u32,
+    pub cancel_requested: bool,
+    /// Return objects whose records still exist.
+    pub live_returns: u32,
+    /// Lineage bytes charged while finished and retained.
+    pub lineage_bytes: u64,
+}
+
+/// A scheduling class: tasks with the same shape, strategy and label selector.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ClassKey {
+    resources: ResourceSet,
+    strategy: SchedulingStrategy,
+    labels: Vec<LabelConstraint>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct TaskTable {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    /// Tasks per owner, for recursive cancellation and owner death.
+    pub owned: BTreeSet<(TaskId, TaskId)>,
+    classes: BTreeMap<ClassKey, u32>,
+    queues: BTreeMap<u32, VecDeque<TaskId>>,
+    /// Classes with queued tasks that may be placeable now.
+    runnable: BTreeSet<u32>,
+    /// Infeasible tasks and since when.
+    pub infeasible: BTreeMap<TaskId, crate::time::Time>,
+}
+
+impl TaskTable {
+    pub fn get(&self, task: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&task)
+    }
+
+    pub fn get_mut(&mut self, task: TaskId) -> Option<&mut TaskRecord> {
+        self.tasks.get_mut(&task)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
+        self.tasks.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn remove(&mut self, task: TaskId) -> TaskRecord {
+        let record = self.tasks.remove(&task).expect("removing an unknown task");
+        self.owned.remove(&(record.owner, task));
+        record
+    }
+
+    /// Who holds handles and owns objects for `task`: the actor (its creation task) for an actor
+    /// method, the task itself otherwise.
+    pub fn holder_of(&self, task: TaskId) -> TaskId {
+        match self.tasks.get(&task).map(|t| &t.spec.kind) {
+            Some(TaskKind::ActorMethod { actor, .. }) => self.actor_creation_of(*actor).unwrap_or(task),
+            _ => task,
+        }
+    }
+
+    fn actor_creation_of(&self, actor: crate::ids::ActorId) -> Option<TaskId> {
+        // Actor creation tasks are few; callers needing this often go through the actor table.
+        self.tasks.iter().find(|(_, t)| t.spec.kind == TaskKind::ActorCreation(actor)).map(|(id, _)| *id)
+    }
+
+    pub fn owned_by(&self, owner: TaskId) -> Vec<TaskId> {
+        self.owned.range((owner, TaskId(0))..).take_while(|(o, _)| *o == owner).map(|(_, t)| *t).collect()
+    }
+
+    fn enqueue(&mut self, task: TaskId) {
+        let spec = &self.tasks[&task].spec;
+        let key = ClassKey {
+            resources: spec.resources.clone(),
+            strategy: spec.strategy.clone(),
+            labels: spec.label_selector.clone(),
+        };
+        let next = self.classes.len() as u32;
+        let class = *self.classes.entry(key).or_insert(next);
+        self.queues.entry(class).or_default().push_back(task);
+        self.runnable.insert(class);
+    }
+
+    /// Every class with queued tasks becomes worth trying again (resources were released).
+    pub fn mark_all_runnable(&mut self) {
+        for (class, queue) in &self.queues {
+            if !queue.is_empty() {
+                self.runnable.insert(*class);
+            }
+        }
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queues.values().map(|q| q.len()).sum()
+    }
+}
+
+impl Head {
+    pub(super) fn submit_task(
+        &mut self,
+        submitter: TaskId,
+        job: crate::ids::JobId,
+        spec: TaskSpec,
+    ) -> Result<(), InputError> {
+        self.validate_spec(job, &spec)?;
+        if let TaskKind::ActorCreation(_) = spec.kind {
+            return Err(InputError::Malformed { what: "actor creation tasks are submitted with CreateActor".into() });
+        }
+        self.check_actor_call(submitter, &spec)?;
+        let task = spec.task;
+        let call = match spec.kind {
+            TaskKind::ActorMethod { actor, seq } => Some((actor, seq)),
+            _ => None,
+        };
+        self.accept_task(submitter, spec);
+        if let Some((actor, seq)) = call {
+            self.register_actor_call(submitter, task, actor, seq);
+        }
+        if let Some(reason) = self.task_rejection_reason(task) {
+            self.fail_task(task, reason);
+        } else if !self.tasks.get(task).expect("accepted").state.is_ended() {
+            self.resolve_dependencies(task);
+        }
+        Ok(())
+    }
+
+    /// Checks what every spec must satisfy before anything is recorded.
+    pub(super) fn validate_spec(&self, job: crate::ids::JobId, spec: &TaskSpec) -> Result<(), InputError> {
+        if spec.job != job {
+            return Err(InputError::Malformed {
+                what: format!("task {} claims job {} but comes from {job}", spec.task, spec.job),
+            });
+        }
+        if self.tasks.get(spec.task).is_some() || self.jobs.job_of_driver(spec.task).is_some() {
+            return Err(InputError::DuplicateTask(spec.task));
+        }
+        if spec.return_ids().any(|o| self.objects.contains(o)) {
+            return Err(InputError::DuplicateTask(spec.task));
+        }
+        if spec.num_returns > 1 << 20 {
+            return Err(InputError::Malformed { what: format!("{} return values is too many", spec.num_returns) });
+        }
+        if let Some(missing) = spec.referenced_objects().find(|o| self.objects.get(*o).is_none_or(|r| r.released)) {
+            return Err(InputError::UnknownObject(missing));
+        }
+        if let SchedulingStrategy::PlacementGroup { pg, .. } = spec.strategy {
+            if self.pgs.get(pg).is_none() {
+                return Err(InputError::UnknownPlacementGroup(pg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an accepted task: its return objects (one handle each for the submitter) and the
+    /// borrows of its arguments.
+    pub(super) fn accept_task(&mut self, submitter: TaskId, spec: TaskSpec) {
+        let task = spec.task;
+        for object in spec.return_ids() {
+            self.objects.create(object, submitter, 1);
+        }
+        for object in spec.referenced_objects() {
+            self.add_arg_use(object);
+        }
+        let retries_left = match spec.kind {
+            TaskKind::ActorMethod { actor, .. } => self.actors.max_task_retries(actor),
+            TaskKind::ActorCreation(actor) => self.actors.max_restarts(actor),
+            TaskKind::Normal => spec.max_retries,
+        };
+        let record = TaskRecord {
+            live_returns: spec.num_returns,
+            spec,
+            owner: submitter,
+            state: TaskState::WaitingDeps { missing: 0 },
+            attempt: 0,
+            retries_left,
+            cancel_requested: false,
+            lineage_bytes: 0,
+        };
+        self.tasks.tasks.insert(task, record);
+        self.tasks.owned.insert((submitter, task));
+        self.stats.tasks_submitted += 1;
+    }
+
+    /// A reason to fail the task at once, whatever the cluster: a malformed resource request.
+    fn task_rejection_reason(&self, task: TaskId) -> Option<ErrorReason> {
+        let spec = &self.tasks.get(task)?.spec;
+        spec.resources.validate().err().map(|error| ErrorReason::InvalidRequest { task, error })
+    }
+
+    /// Counts the by-reference arguments that are not ready, registers the task as their waiter,
+    /// starts recovering the lost ones, and queues the task when nothing is missing.
+    pub(super) fn resolve_dependencies(&mut self, task: TaskId) {
+        let refs: Vec<ObjectId> = self.tasks.get(task).expect("task").spec.args.iter().filter_map(arg_ref).collect();
+        let mut missing = 0;
+        let mut to_recover = Vec::new();
+        for object in refs {
+            let record = self.objects.get_mut(object).expect("argument record exists");
+            if let Some(reason) = record.failure().cloned() {
+                self.on_dependency_failed(task, object, reason);
+                return;
+            }
+            if record.is_ready() {
+                continue;
+            }
+            if record.waiting_tasks.insert(task) {
+                missing += 1;
+            }
+            if record.state == super::objects::ObjState::Ready || record.released {
+                to_recover.push(object);
+            }
+        }
+        self.tasks.get_mut(task).expect("task").state = TaskState::WaitingDeps { missing };
+        if missing == 0 {
+            self.make_ready(task);
+        } else if !to_recover.is_empty() {
+            self.recover_for_argument(&to_recover);
+        }
+    }
+
+    pub(super) fn on_dependency_ready(&mut self, task: TaskId) {
+        let Some(record) = self.tasks.get_mut(task) else { return };
+        let TaskState::WaitingDeps { missing } = &mut record.state else { return };
+        *missing -= 1;
+        if *missing == 0 {
+            self.make_ready(task);
+        }
+    }
+
+    pub(super) fn on_dependency_failed(&mut self, task: TaskId, object: ObjectId, cause: ErrorReason) {
+        let Some(record) = self.tasks.get(task) else { return };
+        if record.state.is_ended() {
+            return;
+        }
+        self.fail_task(task, ErrorReason::DependencyFailed { task, object, cause: Box::new(cause) });
+    }
+
+    /// All arguments are ready: queue it (normal and creation tasks) or hand it to its actor.
+    fn make_ready(&mut self, task: TaskId) {
+        let record = self.tasks.get_mut(task).expect("task");
+        record.state = TaskState::Queued;
+        match record.spec.kind {
+            TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ready(actor),
+            _ => self.tasks.enqueue(task),
+        }
+    }
+
+    /// Tries every runnable class in order, dispatching until each blocks.
+    pub(super) fn schedule_pending(&mut self) {
+        while let Some(class) = self.tasks.runnable.pop_first() {
+            while let Some(&task) = self.tasks.queues.get(&class).and_then(|q| q.front()) {
+                let current = self.tasks.get(task).is_some_and(|t| matches!(t.state, TaskState::Queued));
+                if !current {
+                    self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                    continue;
+                }
+                match self.try_place(task) {
+                    Ok(()) => {
+                        self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                    }
+                    Err(NoPlacement::Wait) => break,
+                    Err(NoPlacement::Infeasible) => {
+                        self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                        self.mark_infeasible(task);
+                    }
+                }
+            }
+        }
+        self.schedule_pending_groups();
+    }
+
+    /// Places one queued task and dispatches it.
+    fn try_place(&mut self, task: TaskId) -> Result<(), NoPlacement> {
+        let record = self.tasks.get(task).expect("task");
+        let (node, alloc, bundle) = match record.spec.strategy {
+            SchedulingStrategy::PlacementGroup { pg, bundle } => {
+                let resources = record.spec.resources.clone();
+                let (index, node, alloc) = self.place_in_group(pg, bundle, &resources)?;
+                (node, alloc, Some((pg, index)))
+            }
+            _ => {
+                let locality = self.argument_locality(&record.spec);
+                let req = PlacementRequest {
+                    resources: &record.spec.resources,
+                    strategy: &record.spec.strategy,
+                    labels: &record.spec.label_selector,
+                    locality: &locality,
+                };
+                let (node, alloc) = self.cluster.schedule(&req, &mut self.rng)?;
+                (node, alloc, None)
+            }
+        };
+        self.tasks.infeasible.remove(&task);
+        self.dispatch(task, node, alloc, bundle, None);
+        Ok(())
+    }
+
+    /// Argument bytes per node, most first (ties by node id), for locality-aware placement.
+    fn argument_locality(&self, spec: &TaskSpec) -> Vec<(NodeId, u64)> {
+        let mut bytes: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for object in spec.args.iter().filter_map(arg_ref) {
+            if let Some(record) = self.objects.get(object).filter(|r| r.inline.is_none()) {
+                for node in &record.locations {
+                    *bytes.entry(*node).or_default() += record.size;
+                }
+            }
+        }
+        let mut ranked: Vec<(NodeId, u64)> = bytes.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked
+    }
+
+    /// Sends a task attempt to `node`, which already holds its allocation.
+    pub(super) fn dispatch(
+        &mut self,
+        task: TaskId,
+        node: NodeId,
+        alloc: Allocation,
+        bundle: Option<(PlacementGroupId, u32)>,
+        actor_worker: Option<WorkerId>,
+    ) {
+        let args = self.argument_sources(task);
+        let record = self.tasks.get_mut(task).expect("task");
+        assert!(matches!(record.state, TaskState::Queued), "dispatching a task that is not queued");
+        record.state = TaskState::Running { node, alloc: alloc.clone(), bundle, worker: actor_worker };
+        let msg = HeadToNode::RunTask {
+            spec: record.spec.clone(),
+            attempt: record.attempt,
+            allocation: alloc,
+            args,
+            actor_worker,
+        };
+        self.nodes.get_mut(node).expect("dispatch to a live node").running.insert(task);
+        self.stats.attempts_dispatched += 1;
+        self.emit(HeadOutput::ToNode { node, msg });
+    }
+
+    fn argument_sources(&self, task: TaskId) -> Vec<(ObjectId, ArgSource)> {
+        let spec = &self.tasks.get(task).expect("task").spec;
+        spec.args
+            .iter()
+            .filter_map(arg_ref)
+            .map(|object| {
+                let record = self.objects.get(object).expect("argument exists");
+                let source = match &record.inline {
+                    Some(bytes) => ArgSource::Inline(bytes.clone()),
+                    None => ArgSource::At { size: record.size, nodes: record.locations.iter().copied().collect() },
+                };
+                (object, source)
+            })
+            .collect()
+    }
+
+    fn mark_infeasible(&mut self, task: TaskId) {
+        if self.tasks.infeasible.contains_key(&task) {
+            return;
+        }
+        self.tasks.infeasible.insert(task, self.now);
+        let at = self.now + self.config.infeasible_grace;
+        self.set_timer(at, Timer::Infeasible(task));
+    }
+
+    /// New capacity: infeasible tasks go back to their queues.
+    pub(super) fn retry_infeasible(&mut self) {
+        let tasks: Vec<TaskId> = self.tasks.infeasible.keys().copied().collect();
+        for task in tasks {
+            if self.tasks.get(task).is_some_and(|t| matches!(t.state, TaskState::Queued)) {
+                self.tasks.enqueue(task);
+            }
+        }
+    }
+
+    pub(super) fn queue_all_runnable(&mut self) {
+        self.tasks.mark_all_runnable();
+    }
+
+    pub(super) fn on_infeasible_timeout(&mut self, task: TaskId) {
+        let Some(since) = self.tasks.infeasible.get(&task).copied() else { return };
+        if self.now.saturating_since(since) < self.config.infeasible_grace {
+            return;
+        }
+        let record = self.tasks.get(task).expect("infeasible task exists");
+        let still_infeasible = matches!(record.state, TaskState::Queued)
+            && match record.spec.strategy {
+                SchedulingStrategy::PlacementGroup { pg, bundle } => {
+                    !self.group_could_fit(pg, bundle, &record.spec.resources)
+                }
+                _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
+            };
+        let request = record.spec.resources.clone();
+        self.tasks.infeasible.remove(&task);
+        if still_infeasible {
+            self.fail_task(task, ErrorReason::Infeasible { task, request });
+        } else {
+            self.tasks.enqueue(task);
+        }
+    }
+
+    pub(super) fn on_task_started(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        attempt: u32,
+        worker: WorkerId,
+    ) -> Result<(), InputError> {
+        let record = self.current_attempt(node, task, attempt)?;
+        if let TaskState::Running { worker: w, .. } = &mut record.state {
+            *w = Some(worker);
+        }
+        if let TaskKind::ActorCreation(actor) = record.spec.kind {
+            self.actors.set_worker(actor, worker);
+        }
+        Ok(())
+    }
+
+    /// The record of `task` if `attempt` is its current attempt running on `node`.
+    fn current_attempt(&mut self, node: NodeId, task: TaskId, attempt: u32) -> Result<&mut TaskRecord, InputError> {
+        let stale = InputError::StaleAttempt { task, attempt, node };
+        let record = self.tasks.get_mut(task).ok_or(InputError::UnknownTask(task))?;
+        if record.attempt != attempt || record.state.running_node() != Some(node) {
+            return Err(stale);
+        }
+        Ok(record)
+    }
+
+    pub(super) fn on_task_ended(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        attempt: u32,
+        outcome: TaskOutcome,
+    ) -> Result<(), InputError> {
+        self.current_attempt(node, task, attempt)?;
+        match outcome {
+            TaskOutcome::Finished(returns) => {
+                if let Err(what) = self.check_returns(task, &returns) {
+                    let failure = TaskFailure::Application { message: format!("malformed return values: {what}") };
+                    self.end_attempt(task);
+                    self.fail_task_for(task, failure);
+                    return Err(InputError::Malformed { what });
+                }
+                self.on_task_finished(task, node, returns);
+            }
+            TaskOutcome::Failed(failure) => {
+                let holder = self.tasks.holder_of(task);
+                self.end_attempt(task);
+                if failure.is_system() && holder == task {
+                    self.on_owner_died(task);
+                }
+                self.on_attempt_failed(task, failure);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_returns(&self, task: TaskId, returns: &[crate::proto::ReturnValue]) -> Result<(), String> {
+        let spec = &self.tasks.get(task).expect("task").spec;
+        if returns.len() != spec.num_returns as usize {
+            return Err(format!("{} values for {} returns", returns.len(), spec.num_returns));
+        }
+        for (value, expected) in returns.iter().zip(spec.return_ids()) {
+            if value.object != expected {
+                return Err(format!("value {} where {} was expected", value.object, expected));
+            }
+            if let Some(bytes) = &value.inline {
+                if bytes.len() as u64 != value.size || value.size > self.config.inline_max_bytes {
+                    return Err(format!(
+                        "inline value {} of {} bytes (claims {})",
+                        value.object,
+                        bytes.len(),
+                        value.size
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the attempt's resources and unlinks it from its node.
+    pub(super) fn end_attempt(&mut self, task: TaskId) {
+        let record = self.tasks.get_mut(task).expect("task");
+        let state = std::mem::replace(&mut record.state, TaskState::Queued);
+        let TaskState::Running { node, alloc, bundle, .. } = state else {
+            record.state = state;
+            return;
+        };
+        let keeps_allocation = matches!(record.spec.kind, TaskKind::ActorCreation(_));
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.running.remove(&task);
+        }
+        if !keeps_allocation {
+            self.release_allocation(node, &alloc, bundle);
+        } else {
+            let TaskKind::ActorCreation(actor) = self.tasks.get(task).expect("task").spec.kind else { unreachable!() };
+            self.actors.park_allocation(actor, node, alloc, bundle);
+        }
+        self.drop_all_handles(task);
+        self.check_drained(node);
+    }
+
+    pub(super) fn release_allocation(
+        &mut self,
+        node: NodeId,
+        alloc: &Allocation,
+        bundle: Option<(PlacementGroupId, u32)>,
+    ) {
+        match bundle {
+            Some((pg, index)) => self.release_in_group(pg, index, node, alloc),
+            None => self.cluster.release(node, alloc),
+        }
+        if !alloc.resources.is_empty() {
+            self.queue_all_runnable();
+            self.pgs_mark_all_pending_retry();
+        }
+    }
+
+    fn on_task_finished(&mut self, task: TaskId, node: NodeId, returns: Vec<crate::proto::ReturnValue>) {
+        let kind = self.tasks.get(task).expect("task").spec.kind.clone();
+        self.end_attempt(task);
+        self.tasks.get_mut(task).expect("task").state = TaskState::Finished;
+        self.stats.tasks_finished += 1;
+        for value in returns {
+            let alive = self.objects.get(value.object).is_some_and(|o| !o.released && o.failure().is_none());
+            if alive {
+                let stored = if value.inline.is_some() { None } else { Some(node) };
+                self.seal_value(value.object, value.size, value.inline, stored, value.nested);
+            } else if value.inline.is_none() {
+                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![value.object]) });
+            }
+        }
+        match kind {
+            TaskKind::ActorCreation(actor) => self.on_actor_created(actor),
+            TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ended(actor, task),
+            TaskKind::Normal => {}
+        }
+        self.on_task_ended_for_good(task, true);
+    }
+
+    /// An attempt failed: retry within the budget, or fail the task for good.
+    pub(super) fn on_attempt_failed(&mut self, task: TaskId, failure: TaskFailure) {
+        let record = self.tasks.get(task).expect("task");
+        let retryable = !record.cancel_requested
+            && (failure.is_system() || (record.spec.retry_exceptions && !matches!(failure, TaskFailure::Cancelled)));
+        let cancelled = matches!(failure, TaskFailure::Cancelled) || record.cancel_requested;
+        let retries_left = record.retries_left;
+        if let TaskKind::ActorMethod { actor, .. } = record.spec.kind {
+            self.on_actor_call_ended(actor, task);
+        }
+        if cancelled {
+            self.fail_task(task, ErrorReason::Cancelled { task });
+        } else if retryable && retries_left > 0 {
+            self.retry_task(task);
+        } else {
+            self.fail_task_for(task, failure);
+        }
+    }
+
+    fn fail_task_for(&mut self, task: TaskId, failure: TaskFailure) {
+        let attempts = self.tasks.get(task).expect("task").attempt + 1;
+        self.fail_task(task, ErrorReason::TaskFailed { task, attempts, failure });
+    }
+
+    /// The attempt's node died: the process is gone, so it is also an owner death.
+    pub(super) fn on_attempt_lost(&mut self, task: TaskId, node: NodeId, failure: TaskFailure) {
+        let Some(record) = self.tasks.get(task) else { return };
+        if record.state.running_node() != Some(node) {
+            return;
+        }
+        let is_creation = matches!(record.spec.kind, TaskKind::ActorCreation(_));
+        let holder = self.tasks.holder_of(task);
+        self.end_attempt(task);
+        if holder == task {
+            self.on_owner_died(task);
+        }
+        if is_creation {
+            // The actor's restart logic decides (on_actor_lost runs for the node's actors).
+            let TaskKind::ActorCreation(actor) = self.tasks.get(task).expect("task").spec.kind else { unreachable!() };
+            self.on_actor_creation_lost(actor, node);
+            return;
+        }
+        let record = self.tasks.get(task).expect("task");
+        if !record.cancel_requested && record.retries_left > 0 {
+            self.retry_task(task);
+        } else if record.cancel_requested {
+            self.fail_task(task, ErrorReason::Cancelled { task });
+        } else {
+            let _ = failure;
+            self.fail_task(task, ErrorReason::NodeLost { task, node });
+        }
+    }
+
+    /// Sends the task back through dependency resolution with one retry less.
+    pub(super) fn retry_task(&mut self, task: TaskId) {
+        let record = self.tasks.get_mut(task).expect("task");
+        assert!(record.retries_left > 0, "retry without budget");
+        assert!(!record.state.is_ended() || matches!(record.state, TaskState::Finished), "retry of a failed task");
+        record.retries_left -= 1;
+        record.attempt += 1;
+        record.state = TaskState::WaitingDeps { missing: 0 };
+        self.stats.retries += 1;
+        if let TaskKind::ActorMethod { actor, .. } = record.spec.kind {
+            self.requeue_actor_call(actor, task);
+        }
+        self.resolve_dependencies(task);
+    }
+
+    /// Fails a task that has not finished: its returns fail with `reason`, its borrows end.
+    pub(super) fn fail_task(&mut self, task: TaskId, reason: ErrorReason) {
+        let Some(record) = self.tasks.get(task) else { return };
+        if record.state.is_ended() {
+            return;
+        }
+        if record.state.running_node().is_some() {
+            // Its node is told to stop it; the resources are free from now on.
+            let (node, attempt) = (record.state.running_node().expect("running"), record.attempt);
+            self.end_attempt(task);
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::CancelTask { task, attempt, force: true } });
+        }
+        let record = self.tasks.get_mut(task).expect("task");
+        let cancelled = matches!(reason, ErrorReason::Cancelled { .. });
+        record.state = if cancelled { TaskState::Cancelled } else { TaskState::Failed };
+        let returns: Vec<ObjectId> = record.spec.return_ids().collect();
+        let kind = record.spec.kind.clone();
+        self.stats.tasks_failed += 1;
+        self.tasks.infeasible.remove(&task);
+        self.unwait(task);
+        for object in returns {
+            // A rebuild that fails leaves the outputs that still have a copy alone.
+            if !self.objects.get(object).is_some_and(|o| o.is_ready()) {
+                self.fail_object(object, reason.clone());
+            }
+        }
+        match kind {
+            TaskKind::ActorCreation(actor) => self.on_actor_creation_failed(actor, reason),
+            TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ended(actor, task),
+            TaskKind::Normal => {}
+        }
+        self.on_task_ended_for_good(task, false);
+    }
+
+    /// Removes a task from the waiter lists of its arguments.
+    fn unwait(&mut self, task: TaskId) {
+        let refs: Vec<ObjectId> = self.tasks.get(task).expect("task").spec.args.iter().filter_map(arg_ref).collect();
+        for object in refs {
+            if let Some(record) = self.objects.get_mut(object) {
+                record.waiting_tasks.remove(&task);
+            }
+        }
+    }
+
+    /// The task will not run again (unless rebuilt): its borrows end; lineage is kept if it
+    /// finished and some return is still referenced, else the record goes.
+    fn on_task_ended_for_good(&mut self, task: TaskId, finished: bool) {
+        let record = self.tasks.get(task).expect("task");
+        let refs: Vec<ObjectId> = record.spec.referenced_objects().collect();
+        let by_ref: Vec<ObjectId> = record.spec.args.iter().filter_map(arg_ref).collect();
+        let keep_lineage = finished && record.live_returns > 0 && self.is_reconstructable_kind(task);
+        if keep_lineage && record.lineage_bytes == 0 {
+            for object in &by_ref {
+                if let Some(o) = self.objects.get_mut(*object) {
+                    o.lineage_uses += 1;
+                }
+            }
+            self.retain_lineage(task);
+        }
+        for object in refs {
+            self.remove_arg_use(object);
+        }
+        let returns: Vec<ObjectId> = self.tasks.get(task).map(|t| t.spec.return_ids().collect()).unwrap_or_default();
+        for object in returns {
+            self.maybe_release(object);
+        }
+        if !keep_lineage {
+            self.forget_task_if_done(task);
+        }
+    }
+
+    fn is_reconstructable_kind(&self, task: TaskId) -> bool {
+        let record = self.tasks.get(task).expect("task");
+        match record.spec.kind {
+            TaskKind::Normal => true,
+            TaskKind::ActorMethod { actor, .. } => self.actors.max_task_retries(actor) > 0,
+            TaskKind::ActorCreation(_) => false,
+        }
+    }
+
+    /// Forgets an ended task once no return record remains and it holds no lineage.
+    pub(super) fn forget_task_if_done(&mut self, task: TaskId) {
+        let Some(record) = self.tasks.get(task) else { return };
+        if !record.state.is_ended() || record.live_returns > 0 || record.lineage_bytes > 0 {
+            return;
+        }
+        if matches!(record.spec.kind, TaskKind::ActorCreation(actor) if self.actors.is_live(actor)) {
+            return;
+        }
+        self.tasks.remove(task);
+    }
+
+    /// One of `task`'s return records was forgotten.
+    pub(super) fn on_return_forgotten(&mut self, task: TaskId, work: &mut Vec<ObjectId>) {
+        let Some(record) = self.tasks.get_mut(task) else { return };
+        record.live_returns -= 1;
+        if record.live_returns == 0 && record.state.is_ended() {
+            if record.lineage_bytes > 0 {
+                let by_ref: Vec<ObjectId> = record.spec.args.iter().filter_map(arg_ref).collect();
+                self.drop_lineage(task);
+                for object in by_ref {
+                    if let Some(o) = self.objects.get_mut(object) {
+                        o.lineage_uses -= 1;
+                        work.push(object);
+                    }
+                }
+            }
+            self.forget_task_if_done(task);
+        }
+    }
+
+    pub(super) fn cancel_task(&mut self, task: TaskId, force: bool, recursive: bool) -> Result<(), InputError> {
+        if self.tasks.get(task).is_none() {
+            return Err(InputError::UnknownTask(task));
+        }
+        let mut work = vec![task];
+        while let Some(task) = work.pop() {
+            if recursive {
+                work.extend(self.tasks.owned_by(task));
+            }
+            self.cancel_one(task, force);
+        }
+        Ok(())
+    }
+
+    fn cancel_one(&mut self, task: TaskId, force: bool) {
+        let Some(record) = self.tasks.get_mut(task) else { return };
+        match &record.state {
+            TaskState::Running { node, .. } => {
+                let (node, attempt) = (*node, record.attempt);
+                record.cancel_requested = true;
+                if force {
+                    self.end_attempt(task);
+                    self.on_owner_died(task);
+                    self.fail_task(task, ErrorReason::Cancelled { task });
+                }
+                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::CancelTask { task, attempt, force } });
+            }
+            TaskState::WaitingDeps { .. } | TaskState::Queued => self.fail_task(task, ErrorReason::Cancelled { task }),
+            _ => {}
+        }
+    }
+
+    /// An owner's process died: its objects fail, its tasks are cancelled, its actors die.
+    pub(super) fn on_owner_died(&mut self, owner: TaskId) {
+        let reason = match self.jobs.job_of_driver(owner) {
+            Some(job) => ErrorReason::JobFinished { job },
+            None => ErrorReason::OwnerDied { owner },
+        };
+        self.drop_all_handles(owner);
+        for child in self.tasks.owned_by(owner) {
+            let _ = self.cancel_task(child, true, true);
+        }
+        self.fail_owned_objects(owner, reason);
+        self.kill_owned_actors(owner);
+    }
+}
+
+/// The object of a by-reference argument.
+pub(super) fn arg_ref(arg: &Arg) -> Option<ObjectId> {
+    match arg {
+        Arg::Ref(object) => Some(*object),
+        Arg::Value { .. } => None,
+    }
+}

@@ -1,0 +1,245 @@
+//! The local object table: which objects are sealed here, their sizes, primary or secondary, pins,
+//! capacity, and eviction of unpinned secondary copies, least recently used first.
+//!
+//! The table only decides; the node turns its answers into `DeleteObject` outputs and
+//! `ObjectRemoved` reports. Recency is a logical tick, bumped on every use, so eviction order is the
+//! same on every run.
+
+use super::io::LocalObject;
+use crate::ids::{NodeId, ObjectId, TaskId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What [`ObjectTable::free`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FreeResult {
+    /// Deleted now.
+    Deleted,
+    /// Pinned: deleted when the last pin goes.
+    Deferred,
+    /// Not here.
+    Absent,
+}
+
+/// The objects sealed in this node's store.
+#[derive(Clone, Debug)]
+pub(crate) struct ObjectTable {
+    capacity_bytes: u64,
+    used_bytes: u64,
+    tick: u64,
+    objects: BTreeMap<ObjectId, LocalObject>,
+    /// `(last_used_tick, object)` for every object: the recency index.
+    lru: BTreeSet<(u64, ObjectId)>,
+}
+
+impl ObjectTable {
+    /// An empty table holding at most `capacity_bytes` of evictable data.
+    pub(crate) fn new(capacity_bytes: u64) -> ObjectTable {
+        assert!(capacity_bytes > 0, "object store capacity must be positive");
+        let table =
+            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: BTreeMap::new(), lru: BTreeSet::new() };
+        assert!(table.objects.is_empty());
+        table
+    }
+
+    /// Forgets everything (the host deletes the bytes on `Reset`).
+    pub(crate) fn clear(&mut self) {
+        self.objects.clear();
+        self.lru.clear();
+        self.used_bytes = 0;
+        assert!(self.lru.is_empty());
+    }
+
+    pub(crate) fn get(&self, object: ObjectId) -> Option<&LocalObject> {
+        self.objects.get(&object)
+    }
+
+    pub(crate) fn contains(&self, object: ObjectId) -> bool {
+        self.objects.contains_key(&object)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ObjectId, &LocalObject)> {
+        self.objects.iter().map(|(o, e)| (*o, e))
+    }
+
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    pub(crate) fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// Marks `object` as just used.
+    pub(crate) fn touch(&mut self, object: ObjectId) {
+        let entry = self.objects.get_mut(&object).expect("touch of an object that is not local");
+        let removed = self.lru.remove(&(entry.last_used_tick, object));
+        assert!(removed, "recency index out of step for {object}");
+        self.tick += 1;
+        entry.last_used_tick = self.tick;
+        self.lru.insert((self.tick, object));
+    }
+
+    /// Whether a new secondary copy of `size_bytes` could be made to fit by evicting.
+    pub(crate) fn could_fit(&self, size_bytes: u64) -> bool {
+        let evictable: u64 = self.objects.values().filter(|e| e.is_evictable()).map(|e| e.size).sum();
+        assert!(evictable <= self.used_bytes);
+        let unevictable = self.used_bytes - evictable;
+        unevictable.saturating_add(size_bytes) <= self.capacity_bytes
+    }
+
+    /// Evicts unpinned secondary copies, least recently used first, until `size_bytes` more fit or
+    /// nothing evictable is left. Returns the evicted objects, in eviction order.
+    pub(crate) fn make_room(&mut self, size_bytes: u64) -> Vec<ObjectId> {
+        let mut evicted = Vec::new();
+        while self.used_bytes.saturating_add(size_bytes) > self.capacity_bytes {
+            let victim = self.lru.iter().map(|(_, o)| *o).find(|o| self.objects[o].is_evictable());
+            let Some(victim) = victim else { break };
+            self.remove(victim);
+            evicted.push(victim);
+        }
+        assert!(evicted.iter().all(|o| !self.objects.contains_key(o)));
+        evicted
+    }
+
+    /// Records a sealed copy, evicting first to make room (see [`make_room`](Self::make_room)); a
+    /// primary copy or a pinned one may still push the store past capacity, since its bytes are
+    /// already there. An existing entry is only touched (and becomes primary if `primary`).
+    pub(crate) fn insert(&mut self, object: ObjectId, size_bytes: u64, primary: bool) -> Vec<ObjectId> {
+        if let Some(entry) = self.objects.get_mut(&object) {
+            entry.primary |= primary;
+            self.touch(object);
+            return Vec::new();
+        }
+        let evicted = self.make_room(size_bytes);
+        self.tick += 1;
+        let entry = LocalObject {
+            size: size_bytes,
+            primary,
+            pinned_by: BTreeSet::new(),
+            sends: BTreeMap::new(),
+            free_pending: false,
+            last_used_tick: self.tick,
+        };
+        self.objects.insert(object, entry);
+        self.lru.insert((self.tick, object));
+        self.used_bytes += size_bytes;
+        assert!(self.objects.contains_key(&object));
+        evicted
+    }
+
+    fn remove(&mut self, object: ObjectId) {
+        let entry = self.objects.remove(&object).expect("removing an object that is not local");
+        assert!(!entry.is_pinned(), "removing pinned object {object}");
+        let removed = self.lru.remove(&(entry.last_used_tick, object));
+        assert!(removed, "recency index out of step for {object}");
+        assert!(self.used_bytes >= entry.size);
+        self.used_bytes -= entry.size;
+    }
+
+    /// `task` holds `object` as an argument.
+    pub(crate) fn pin(&mut self, object: ObjectId, task: TaskId) {
+        let entry = self.objects.get_mut(&object).expect("pinning an object that is not local");
+        entry.pinned_by.insert(task);
+        self.touch(object);
+        assert!(self.objects[&object].is_pinned());
+    }
+
+    /// `task` no longer holds `object`. Returns whether the object was deleted (it was freed while pinned).
+    pub(crate) fn unpin(&mut self, object: ObjectId, task: TaskId) -> bool {
+        let entry = self.objects.get_mut(&object).expect("unpinning an object that is not local");
+        let was_pinned = entry.pinned_by.remove(&task);
+        assert!(was_pinned, "{task} did not pin {object}");
+        self.delete_if_freed(object)
+    }
+
+    /// A transfer of `object` to `to` starts.
+    pub(crate) fn begin_send(&mut self, object: ObjectId, to: NodeId) {
+        let entry = self.objects.get_mut(&object).expect("sending an object that is not local");
+        assert!(!entry.free_pending, "sending freed object {object}");
+        *entry.sends.entry(to).or_insert(0) += 1;
+        self.touch(object);
+    }
+
+    /// A transfer of `object` to `to` ended. `None` when no such transfer was in progress; otherwise
+    /// whether the object was deleted (it was freed during the transfer).
+    pub(crate) fn end_send(&mut self, object: ObjectId, to: NodeId) -> Option<bool> {
+        let entry = self.objects.get_mut(&object)?;
+        let count = entry.sends.get_mut(&to)?;
+        assert!(*count > 0);
+        *count -= 1;
+        if *count == 0 {
+            entry.sends.remove(&to);
+        }
+        Some(self.delete_if_freed(object))
+    }
+
+    fn delete_if_freed(&mut self, object: ObjectId) -> bool {
+        let entry = &self.objects[&object];
+        if entry.free_pending && !entry.is_pinned() {
+            self.remove(object);
+            return true;
+        }
+        false
+    }
+
+    /// The head freed `object`: delete it now, or once unpinned.
+    pub(crate) fn free(&mut self, object: ObjectId) -> FreeResult {
+        let Some(entry) = self.objects.get_mut(&object) else { return FreeResult::Absent };
+        if entry.is_pinned() {
+            entry.free_pending = true;
+            return FreeResult::Deferred;
+        }
+        self.remove(object);
+        assert!(!self.objects.contains_key(&object));
+        FreeResult::Deleted
+    }
+
+    /// Panics if the table is inconsistent.
+    pub(crate) fn check_invariants(&self) {
+        assert_eq!(self.lru.len(), self.objects.len(), "recency index size");
+        let mut used_bytes = 0u64;
+        for (object, entry) in &self.objects {
+            assert!(self.lru.contains(&(entry.last_used_tick, *object)), "{object} missing from recency index");
+            assert!(entry.last_used_tick <= self.tick, "{object} used in the future");
+            assert!(!entry.free_pending || entry.is_pinned(), "{object} freed but kept while unpinned");
+            assert!(entry.sends.values().all(|c| *c > 0), "{object} has an empty send count");
+            used_bytes += entry.size;
+        }
+        assert_eq!(used_bytes, self.used_bytes, "used bytes out of step");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(i: u64) -> ObjectId {
+        ObjectId::for_return(TaskId(i), 1)
+    }
+
+    #[test]
+    fn make_room_evicts_least_recently_used_secondaries_only() {
+        let mut t = ObjectTable::new(100);
+        assert!(t.insert(obj(1), 40, false).is_empty());
+        assert!(t.insert(obj(2), 40, true).is_empty());
+        assert!(t.insert(obj(3), 10, false).is_empty());
+        t.touch(obj(1));
+        let evicted = t.insert(obj(4), 30, false);
+        assert_eq!(evicted, vec![obj(3), obj(1)]);
+        assert!(t.contains(obj(2)));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn freed_pinned_object_is_deleted_on_last_unpin() {
+        let mut t = ObjectTable::new(100);
+        t.insert(obj(1), 10, true);
+        t.pin(obj(1), TaskId(9));
+        assert_eq!(t.free(obj(1)), FreeResult::Deferred);
+        t.check_invariants();
+        assert!(t.unpin(obj(1), TaskId(9)));
+        assert!(!t.contains(obj(1)));
+        assert_eq!(t.used_bytes(), 0);
+        t.check_invariants();
+    }
+}

@@ -1,0 +1,352 @@
+//! Accepting task attempts, waiting for their arguments, leasing workers, executing, and ending
+//! attempts that never ran. Running attempts end in `lifecycle`.
+
+use super::io::{ExecArg, NodeOutput, TaskPhase, WorkerKind, WorkerState};
+use super::Node;
+use crate::errors::{InputError, TaskFailure};
+use crate::ids::{ObjectId, TaskId, WorkerId};
+use crate::proto::{Arg, ArgSource, NodeToHead, NodeToNode, TaskKind, TaskSpec};
+use crate::resources::Allocation;
+use crate::time::Time;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// One task attempt held by the node.
+#[derive(Clone, Debug)]
+pub(crate) struct Task {
+    pub(crate) spec: TaskSpec,
+    /// The head's attempt number, echoed in every report.
+    pub(crate) attempt: u32,
+    /// GPU device indices of the allocation, in device order (the worker lease key, with the job).
+    pub(crate) gpus: Vec<u32>,
+    /// Where each by-reference argument is.
+    pub(crate) sources: BTreeMap<ObjectId, ArgSource>,
+    /// By-reference arguments not yet local (each has a pull this task waits on).
+    pub(crate) missing: BTreeSet<ObjectId>,
+    /// Local arguments this task pins.
+    pub(crate) pinned: BTreeSet<ObjectId>,
+    pub(crate) phase: TaskPhase,
+    /// An unforced cancel arrived while it ran.
+    pub(crate) cancel_requested: bool,
+}
+
+impl Node {
+    /// `RunTask`: validate, then accept (or refuse with a report when draining or the actor is gone).
+    pub(super) fn on_run_task(
+        &mut self,
+        now: Time,
+        spec: TaskSpec,
+        attempt: u32,
+        allocation: Allocation,
+        args: Vec<(ObjectId, ArgSource)>,
+        actor_worker: Option<WorkerId>,
+    ) -> Result<(), InputError> {
+        let sources = self.validate_run_task(&spec, &allocation, args, actor_worker)?;
+        let task = spec.task;
+        if self.draining && actor_worker.is_none() {
+            let message = "the node is draining".to_string();
+            self.failure_report(task, attempt, TaskFailure::WorkerStartFailed { message });
+            return Ok(());
+        }
+        if let Some(worker) = actor_worker {
+            let alive = self.workers.get(worker).is_some_and(|w| w.state != WorkerState::Stopping);
+            if !alive {
+                self.failure_report(task, attempt, TaskFailure::WorkerDied { exit_code: None });
+                return Ok(());
+            }
+        }
+        if let Some(object) = self.unreachable_argument(&sources) {
+            self.failure_report(task, attempt, TaskFailure::ArgumentUnavailable { object });
+            return Ok(());
+        }
+        let phase = actor_worker.map_or(TaskPhase::Fetching, TaskPhase::ActorQueued);
+        let gpus = allocation.gpus.iter().map(|(d, _)| *d).collect();
+        let record = Task {
+            spec,
+            attempt,
+            gpus,
+            sources,
+            missing: BTreeSet::new(),
+            pinned: BTreeSet::new(),
+            phase,
+            cancel_requested: false,
+        };
+        self.tasks.insert(task, record);
+        self.gather_arguments(now, task);
+        match actor_worker {
+            Some(worker) => {
+                self.actor_queues.entry(worker).or_default().push_back(task);
+                self.dispatch_actor(worker);
+            }
+            None => self.lease_if_ready(task),
+        }
+        Ok(())
+    }
+
+    /// Checks a `RunTask` against itself and this node's state; returns its argument sources.
+    fn validate_run_task(
+        &self,
+        spec: &TaskSpec,
+        allocation: &Allocation,
+        args: Vec<(ObjectId, ArgSource)>,
+        actor_worker: Option<WorkerId>,
+    ) -> Result<BTreeMap<ObjectId, ArgSource>, InputError> {
+        let malformed = |what: String| Err(InputError::Malformed { what });
+        if self.tasks.contains_key(&spec.task) {
+            return Err(InputError::DuplicateTask(spec.task));
+        }
+        let devices: Vec<u32> = allocation.gpus.iter().map(|(d, _)| *d).collect();
+        if !devices.windows(2).all(|p| p[0] < p[1]) {
+            return malformed(format!("task {}: GPU devices {devices:?} not in order", spec.task));
+        }
+        match (&spec.kind, actor_worker) {
+            (TaskKind::ActorMethod { actor, .. }, Some(worker)) => {
+                let kind = self.workers.get(worker).map(|w| w.kind);
+                if kind.is_some_and(|k| k != WorkerKind::Actor(*actor)) {
+                    return malformed(format!("worker {worker} does not host actor {actor}"));
+                }
+            }
+            (TaskKind::ActorMethod { .. }, None) => return malformed(format!("method {} has no worker", spec.task)),
+            (_, Some(_)) => return malformed(format!("task {} is not a method but names a worker", spec.task)),
+            (_, None) => {}
+        }
+        let refs: BTreeSet<ObjectId> =
+            spec.args.iter().filter_map(|a| if let Arg::Ref(o) = a { Some(*o) } else { None }).collect();
+        let mut sources = BTreeMap::new();
+        for (object, source) in args {
+            if !refs.contains(&object) || sources.insert(object, source).is_some() {
+                return malformed(format!("task {}: unexpected or repeated argument source {object}", spec.task));
+            }
+        }
+        if sources.len() != refs.len() {
+            return malformed(format!("task {}: a by-reference argument has no source", spec.task));
+        }
+        Ok(sources)
+    }
+
+    /// The first argument that is neither inline, local, being pulled, nor held by another node.
+    fn unreachable_argument(&self, sources: &BTreeMap<ObjectId, ArgSource>) -> Option<ObjectId> {
+        let me = self.node_id.expect("registered");
+        sources.iter().find_map(|(object, source)| match source {
+            ArgSource::Inline(_) => None,
+            ArgSource::At { .. } if self.objects.contains(*object) || self.pulls.get(*object).is_some() => None,
+            ArgSource::At { nodes, .. } => (!nodes.iter().any(|n| *n != me)).then_some(*object),
+        })
+    }
+
+    /// Pins the local arguments of a new task and joins or starts pulls for the others.
+    fn gather_arguments(&mut self, now: Time, task: TaskId) {
+        let me = self.node_id.expect("registered");
+        let sources: Vec<(ObjectId, u64, Vec<crate::ids::NodeId>)> = self.tasks[&task]
+            .sources
+            .iter()
+            .filter_map(|(o, s)| match s {
+                ArgSource::Inline(_) => None,
+                ArgSource::At { size, nodes } => Some((*o, *size, nodes.clone())),
+            })
+            .collect();
+        for (object, size, nodes) in sources {
+            if self.objects.contains(object) {
+                self.pin_argument(task, object);
+                continue;
+            }
+            if self.pulls.get(object).is_none() {
+                let holders: Vec<_> = nodes.into_iter().filter(|n| *n != me).collect();
+                let first = self.pulls.start(object, size, holders, now);
+                self.emit(NodeOutput::ToPeer { node: first, msg: NodeToNode::Pull { object } });
+            }
+            self.pulls.add_waiter(object, task);
+            let record = self.tasks.get_mut(&task).expect("task exists");
+            record.missing.insert(object);
+        }
+        assert!(self.tasks[&task].missing.iter().all(|o| !self.objects.contains(*o)));
+    }
+
+    pub(super) fn pin_argument(&mut self, task: TaskId, object: ObjectId) {
+        self.objects.pin(object, task);
+        let record = self.tasks.get_mut(&task).expect("pinning for an unknown task");
+        record.pinned.insert(object);
+        assert!(!record.missing.contains(&object));
+    }
+
+    /// A pulled argument of `task` arrived: pin it, and run the task if it was the last one missing.
+    pub(super) fn argument_arrived(&mut self, task: TaskId, object: ObjectId) {
+        let record = self.tasks.get_mut(&task).expect("argument for an unknown task");
+        let was_missing = record.missing.remove(&object);
+        assert!(was_missing, "{object} was not missing for {task}");
+        self.pin_argument(task, object);
+        match self.tasks[&task].phase {
+            TaskPhase::Fetching => self.lease_if_ready(task),
+            TaskPhase::ActorQueued(worker) => self.dispatch_actor(worker),
+            phase => panic!("{task} received an argument in phase {phase:?}"),
+        }
+    }
+
+    /// Leases a worker for a normal or actor creation task whose arguments are all local.
+    fn lease_if_ready(&mut self, task: TaskId) {
+        let record = &self.tasks[&task];
+        assert_eq!(record.phase, TaskPhase::Fetching, "{task} leased twice");
+        if !record.missing.is_empty() {
+            return;
+        }
+        let (job, gpus) = (record.spec.job, record.gpus.clone());
+        let kind = match record.spec.kind {
+            TaskKind::ActorCreation(actor) => WorkerKind::Actor(actor),
+            TaskKind::Normal => WorkerKind::Pool,
+            TaskKind::ActorMethod { .. } => panic!("method {task} leased like a task"),
+        };
+        if kind == WorkerKind::Pool {
+            if let Some(worker) = self.workers.find_idle(job, &gpus) {
+                self.execute(task, worker);
+                return;
+            }
+        }
+        let worker = self.workers.allocate(job, kind, gpus.clone(), task);
+        self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::Leasing(worker);
+        self.emit(NodeOutput::StartWorker { worker, job, kind, gpus });
+    }
+
+    /// Runs the method at the front of an idle actor worker's queue once its arguments are local.
+    pub(super) fn dispatch_actor(&mut self, worker: WorkerId) {
+        let idle = self.workers.get(worker).is_some_and(|w| w.state == WorkerState::Idle);
+        let Some(&front) = self.actor_queues.get(&worker).and_then(|q| q.front()) else { return };
+        if !idle || !self.tasks[&front].missing.is_empty() {
+            return;
+        }
+        self.dequeue_method(worker, front);
+        self.execute(front, worker);
+        assert_eq!(self.tasks[&front].phase, TaskPhase::Running(worker));
+    }
+
+    fn dequeue_method(&mut self, worker: WorkerId, task: TaskId) {
+        let queue = self.actor_queues.get_mut(&worker).expect("actor queue exists");
+        let position = queue.iter().position(|t| *t == task).expect("method is queued");
+        queue.remove(position);
+        if queue.is_empty() {
+            self.actor_queues.remove(&worker);
+        }
+    }
+
+    /// Hands an attempt to a started, idle (or just started) worker.
+    pub(super) fn execute(&mut self, task: TaskId, worker: WorkerId) {
+        let record = &self.tasks[&task];
+        assert!(record.missing.is_empty(), "{task} executed before its arguments arrived");
+        let args: Vec<ExecArg> = record
+            .spec
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Value { .. } => ExecArg::Value,
+                Arg::Ref(object) => match &record.sources[object] {
+                    ArgSource::Inline(bytes) => ExecArg::Inline(bytes.clone()),
+                    ArgSource::At { .. } => {
+                        let size = self.objects.get(*object).expect("pinned argument is local").size;
+                        ExecArg::Local { object: *object, size }
+                    }
+                },
+            })
+            .collect();
+        let (spec, attempt) = (record.spec.clone(), record.attempt);
+        self.workers.set_state(worker, WorkerState::Busy(task));
+        self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::Running(worker);
+        self.emit(NodeOutput::Execute { worker, spec, attempt, args });
+        self.send_to_head(NodeToHead::TaskStarted { task, attempt, worker });
+    }
+
+    /// Ends an attempt that is not running (fetching, leasing or queued) and reports `failure`.
+    pub(super) fn abort_task(&mut self, task: TaskId, failure: TaskFailure) {
+        let record = self.tasks.remove(&task).expect("aborting an unknown task");
+        assert!(!matches!(record.phase, TaskPhase::Running(_)), "{task} is running; end it instead");
+        for object in &record.missing {
+            if self.pulls.get(*object).is_some() && !self.pulls.remove_waiter(*object, task) {
+                self.pulls.remove(*object);
+            }
+        }
+        self.release_pins(task, &record.pinned);
+        match record.phase {
+            TaskPhase::Leasing(worker) => self.release_lease(worker, task),
+            TaskPhase::ActorQueued(worker) => {
+                self.dequeue_method(worker, task);
+                self.dispatch_actor(worker);
+            }
+            TaskPhase::Fetching | TaskPhase::Running(_) => {}
+        }
+        self.failure_report(task, record.attempt, failure);
+    }
+
+    /// A starting worker's task went away: a pool worker will join the idle pool once started; an
+    /// actor's worker is killed, since it was started for that actor only.
+    fn release_lease(&mut self, worker: WorkerId, task: TaskId) {
+        let info = self.workers.get(worker).expect("leased worker exists");
+        assert_eq!(info.state, WorkerState::Starting { task: Some(task) });
+        match info.kind {
+            WorkerKind::Pool => self.workers.set_state(worker, WorkerState::Starting { task: None }),
+            WorkerKind::Actor(_) => self.stop_worker(worker),
+        }
+    }
+
+    /// Unpins a finished attempt's arguments, deleting those the head freed meanwhile.
+    pub(super) fn release_pins(&mut self, task: TaskId, pinned: &BTreeSet<ObjectId>) {
+        for object in pinned {
+            if self.objects.unpin(*object, task) {
+                self.emit(NodeOutput::DeleteObject(*object));
+            }
+        }
+        assert!(pinned.iter().all(|o| self.objects.get(*o).map_or(true, |e| !e.pinned_by.contains(&task))));
+    }
+
+    /// Fails every method queued for an actor worker that is going away.
+    pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
+        let queued: VecDeque<TaskId> = self.actor_queues.get(&worker).cloned().unwrap_or_default();
+        for task in queued {
+            self.abort_task(task, TaskFailure::WorkerDied { exit_code });
+        }
+        assert!(!self.actor_queues.contains_key(&worker), "methods left for a dead actor worker");
+    }
+
+    pub(super) fn check_task(&self, id: TaskId, task: &Task) {
+        assert_eq!(task.spec.task, id, "task record under the wrong id");
+        assert!(task.missing.is_disjoint(&task.pinned), "{id} pins a missing argument");
+        for object in &task.missing {
+            let pull = self.pulls.get(*object).expect("a missing argument has a pull");
+            assert!(pull.waiters.contains(&id), "{id} not waiting on the pull of {object}");
+            assert!(!self.objects.contains(*object), "{object} missing for {id} but local");
+        }
+        for object in &task.pinned {
+            let entry = self.objects.get(*object).expect("a pinned argument is local");
+            assert!(entry.pinned_by.contains(&id), "{object} not pinned by {id}");
+            assert!(task.sources.contains_key(object), "{id} pins {object}, not an argument");
+        }
+        let is_method = matches!(task.spec.kind, TaskKind::ActorMethod { .. });
+        match task.phase {
+            TaskPhase::Fetching => assert!(!task.missing.is_empty() && !is_method, "{id} fetching nothing"),
+            TaskPhase::Leasing(w) => {
+                assert!(task.missing.is_empty(), "{id} leasing before its arguments arrived");
+                let state = self.workers.get(w).map(|i| i.state);
+                assert_eq!(state, Some(WorkerState::Starting { task: Some(id) }), "{id} leasing {w}");
+            }
+            TaskPhase::ActorQueued(w) => {
+                assert!(is_method, "{id} queued on an actor but not a method");
+                let queued = self.actor_queues.get(&w).is_some_and(|q| q.contains(&id));
+                assert!(queued, "{id} not in the queue of {w}");
+            }
+            TaskPhase::Running(w) => {
+                assert!(task.missing.is_empty(), "{id} running without its arguments");
+                let state = self.workers.get(w).map(|i| i.state);
+                assert_eq!(state, Some(WorkerState::Busy(id)), "{id} running on {w}");
+            }
+        }
+    }
+
+    pub(super) fn check_actor_queues(&self) {
+        for (worker, queue) in &self.actor_queues {
+            assert!(!queue.is_empty(), "empty actor queue kept for {worker}");
+            let info = self.workers.get(*worker).expect("actor queue of an unknown worker");
+            assert!(matches!(info.kind, WorkerKind::Actor(_)), "methods queued on pool worker {worker}");
+            assert!(info.state != WorkerState::Stopping, "methods queued on stopping worker {worker}");
+            for task in queue {
+                let phase = self.tasks.get(task).map(|t| t.phase);
+                assert_eq!(phase, Some(TaskPhase::ActorQueued(*worker)), "{task} queued on {worker}");
+            }
+        }
+    }
+}
