@@ -45,12 +45,11 @@ impl Head {
 
     /// The job ends: everything the driver owns is released, its tasks are cancelled, its
     /// non-detached actors and placement groups go.
-    pub(super) fn on_driver_gone(&mut self, job: JobId, finished: bool) -> Result<(), InputError> {
+    pub(super) fn on_driver_gone(&mut self, job: JobId) -> Result<(), InputError> {
         if !self.jobs.is_running(job) {
             return Err(InputError::UnknownJob(job));
         }
         let driver = TaskId::driver(job);
-        let _ = finished;
         // Owner death of the driver (reasons say JobFinished), while the job still counts as running.
         self.on_owner_died(driver);
         self.kill_job_actors(job);

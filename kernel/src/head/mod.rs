@@ -239,7 +239,7 @@ impl Head {
             HeadInput::FromDriver { job, msg } => self.on_driver_message(job, msg),
             HeadInput::FromNode { node, msg } => self.on_node_message(node, msg),
             HeadInput::DrainNode(node) => self.on_drain_request(node),
-            HeadInput::DriverDisconnected(job) => self.on_driver_gone(job, false),
+            HeadInput::DriverDisconnected(job) => self.on_driver_gone(job),
         };
         if result.is_err() {
             self.stats.inputs_refused += 1;
@@ -447,7 +447,7 @@ impl Head {
             DriverToHead::RemovePlacementGroup(pg) => self.remove_placement_group(pg),
             DriverToHead::FinishJob => {
                 if submitter == TaskId::driver(job) {
-                    self.on_driver_gone(job, true)
+                    self.on_driver_gone(job)
                 } else {
                     Err(InputError::Malformed { what: "only a job's driver can finish the job".into() })
                 }

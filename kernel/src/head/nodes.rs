@@ -19,6 +19,8 @@ pub(super) struct NodeRecord {
     pub deadline: Time,
     /// Draining: no new work; reported drained once idle.
     pub draining: bool,
+    /// `NodeDrained` was emitted.
+    pub drained_reported: bool,
     /// Task attempts running there (normal tasks, actor creations and actor methods).
     pub running: BTreeSet<TaskId>,
     /// Objects with a copy there.
@@ -79,6 +81,7 @@ impl NodeTable {
         let record = NodeRecord {
             deadline,
             draining: false,
+            drained_reported: false,
             running: BTreeSet::new(),
             objects: BTreeSet::new(),
             actors: BTreeSet::new(),
@@ -127,10 +130,8 @@ impl Head {
 
     pub(super) fn on_node_message(&mut self, node: NodeId, msg: NodeToHead) -> Result<(), InputError> {
         if self.nodes.get(node).is_none() {
-            if node.0 != 0 {
-                // Declared dead (or never registered): it must come back as a new node.
-                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::Reregister });
-            }
+            // Declared dead (or never registered): it must come back as a new node.
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::Reregister });
             return Err(InputError::UnknownNode(node));
         }
         let deadline = self.now + self.config.node_timeout;
@@ -179,7 +180,9 @@ impl Head {
 
     /// Reports a draining node once nothing runs or is reserved there.
     pub(super) fn check_drained(&mut self, node: NodeId) {
-        if self.nodes.get(node).is_some_and(|n| n.draining && n.is_idle()) {
+        let Some(record) = self.nodes.get_mut(node) else { return };
+        if record.draining && !record.drained_reported && record.is_idle() {
+            record.drained_reported = true;
             self.emit(HeadOutput::NodeDrained(node));
         }
     }
@@ -191,7 +194,14 @@ impl Head {
         self.stats.nodes_lost += 1;
         self.cluster.remove_node(node);
         self.emit(HeadOutput::NodeDead(node));
-        // Actors first, so that their calls retried below wait for the restart.
+        // Copies first, so that tasks retried below see their lost arguments as missing.
+        let mut lost = Vec::new();
+        for object in &record.objects {
+            if self.objects.remove_location(*object, node) {
+                lost.push(*object);
+            }
+        }
+        // Actors next, so that their calls retried below wait for the restart.
         for actor in &record.actors {
             self.on_actor_lost(*actor, node);
         }
@@ -200,12 +210,6 @@ impl Head {
         }
         for (pg, bundle) in &record.bundles {
             self.on_bundle_lost(*pg, *bundle);
-        }
-        let mut lost = Vec::new();
-        for object in &record.objects {
-            if self.objects.remove_location(*object, node) {
-                lost.push(*object);
-            }
         }
         self.recover_objects(&lost, node);
         self.queue_all_runnable();

@@ -327,6 +327,12 @@ impl Head {
                     self.tasks.queues.get_mut(&class).expect("queue").pop_front();
                     continue;
                 }
+                if !self.arguments_ready(task) {
+                    // An argument was lost after the task was queued: wait for it again.
+                    self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                    self.resolve_dependencies(task);
+                    continue;
+                }
                 match self.try_place(task) {
                     Ok(()) => {
                         self.tasks.queues.get_mut(&class).expect("queue").pop_front();
@@ -340,6 +346,12 @@ impl Head {
             }
         }
         self.schedule_pending_groups();
+    }
+
+    /// Whether every by-reference argument has a readable value now.
+    fn arguments_ready(&self, task: TaskId) -> bool {
+        let spec = &self.tasks.get(task).expect("task").spec;
+        spec.args.iter().filter_map(arg_ref).all(|o| self.objects.get(o).is_some_and(|r| r.is_ready()))
     }
 
     /// Places one queued task and dispatches it.

@@ -75,6 +75,12 @@
 //!    longer the current one are ignored. Bytes sealed when no pull wants them (the tasks were
 //!    cancelled meanwhile) are deleted at once.
 //!
+//! Going through the holder's machine (rather than having the puller's host fetch the bytes on its
+//! own) lets the holder refuse a copy it no longer has or that was freed, and pin the copy for the
+//! length of the transfer so that eviction cannot delete it mid-send; in the simulator, both control
+//! messages cross the simulated network like any other. Objects put by a local worker are not
+//! pulled: they are recorded as primary copies from the worker's own `Put` message.
+//!
 //! # Modules
 //!
 //! - `io`: [`NodeInput`], [`NodeOutput`] and the views the getters return.
@@ -224,7 +230,7 @@ impl Node {
         for object in self.pulls.expired(now) {
             self.advance_pull(now, object);
         }
-        assert!(self.pulls.next_deadline().map_or(true, |t| t > now), "an expired pull was left behind");
+        assert!(self.pulls.next_deadline().is_none_or(|t| t > now), "an expired pull was left behind");
         self.maybe_leave();
     }
 

@@ -5,6 +5,7 @@ mod leases;
 mod lifecycle;
 mod objects;
 mod pulls;
+mod random;
 
 use super::{Node, NodeConfig, NodeInput, NodeOutput};
 use crate::errors::InputError;
