@@ -431,6 +431,7 @@ pub enum Hello {
 
 /// The head's answer to a [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Welcome {
     /// The node is registered under this id.
     NodeRegistered(NodeId),
@@ -442,6 +443,7 @@ pub enum Welcome {
 
 /// Where a task argument's bytes are, as the head tells the node that will run the task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ArgSource {
     /// The bytes themselves.
     Inline(Vec<u8>),
@@ -456,6 +458,7 @@ pub enum ArgSource {
 
 /// The head's messages to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum HeadToNode {
     /// Run attempt `attempt` of a task with this allocation; by-reference arguments are at `args`.
     RunTask {

@@ -106,6 +106,7 @@ impl fmt::Debug for ResourceSet {
 
 /// Why a resource request can never be served, whatever the cluster looks like.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum InvalidRequest {
     /// More than one GPU, but not a whole number of them.
@@ -221,6 +222,7 @@ impl ResourceSet {
 
 /// What one allocation took from a pool, including which GPU devices (and how much of each).
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Allocation {
     /// The amounts taken.
     pub resources: ResourceSet,

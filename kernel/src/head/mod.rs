@@ -95,6 +95,7 @@ impl Default for HeadConfig {
 
 /// Everything that can happen to the Head.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum HeadInput {
     /// The first message on a new connection: a node or a driver introduces itself.
     Connect {
@@ -125,6 +126,7 @@ pub enum HeadInput {
 
 /// Everything the Head asks its host to do.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum HeadOutput {
     /// Answer a [`HeadInput::Connect`].
     ToConn {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// What the host reports to the node machine. Each comes with `now` through
 /// [`Node::handle_input`](super::Node::handle_input).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum NodeInput {
     /// The head accepted our registration under this id; heartbeats start now.
     Registered(NodeId),
@@ -85,6 +86,7 @@ pub enum NodeInput {
 
 /// What a worker process is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum WorkerKind {
     /// A pool worker: runs normal tasks of its job, one at a time, and is reused.
     Pool,
@@ -94,6 +96,7 @@ pub enum WorkerKind {
 
 /// One argument of an [`NodeOutput::Execute`], aligned with the spec's `args`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ExecArg {
     /// The spec's argument at this position is a value: its bytes are in the spec itself.
     Value,
@@ -110,6 +113,7 @@ pub enum ExecArg {
 
 /// What the node machine asks its host to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum NodeOutput {
     /// Send a message to the head.
     ToHead(NodeToHead),
