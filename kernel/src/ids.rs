@@ -79,6 +79,11 @@ impl TaskId {
         TaskId(mix64(job.0 ^ 0x6b65_656c_0000_0000))
     }
 
+    /// The id under which attempt `attempt` of `task` puts objects ([`ObjectId::for_task_put`]).
+    pub const fn put_space(task: TaskId, attempt: u32) -> TaskId {
+        TaskId::child(task, attempt, u64::MAX)
+    }
+
     /// The id of the `seq`-th task submitted by `attempt` of `parent`. Deterministic, so a
     /// recorded run replays with the same ids; each attempt has its own id space.
     pub const fn child(parent: TaskId, attempt: u32, seq: u64) -> TaskId {
@@ -110,10 +115,16 @@ impl ObjectId {
         ObjectId { task, index }
     }
 
-    /// The `seq`-th object put by `task` (or by a driver's [`TaskId::driver`]).
+    /// The `seq`-th object put by a driver (`task` is its [`TaskId::driver`]).
     pub fn for_put(task: TaskId, seq: u32) -> ObjectId {
         assert!(seq & Self::PUT_BIT == 0, "put counter overflow");
         ObjectId { task, index: seq | Self::PUT_BIT }
+    }
+
+    /// The `seq`-th object put by attempt `attempt` of a running task. Each attempt has its own
+    /// put ids, so a retried task never collides with what a failed attempt put.
+    pub fn for_task_put(task: TaskId, attempt: u32, seq: u32) -> ObjectId {
+        ObjectId::for_put(TaskId::put_space(task, attempt), seq)
     }
 
     /// Whether the object was created by `put` (and so cannot be rebuilt from lineage).

@@ -173,7 +173,12 @@ impl Head {
         node: Option<NodeId>,
         nested: Vec<ObjectId>,
     ) -> Result<(), InputError> {
-        if !object.is_put() || object.task != owner {
+        let attempt = self.tasks.get(owner).map(|t| t.attempt);
+        let own_space = match attempt {
+            Some(attempt) => object.task == TaskId::put_space(owner, attempt),
+            None => object.task == owner,
+        };
+        if !object.is_put() || !own_space {
             return Err(InputError::Malformed { what: format!("{object} is not a put id of its submitter {owner}") });
         }
         if self.objects.contains(object) {
