@@ -827,10 +827,12 @@ impl Head {
             None => ErrorReason::OwnerDied { owner },
         };
         self.drop_all_handles(owner);
+        // Owned objects fail first, so that the cancellation of the children producing them does
+        // not fail them with `Cancelled` instead of the owner-death reason.
+        self.fail_owned_objects(owner, reason);
         for child in self.tasks.owned_by(owner) {
             let _ = self.cancel_task(child, true, true);
         }
-        self.fail_owned_objects(owner, reason);
         self.kill_owned_actors(owner);
     }
 }
