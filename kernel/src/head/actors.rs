@@ -426,8 +426,8 @@ impl Head {
         self.forget_task_if_done(creation);
     }
 
-    /// Non-detached actors created by `owner` share its fate.
-    pub(super) fn kill_owned_actors(&mut self, owner: TaskId) {
+    /// Non-detached actors created by `owner` share its fate (`death` says how it ended).
+    pub(super) fn kill_owned_actors(&mut self, owner: TaskId, death: ActorDeath) {
         let owned: Vec<ActorId> = self
             .actors
             .actors
@@ -436,7 +436,7 @@ impl Head {
             .map(|(id, _)| *id)
             .collect();
         for actor in owned {
-            self.actor_dies(actor, ActorDeath::OwnerDied);
+            self.actor_dies(actor, death.clone());
         }
     }
 

@@ -822,9 +822,9 @@ impl Head {
 
     /// An owner's process died: its objects fail, its tasks are cancelled, its actors die.
     pub(super) fn on_owner_died(&mut self, owner: TaskId) {
-        let reason = match self.jobs.job_of_driver(owner) {
-            Some(job) => ErrorReason::JobFinished { job },
-            None => ErrorReason::OwnerDied { owner },
+        let (reason, death) = match self.jobs.job_of_driver(owner) {
+            Some(job) => (ErrorReason::JobFinished { job }, crate::errors::ActorDeath::JobFinished),
+            None => (ErrorReason::OwnerDied { owner }, crate::errors::ActorDeath::OwnerDied),
         };
         self.drop_all_handles(owner);
         // Owned objects fail first, so that the cancellation of the children producing them does
@@ -833,7 +833,7 @@ impl Head {
         for child in self.tasks.owned_by(owner) {
             let _ = self.cancel_task(child, true, true);
         }
-        self.kill_owned_actors(owner);
+        self.kill_owned_actors(owner, death);
     }
 }
 
