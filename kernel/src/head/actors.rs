@@ -90,6 +90,14 @@ impl ActorTable {
         self.actors.get(&actor).is_some_and(|a| !matches!(a.life, Life::Dead(_)) && a.options.max_task_retries > 0)
     }
 
+    /// Why the actor died, if it is dead.
+    pub fn death(&self, actor: ActorId) -> Option<&ErrorReason> {
+        self.actors.get(&actor).and_then(|a| match &a.life {
+            Life::Dead(reason) => Some(reason),
+            _ => None,
+        })
+    }
+
     pub fn node_of_creation_task(&self, task: TaskId) -> Option<NodeId> {
         let actor = self.actors.get(self.by_creation.get(&task)?)?;
         (actor.life == Life::Alive).then_some(actor.node).flatten()
