@@ -351,3 +351,28 @@ fn when_a_job_finishes_its_running_tasks_are_cancelled_and_its_objects_fail_job_
     assert!(matches!(c.driver(job, DriverToHead::Subscribe(vec![out])), Err(InputError::UnknownJob(j)) if j == job));
     assert!(matches!(c.fetch(other, keep), Some(Ok(_))), "another job's work is undisturbed");
 }
+
+#[test]
+fn a_lost_call_output_of_an_actor_that_died_for_good_fails_with_the_actors_real_death() {
+    let mut c = cluster(3, 2);
+    let job = c.start_job("dead-actor");
+    let actor = ActorId(1);
+    let options = ActorOptions { max_restarts: 0, max_task_retries: 2, ..ActorOptions::default() };
+    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 0, actor) }).unwrap();
+    run(&mut c, Duration::from_millis(50));
+    let out = submit_out(&mut c, job, actor_call(job, 1, actor, 0, BIG));
+    run(&mut c, Duration::from_millis(50));
+    assert!(c.head.object_ready(out));
+    lose_host_of(&mut c, out);
+    run(&mut c, Duration::from_secs(10));
+    let state = c.head.actor(actor).unwrap().state;
+    assert!(
+        matches!(&state, proto::ActorState::Dead(ErrorReason::ActorDied { cause: ActorDeath::RestartsExhausted { .. }, .. })),
+        "{state:?}"
+    );
+    let error = c.head.object_error(out).cloned();
+    assert!(
+        matches!(&error, Some(ErrorReason::ActorDied { actor: a, cause: ActorDeath::RestartsExhausted { .. } }) if *a == actor),
+        "the output fails with why the actor died: {error:?}"
+    );
+}
