@@ -589,6 +589,12 @@ impl Head {
 
     fn on_task_finished(&mut self, task: TaskId, node: NodeId, returns: Vec<crate::proto::ReturnValue>) {
         let kind = self.tasks.get(task).expect("task").spec.kind.clone();
+        // References returned inside the values outlive the attempt's own handles: hold them while
+        // the attempt ends, until the values that contain them are sealed.
+        let pinned: Vec<ObjectId> = returns.iter().flat_map(|v| v.nested.iter().copied()).collect();
+        for object in &pinned {
+            self.add_arg_use(*object);
+        }
         self.end_attempt(task);
         self.tasks.get_mut(task).expect("task").state = TaskState::Finished;
         self.stats.tasks_finished += 1;
@@ -600,6 +606,9 @@ impl Head {
             } else if value.inline.is_none() {
                 self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![value.object]) });
             }
+        }
+        for object in pinned {
+            self.remove_arg_use(object);
         }
         match kind {
             TaskKind::ActorCreation(actor) => self.on_actor_created(actor),
