@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use keel_kernel::head::{HeadStats, TaskStateKind};
+use keel_kernel::head::TaskStateKind;
 use keel_kernel::proto::{
     ActorOptions, Arg, DriverToHead, HeadToDriver, HeadToNode, Hello, Labels, NodeToHead, PlacementGroupSpec,
     PlacementStrategy, ReturnValue, SchedulingStrategy, TaskOutcome, TaskSpec, Welcome, PROTOCOL_VERSION,
@@ -12,122 +12,6 @@ use keel_kernel::proto::{
 use keel_kernel::resources::InvalidRequest;
 use keel_kernel::testkit::task;
 use keel_kernel::*;
-
-/// A Head driven by hand: inputs at a clock the test moves.
-struct Bench {
-    head: Head,
-    now: Time,
-    conn: u64,
-}
-
-impl Bench {
-    fn new() -> Bench {
-        Bench { head: Head::new(HeadConfig::default()), now: Time::ZERO, conn: 0 }
-    }
-
-    fn input(&mut self, input: HeadInput) -> (Result<(), InputError>, Vec<HeadOutput>) {
-        let result = self.head.handle_input(self.now, input);
-        self.head.check_invariants();
-        (result, self.drain())
-    }
-
-    fn drain(&mut self) -> Vec<HeadOutput> {
-        std::iter::from_fn(|| self.head.poll_output()).collect()
-    }
-
-    fn connect(&mut self, hello: Hello) -> Welcome {
-        self.conn += 1;
-        let conn = ConnId(self.conn);
-        let (result, outs) = self.input(HeadInput::Connect { conn, hello });
-        result.unwrap();
-        outs.into_iter()
-            .find_map(|o| match o {
-                HeadOutput::ToConn { conn: c, msg } if c == conn => Some(msg),
-                _ => None,
-            })
-            .expect("an answer to the hello")
-    }
-
-    fn node(&mut self, cpus: u64) -> NodeId {
-        let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(cpus), labels: Labels::new() };
-        match self.connect(hello) {
-            Welcome::NodeRegistered(n) => n,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn job(&mut self) -> JobId {
-        match self.connect(Hello::RegisterJob { version: PROTOCOL_VERSION, name: "bench".into() }) {
-            Welcome::JobRegistered(j) => j,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn driver(&mut self, job: JobId, msg: DriverToHead) -> (Result<(), InputError>, Vec<HeadOutput>) {
-        self.input(HeadInput::FromDriver { job, msg })
-    }
-
-    fn from_node(&mut self, node: NodeId, msg: NodeToHead) -> (Result<(), InputError>, Vec<HeadOutput>) {
-        self.input(HeadInput::FromNode { node, msg })
-    }
-
-    /// Moves the clock by `d`, firing timers, while `alive` nodes keep sending heartbeats.
-    fn advance(&mut self, d: Duration, alive: &[NodeId]) -> Vec<HeadOutput> {
-        let end = self.now + d;
-        let mut outs = Vec::new();
-        while self.now < end {
-            self.now = (self.now + Duration::from_millis(500)).min(end);
-            for n in alive {
-                let (r, o) = self.from_node(*n, NodeToHead::Heartbeat);
-                r.unwrap();
-                outs.extend(o);
-            }
-            self.head.handle_timeout(self.now);
-            self.head.check_invariants();
-            outs.extend(self.drain());
-        }
-        outs
-    }
-
-    /// What the getters say about a task and its first output.
-    fn snapshot(&self, task: TaskId) -> Snapshot {
-        let out = ObjectId::for_return(task, 1);
-        let mut stats = self.head.stats().clone();
-        stats.inputs_refused = 0;
-        Snapshot {
-            state: self.head.task_state(task),
-            attempt: self.head.task_attempt(task),
-            node: self.head.task_node(task),
-            ready: self.head.object_ready(out),
-            error: self.head.object_error(out).cloned(),
-            refs: self.head.object_ref_count(out),
-            locations: self.head.object_locations(out),
-            stats,
-            tasks: self.head.task_records(),
-            objects: self.head.object_records(),
-            queued: self.head.queued_tasks(),
-            lineage: self.head.lineage_bytes(),
-            nodes: self.head.live_nodes().collect(),
-        }
-    }
-}
-
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    state: Option<TaskStateKind>,
-    attempt: Option<u32>,
-    node: Option<NodeId>,
-    ready: bool,
-    error: Option<ErrorReason>,
-    refs: Option<u64>,
-    locations: Vec<NodeId>,
-    stats: HeadStats,
-    tasks: usize,
-    objects: usize,
-    queued: usize,
-    lineage: u64,
-    nodes: Vec<NodeId>,
-}
 
 fn run_task_attempt(outs: &[HeadOutput], task: TaskId) -> Option<(NodeId, u32)> {
     outs.iter().find_map(|o| match o {

@@ -376,3 +376,51 @@ fn a_lost_call_output_of_an_actor_that_died_for_good_fails_with_the_actors_real_
         "the output fails with why the actor died: {error:?}"
     );
 }
+
+fn run_attempt(outs: &[HeadOutput], task: TaskId) -> Option<(NodeId, u32)> {
+    outs.iter().find_map(|o| match o {
+        HeadOutput::ToNode { node, msg: proto::HeadToNode::RunTask { spec, attempt, .. } } if spec.task == task => {
+            Some((*node, *attempt))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn an_owner_that_finishes_loses_nothing_its_returned_child_ref_stays_alive() {
+    let mut b = Bench::new();
+    let node = b.node(4);
+    let job = b.job();
+    let parent = task(job, 0, "parent");
+    let p = parent.task;
+    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(parent));
+    r.unwrap();
+    assert_eq!(run_attempt(&outs, p), Some((node, 0)));
+    let child = proto::TaskSpec::new(TaskId::child(p, 0, 0), job, "child");
+    let cout = child.return_ids().next().unwrap();
+    let submit = NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.clone()) };
+    let (r, outs) = b.from_node(node, submit);
+    r.unwrap();
+    assert_eq!(run_attempt(&outs, child.task), Some((node, 0)));
+    // The parent returns a value holding the child's ref, and ends.
+    let pout = ObjectId::for_return(p, 1);
+    let value = proto::ReturnValue { object: pout, size: 1, inline: Some(vec![9]), nested: vec![cout] };
+    let ended = NodeToHead::TaskEnded { task: p, attempt: 0, outcome: proto::TaskOutcome::Finished(vec![value]) };
+    b.from_node(node, ended).0.unwrap();
+    assert_eq!(b.head.task_state(p), Some(TaskStateKind::Finished));
+    assert_eq!(b.head.object_error(cout), None, "a finished owner is not a dead one");
+    assert_eq!(b.head.task_state(child.task), Some(TaskStateKind::Running));
+    b.driver(job, DriverToHead::Subscribe(vec![pout, cout])).0.unwrap();
+    let value = proto::ReturnValue { object: cout, size: 2, inline: Some(vec![1, 2]), nested: vec![] };
+    let ended = NodeToHead::TaskEnded { task: child.task, attempt: 0, outcome: proto::TaskOutcome::Finished(vec![value]) };
+    let (r, outs) = b.from_node(node, ended);
+    r.unwrap();
+    assert!(b.head.object_ready(cout));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        HeadOutput::ToDriver { msg: proto::HeadToDriver::ObjectReady { object, .. }, .. } if *object == cout
+    )));
+    // Dropping the parent's value releases the child's output too.
+    b.driver(job, DriverToHead::RemoveRef(pout)).0.unwrap();
+    assert_eq!(b.head.object_ref_count(cout).unwrap_or(0), 0);
+}
