@@ -535,6 +535,10 @@ impl Head {
             if value.object != expected {
                 return Err(format!("value {} where {} was expected", value.object, expected));
             }
+            // As for a put: a value may only contain references that exist (the task holds them).
+            if let Some(inner) = value.nested.iter().find(|o| self.objects.get(**o).is_none_or(|r| r.released)) {
+                return Err(format!("value {} contains unknown reference {inner}", value.object));
+            }
             if let Some(bytes) = &value.inline {
                 if bytes.len() as u64 != value.size || value.size > self.config.inline_max_bytes {
                     return Err(format!(
