@@ -317,3 +317,24 @@ fn bad_input_from_one_job_does_not_disturb_another_jobs_work() {
     }
     assert!(c.drivers[&good].inbox.iter().all(|m| !matches!(m, HeadToDriver::Rejected { .. } | HeadToDriver::ObjectFailed { .. })));
 }
+
+#[test]
+fn a_return_value_nesting_an_unknown_or_released_reference_is_malformed() {
+    for released in [true, false] {
+        let (mut b, node, job, spec) = bench_with_running_task();
+        let inner = if released {
+            let p = ObjectId::for_put(TaskId::driver(job), 1);
+            let put = DriverToHead::Put { object: p, size: 1, inline: Some(vec![0]), node: None, nested: vec![] };
+            b.driver(job, put).0.unwrap();
+            b.driver(job, DriverToHead::RemoveRef(p)).0.unwrap();
+            p
+        } else {
+            ObjectId::for_return(TaskId(4242), 1)
+        };
+        let out = spec.return_ids().next().unwrap();
+        let value = ReturnValue { object: out, size: 1, inline: Some(vec![0]), nested: vec![inner] };
+        let (r, _) = b.from_node(node, NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(vec![value]) });
+        assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
+        assert!(matches!(b.head.object_error(out), Some(ErrorReason::TaskFailed { failure: TaskFailure::Application { .. }, .. })));
+    }
+}
