@@ -175,7 +175,10 @@ fn a_killed_actor_is_dead_and_its_calls_fail_killed() {
     assert_eq!(c.head.actor(actor).unwrap().running_calls, 1);
     c.driver(job, DriverToHead::KillActor { actor, no_restart: true }).unwrap();
     run(&mut c, Duration::from_millis(20));
-    assert!(matches!(c.head.actor(actor).unwrap().state, ActorState::Dead(ErrorReason::ActorDied { cause: ActorDeath::Killed, .. })));
+    assert!(matches!(
+        c.head.actor(actor).unwrap().state,
+        ActorState::Dead(ErrorReason::ActorDied { cause: ActorDeath::Killed, .. })
+    ));
     assert_eq!(c.head.actor(actor).unwrap().running_calls, 0);
     assert!(matches!(c.fetch(job, rout), Some(Err(ErrorReason::ActorDied { cause: ActorDeath::Killed, .. }))));
     let later = call(&mut c, job, 2, actor, 1);
@@ -247,7 +250,13 @@ fn a_group_that_does_not_fit_reserves_nothing() {
     let job = c.start_job("all-or-nothing");
     create_group(&mut c, job, 1, vec![ResourceSet::cpus(1); 4], PlacementStrategy::StrictSpread);
     create_group(&mut c, job, 2, vec![ResourceSet::cpus(3); 2], PlacementStrategy::StrictPack);
-    create_group(&mut c, job, 3, vec![ResourceSet::cpus(4), ResourceSet::cpus(4), ResourceSet::cpus(4), ResourceSet::cpus(1)], PlacementStrategy::Spread);
+    create_group(
+        &mut c,
+        job,
+        3,
+        vec![ResourceSet::cpus(4), ResourceSet::cpus(4), ResourceSet::cpus(4), ResourceSet::cpus(1)],
+        PlacementStrategy::Spread,
+    );
     run(&mut c, Duration::from_millis(20));
     for pg in 1..=3 {
         assert!(group_nodes(&c, pg).iter().all(Option::is_none), "group {pg} holds a partial reservation");

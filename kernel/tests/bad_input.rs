@@ -61,9 +61,15 @@ fn unknown_ids_are_refused_with_typed_errors_and_change_nothing() {
         (DriverToHead::Cancel { task: ghost_task, force: true, recursive: true }, InputError::UnknownTask(ghost_task)),
         (DriverToHead::AddRef(ghost_object), InputError::UnknownObject(ghost_object)),
         (DriverToHead::RemoveRef(ghost_object), InputError::UnknownObject(ghost_object)),
-        (DriverToHead::Subscribe(vec![spec.return_ids().next().unwrap(), ghost_object]), InputError::UnknownObject(ghost_object)),
+        (
+            DriverToHead::Subscribe(vec![spec.return_ids().next().unwrap(), ghost_object]),
+            InputError::UnknownObject(ghost_object),
+        ),
         (DriverToHead::KillActor { actor: ActorId(77), no_restart: true }, InputError::UnknownActor(ActorId(77))),
-        (DriverToHead::RemovePlacementGroup(PlacementGroupId(9)), InputError::UnknownPlacementGroup(PlacementGroupId(9))),
+        (
+            DriverToHead::RemovePlacementGroup(PlacementGroupId(9)),
+            InputError::UnknownPlacementGroup(PlacementGroupId(9)),
+        ),
         (
             DriverToHead::SubmitTask({
                 let mut s = task(job, 1, "x");
@@ -90,13 +96,13 @@ fn unknown_ids_are_refused_with_typed_errors_and_change_nothing() {
     }
     let ghost_node = NodeId(999);
     assert!(matches!(b.input(HeadInput::DrainNode(ghost_node)).0, Err(InputError::UnknownNode(n)) if n == ghost_node));
-    let (r, outs) = b.from_node(ghost_node, NodeToHead::Heartbeat);
+    let (r, outs) = b.node_says(ghost_node, NodeToHead::Heartbeat);
     assert!(matches!(r, Err(InputError::UnknownNode(n)) if n == ghost_node));
     assert!(outs.contains(&HeadOutput::ToNode { node: ghost_node, msg: HeadToNode::Reregister }));
     let ghost_job = JobId(999);
     assert!(matches!(b.driver(ghost_job, DriverToHead::FinishJob).0, Err(InputError::UnknownJob(j)) if j == ghost_job));
     assert!(matches!(b.input(HeadInput::DriverDisconnected(ghost_job)).0, Err(InputError::UnknownJob(_))));
-    let (r, _) = b.from_node(node, NodeToHead::TaskEnded { task: ghost_task, attempt: 0, outcome: finished(&spec) });
+    let (r, _) = b.node_says(node, NodeToHead::TaskEnded { task: ghost_task, attempt: 0, outcome: finished(&spec) });
     assert!(matches!(r, Err(InputError::UnknownTask(t)) if t == ghost_task));
     assert_eq!(b.snapshot(spec.task), before);
     assert_eq!(b.head.stats().inputs_refused, 14);
@@ -120,19 +126,28 @@ fn duplicate_ids_are_refused() {
     b.driver(job, put(p)).0.unwrap();
     assert!(matches!(b.driver(job, put(p)).0, Err(InputError::DuplicateObject(o)) if o == p));
     // A placement group id twice.
-    let pg_spec =
-        PlacementGroupSpec { bundles: vec![ResourceSet::cpus(1)], strategy: PlacementStrategy::Pack, name: None, detached: false };
+    let pg_spec = PlacementGroupSpec {
+        bundles: vec![ResourceSet::cpus(1)],
+        strategy: PlacementStrategy::Pack,
+        name: None,
+        detached: false,
+    };
     let pg = PlacementGroupId(5);
     b.driver(job, DriverToHead::CreatePlacementGroup { pg, spec: pg_spec.clone() }).0.unwrap();
     let (r, _) = b.driver(job, DriverToHead::CreatePlacementGroup { pg, spec: pg_spec });
     assert!(matches!(r, Err(InputError::DuplicatePlacementGroup(g)) if g == pg));
     // An actor id twice, and an actor call sequence number twice.
     let actor = ActorId(3);
-    b.driver(job, DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 10, actor) })
-        .0
-        .unwrap();
-    let (r, _) =
-        b.driver(job, DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 11, actor) });
+    b.driver(
+        job,
+        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 10, actor) },
+    )
+    .0
+    .unwrap();
+    let (r, _) = b.driver(
+        job,
+        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 11, actor) },
+    );
     assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
     assert_eq!(b.head.task_state(actor_creation(job, 11, actor).task), None, "the refused creation left nothing");
     b.driver(job, DriverToHead::SubmitTask(actor_call(job, 20, actor, 0, "m"))).0.unwrap();
@@ -158,7 +173,7 @@ fn a_node_declared_dead_is_told_to_register_again() {
         NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: finished(&spec) },
         NodeToHead::ObjectAdded { object: ObjectId::for_return(spec.task, 1), size: 1_000_000 },
     ] {
-        let (r, outs) = b.from_node(node, msg);
+        let (r, outs) = b.node_says(node, msg);
         assert!(matches!(r, Err(InputError::UnknownNode(n)) if n == node));
         assert_eq!(outs, vec![HeadOutput::ToNode { node, msg: HeadToNode::Reregister }]);
         assert_eq!(b.snapshot(spec.task), before);
@@ -176,25 +191,28 @@ fn a_stale_or_misdirected_completion_is_refused_and_changes_nothing() {
         (other, 0, finished(&spec)),
     ];
     for (from, attempt, outcome) in cases {
-        let (r, _) = b.from_node(from, NodeToHead::TaskEnded { task: spec.task, attempt, outcome });
+        let (r, _) = b.node_says(from, NodeToHead::TaskEnded { task: spec.task, attempt, outcome });
         assert!(
             matches!(r, Err(InputError::StaleAttempt { task, attempt: a, node: n }) if task == spec.task && a == attempt && n == from)
         );
         assert_eq!(b.snapshot(spec.task), before);
     }
     // The real completion is accepted once; a duplicate of it is stale.
-    b.from_node(node, NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: finished(&spec) }).0.unwrap();
+    b.node_says(node, NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: finished(&spec) }).0.unwrap();
     let done = b.snapshot(spec.task);
     assert_eq!(done.state, Some(TaskStateKind::Finished));
     assert!(done.ready);
-    let (r, _) = b.from_node(node, NodeToHead::TaskEnded {
-        task: spec.task,
-        attempt: 0,
-        outcome: TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: None }),
-    });
+    let (r, _) = b.node_says(
+        node,
+        NodeToHead::TaskEnded {
+            task: spec.task,
+            attempt: 0,
+            outcome: TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: None }),
+        },
+    );
     assert!(matches!(r, Err(InputError::StaleAttempt { .. })));
     assert_eq!(b.snapshot(spec.task), done);
-    let (r, _) = b.from_node(node, NodeToHead::TaskStarted { task: spec.task, attempt: 0, worker: WorkerId(1) });
+    let (r, _) = b.node_says(node, NodeToHead::TaskStarted { task: spec.task, attempt: 0, worker: WorkerId(1) });
     assert!(matches!(r, Err(InputError::StaleAttempt { .. })), "{r:?}");
     assert_eq!(b.snapshot(spec.task), done);
 }
@@ -203,18 +221,24 @@ fn a_stale_or_misdirected_completion_is_refused_and_changes_nothing() {
 fn a_peer_with_another_protocol_version_is_refused() {
     let mut b = Bench::new();
     let wrong = PROTOCOL_VERSION + 1;
-    let answer = b.connect(Hello::RegisterNode { version: wrong, resources: ResourceSet::cpus(1), labels: Labels::new() });
-    assert!(matches!(answer, Welcome::Refused(InputError::VersionMismatch { got, expected }) if got == wrong && expected == PROTOCOL_VERSION));
+    let answer =
+        b.connect(Hello::RegisterNode { version: wrong, resources: ResourceSet::cpus(1), labels: Labels::new() });
+    assert!(
+        matches!(answer, Welcome::Refused(InputError::VersionMismatch { got, expected }) if got == wrong && expected == PROTOCOL_VERSION)
+    );
     let answer = b.connect(Hello::RegisterJob { version: 0, name: "old".into() });
     assert!(matches!(answer, Welcome::Refused(InputError::VersionMismatch { got: 0, .. })));
     assert_eq!(b.head.live_nodes().count(), 0);
     assert!(b.head.job_name(JobId(1)).is_none() && b.head.job_name(JobId(0)).is_none());
 }
 
+/// Builds a task's (malformed) return values.
+type MakeReturns = Box<dyn Fn(&TaskSpec) -> Vec<ReturnValue>>;
+
 #[test]
 fn malformed_return_values_fail_the_task_with_a_typed_reason() {
     let value = |object, size, inline: Option<Vec<u8>>| ReturnValue { object, size, inline, nested: vec![] };
-    let cases: Vec<Box<dyn Fn(&TaskSpec) -> Vec<ReturnValue>>> = vec![
+    let cases: Vec<MakeReturns> = vec![
         Box::new(|_| vec![]),
         Box::new(move |s| vec![value(ObjectId::for_return(s.task, 2), 1, Some(vec![0]))]),
         Box::new(move |s| vec![value(ObjectId::for_return(s.task, 1), 5, Some(vec![0]))]),
@@ -229,7 +253,10 @@ fn malformed_return_values_fail_the_task_with_a_typed_reason() {
         let out = spec.return_ids().next().unwrap();
         b.driver(job, DriverToHead::Subscribe(vec![out])).0.unwrap();
         let returns = make(&spec);
-        let (r, outs) = b.from_node(node, NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(returns) });
+        let (r, outs) = b.node_says(
+            node,
+            NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(returns) },
+        );
         assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
         assert!(!b.head.object_ready(out));
         assert!(
@@ -315,7 +342,10 @@ fn bad_input_from_one_job_does_not_disturb_another_jobs_work() {
         assert!(matches!(c.fetch(good, *o), Some(Ok(_))), "{o}");
         assert_eq!(c.head.object_ref_count(*o), Some(1), "the good job still holds its handle");
     }
-    assert!(c.drivers[&good].inbox.iter().all(|m| !matches!(m, HeadToDriver::Rejected { .. } | HeadToDriver::ObjectFailed { .. })));
+    assert!(c.drivers[&good]
+        .inbox
+        .iter()
+        .all(|m| !matches!(m, HeadToDriver::Rejected { .. } | HeadToDriver::ObjectFailed { .. })));
 }
 
 #[test]
@@ -333,8 +363,14 @@ fn a_return_value_nesting_an_unknown_or_released_reference_is_malformed() {
         };
         let out = spec.return_ids().next().unwrap();
         let value = ReturnValue { object: out, size: 1, inline: Some(vec![0]), nested: vec![inner] };
-        let (r, _) = b.from_node(node, NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(vec![value]) });
+        let (r, _) = b.node_says(
+            node,
+            NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(vec![value]) },
+        );
         assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
-        assert!(matches!(b.head.object_error(out), Some(ErrorReason::TaskFailed { failure: TaskFailure::Application { .. }, .. })));
+        assert!(matches!(
+            b.head.object_error(out),
+            Some(ErrorReason::TaskFailed { failure: TaskFailure::Application { .. }, .. })
+        ));
     }
 }

@@ -310,14 +310,24 @@ fn when_a_submitting_task_crashes_its_children_are_cancelled_and_their_outputs_f
     let cout = child.return_ids().next().unwrap();
     let now = c.now();
     c.head
-        .handle_input(now, HeadInput::FromNode { node, msg: NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child) } })
+        .handle_input(
+            now,
+            HeadInput::FromNode {
+                node,
+                msg: NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child) },
+            },
+        )
         .unwrap();
     c.driver(job, DriverToHead::Subscribe(vec![cout])).unwrap();
     run(&mut c, Duration::from_millis(100));
     assert_eq!(c.head.task_state(cout.task), Some(TaskStateKind::Running));
     // The parent's worker dies.
     run(&mut c, Duration::from_secs(2));
-    assert!(matches!(c.head.object_error(pout), Some(ErrorReason::TaskFailed { .. })), "{:?}", c.head.object_error(pout));
+    assert!(
+        matches!(c.head.object_error(pout), Some(ErrorReason::TaskFailed { .. })),
+        "{:?}",
+        c.head.object_error(pout)
+    );
     assert!(matches!(c.head.task_state(cout.task), None | Some(TaskStateKind::Cancelled | TaskStateKind::Failed)));
     assert!(
         matches!(c.drivers[&job].failed.get(&cout), Some(ErrorReason::OwnerDied { owner }) if *owner == p),
@@ -367,7 +377,10 @@ fn a_lost_call_output_of_an_actor_that_died_for_good_fails_with_the_actors_real_
     run(&mut c, Duration::from_secs(10));
     let state = c.head.actor(actor).unwrap().state;
     assert!(
-        matches!(&state, proto::ActorState::Dead(ErrorReason::ActorDied { cause: ActorDeath::RestartsExhausted { .. }, .. })),
+        matches!(
+            &state,
+            proto::ActorState::Dead(ErrorReason::ActorDied { cause: ActorDeath::RestartsExhausted { .. }, .. })
+        ),
         "{state:?}"
     );
     let error = c.head.object_error(out).cloned();
@@ -399,21 +412,22 @@ fn an_owner_that_finishes_loses_nothing_its_returned_child_ref_stays_alive() {
     let child = proto::TaskSpec::new(TaskId::child(p, 0, 0), job, "child");
     let cout = child.return_ids().next().unwrap();
     let submit = NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.clone()) };
-    let (r, outs) = b.from_node(node, submit);
+    let (r, outs) = b.node_says(node, submit);
     r.unwrap();
     assert_eq!(run_attempt(&outs, child.task), Some((node, 0)));
     // The parent returns a value holding the child's ref, and ends.
     let pout = ObjectId::for_return(p, 1);
     let value = proto::ReturnValue { object: pout, size: 1, inline: Some(vec![9]), nested: vec![cout] };
     let ended = NodeToHead::TaskEnded { task: p, attempt: 0, outcome: proto::TaskOutcome::Finished(vec![value]) };
-    b.from_node(node, ended).0.unwrap();
+    b.node_says(node, ended).0.unwrap();
     assert_eq!(b.head.task_state(p), Some(TaskStateKind::Finished));
     assert_eq!(b.head.object_error(cout), None, "a finished owner is not a dead one");
     assert_eq!(b.head.task_state(child.task), Some(TaskStateKind::Running));
     b.driver(job, DriverToHead::Subscribe(vec![pout, cout])).0.unwrap();
     let value = proto::ReturnValue { object: cout, size: 2, inline: Some(vec![1, 2]), nested: vec![] };
-    let ended = NodeToHead::TaskEnded { task: child.task, attempt: 0, outcome: proto::TaskOutcome::Finished(vec![value]) };
-    let (r, outs) = b.from_node(node, ended);
+    let ended =
+        NodeToHead::TaskEnded { task: child.task, attempt: 0, outcome: proto::TaskOutcome::Finished(vec![value]) };
+    let (r, outs) = b.node_says(node, ended);
     r.unwrap();
     assert!(b.head.object_ready(cout));
     assert!(outs.iter().any(|o| matches!(

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use keel_kernel::head::{HeadStats, TaskStateKind};
-use keel_kernel::proto::{DriverToHead, Hello, Labels, NodeToHead, SchedulingStrategy, TaskKind, TaskSpec, Welcome, PROTOCOL_VERSION};
+use keel_kernel::proto::{
+    DriverToHead, Hello, Labels, NodeToHead, SchedulingStrategy, TaskKind, TaskSpec, Welcome, PROTOCOL_VERSION,
+};
 use keel_kernel::testkit::Cluster;
 use keel_kernel::*;
 
@@ -101,7 +103,11 @@ impl Bench {
     }
 
     pub fn node(&mut self, cpus: u64) -> NodeId {
-        let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(cpus), labels: Labels::new() };
+        let hello = Hello::RegisterNode {
+            version: PROTOCOL_VERSION,
+            resources: ResourceSet::cpus(cpus),
+            labels: Labels::new(),
+        };
         match self.connect(hello) {
             Welcome::NodeRegistered(n) => n,
             other => panic!("{other:?}"),
@@ -119,7 +125,7 @@ impl Bench {
         self.input(HeadInput::FromDriver { job, msg })
     }
 
-    pub fn from_node(&mut self, node: NodeId, msg: NodeToHead) -> (Result<(), InputError>, Vec<HeadOutput>) {
+    pub fn node_says(&mut self, node: NodeId, msg: NodeToHead) -> (Result<(), InputError>, Vec<HeadOutput>) {
         self.input(HeadInput::FromNode { node, msg })
     }
 
@@ -130,7 +136,7 @@ impl Bench {
         while self.now < end {
             self.now = (self.now + Duration::from_millis(500)).min(end);
             for n in alive {
-                let (r, o) = self.from_node(*n, NodeToHead::Heartbeat);
+                let (r, o) = self.node_says(*n, NodeToHead::Heartbeat);
                 r.unwrap();
                 outs.extend(o);
             }
@@ -180,4 +186,3 @@ pub struct Snapshot {
     pub lineage: u64,
     pub nodes: Vec<NodeId>,
 }
-
