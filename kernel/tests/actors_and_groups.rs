@@ -355,3 +355,32 @@ fn an_infeasible_group_fails_after_the_grace_period() {
     assert!(failed(&c));
     assert!(matches!(c.fetch(job, out), Some(Err(ErrorReason::PlacementGroupInfeasible { .. }))));
 }
+
+#[test]
+fn removing_a_group_kills_the_actor_inside_and_frees_everything() {
+    let mut c = cluster(1, 2);
+    let job = c.start_job("group-actor");
+    create_group(&mut c, job, 1, vec![ResourceSet::cpus(2)], PlacementStrategy::StrictPack);
+    run(&mut c, Duration::from_millis(20));
+    let actor = ActorId(1);
+    let mut creation = actor_creation(job, 0, actor);
+    creation.strategy = SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(1), bundle: Some(0) };
+    let options = ActorOptions { max_restarts: 3, ..ActorOptions::default() };
+    c.driver(job, DriverToHead::CreateActor { options, creation }).unwrap();
+    run(&mut c, Duration::from_millis(20));
+    assert!(alive_on(&c, actor).is_some());
+    let pending = call(&mut c, job, 1, actor, 0);
+    c.driver(job, DriverToHead::RemovePlacementGroup(PlacementGroupId(1))).unwrap();
+    run(&mut c, Duration::from_millis(50));
+    let state = c.head.actor(actor).unwrap().state;
+    assert!(matches!(state, ActorState::Dead(ErrorReason::ActorDied { .. })), "{state:?}");
+    assert_eq!(c.head.actor(actor).unwrap().restarts, 0, "a removed group's actor does not restart");
+    assert!(matches!(c.fetch(job, pending), Some(Err(_))));
+    let mut whole = task(job, 5, "ms=1");
+    whole.resources = ResourceSet::cpus(2);
+    let out = whole.return_ids().next().unwrap();
+    c.submit(job, whole).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    run(&mut c, Duration::from_millis(50));
+    assert!(matches!(c.fetch(job, out), Some(Ok(_))), "the node's CPUs are all free again");
+}

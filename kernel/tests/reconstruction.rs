@@ -438,3 +438,33 @@ fn an_owner_that_finishes_loses_nothing_its_returned_child_ref_stays_alive() {
     b.driver(job, DriverToHead::RemoveRef(pout)).0.unwrap();
     assert_eq!(b.head.object_ref_count(cout).unwrap_or(0), 0);
 }
+
+#[test]
+fn a_lost_object_whose_dropped_argument_was_lost_too_is_rebuilt_recursively() {
+    let mut c = cluster(3, 2);
+    let job = c.start_job("recursive");
+    let n0 = c.node_id(0);
+    let a = submit_out(&mut c, job, soft_on(task(job, 0, BIG), n0));
+    let mut bs = soft_on(task(job, 1, BIG), n0);
+    bs.args.push(Arg::Ref(a));
+    let b = submit_out(&mut c, job, bs);
+    run(&mut c, Duration::from_millis(100));
+    let (orig_a, orig_b) = (stored_bytes(&c, a).unwrap(), stored_bytes(&c, b).unwrap());
+    c.driver(job, DriverToHead::RemoveRef(a)).unwrap();
+    run(&mut c, Duration::from_millis(10));
+    assert_eq!(c.head.object_locations(b), vec![n0]);
+    c.crash_host(0);
+    run(&mut c, Duration::from_secs(10));
+    assert!(c.head.object_ready(b), "{:?}", c.head.object_error(b));
+    assert_eq!(stored_bytes(&c, b), Some(orig_b), "b rebuilt from a rebuilt a");
+    assert_eq!(c.head.stats().reconstructions, 2, "a (needed as an argument) and b");
+    if let Some(bytes) = stored_bytes(&c, a) {
+        assert_eq!(bytes, orig_a);
+    }
+    // Once b is dropped too, nothing is left of either.
+    c.driver(job, DriverToHead::RemoveRef(b)).unwrap();
+    run(&mut c, Duration::from_millis(50));
+    assert_eq!(c.head.object_ref_count(b).unwrap_or(0), 0);
+    assert_eq!(c.head.lineage_tasks(), 0);
+    assert_eq!(c.head.lineage_bytes(), 0);
+}
