@@ -384,3 +384,41 @@ fn removing_a_group_kills_the_actor_inside_and_frees_everything() {
     run(&mut c, Duration::from_millis(50));
     assert!(matches!(c.fetch(job, out), Some(Ok(_))), "the node's CPUs are all free again");
 }
+
+#[test]
+fn calls_lost_with_a_restarting_actor_are_retried_in_the_callers_order() {
+    let mut c = cluster(3, 2);
+    let job = c.start_job("retry-order");
+    let actor = ActorId(1);
+    let options = ActorOptions { max_restarts: 1, max_task_retries: 1, ..ActorOptions::default() };
+    create_actor(&mut c, job, 0, actor, options);
+    run(&mut c, Duration::from_millis(20));
+    let first = alive_on(&c, actor).unwrap();
+    let long = actor_call(job, 1, actor, 0, "ms=3000");
+    let long_out = long.return_ids().next().unwrap();
+    c.submit(job, long).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![long_out])).unwrap();
+    run(&mut c, Duration::from_millis(20));
+    let later: Vec<ObjectId> = (1..=2).map(|n| call(&mut c, job, 1 + n, actor, n)).collect();
+    run(&mut c, Duration::from_millis(20));
+    assert_eq!(c.head.actor(actor).unwrap().running_calls, 3, "calls are pipelined to the actor's node");
+    assert!(!c.head.object_ready(later[0]), "but run after call 0");
+    let mark = c.head_log.len();
+    c.crash_host(c.host_of(first).unwrap());
+    run(&mut c, Duration::from_secs(15));
+    let dispatched: Vec<(u64, u32)> = c.head_log[mark..]
+        .iter()
+        .filter_map(|(_, o)| match o {
+            HeadOutput::ToNode { msg: HeadToNode::RunTask { spec, attempt, .. }, .. } => match spec.kind {
+                TaskKind::ActorMethod { actor: a, seq } if a == actor => Some((seq, *attempt)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dispatched, vec![(0, 1), (1, 1), (2, 1)], "every pipelined call is retried, in order");
+    assert!(matches!(c.fetch(job, long_out), Some(Ok(_))));
+    for o in later {
+        assert!(matches!(c.fetch(job, o), Some(Ok(_))));
+    }
+}

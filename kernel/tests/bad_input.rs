@@ -374,3 +374,34 @@ fn a_return_value_nesting_an_unknown_or_released_reference_is_malformed() {
         ));
     }
 }
+
+#[test]
+fn a_queued_task_that_becomes_infeasible_when_the_only_big_node_dies_fails_after_the_grace() {
+    let mut c = cluster(1, 2);
+    c.add_host(ResourceSet::cpus(16), Labels::new());
+    run(&mut c, Duration::from_millis(10));
+    let job = c.start_job("became-infeasible");
+    let mut first = task(job, 0, "ms=100000");
+    first.resources = ResourceSet::cpus(16);
+    first.max_retries = 0;
+    let first_out = first.return_ids().next().unwrap();
+    let mut second = task(job, 1, "ms=1");
+    second.resources = ResourceSet::cpus(16);
+    let second_out = second.return_ids().next().unwrap();
+    c.submit(job, first).unwrap();
+    c.submit(job, second).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![first_out, second_out])).unwrap();
+    run(&mut c, Duration::from_millis(20));
+    assert_eq!(c.head.task_state(first_out.task), Some(TaskStateKind::Running));
+    assert_eq!(c.head.task_state(second_out.task), Some(TaskStateKind::Queued));
+    c.crash_host(1);
+    run(&mut c, Duration::from_secs(8));
+    assert!(matches!(c.fetch(job, first_out), Some(Err(ErrorReason::NodeLost { .. }))));
+    assert_eq!(c.head.task_state(second_out.task), Some(TaskStateKind::Queued), "within the grace");
+    run(&mut c, Duration::from_secs(12));
+    assert!(
+        matches!(c.fetch(job, second_out), Some(Err(ErrorReason::Infeasible { task, .. })) if task == second_out.task),
+        "{:?}",
+        c.fetch(job, second_out)
+    );
+}
