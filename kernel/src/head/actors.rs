@@ -90,6 +90,14 @@ impl ActorTable {
         self.actors.get(&actor).is_some_and(|a| !matches!(a.life, Life::Dead(_)) && a.options.max_task_retries > 0)
     }
 
+    /// Why the actor died, if it is dead.
+    pub fn death(&self, actor: ActorId) -> Option<&ErrorReason> {
+        self.actors.get(&actor).and_then(|a| match &a.life {
+            Life::Dead(reason) => Some(reason),
+            _ => None,
+        })
+    }
+
     pub fn node_of_creation_task(&self, task: TaskId) -> Option<NodeId> {
         let actor = self.actors.get(self.by_creation.get(&task)?)?;
         (actor.life == Life::Alive).then_some(actor.node).flatten()
@@ -426,8 +434,8 @@ impl Head {
         self.forget_task_if_done(creation);
     }
 
-    /// Non-detached actors created by `owner` share its fate.
-    pub(super) fn kill_owned_actors(&mut self, owner: TaskId) {
+    /// Non-detached actors created by `owner` share its fate (`death` says how it ended).
+    pub(super) fn kill_owned_actors(&mut self, owner: TaskId, death: ActorDeath) {
         let owned: Vec<ActorId> = self
             .actors
             .actors
@@ -436,7 +444,7 @@ impl Head {
             .map(|(id, _)| *id)
             .collect();
         for actor in owned {
-            self.actor_dies(actor, ActorDeath::OwnerDied);
+            self.actor_dies(actor, death.clone());
         }
     }
 

@@ -180,7 +180,8 @@ impl Head {
         }
         if let crate::proto::TaskKind::ActorMethod { actor, .. } = self.tasks.get(task).expect("task").spec.kind {
             if !self.actors.can_rerun_calls(actor) {
-                let reason = ErrorReason::ActorDied { actor, cause: crate::errors::ActorDeath::Killed };
+                // Retries are left (checked by the caller), so the actor is dead: say why it died.
+                let reason = self.actors.death(actor).cloned().expect("an actor that cannot rerun calls is dead");
                 self.tasks.get_mut(task).expect("task").state = super::tasks::TaskState::WaitingDeps { missing: 0 };
                 self.fail_task(task, reason);
                 return;

@@ -547,6 +547,10 @@ impl Head {
             if value.object != expected {
                 return Err(format!("value {} where {} was expected", value.object, expected));
             }
+            // As for a put: a value may only contain references that exist (the task holds them).
+            if let Some(inner) = value.nested.iter().find(|o| self.objects.get(**o).is_none_or(|r| r.released)) {
+                return Err(format!("value {} contains unknown reference {inner}", value.object));
+            }
             if let Some(bytes) = &value.inline {
                 if bytes.len() as u64 != value.size || value.size > self.config.inline_max_bytes {
                     return Err(format!(
@@ -601,6 +605,12 @@ impl Head {
 
     fn on_task_finished(&mut self, task: TaskId, node: NodeId, returns: Vec<crate::proto::ReturnValue>) {
         let kind = self.tasks.get(task).expect("task").spec.kind.clone();
+        // References returned inside the values outlive the attempt's own handles: hold them while
+        // the attempt ends, until the values that contain them are sealed.
+        let pinned: Vec<ObjectId> = returns.iter().flat_map(|v| v.nested.iter().copied()).collect();
+        for object in &pinned {
+            self.add_arg_use(*object);
+        }
         self.end_attempt(task);
         self.tasks.get_mut(task).expect("task").state = TaskState::Finished;
         self.stats.tasks_finished += 1;
@@ -612,6 +622,9 @@ impl Head {
             } else if value.inline.is_none() {
                 self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(vec![value.object]) });
             }
+        }
+        for object in pinned {
+            self.remove_arg_use(object);
         }
         match kind {
             TaskKind::ActorCreation(actor) => self.on_actor_created(actor),
@@ -834,16 +847,18 @@ impl Head {
 
     /// An owner's process died: its objects fail, its tasks are cancelled, its actors die.
     pub(super) fn on_owner_died(&mut self, owner: TaskId) {
-        let reason = match self.jobs.job_of_driver(owner) {
-            Some(job) => ErrorReason::JobFinished { job },
-            None => ErrorReason::OwnerDied { owner },
+        let (reason, death) = match self.jobs.job_of_driver(owner) {
+            Some(job) => (ErrorReason::JobFinished { job }, crate::errors::ActorDeath::JobFinished),
+            None => (ErrorReason::OwnerDied { owner }, crate::errors::ActorDeath::OwnerDied),
         };
         self.drop_all_handles(owner);
+        // Owned objects fail first, so that the cancellation of the children producing them does
+        // not fail them with `Cancelled` instead of the owner-death reason.
+        self.fail_owned_objects(owner, reason);
         for child in self.tasks.owned_by(owner) {
             let _ = self.cancel_task(child, true, true);
         }
-        self.fail_owned_objects(owner, reason);
-        self.kill_owned_actors(owner);
+        self.kill_owned_actors(owner, death);
     }
 }
 
