@@ -99,6 +99,9 @@ pub struct Host {
     pub id: Option<NodeId>,
     /// Whether it is up. A down host receives nothing and sends nothing.
     pub up: bool,
+    /// Cut off from the network: it keeps running (workers, timers) but every message to or from
+    /// it is lost.
+    pub partitioned: bool,
     /// Object bytes in its store.
     pub store: BTreeMap<ObjectId, Vec<u8>>,
     /// Workers' current work: (task, attempt) and when it completes.
@@ -178,6 +181,7 @@ impl Cluster {
             node,
             id: None,
             up: true,
+            partitioned: false,
             store: BTreeMap::new(),
             running: BTreeMap::new(),
             resources,
@@ -246,6 +250,18 @@ impl Cluster {
         h.up = false;
         h.store.clear();
         h.running.clear();
+    }
+
+    /// Cuts a host off from the network, or heals the cut. A cut host keeps running; if the head
+    /// declares it dead meanwhile, it is told to register again once the cut heals.
+    pub fn set_partitioned(&mut self, host: usize, partitioned: bool) {
+        self.hosts[host].partitioned = partitioned;
+    }
+
+    /// Asks the head to drain a node (no new work; reported drained once idle).
+    pub fn drain(&mut self, host: usize) -> Result<(), InputError> {
+        let node = self.node_id(host);
+        self.deliver_head(HeadInput::DrainNode(node))
     }
 
     /// Brings a crashed host back with a fresh node machine, registering again as a new node.
@@ -368,12 +384,18 @@ impl Cluster {
                     }
                 }
                 HeadOutput::ToNode { node, msg } => {
-                    if let Some(host) = self.host_of(node) {
+                    if let Some(host) = self.host_of(node).filter(|h| !self.hosts[*h].partitioned) {
                         self.send_node(host, NodeInput::FromHead(msg), self.latency);
                     }
                 }
                 HeadOutput::ToDriver { job, msg } => self.deliver_to_driver(job, msg),
-                HeadOutput::NodeDead(_) | HeadOutput::NodeDrained(_) => {}
+                HeadOutput::NodeDead(_) => {}
+                // A drained node's daemon is stopped by its host.
+                HeadOutput::NodeDrained(node) => {
+                    if let Some(host) = self.host_of(node) {
+                        self.crash_host(host);
+                    }
+                }
             }
         }
     }
@@ -413,13 +435,16 @@ impl Cluster {
         let latency = self.latency;
         match output {
             NodeOutput::ToHead(msg) => {
-                if let Some(node) = self.hosts[host].id {
+                if let Some(node) = self.hosts[host].id.filter(|_| !self.hosts[host].partitioned) {
                     self.send_head(HeadInput::FromNode { node, msg });
                 }
             }
             NodeOutput::ToPeer { node, msg } => {
                 let from = self.hosts[host].id.expect("registered");
-                if let Some(peer) = self.host_of(node).filter(|p| self.hosts[*p].up) {
+                let cut = self.hosts[host].partitioned;
+                if let Some(peer) =
+                    self.host_of(node).filter(|p| self.hosts[*p].up && !cut && !self.hosts[*p].partitioned)
+                {
                     self.send_node(peer, NodeInput::FromPeer { from, msg }, latency);
                 }
             }
@@ -450,7 +475,8 @@ impl Cluster {
     fn transfer(&mut self, host: usize, object: ObjectId, to: NodeId) {
         let from = self.hosts[host].id.expect("registered");
         let bytes = self.hosts[host].store.get(&object).cloned();
-        let peer = self.host_of(to).filter(|p| self.hosts[*p].up);
+        let cut = self.hosts[host].partitioned;
+        let peer = self.host_of(to).filter(|p| self.hosts[*p].up && !cut && !self.hosts[*p].partitioned);
         match (bytes, peer) {
             (Some(bytes), Some(peer)) => {
                 let size = bytes.len() as u64;

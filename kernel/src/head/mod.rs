@@ -438,7 +438,13 @@ impl Head {
             DriverToHead::AddRef(object) => self.add_handle(submitter, object),
             DriverToHead::RemoveRef(object) => self.remove_handle(submitter, object),
             DriverToHead::Subscribe(objects) => self.subscribe(submitter, objects),
-            DriverToHead::Cancel { task, force, recursive } => self.cancel_task(task, force, recursive),
+            DriverToHead::Cancel { task, force, recursive } => {
+                // A job may cancel only its own work.
+                match self.tasks.get(task) {
+                    Some(t) if t.spec.job != job => Err(InputError::UnknownTask(task)),
+                    _ => self.cancel_task(task, force, recursive),
+                }
+            }
             DriverToHead::KillActor { actor, no_restart } => self.kill_actor(actor, no_restart),
             DriverToHead::GetNamedActor { namespace, name } => {
                 let actor = self.actors.by_name(&namespace, &name);

@@ -1,0 +1,144 @@
+//! Node membership: failure detection by deadline, busy nodes, re-registration as a new node,
+//! flapping, and drain.
+
+use keel_kernel::head::{HeadOutput, TaskStateKind};
+use keel_kernel::proto::{DriverToHead, HeadToNode, Labels};
+use keel_kernel::testkit::{task, Cluster};
+use keel_kernel::*;
+
+fn cluster(nodes: usize) -> Cluster {
+    let mut c = Cluster::new(HeadConfig::default(), NodeConfig::default(), Duration::from_millis(1));
+    for _ in 0..nodes {
+        c.add_host(ResourceSet::cpus(2), Labels::new());
+    }
+    c.run_for(Duration::from_millis(10));
+    c
+}
+
+fn is_dead(c: &Cluster, node: NodeId) -> bool {
+    c.head_log.iter().any(|(_, o)| *o == HeadOutput::NodeDead(node))
+}
+
+#[test]
+fn a_node_busy_with_a_long_task_is_never_declared_dead() {
+    let mut c = cluster(1);
+    let job = c.start_job("busy");
+    let spec = task(job, 0, "ms=30000");
+    let t = spec.task;
+    c.submit(job, spec).unwrap();
+    c.run_for(Duration::from_secs(40));
+    c.check_invariants();
+    assert!(!is_dead(&c, c.node_id(0)), "a busy node was declared dead");
+    assert_eq!(c.head.task_state(t), Some(TaskStateKind::Finished));
+    assert_eq!(c.head.task_attempt(t), Some(0), "the task was retried although its node was alive");
+}
+
+#[test]
+fn a_silent_node_is_declared_dead_after_the_timeout_and_not_before() {
+    let mut c = cluster(2);
+    let node = c.node_id(0);
+    c.crash_host(0);
+    let timeout = c.head.config().node_timeout;
+    c.run_for(Duration(timeout.0 - Duration::from_millis(1_100).0));
+    assert!(!is_dead(&c, node), "declared dead before its deadline");
+    assert!(c.head.live_nodes().any(|n| n == node));
+    c.run_for(Duration::from_millis(1_200));
+    assert!(is_dead(&c, node), "not declared dead after its deadline");
+    assert!(!c.head.live_nodes().any(|n| n == node));
+    c.check_invariants();
+}
+
+#[test]
+fn a_node_cut_off_then_healed_rejoins_as_a_new_node_and_its_task_runs_again() {
+    let mut c = cluster(2);
+    let job = c.start_job("partition");
+    let spec = task(job, 0, "ms=20000");
+    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    c.run_for(Duration::from_millis(50));
+    let old = c.head.task_node(t).expect("running");
+    let host = c.host_of(old).unwrap();
+    c.set_partitioned(host, true);
+    c.run_for(Duration::from_secs(8));
+    assert!(is_dead(&c, old));
+    assert_eq!(c.head.task_attempt(t), Some(1), "the task was not retried on the other node");
+    c.set_partitioned(host, false);
+    c.run_for(Duration::from_secs(3));
+    c.check_invariants();
+    let reregister = c
+        .head_log
+        .iter()
+        .any(|(_, o)| matches!(o, HeadOutput::ToNode { node, msg: HeadToNode::Reregister } if *node == old));
+    assert!(reregister, "the healed node was not told to register again");
+    let new = c.hosts[host].id.expect("registered again");
+    assert_ne!(new, old, "a node declared dead came back under its old id");
+    assert!(c.head.live_nodes().any(|n| n == new));
+    c.run_for(Duration::from_secs(30));
+    assert!(matches!(c.fetch(job, out), Some(Ok(_))));
+}
+
+#[test]
+fn a_flapping_node_gets_a_new_id_every_time_and_work_still_completes() {
+    let mut c = cluster(2);
+    let job = c.start_job("flap");
+    let mut outs = Vec::new();
+    for i in 0..6 {
+        let spec = task(job, i, "ms=3000");
+        outs.extend(spec.return_ids());
+        c.submit(job, spec).unwrap();
+    }
+    c.driver(job, DriverToHead::Subscribe(outs.clone())).unwrap();
+    let mut ids = vec![c.node_id(0)];
+    for _ in 0..3 {
+        c.set_partitioned(0, true);
+        c.run_for(Duration::from_secs(7));
+        c.set_partitioned(0, false);
+        c.run_for(Duration::from_secs(2));
+        c.check_invariants();
+        ids.push(c.hosts[0].id.expect("registered"));
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "a node id was reused: {ids:?}");
+    c.run_for(Duration::from_secs(30));
+    c.check_invariants();
+    for o in outs {
+        assert!(matches!(c.fetch(job, o), Some(Ok(_))), "{o} did not complete");
+    }
+}
+
+#[test]
+fn a_draining_node_gets_no_new_work_and_is_reported_drained_once_idle() {
+    let mut c = cluster(2);
+    let job = c.start_job("drain");
+    let first = task(job, 0, "ms=500");
+    let t0 = first.task;
+    let mut spec = first;
+    spec.strategy = proto::SchedulingStrategy::NodeAffinity { node: c.node_id(0), soft: false };
+    c.submit(job, spec).unwrap();
+    c.run_for(Duration::from_millis(10));
+    assert_eq!(c.head.task_node(t0), Some(c.node_id(0)));
+    c.drain(0).unwrap();
+    let mut later = Vec::new();
+    for i in 1..5 {
+        let spec = task(job, i, "ms=10");
+        later.push(spec.task);
+        c.submit(job, spec).unwrap();
+    }
+    c.run_for(Duration::from_millis(100));
+    for t in &later {
+        assert_ne!(c.head.task_node(*t), Some(c.node_id(0)), "new work went to a draining node");
+    }
+    let node = c.node_id(0);
+    let drained = |c: &Cluster| c.head_log.iter().any(|(_, o)| matches!(o, HeadOutput::NodeDrained(n) if *n == node));
+    assert!(!drained(&c), "reported drained while a task still runs");
+    c.run_for(Duration::from_secs(1));
+    c.check_invariants();
+    assert!(drained(&c), "not reported drained once idle");
+    assert_eq!(c.head.task_state(t0), Some(TaskStateKind::Finished));
+    assert_eq!(c.head.task_attempt(t0), Some(0), "draining must not retry running work");
+    assert!(!c.hosts[0].up, "the host stops its drained node");
+    assert!(!c.head.live_nodes().any(|n| n == node), "a drained node that left is still counted live");
+}
