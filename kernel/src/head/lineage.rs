@@ -117,20 +117,24 @@ impl Head {
             if record.ref_count() == 0 || record.failure().is_some() {
                 continue;
             }
-            self.recover_one(*object, node);
+            self.recover_one(*object, Some(node));
         }
     }
 
     /// Recovers arguments needed by a task that is about to run again.
     pub(super) fn recover_for_argument(&mut self, objects: &[ObjectId]) {
         for object in objects {
-            let node = NodeId(0);
-            self.recover_one(*object, node);
+            let Some(node) = self.objects.get(*object).and_then(|o| o.lost_with) else {
+                // Never had a copy to lose: released before it was produced; its producer reruns.
+                self.recover_one(*object, None);
+                continue;
+            };
+            self.recover_one(*object, Some(node));
         }
     }
 
     /// Rebuilds `object` by re-running its producer, or fails it with the reason it cannot be.
-    fn recover_one(&mut self, object: ObjectId, lost_with: NodeId) {
+    fn recover_one(&mut self, object: ObjectId, lost_with: Option<NodeId>) {
         let record = self.objects.get_mut(object).expect("recovering an unknown object");
         if record.inline.is_some() || !record.locations.is_empty() || record.failure().is_some() {
             return;
@@ -155,7 +159,16 @@ impl Head {
             return;
         }
         if task.retries_left == 0 {
-            self.fail_object(object, ErrorReason::NodeLost { task: producer, node: lost_with });
+            let attempts = task.attempt + 1;
+            let reason = match lost_with {
+                Some(node) => ErrorReason::NodeLost { task: producer, node },
+                None => ErrorReason::TaskFailed {
+                    task: producer,
+                    attempts,
+                    failure: crate::errors::TaskFailure::WorkerDied { exit_code: None },
+                },
+            };
+            self.fail_object(object, reason);
             return;
         }
         self.rebuild(producer);

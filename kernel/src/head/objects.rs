@@ -49,6 +49,8 @@ pub(super) struct ObjectRecord {
     pub released: bool,
     /// The producer's lineage was evicted: the object can no longer be rebuilt.
     pub lineage_evicted: bool,
+    /// The node its last copy was lost with, for the reason given if it cannot be rebuilt.
+    pub lost_with: Option<NodeId>,
 }
 
 impl ObjectRecord {
@@ -68,6 +70,7 @@ impl ObjectRecord {
             waiting_tasks: BTreeSet::new(),
             released: false,
             lineage_evicted: false,
+            lost_with: None,
         }
     }
 
@@ -147,7 +150,11 @@ impl ObjectTable {
     /// that still matters (not inline, not released).
     pub fn remove_location(&mut self, object: ObjectId, node: NodeId) -> bool {
         let Some(record) = self.objects.get_mut(&object) else { return false };
-        record.locations.remove(&node) && record.locations.is_empty() && record.inline.is_none() && !record.released
+        let last = record.locations.remove(&node) && record.locations.is_empty() && record.inline.is_none();
+        if last {
+            record.lost_with = Some(node);
+        }
+        last && !record.released
     }
 
     /// The objects a holder has handles to, in order.
