@@ -30,6 +30,14 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * PAGE)
 }
 
+/// This process's CPU time (user + system) in seconds, from `/proc/self/stat` (100 ticks a second).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
+}
+
 struct Run {
     node: NodeId,
     task: TaskId,
@@ -94,6 +102,7 @@ fn main() {
     round(&mut head, job, 0, ROUND.min(tasks));
     let before = rss_bytes();
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     let mut seq = ROUND;
     while seq < ROUND + tasks {
         let count = ROUND.min(ROUND + tasks - seq);
@@ -101,10 +110,12 @@ fn main() {
         seq += count;
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds() - cpu_start;
     let after = rss_bytes();
     let delta = after.saturating_sub(before);
     println!("tasks                 {tasks} (after a {ROUND}-task warm-up) on {NODES} nodes x {CPUS} CPUs");
     println!("elapsed               {:.3} s ({:.0} tasks/s)", elapsed.as_secs_f64(), tasks as f64 / elapsed.as_secs_f64());
+    println!("cpu time              {cpu:.2} s ({:.0} tasks/s)", tasks as f64 / cpu);
     println!("task_records()        {}", head.task_records());
     println!("object_records()      {}", head.object_records());
     println!("lineage_bytes()       {}", head.lineage_bytes());
