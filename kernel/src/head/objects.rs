@@ -97,7 +97,8 @@ impl ObjectRecord {
 
 #[derive(Debug, Default)]
 pub(super) struct ObjectTable {
-    objects: BTreeMap<ObjectId, ObjectRecord>,
+    /// Boxed: records are large, and the map's nodes shift entries on every insert and remove.
+    objects: BTreeMap<ObjectId, Box<ObjectRecord>>,
     /// Handles per (holder, object).
     pub handles: BTreeMap<(TaskId, ObjectId), u64>,
     /// Objects per owner, for owner death.
@@ -106,11 +107,11 @@ pub(super) struct ObjectTable {
 
 impl ObjectTable {
     pub fn get(&self, object: ObjectId) -> Option<&ObjectRecord> {
-        self.objects.get(&object)
+        self.objects.get(&object).map(|r| &**r)
     }
 
     pub fn get_mut(&mut self, object: ObjectId) -> Option<&mut ObjectRecord> {
-        self.objects.get_mut(&object)
+        self.objects.get_mut(&object).map(|r| &mut **r)
     }
 
     pub fn contains(&self, object: ObjectId) -> bool {
@@ -122,14 +123,14 @@ impl ObjectTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
-        self.objects.iter().map(|(k, v)| (*k, v))
+        self.objects.iter().map(|(k, v)| (*k, &**v))
     }
 
     /// A new pending object owned by `owner`, with `handles` handles held by the owner.
     pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
         let mut record = ObjectRecord::new(owner);
         record.handles = handles;
-        assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
+        assert!(self.objects.insert(object, Box::new(record)).is_none(), "object {object} created twice");
         if handles > 0 {
             self.handles.insert((owner, object), handles);
         }
@@ -140,7 +141,7 @@ impl ObjectTable {
         let record = self.objects.remove(&object).expect("removing an unknown object");
         assert_eq!(record.handles, 0, "removing an object with handles");
         self.owned.remove(&(record.owner, object));
-        record
+        *record
     }
 
     /// Removes `node` from the object's locations; true when that was its last copy of a value
