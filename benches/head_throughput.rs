@@ -12,7 +12,9 @@
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use keel_kernel::proto::{DriverToHead, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, PROTOCOL_VERSION};
 use keel_kernel::testkit::task;
-use keel_kernel::{ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time};
+use keel_kernel::{
+    ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time,
+};
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -68,7 +70,11 @@ fn cluster(nodes: u64) -> (Head, Vec<NodeId>, JobId) {
     let mut head = Head::new(HeadConfig::default());
     let mut ids = Vec::with_capacity(nodes as usize);
     for i in 0..nodes {
-        let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(CPUS), labels: Default::default() };
+        let hello = Hello::RegisterNode {
+            version: PROTOCOL_VERSION,
+            resources: ResourceSet::cpus(CPUS),
+            labels: Default::default(),
+        };
         head.handle_input(NOW, HeadInput::Connect { conn: ConnId(i), hello }).expect("node registers");
         while let Some(out) = head.poll_output() {
             if let HeadOutput::ToConn { msg: keel_kernel::proto::Welcome::NodeRegistered(node), .. } = out {
@@ -188,7 +194,11 @@ fn reconstruction_setup() -> (Head, NodeId) {
         finish(&mut head, &run, None, 1 << 20);
         drain(&mut head, &mut runs);
     }
-    let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(CPUS), labels: Default::default() };
+    let hello = Hello::RegisterNode {
+        version: PROTOCOL_VERSION,
+        resources: ResourceSet::cpus(CPUS),
+        labels: Default::default(),
+    };
     head.handle_input(NOW, HeadInput::Connect { conn: ConnId(1_000_000), hello }).expect("node registers");
     while head.poll_output().is_some() {}
     assert_eq!(head.object_records() as u64, LOST_OBJECTS);

@@ -10,7 +10,9 @@ use keel_kernel::proto::{
     DriverToHead, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, Welcome, PROTOCOL_VERSION,
 };
 use keel_kernel::testkit::task;
-use keel_kernel::{ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time};
+use keel_kernel::{
+    ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time,
+};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -57,7 +59,11 @@ fn drain(head: &mut Head, runs: &mut VecDeque<Run>) {
 fn setup() -> (Head, JobId) {
     let mut head = Head::new(HeadConfig::default());
     for i in 0..NODES {
-        let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(CPUS), labels: Default::default() };
+        let hello = Hello::RegisterNode {
+            version: PROTOCOL_VERSION,
+            resources: ResourceSet::cpus(CPUS),
+            labels: Default::default(),
+        };
         head.handle_input(NOW, HeadInput::Connect { conn: ConnId(i), hello }).expect("node registers");
     }
     let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name: "state".into() };
@@ -85,7 +91,8 @@ fn round(head: &mut Head, job: JobId, first: u64, count: u64) {
             .iter()
             .map(|&object| ReturnValue { object, size: 8, inline: Some(vec![7; 8]), nested: Vec::new() })
             .collect();
-        let msg = NodeToHead::TaskEnded { task: run.task, attempt: run.attempt, outcome: TaskOutcome::Finished(values) };
+        let msg =
+            NodeToHead::TaskEnded { task: run.task, attempt: run.attempt, outcome: TaskOutcome::Finished(values) };
         head.handle_input(NOW, HeadInput::FromNode { node: run.node, msg }).expect("task ends");
         drain(head, &mut runs);
         for &object in &run.returns {
@@ -114,7 +121,11 @@ fn main() {
     let after = rss_bytes();
     let delta = after.saturating_sub(before);
     println!("tasks                 {tasks} (after a {ROUND}-task warm-up) on {NODES} nodes x {CPUS} CPUs");
-    println!("elapsed               {:.3} s ({:.0} tasks/s)", elapsed.as_secs_f64(), tasks as f64 / elapsed.as_secs_f64());
+    println!(
+        "elapsed               {:.3} s ({:.0} tasks/s)",
+        elapsed.as_secs_f64(),
+        tasks as f64 / elapsed.as_secs_f64()
+    );
     println!("cpu time              {cpu:.2} s ({:.0} tasks/s)", tasks as f64 / cpu);
     println!("task_records()        {}", head.task_records());
     println!("object_records()      {}", head.object_records());
