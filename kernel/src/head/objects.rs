@@ -97,8 +97,7 @@ impl ObjectRecord {
 
 #[derive(Debug, Default)]
 pub(super) struct ObjectTable {
-    /// Boxed: records are large, and the map's nodes shift entries on every insert and remove.
-    objects: BTreeMap<ObjectId, Box<ObjectRecord>>,
+    objects: BTreeMap<ObjectId, ObjectRecord>,
     /// Handles per (holder, object).
     pub handles: BTreeMap<(TaskId, ObjectId), u64>,
     /// Objects per owner, for owner death.
@@ -107,11 +106,11 @@ pub(super) struct ObjectTable {
 
 impl ObjectTable {
     pub fn get(&self, object: ObjectId) -> Option<&ObjectRecord> {
-        self.objects.get(&object).map(|r| &**r)
+        self.objects.get(&object)
     }
 
     pub fn get_mut(&mut self, object: ObjectId) -> Option<&mut ObjectRecord> {
-        self.objects.get_mut(&object).map(|r| &mut **r)
+        self.objects.get_mut(&object)
     }
 
     pub fn contains(&self, object: ObjectId) -> bool {
@@ -123,14 +122,14 @@ impl ObjectTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
-        self.objects.iter().map(|(k, v)| (*k, &**v))
+        self.objects.iter().map(|(k, v)| (*k, v))
     }
 
     /// A new pending object owned by `owner`, with `handles` handles held by the owner.
     pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
         let mut record = ObjectRecord::new(owner);
         record.handles = handles;
-        assert!(self.objects.insert(object, Box::new(record)).is_none(), "object {object} created twice");
+        assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
         if handles > 0 {
             self.handles.insert((owner, object), handles);
         }
@@ -141,7 +140,7 @@ impl ObjectTable {
         let record = self.objects.remove(&object).expect("removing an unknown object");
         assert_eq!(record.handles, 0, "removing an object with handles");
         self.owned.remove(&(record.owner, object));
-        *record
+        record
     }
 
     /// Removes `node` from the object's locations; true when that was its last copy of a value
