@@ -90,7 +90,8 @@ struct ClassKey {
 
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
-    tasks: BTreeMap<TaskId, TaskRecord>,
+    /// Boxed: records are large, and the map's nodes shift entries on every insert and remove.
+    tasks: BTreeMap<TaskId, Box<TaskRecord>>,
     /// Tasks per owner, for recursive cancellation and owner death.
     pub owned: BTreeSet<(TaskId, TaskId)>,
     classes: BTreeMap<ClassKey, u32>,
@@ -103,11 +104,11 @@ pub(super) struct TaskTable {
 
 impl TaskTable {
     pub fn get(&self, task: TaskId) -> Option<&TaskRecord> {
-        self.tasks.get(&task)
+        self.tasks.get(&task).map(|r| &**r)
     }
 
     pub fn get_mut(&mut self, task: TaskId) -> Option<&mut TaskRecord> {
-        self.tasks.get_mut(&task)
+        self.tasks.get_mut(&task).map(|r| &mut **r)
     }
 
     pub fn len(&self) -> usize {
@@ -115,13 +116,13 @@ impl TaskTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
-        self.tasks.iter().map(|(k, v)| (*k, v))
+        self.tasks.iter().map(|(k, v)| (*k, &**v))
     }
 
     pub fn remove(&mut self, task: TaskId) -> TaskRecord {
         let record = self.tasks.remove(&task).expect("removing an unknown task");
         self.owned.remove(&(record.owner, task));
-        record
+        *record
     }
 
     /// Who holds handles and owns objects for `task`: the actor (its creation task) for an actor
@@ -250,7 +251,7 @@ impl Head {
             cancel_requested: false,
             lineage_bytes: 0,
         };
-        self.tasks.tasks.insert(task, record);
+        self.tasks.tasks.insert(task, Box::new(record));
         self.tasks.owned.insert((submitter, task));
         self.stats.tasks_submitted += 1;
     }
