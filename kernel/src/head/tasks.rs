@@ -703,12 +703,13 @@ impl Head {
                 self.fail_object(object, reason.clone());
             }
         }
+        // End the task's borrows first: the actor's death below may forget a creation task.
+        self.on_task_ended_for_good(task, false);
         match kind {
             TaskKind::ActorCreation(actor) => self.on_actor_creation_failed(actor, reason),
             TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ended(actor, task),
             TaskKind::Normal => {}
         }
-        self.on_task_ended_for_good(task, false);
     }
 
     /// Removes a task from the waiter lists of its arguments.
