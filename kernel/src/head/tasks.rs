@@ -551,13 +551,18 @@ impl Head {
 
     /// Releases the attempt's resources and unlinks it from its node.
     pub(super) fn end_attempt(&mut self, task: TaskId) {
+        self.end_attempt_as(task, false);
+    }
+
+    /// Ends the attempt; a constructor that `finished` hands its resources to its actor instead.
+    fn end_attempt_as(&mut self, task: TaskId, finished: bool) {
         let record = self.tasks.get_mut(task).expect("task");
         let state = std::mem::replace(&mut record.state, TaskState::Queued);
         let TaskState::Running { node, alloc, bundle, .. } = state else {
             record.state = state;
             return;
         };
-        let keeps_allocation = matches!(record.spec.kind, TaskKind::ActorCreation(_));
+        let keeps_allocation = finished && matches!(record.spec.kind, TaskKind::ActorCreation(_));
         if let Some(n) = self.nodes.get_mut(node) {
             n.running.remove(&task);
         }
@@ -589,7 +594,7 @@ impl Head {
 
     fn on_task_finished(&mut self, task: TaskId, node: NodeId, returns: Vec<crate::proto::ReturnValue>) {
         let kind = self.tasks.get(task).expect("task").spec.kind.clone();
-        self.end_attempt(task);
+        self.end_attempt_as(task, true);
         self.tasks.get_mut(task).expect("task").state = TaskState::Finished;
         self.stats.tasks_finished += 1;
         for value in returns {
