@@ -702,14 +702,16 @@ impl Head {
         self.stats.tasks_failed += 1;
         self.tasks.infeasible.remove(&task);
         self.unwait(task);
+        // End the task's own bookkeeping before failing anything: failing its returns fails their
+        // waiters, and an actor's death forgets its creation task, either of which may forget this
+        // task's record.
+        self.on_task_ended_for_good(task, false);
         for object in returns {
             // A rebuild that fails leaves the outputs that still have a copy alone.
             if !self.objects.get(object).is_some_and(|o| o.is_ready()) {
                 self.fail_object(object, reason.clone());
             }
         }
-        // End the task's borrows first: the actor's death below may forget a creation task.
-        self.on_task_ended_for_good(task, false);
         match kind {
             TaskKind::ActorCreation(actor) => self.on_actor_creation_failed(actor, reason),
             TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ended(actor, task),
