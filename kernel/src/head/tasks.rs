@@ -408,11 +408,14 @@ impl Head {
         self.emit(HeadOutput::ToNode { node, msg });
     }
 
+    /// One source per distinct by-reference argument (a task may take the same object twice).
     fn argument_sources(&self, task: TaskId) -> Vec<(ObjectId, ArgSource)> {
         let spec = &self.tasks.get(task).expect("task").spec;
+        let mut seen = BTreeSet::new();
         spec.args
             .iter()
             .filter_map(arg_ref)
+            .filter(|object| seen.insert(*object))
             .map(|object| {
                 let record = self.objects.get(object).expect("argument exists");
                 let source = match &record.inline {
