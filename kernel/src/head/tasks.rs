@@ -461,6 +461,12 @@ impl Head {
                 SchedulingStrategy::PlacementGroup { pg, bundle } => {
                     !self.group_could_fit(pg, bundle, &record.spec.resources)
                 }
+                // A hard affinity can only ever run on its node, whatever the others could hold.
+                SchedulingStrategy::NodeAffinity { node, soft: false } => !self.cluster.node(node).is_some_and(|n| {
+                    n.schedulable
+                        && n.pool.could_ever_fit(&record.spec.resources)
+                        && record.spec.label_selector.iter().all(|l| l.matches(&n.labels))
+                }),
                 _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
             };
         let request = record.spec.resources.clone();
