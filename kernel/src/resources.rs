@@ -106,6 +106,7 @@ impl fmt::Debug for ResourceSet {
 
 /// Why a resource request can never be served, whatever the cluster looks like.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum InvalidRequest {
     /// More than one GPU, but not a whole number of them.
