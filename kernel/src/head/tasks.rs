@@ -208,11 +208,12 @@ impl Head {
         if self.tasks.get(spec.task).is_some() || self.jobs.job_of_driver(spec.task).is_some() {
             return Err(InputError::DuplicateTask(spec.task));
         }
-        if spec.return_ids().any(|o| self.objects.contains(o)) {
-            return Err(InputError::DuplicateTask(spec.task));
-        }
+        // Before anything walks the return ids: a huge count would take forever and overflow the index.
         if spec.num_returns > 1 << 20 {
             return Err(InputError::Malformed { what: format!("{} return values is too many", spec.num_returns) });
+        }
+        if spec.return_ids().any(|o| self.objects.contains(o)) {
+            return Err(InputError::DuplicateTask(spec.task));
         }
         if let Some(missing) = spec.referenced_objects().find(|o| self.objects.get(*o).is_none_or(|r| r.released)) {
             return Err(InputError::UnknownObject(missing));
