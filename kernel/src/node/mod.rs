@@ -227,7 +227,7 @@ impl Node {
                 self.advance_pull(now, object);
             }
         }
-        assert!(self.pulls.next_deadline().map_or(true, |t| t > now), "an expired pull was left behind");
+        assert!(self.pulls.next_deadline().is_none_or(|t| t > now), "an expired pull was left behind");
         self.maybe_leave();
     }
 

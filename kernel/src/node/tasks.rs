@@ -291,7 +291,7 @@ impl Node {
                 self.emit(NodeOutput::DeleteObject(*object));
             }
         }
-        assert!(pinned.iter().all(|o| self.objects.get(*o).map_or(true, |e| !e.pinned_by.contains(&task))));
+        assert!(pinned.iter().all(|o| self.objects.get(*o).is_none_or(|e| !e.pinned_by.contains(&task))));
     }
 
     /// Fails every method queued for an actor worker that is going away.
