@@ -654,3 +654,20 @@ fn regression_two_argument_pulls_expiring_together() {
     let (c, d) = run_ops(0, false, &ops);
     liveness_and_cleanup(c, d);
 }
+
+/// Regression (found by the fuzzer): a node registering with an absurd number of GPUs made the
+/// head allocate one pool device per GPU and abort for lack of memory. It is refused now.
+#[test]
+fn regression_node_with_absurd_gpu_count_is_refused() {
+    use keel_kernel::proto::{Hello, Welcome, PROTOCOL_VERSION};
+    let mut head = Head::new(HeadConfig::default());
+    let resources = ResourceSet::cpus(1).with_gpu(Amount(u64::MAX / 2 / Amount::SCALE * Amount::SCALE));
+    let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources, labels: Labels::new() };
+    head.handle_input(Time::ZERO, HeadInput::Connect { conn: ConnId(1), hello }).unwrap();
+    let answer = head.poll_output();
+    assert!(
+        matches!(answer, Some(HeadOutput::ToConn { msg: Welcome::Refused(InputError::Malformed { .. }), .. })),
+        "{answer:?}"
+    );
+    head.check_invariants();
+}
