@@ -8,7 +8,7 @@
 //!
 //! [`Head`] (the cluster brain) and [`Node`] (one per machine) are driven the same way:
 //!
-//! ```ignore
+//! ```
 //! use keel_kernel::{Head, HeadConfig, Time};
 //! let mut head = Head::new(HeadConfig::default());
 //! let now = Time::ZERO;

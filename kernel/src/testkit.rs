@@ -228,6 +228,18 @@ impl Cluster {
         self.deliver_head(HeadInput::FromDriver { job, msg })
     }
 
+    /// Any head input, delivered to the head now (for example a message from a node that does
+    /// not exist, as a fuzzer or a test of refusals would send).
+    pub fn head_input(&mut self, input: HeadInput) -> Result<(), InputError> {
+        self.deliver_head(input)
+    }
+
+    /// An operator asks the head to drain a registered host's node.
+    pub fn drain_host(&mut self, host: usize) -> Result<(), InputError> {
+        let node = self.node_id(host);
+        self.deliver_head(HeadInput::DrainNode(node))
+    }
+
     /// Submits a task from a job's driver.
     pub fn submit(&mut self, job: JobId, spec: TaskSpec) -> Result<(), InputError> {
         self.driver(job, DriverToHead::SubmitTask(spec))

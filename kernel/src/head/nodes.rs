@@ -115,9 +115,16 @@ impl NodeTable {
     }
 }
 
+/// The most GPUs a node may register with.
+const MAX_NODE_GPUS: u64 = 4096;
+
 impl Head {
     pub(super) fn register_node(&mut self, resources: ResourceSet, labels: Labels) -> Result<NodeId, InputError> {
         resources.validate().map_err(|e| InputError::Malformed { what: format!("node resources: {e}") })?;
+        // Each GPU becomes a device in the node's pool: bound them before anything is allocated.
+        if resources.gpu.0 / crate::resources::Amount::SCALE > MAX_NODE_GPUS {
+            return Err(InputError::Malformed { what: format!("node resources: {} GPUs is too many", resources.gpu) });
+        }
         let deadline = self.now + self.config.node_timeout;
         let node = self.nodes.insert(deadline);
         self.cluster.add_node(node, resources, labels);

@@ -209,11 +209,12 @@ impl Head {
         if self.tasks.get(spec.task).is_some() || self.jobs.job_of_driver(spec.task).is_some() {
             return Err(InputError::DuplicateTask(spec.task));
         }
-        if spec.return_ids().any(|o| self.objects.contains(o)) {
-            return Err(InputError::DuplicateTask(spec.task));
-        }
+        // Before anything walks the return ids: a huge count would take forever and overflow the index.
         if spec.num_returns > 1 << 20 {
             return Err(InputError::Malformed { what: format!("{} return values is too many", spec.num_returns) });
+        }
+        if spec.return_ids().any(|o| self.objects.contains(o)) {
+            return Err(InputError::DuplicateTask(spec.task));
         }
         if let Some(missing) = spec.referenced_objects().find(|o| self.objects.get(*o).is_none_or(|r| r.released)) {
             return Err(InputError::UnknownObject(missing));
@@ -421,11 +422,14 @@ impl Head {
         self.emit(HeadOutput::ToNode { node, msg });
     }
 
+    /// One source per distinct by-reference argument (a task may take the same object twice).
     fn argument_sources(&self, task: TaskId) -> Vec<(ObjectId, ArgSource)> {
         let spec = &self.tasks.get(task).expect("task").spec;
+        let mut seen = BTreeSet::new();
         spec.args
             .iter()
             .filter_map(arg_ref)
+            .filter(|object| seen.insert(*object))
             .map(|object| {
                 let record = self.objects.get(object).expect("argument exists");
                 let source = match &record.inline {
@@ -471,6 +475,12 @@ impl Head {
                 SchedulingStrategy::PlacementGroup { pg, bundle } => {
                     !self.group_could_fit(pg, bundle, &record.spec.resources)
                 }
+                // A hard affinity can only ever run on its node, whatever the others could hold.
+                SchedulingStrategy::NodeAffinity { node, soft: false } => !self.cluster.node(node).is_some_and(|n| {
+                    n.schedulable
+                        && n.pool.could_ever_fit(&record.spec.resources)
+                        && record.spec.label_selector.iter().all(|l| l.matches(&n.labels))
+                }),
                 _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
             };
         let request = record.spec.resources.clone();
@@ -568,13 +578,18 @@ impl Head {
 
     /// Releases the attempt's resources and unlinks it from its node.
     pub(super) fn end_attempt(&mut self, task: TaskId) {
+        self.end_attempt_as(task, false);
+    }
+
+    /// Ends the attempt; a constructor that `finished` hands its resources to its actor instead.
+    fn end_attempt_as(&mut self, task: TaskId, finished: bool) {
         let record = self.tasks.get_mut(task).expect("task");
         let state = std::mem::replace(&mut record.state, TaskState::Queued);
         let TaskState::Running { node, alloc, bundle, .. } = state else {
             record.state = state;
             return;
         };
-        let keeps_allocation = matches!(record.spec.kind, TaskKind::ActorCreation(_));
+        let keeps_allocation = finished && matches!(record.spec.kind, TaskKind::ActorCreation(_));
         if let Some(n) = self.nodes.get_mut(node) {
             n.running.remove(&task);
         }
@@ -612,7 +627,7 @@ impl Head {
         for object in &pinned {
             self.add_arg_use(*object);
         }
-        self.end_attempt(task);
+        self.end_attempt_as(task, true);
         self.tasks.get_mut(task).expect("task").state = TaskState::Finished;
         self.stats.tasks_finished += 1;
         for value in returns {
@@ -723,6 +738,10 @@ impl Head {
         self.stats.tasks_failed += 1;
         self.tasks.infeasible.remove(&task);
         self.unwait(task);
+        // End the task's own bookkeeping before failing anything: failing its returns fails their
+        // waiters, and an actor's death forgets its creation task, either of which may forget this
+        // task's record.
+        self.on_task_ended_for_good(task, false);
         for object in returns {
             // A rebuild that fails leaves the outputs that still have a copy alone.
             if !self.objects.get(object).is_some_and(|o| o.is_ready()) {
@@ -734,7 +753,6 @@ impl Head {
             TaskKind::ActorMethod { actor, .. } => self.on_actor_call_ended(actor, task),
             TaskKind::Normal => {}
         }
-        self.on_task_ended_for_good(task, false);
     }
 
     /// Removes a task from the waiter lists of its arguments.

@@ -228,7 +228,10 @@ impl Node {
             }
         }
         for object in self.pulls.expired(now) {
-            self.advance_pull(now, object);
+            // Giving up an earlier pull aborts its tasks, which may drop this one.
+            if self.pulls.get(object).is_some() {
+                self.advance_pull(now, object);
+            }
         }
         assert!(self.pulls.next_deadline().is_none_or(|t| t > now), "an expired pull was left behind");
         self.maybe_leave();
