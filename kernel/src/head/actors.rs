@@ -81,6 +81,11 @@ impl ActorTable {
         self.actors.get(&actor).map_or(0, |a| a.options.max_restarts)
     }
 
+    /// The creation task of an actor.
+    pub fn creation_of(&self, actor: ActorId) -> Option<TaskId> {
+        self.actors.get(&actor).map(|a| a.creation)
+    }
+
     pub fn is_live(&self, actor: ActorId) -> bool {
         self.actors.get(&actor).is_some_and(|a| !matches!(a.life, Life::Dead(_)))
     }

@@ -31,7 +31,7 @@ impl Head {
             Some(b) => in_bundle.entry(b).or_default().add(set),
             None => used.entry(node).or_default().add(set),
         };
-        for (_, t) in self.tasks.iter() {
+        for (_, t) in self.tasks.iter_unordered() {
             if let TaskState::Running { node, alloc, bundle, .. } = &t.state {
                 charge(*node, &alloc.resources, *bundle);
             }
@@ -62,7 +62,11 @@ impl Head {
     }
 
     fn check_running_tasks(&self) {
-        for (id, t) in self.tasks.iter() {
+        assert_eq!(self.tasks.owned_len(), self.tasks.len(), "owner index size");
+        for (id, t) in self.tasks.iter_unordered() {
+            assert!(self.tasks.owned_by(t.owner).contains(&id), "owner index misses task {id}");
+        }
+        for (id, t) in self.tasks.iter_unordered() {
             if let Some(node) = t.state.running_node() {
                 let n = self.nodes.get(node).unwrap_or_else(|| panic!("task {id} runs on dead node {node}"));
                 assert!(n.running.contains(&id), "node {node} does not list running task {id}");
@@ -78,13 +82,13 @@ impl Head {
 
     fn check_reference_counts(&self) {
         let mut handles: BTreeMap<ObjectId, u64> = BTreeMap::new();
-        for ((_, object), n) in &self.objects.handles {
-            assert!(*n > 0, "zero handle entry for {object}");
-            *handles.entry(*object).or_default() += n;
+        for (_, object, n) in self.objects.handle_entries() {
+            assert!(n > 0, "zero handle entry for {object}");
+            *handles.entry(object).or_default() += n;
         }
         let mut arg_uses: BTreeMap<ObjectId, u64> = BTreeMap::new();
         let mut lineage_uses: BTreeMap<ObjectId, u64> = BTreeMap::new();
-        for (_, t) in self.tasks.iter() {
+        for (_, t) in self.tasks.iter_unordered() {
             if !t.state.is_ended() {
                 for o in t.spec.referenced_objects() {
                     *arg_uses.entry(o).or_default() += 1;
@@ -97,12 +101,14 @@ impl Head {
             }
         }
         let mut contained: BTreeMap<ObjectId, u64> = BTreeMap::new();
-        for (_, o) in self.objects.iter() {
+        for (_, o) in self.objects.iter_unordered() {
             for inner in &o.nested {
                 *contained.entry(*inner).or_default() += 1;
             }
         }
-        for (id, o) in self.objects.iter() {
+        assert_eq!(self.objects.owned_len(), self.objects.len(), "owner index size");
+        for (id, o) in self.objects.iter_unordered() {
+            assert!(self.objects.owner_lists(o.owner, id), "owner index misses {id}");
             assert_eq!(o.handles, handles.get(&id).copied().unwrap_or(0), "{id}: handle count");
             assert_eq!(o.arg_uses, arg_uses.get(&id).copied().unwrap_or(0), "{id}: borrowing tasks");
             assert_eq!(o.lineage_uses, lineage_uses.get(&id).copied().unwrap_or(0), "{id}: lineage uses");
@@ -129,12 +135,12 @@ impl Head {
 
     fn check_lineage(&self) {
         let mut bytes = 0;
-        for (id, t) in self.tasks.iter() {
+        for (id, t) in self.tasks.iter_unordered() {
             bytes += t.lineage_bytes;
             assert_eq!(t.lineage_bytes > 0, self.lineage.contains(id), "task {id}: lineage index");
         }
         assert_eq!(bytes, self.lineage.bytes(), "lineage bytes");
-        for (id, o) in self.objects.iter() {
+        for (id, o) in self.objects.iter_unordered() {
             let needs_producer =
                 o.ref_count() > 0 && o.failure().is_none() && !id.is_put() && !o.lineage_evicted && o.inline.is_none();
             if needs_producer {

@@ -14,13 +14,15 @@ use super::Head;
 use crate::errors::ErrorReason;
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::proto::Arg;
-use std::collections::{BTreeSet, VecDeque};
+use rustc_hash::FxHashSet;
+use std::collections::VecDeque;
 
 /// Finished tasks whose lineage is retained, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct LineageCache {
     order: VecDeque<TaskId>,
-    retained: BTreeSet<TaskId>,
+    /// Lookup only; the order of eviction is `order`.
+    retained: FxHashSet<TaskId>,
     bytes: u64,
 }
 

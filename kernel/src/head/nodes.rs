@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(super) struct NodeRecord {
     /// When the node is declared dead unless it speaks.
     pub deadline: Time,
+    /// When the deadline is next checked (at or before `deadline`): messages only move
+    /// `deadline`, and a check that finds it moved files the node again, so that a busy node costs
+    /// no index update per message.
+    check_at: Time,
     /// Draining: no new work; reported drained once idle.
     pub draining: bool,
     /// `NodeDrained` was emitted.
@@ -37,11 +41,12 @@ impl NodeRecord {
     }
 }
 
-/// Live nodes and their deadlines.
+/// Live nodes and their deadline checks.
 #[derive(Debug, Default)]
 pub(super) struct NodeTable {
     nodes: BTreeMap<NodeId, NodeRecord>,
-    deadlines: BTreeSet<(Time, NodeId)>,
+    /// `(check_at, node)`, one entry per node.
+    checks: BTreeSet<(Time, NodeId)>,
     next_id: u64,
 }
 
@@ -66,13 +71,30 @@ impl NodeTable {
         self.nodes.len()
     }
 
+    /// The next deadline check (possibly before any real deadline: checking early is harmless).
     pub fn next_deadline(&self) -> Option<Time> {
-        self.deadlines.first().map(|(t, _)| *t)
+        self.checks.first().map(|(t, _)| *t)
     }
 
-    /// Nodes whose deadline is at or before `now`, in deadline order.
-    pub fn expired(&self, now: Time) -> Vec<NodeId> {
-        self.deadlines.iter().take_while(|(t, _)| *t <= now).map(|(_, n)| *n).collect()
+    /// Nodes whose deadline is at or before `now`, in deadline order; nodes checked but heard
+    /// from meanwhile are filed again at their new deadline.
+    pub fn expired(&mut self, now: Time) -> Vec<NodeId> {
+        let mut due = Vec::new();
+        while self.checks.first().is_some_and(|(at, _)| *at <= now) {
+            due.push(self.checks.pop_first().expect("checked").1);
+        }
+        let mut expired = Vec::new();
+        for node in due {
+            let record = self.nodes.get_mut(&node).expect("a check for an unknown node");
+            if record.deadline <= now {
+                expired.push((record.deadline, node));
+            }
+            // Filed at its deadline: the node loss removes it, or the next check looks again.
+            record.check_at = record.deadline;
+            self.checks.insert((record.deadline, node));
+        }
+        expired.sort_unstable();
+        expired.into_iter().map(|(_, n)| n).collect()
     }
 
     fn insert(&mut self, deadline: Time) -> NodeId {
@@ -80,6 +102,7 @@ impl NodeTable {
         let id = NodeId(self.next_id);
         let record = NodeRecord {
             deadline,
+            check_at: deadline,
             draining: false,
             drained_reported: false,
             running: BTreeSet::new(),
@@ -88,28 +111,27 @@ impl NodeTable {
             bundles: BTreeSet::new(),
         };
         assert!(self.nodes.insert(id, record).is_none(), "node id reused");
-        self.deadlines.insert((deadline, id));
+        self.checks.insert((deadline, id));
         id
     }
 
     fn touch(&mut self, node: NodeId, deadline: Time) {
         let record = self.nodes.get_mut(&node).expect("touch of an unknown node");
-        assert!(self.deadlines.remove(&(record.deadline, node)), "deadline index out of sync");
         record.deadline = deadline.max(record.deadline);
-        self.deadlines.insert((record.deadline, node));
     }
 
     fn remove(&mut self, node: NodeId) -> Option<NodeRecord> {
         let record = self.nodes.remove(&node)?;
-        assert!(self.deadlines.remove(&(record.deadline, node)), "deadline index out of sync");
+        assert!(self.checks.remove(&(record.check_at, node)), "deadline index out of sync");
         Some(record)
     }
 
     /// Checks the deadline index.
     pub fn check_invariants(&self) {
-        assert_eq!(self.deadlines.len(), self.nodes.len(), "one deadline per node");
+        assert_eq!(self.checks.len(), self.nodes.len(), "one deadline check per node");
         for (id, n) in &self.nodes {
-            assert!(self.deadlines.contains(&(n.deadline, *id)), "node {id} deadline missing from index");
+            assert!(self.checks.contains(&(n.check_at, *id)), "node {id} check missing from the index");
+            assert!(n.check_at <= n.deadline, "node {id} checked after its deadline");
             assert!(id.0 <= self.next_id, "node id above the allocator");
         }
     }
@@ -157,7 +179,7 @@ impl Head {
                 if !runs_here && actor.is_none() {
                     return Err(InputError::SubmitterNotRunning { task, node });
                 }
-                let holder = actor.unwrap_or_else(|| self.tasks.holder_of(task));
+                let holder = actor.unwrap_or_else(|| self.holder_of(task));
                 let job = self.tasks.get(holder).map(|t| t.spec.job).or_else(|| record.map(|t| t.spec.job));
                 let job = job.expect("a running submitter has a job");
                 let result = self.on_client_message(holder, job, msg);

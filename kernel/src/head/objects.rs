@@ -14,7 +14,8 @@ use super::{Head, HeadOutput};
 use crate::errors::{ErrorReason, InputError};
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::proto::{HeadToDriver, HeadToNode, ObjectData};
-use std::collections::{BTreeMap, BTreeSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeSet;
 
 /// Whether an object's value exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,13 +99,15 @@ impl ObjectRecord {
     }
 }
 
+/// The object directory. The maps are for lookup only: whatever is listed from them is sorted
+/// before it can reach an output.
 #[derive(Debug, Default)]
 pub(super) struct ObjectTable {
-    objects: BTreeMap<ObjectId, ObjectRecord>,
-    /// Handles per (holder, object).
-    pub handles: BTreeMap<(TaskId, ObjectId), u64>,
+    objects: FxHashMap<ObjectId, ObjectRecord>,
+    /// Handles per holder, per object.
+    handles: FxHashMap<TaskId, FxHashMap<ObjectId, u64>>,
     /// Objects per owner, for owner death.
-    pub owned: BTreeSet<(TaskId, ObjectId)>,
+    owned: FxHashMap<TaskId, FxHashSet<ObjectId>>,
 }
 
 impl ObjectTable {
@@ -124,26 +127,77 @@ impl ObjectTable {
         self.objects.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
+    /// Every object in no particular order: only for checks whose result does not depend on order.
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
         self.objects.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Every (holder, object, handles) entry, in no particular order (for the invariants).
+    pub fn handle_entries(&self) -> impl Iterator<Item = (TaskId, ObjectId, u64)> + '_ {
+        self.handles.iter().flat_map(|(h, m)| m.iter().map(move |(o, n)| (*h, *o, *n)))
+    }
+
+    /// Whether the owner index lists `object` under `owner` (for the invariants).
+    pub fn owner_lists(&self, owner: TaskId, object: ObjectId) -> bool {
+        self.owned.get(&owner).is_some_and(|s| s.contains(&object))
+    }
+
+    /// The size of the owner index (for the invariants).
+    pub fn owned_len(&self) -> usize {
+        self.owned.values().map(|s| s.len()).sum()
     }
 
     /// A new pending object owned by `owner`, with `handles` handles held by the owner.
     pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
-        let mut record = ObjectRecord::new(owner);
-        record.handles = handles;
+        let record = ObjectRecord::new(owner);
         assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
+        self.owned.entry(owner).or_default().insert(object);
         if handles > 0 {
-            self.handles.insert((owner, object), handles);
+            self.add_handles(owner, object, handles);
         }
-        self.owned.insert((owner, object));
     }
 
     fn remove(&mut self, object: ObjectId) -> ObjectRecord {
         let record = self.objects.remove(&object).expect("removing an unknown object");
         assert_eq!(record.handles, 0, "removing an object with handles");
-        self.owned.remove(&(record.owner, object));
+        let owned = self.owned.get_mut(&record.owner).expect("owner index misses an object");
+        assert!(owned.remove(&object), "owner index misses {object}");
+        if owned.is_empty() {
+            self.owned.remove(&record.owner);
+        }
         record
+    }
+
+    /// `holder` takes `n` more handles to `object` (which must exist).
+    fn add_handles(&mut self, holder: TaskId, object: ObjectId, n: u64) {
+        self.objects.get_mut(&object).expect("a handle to an unknown object").handles += n;
+        *self.handles.entry(holder).or_default().entry(object).or_default() += n;
+    }
+
+    /// `holder` drops one handle to `object`; false when it held none.
+    fn take_handle(&mut self, holder: TaskId, object: ObjectId) -> bool {
+        let Some(held) = self.handles.get_mut(&holder) else { return false };
+        let Some(count) = held.get_mut(&object) else { return false };
+        *count -= 1;
+        if *count == 0 {
+            held.remove(&object);
+            if held.is_empty() {
+                self.handles.remove(&holder);
+            }
+        }
+        self.objects.get_mut(&object).expect("a handle to an unknown object").handles -= 1;
+        true
+    }
+
+    /// `holder` drops every handle it has; returns the objects it held, in ascending order.
+    fn take_all_handles(&mut self, holder: TaskId) -> Vec<ObjectId> {
+        let Some(held) = self.handles.remove(&holder) else { return Vec::new() };
+        let mut objects: Vec<ObjectId> = held.keys().copied().collect();
+        objects.sort_unstable();
+        for (object, n) in held {
+            self.objects.get_mut(&object).expect("a handle to an unknown object").handles -= n;
+        }
+        objects
     }
 
     /// Removes `node` from the object's locations; true when that was its last copy of a value
@@ -157,16 +211,12 @@ impl ObjectTable {
         last && !record.released
     }
 
-    /// The objects a holder has handles to, in order.
-    pub fn held_by(&self, holder: TaskId) -> Vec<(ObjectId, u64)> {
-        let lo = (holder, ObjectId { task: TaskId(0), index: 0 });
-        self.handles.range(lo..).take_while(|((h, _), _)| *h == holder).map(|((_, o), n)| (*o, *n)).collect()
-    }
-
-    /// The objects an owner owns, in order.
+    /// The objects an owner owns, in ascending order.
     pub fn owned_by(&self, owner: TaskId) -> Vec<ObjectId> {
-        let lo = (owner, ObjectId { task: TaskId(0), index: 0 });
-        self.owned.range(lo..).take_while(|(h, _)| *h == owner).map(|(_, o)| *o).collect()
+        let mut objects: Vec<ObjectId> =
+            self.owned.get(&owner).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        objects.sort_unstable();
+        objects
     }
 }
 
@@ -313,10 +363,9 @@ impl Head {
     }
 
     pub(super) fn add_handle(&mut self, holder: TaskId, object: ObjectId) -> Result<(), InputError> {
-        match self.objects.get_mut(object) {
+        match self.objects.get(object) {
             Some(record) if !record.released => {
-                record.handles += 1;
-                *self.objects.handles.entry((holder, object)).or_default() += 1;
+                self.objects.add_handles(holder, object, 1);
                 Ok(())
             }
             _ => Err(InputError::UnknownObject(object)),
@@ -324,26 +373,16 @@ impl Head {
     }
 
     pub(super) fn remove_handle(&mut self, holder: TaskId, object: ObjectId) -> Result<(), InputError> {
-        let key = (holder, object);
-        let Some(count) = self.objects.handles.get_mut(&key) else {
+        if !self.objects.take_handle(holder, object) {
             return Err(InputError::UnknownObject(object));
-        };
-        *count -= 1;
-        if *count == 0 {
-            self.objects.handles.remove(&key);
         }
-        let record = self.objects.get_mut(object).expect("a handle to an unknown object");
-        record.handles -= 1;
         self.maybe_release(object);
         Ok(())
     }
 
     /// Drops every handle `holder` has (its process ended).
     pub(super) fn drop_all_handles(&mut self, holder: TaskId) {
-        for (object, n) in self.objects.held_by(holder) {
-            self.objects.handles.remove(&(holder, object));
-            let record = self.objects.get_mut(object).expect("a handle to an unknown object");
-            record.handles -= n;
+        for object in self.objects.take_all_handles(holder) {
             self.maybe_release(object);
         }
     }

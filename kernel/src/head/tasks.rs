@@ -13,6 +13,7 @@ use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::{Allocation, ResourceSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a task is in its life, without the details.
@@ -78,10 +79,12 @@ pub(super) struct TaskRecord {
     pub live_returns: u32,
     /// Lineage bytes charged while finished and retained.
     pub lineage_bytes: u64,
+    /// Its scheduling class, once it was first queued.
+    pub class: Option<u32>,
 }
 
 /// A scheduling class: tasks with the same shape, strategy and label selector.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClassKey {
     resources: ResourceSet,
     strategy: SchedulingStrategy,
@@ -90,11 +93,12 @@ struct ClassKey {
 
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
-    /// Boxed: records are large, and the map's nodes shift entries on every insert and remove.
-    tasks: BTreeMap<TaskId, Box<TaskRecord>>,
+    /// Lookup only: never iterated into an output without sorting. Boxed: records are large and
+    /// the table moves entries when it grows.
+    tasks: FxHashMap<TaskId, Box<TaskRecord>>,
     /// Tasks per owner, for recursive cancellation and owner death.
-    pub owned: BTreeSet<(TaskId, TaskId)>,
-    classes: BTreeMap<ClassKey, u32>,
+    owned: FxHashMap<TaskId, FxHashSet<TaskId>>,
+    classes: FxHashMap<ClassKey, u32>,
     queues: BTreeMap<u32, VecDeque<TaskId>>,
     /// Classes with queued tasks that may be placeable now.
     runnable: BTreeSet<u32>,
@@ -115,43 +119,63 @@ impl TaskTable {
         self.tasks.len()
     }
 
+    /// Every task, in ascending id order (sorted here, since the table itself is unordered).
     pub fn iter(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
+        let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|id| (id, &*self.tasks[&id]))
+    }
+
+    /// Every task in no particular order: only for checks whose result does not depend on order.
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
         self.tasks.iter().map(|(k, v)| (*k, &**v))
+    }
+
+    fn insert(&mut self, task: TaskId, record: TaskRecord) {
+        self.owned.entry(record.owner).or_default().insert(task);
+        assert!(self.tasks.insert(task, Box::new(record)).is_none(), "task {task} recorded twice");
     }
 
     pub fn remove(&mut self, task: TaskId) -> TaskRecord {
         let record = self.tasks.remove(&task).expect("removing an unknown task");
-        self.owned.remove(&(record.owner, task));
+        if let Some(set) = self.owned.get_mut(&record.owner) {
+            set.remove(&task);
+            if set.is_empty() {
+                self.owned.remove(&record.owner);
+            }
+        }
         *record
     }
 
-    /// Who holds handles and owns objects for `task`: the actor (its creation task) for an actor
-    /// method, the task itself otherwise.
-    pub fn holder_of(&self, task: TaskId) -> TaskId {
-        match self.tasks.get(&task).map(|t| &t.spec.kind) {
-            Some(TaskKind::ActorMethod { actor, .. }) => self.actor_creation_of(*actor).unwrap_or(task),
-            _ => task,
-        }
-    }
-
-    fn actor_creation_of(&self, actor: crate::ids::ActorId) -> Option<TaskId> {
-        // Actor creation tasks are few; callers needing this often go through the actor table.
-        self.tasks.iter().find(|(_, t)| t.spec.kind == TaskKind::ActorCreation(actor)).map(|(id, _)| *id)
-    }
-
+    /// The tasks `owner` submitted that the table still holds, in ascending id order.
     pub fn owned_by(&self, owner: TaskId) -> Vec<TaskId> {
-        self.owned.range((owner, TaskId(0))..).take_while(|(o, _)| *o == owner).map(|(_, t)| *t).collect()
+        let mut tasks: Vec<TaskId> = self.owned.get(&owner).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        tasks.sort_unstable();
+        tasks
+    }
+
+    /// The number of (owner, task) pairs in the owner index, for the invariants.
+    pub fn owned_len(&self) -> usize {
+        self.owned.values().map(|s| s.len()).sum()
     }
 
     fn enqueue(&mut self, task: TaskId) {
-        let spec = &self.tasks[&task].spec;
-        let key = ClassKey {
-            resources: spec.resources.clone(),
-            strategy: spec.strategy.clone(),
-            labels: spec.label_selector.clone(),
+        let record = self.tasks.get_mut(&task).expect("enqueueing an unknown task");
+        let class = match record.class {
+            Some(class) => class,
+            None => {
+                let spec = &record.spec;
+                let key = ClassKey {
+                    resources: spec.resources.clone(),
+                    strategy: spec.strategy.clone(),
+                    labels: spec.label_selector.clone(),
+                };
+                let next = self.classes.len() as u32;
+                let class = *self.classes.entry(key).or_insert(next);
+                record.class = Some(class);
+                class
+            }
         };
-        let next = self.classes.len() as u32;
-        let class = *self.classes.entry(key).or_insert(next);
         self.queues.entry(class).or_default().push_back(task);
         self.runnable.insert(class);
     }
@@ -171,6 +195,15 @@ impl TaskTable {
 }
 
 impl Head {
+    /// Who holds handles and owns objects for `task`: the actor (its creation task) for an actor
+    /// method, the task itself otherwise.
+    pub(super) fn holder_of(&self, task: TaskId) -> TaskId {
+        match self.tasks.get(task).map(|t| &t.spec.kind) {
+            Some(TaskKind::ActorMethod { actor, .. }) => self.actors.creation_of(*actor).unwrap_or(task),
+            _ => task,
+        }
+    }
+
     pub(super) fn submit_task(
         &mut self,
         submitter: TaskId,
@@ -251,9 +284,9 @@ impl Head {
             retries_left,
             cancel_requested: false,
             lineage_bytes: 0,
+            class: None,
         };
-        self.tasks.tasks.insert(task, Box::new(record));
-        self.tasks.owned.insert((submitter, task));
+        self.tasks.insert(task, record);
         self.stats.tasks_submitted += 1;
     }
 
@@ -538,7 +571,7 @@ impl Head {
                 self.on_task_finished(task, node, returns);
             }
             TaskOutcome::Failed(failure) => {
-                let holder = self.tasks.holder_of(task);
+                let holder = self.holder_of(task);
                 self.end_attempt(task);
                 if failure.is_system() && holder == task {
                     self.on_owner_died(task);
@@ -681,7 +714,7 @@ impl Head {
             return;
         }
         let is_creation = matches!(record.spec.kind, TaskKind::ActorCreation(_));
-        let holder = self.tasks.holder_of(task);
+        let holder = self.holder_of(task);
         self.end_attempt(task);
         if holder == task {
             self.on_owner_died(task);
