@@ -44,6 +44,7 @@ use crate::ids::NodeId;
 use crate::proto::{LabelConstraint, Labels, SchedulingStrategy};
 use crate::resources::{Allocation, Amount, ResourcePool, ResourceSet};
 use rand_core::RngCore;
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -114,14 +115,15 @@ pub(super) struct BucketKey {
     /// The node's shape class (its total resources).
     class: u32,
     /// Free amounts: CPU, memory, GPU, each custom resource of the class (0 when absent, amount
-    /// plus one when present), then each GPU device.
-    free: Vec<u64>,
+    /// plus one when present), then each GPU device. Inline up to eight amounts, so re-filing a
+    /// node after an allocation allocates nothing.
+    free: SmallVec<[u64; 8]>,
 }
 
 impl BucketKey {
     /// The smallest key at a utilisation level.
     fn level_start(utilisation_bp: u32) -> BucketKey {
-        BucketKey { utilisation_bp, class: 0, free: Vec::new() }
+        BucketKey { utilisation_bp, class: 0, free: SmallVec::new() }
     }
 }
 
@@ -701,7 +703,7 @@ impl ClusterView {
     /// The bucket key `node` belongs in, from its pool and GPU mirror.
     fn bucket_key(&self, entry: &Entry) -> BucketKey {
         let (total, available) = (entry.node.pool.total(), entry.node.pool.available());
-        let mut free = Vec::with_capacity(3 + total.custom.len() + entry.gpu_free.len());
+        let mut free = SmallVec::with_capacity(3 + total.custom.len() + entry.gpu_free.len());
         free.extend([available.cpu.0, available.memory.0, available.gpu.0]);
         for name in total.custom.keys() {
             free.push(available.custom.get(name).map_or(0, |a| a.0.checked_add(1).expect("custom amount overflow")));
