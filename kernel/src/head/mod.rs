@@ -20,7 +20,8 @@
 //!
 //! - [`scheduler`]: the resource view of the cluster and the node-selection policies.
 //! - `nodes`: registration, heartbeats, failure detection, drain and loss.
-//! - `tasks`: submission, dependencies, the ready queue, dispatch, completion, retries, cancellation.
+//! - `tasks`: submission, dependencies, the ready queue, dispatch and completion.
+//! - `failures`: retries, failing for good, the end of a task's life, cancellation, owner death.
 //! - `objects`: the object directory, reference counting with borrowers, subscriptions.
 //! - `lineage`: bounded lineage and reconstruction of lost objects.
 //! - `actors`, `placement`, `jobs`: actors, placement groups and jobs.
@@ -40,6 +41,7 @@ mod bundles;
 pub mod scheduler;
 
 mod actors;
+mod failures;
 mod invariants;
 mod jobs;
 mod lineage;
