@@ -10,12 +10,8 @@
 //! CPU time (user + system, from `/proc/thread-self/stat`, 10 ms ticks) instead of wall time.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use keel_kernel::proto::{DriverToHead, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, PROTOCOL_VERSION};
-use keel_kernel::testkit::task;
-use keel_kernel::{
-    ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time,
-};
-use std::collections::VecDeque;
+use keel_kernel::synthetic::Synthetic;
+use keel_kernel::{HeadConfig, NodeId};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -23,8 +19,6 @@ use std::time::{Duration, Instant};
 const BATCH: u64 = 100_000;
 /// CPUs per node.
 const CPUS: u64 = 16;
-/// The clock never moves, so no node deadline ever fires.
-const NOW: Time = Time(0);
 
 /// Clock ticks per second of `/proc/*/stat` on Linux.
 const TICKS_PER_SEC: u64 = 100;
@@ -65,92 +59,6 @@ impl Clock {
     }
 }
 
-/// A Head with `nodes` nodes of 16 CPUs and one job, outputs drained.
-fn cluster(nodes: u64) -> (Head, Vec<NodeId>, JobId) {
-    let mut head = Head::new(HeadConfig::default());
-    let mut ids = Vec::with_capacity(nodes as usize);
-    for i in 0..nodes {
-        let hello = Hello::RegisterNode {
-            version: PROTOCOL_VERSION,
-            resources: ResourceSet::cpus(CPUS),
-            labels: Default::default(),
-        };
-        head.handle_input(NOW, HeadInput::Connect { conn: ConnId(i), hello }).expect("node registers");
-        while let Some(out) = head.poll_output() {
-            if let HeadOutput::ToConn { msg: keel_kernel::proto::Welcome::NodeRegistered(node), .. } = out {
-                ids.push(node);
-            }
-        }
-    }
-    let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name: "bench".into() };
-    head.handle_input(NOW, HeadInput::Connect { conn: ConnId(nodes), hello }).expect("job registers");
-    let mut job = None;
-    while let Some(out) = head.poll_output() {
-        if let HeadOutput::ToConn { msg: keel_kernel::proto::Welcome::JobRegistered(j), .. } = out {
-            job = Some(j);
-        }
-    }
-    assert_eq!(ids.len() as u64, nodes);
-    (head, ids, job.expect("job registered"))
-}
-
-/// A task attempt handed to a node.
-struct Run {
-    node: NodeId,
-    task: TaskId,
-    attempt: u32,
-    returns: Vec<ObjectId>,
-}
-
-/// Drains the Head's outputs, keeping the `RunTask`s.
-fn drain(head: &mut Head, runs: &mut VecDeque<Run>) {
-    while let Some(out) = head.poll_output() {
-        if let HeadOutput::ToNode { node, msg: HeadToNode::RunTask { spec, attempt, .. } } = out {
-            let returns = spec.return_ids().collect();
-            runs.push_back(Run { node, task: spec.task, attempt, returns });
-        }
-    }
-}
-
-/// Answers one attempt as finished, returning `inline` (small) or sealing `size` bytes on the node.
-fn finish(head: &mut Head, run: &Run, inline: Option<&[u8]>, size: u64) {
-    let values = run
-        .returns
-        .iter()
-        .map(|&object| ReturnValue {
-            object,
-            size: inline.map_or(size, |b| b.len() as u64),
-            inline: inline.map(<[u8]>::to_vec),
-            nested: Vec::new(),
-        })
-        .collect();
-    let msg = NodeToHead::TaskEnded { task: run.task, attempt: run.attempt, outcome: TaskOutcome::Finished(values) };
-    head.handle_input(NOW, HeadInput::FromNode { node: run.node, msg }).expect("task ends");
-}
-
-/// Submits `count` tasks (sequence numbers from `first`), finishes every attempt the Head
-/// dispatches and drops the driver's handle to each result. Returns how many tasks finished.
-fn run_tasks(head: &mut Head, job: JobId, first: u64, count: u64) -> u64 {
-    let mut runs = VecDeque::new();
-    for seq in first..first + count {
-        head.handle_input(NOW, HeadInput::FromDriver { job, msg: DriverToHead::SubmitTask(task(job, seq, "f")) })
-            .expect("submit");
-        drain(head, &mut runs);
-    }
-    let value = [7u8; 8];
-    let mut finished = 0;
-    while let Some(run) = runs.pop_front() {
-        finish(head, &run, Some(&value), 0);
-        drain(head, &mut runs);
-        for &object in &run.returns {
-            head.handle_input(NOW, HeadInput::FromDriver { job, msg: DriverToHead::RemoveRef(object) }).expect("drop");
-            drain(head, &mut runs);
-        }
-        finished += 1;
-    }
-    finished
-}
-
 fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("throughput");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
@@ -161,12 +69,12 @@ fn throughput(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let (mut head, _, job) = cluster(nodes);
-                    let (done, took) = clock.time(|| run_tasks(&mut head, job, 0, BATCH));
+                    let mut s = Synthetic::new(HeadConfig::default(), nodes, CPUS);
+                    let (done, took) = clock.time(|| s.run_tasks(0, BATCH));
                     total += took;
                     assert_eq!(done, BATCH);
-                    assert_eq!(head.task_records(), 0);
-                    black_box(&head);
+                    assert_eq!(s.head.task_records(), 0);
+                    black_box(&s.head);
                 }
                 total
             });
@@ -180,29 +88,20 @@ const LOST_OBJECTS: u64 = 10_000;
 
 /// One node holds `LOST_OBJECTS` large objects the driver still references; a second, empty
 /// node joins afterwards so the rebuilds have somewhere to run.
-fn reconstruction_setup() -> (Head, NodeId) {
-    let (mut head, nodes, job) = cluster(1);
-    let holder = nodes[0];
-    let mut runs = VecDeque::new();
+fn reconstruction_setup() -> (Synthetic, NodeId) {
+    let mut s = Synthetic::new(HeadConfig::default(), 1, CPUS);
+    let holder = s.nodes[0];
     for seq in 0..LOST_OBJECTS {
-        head.handle_input(NOW, HeadInput::FromDriver { job, msg: DriverToHead::SubmitTask(task(job, seq, "f")) })
-            .expect("submit");
-        drain(&mut head, &mut runs);
+        s.submit(seq);
     }
-    while let Some(run) = runs.pop_front() {
+    while let Some(run) = s.runs.pop_front() {
         assert_eq!(run.node, holder);
-        finish(&mut head, &run, None, 1 << 20);
-        drain(&mut head, &mut runs);
+        s.finish(&run, Some(1 << 20));
     }
-    let hello = Hello::RegisterNode {
-        version: PROTOCOL_VERSION,
-        resources: ResourceSet::cpus(CPUS),
-        labels: Default::default(),
-    };
-    head.handle_input(NOW, HeadInput::Connect { conn: ConnId(1_000_000), hello }).expect("node registers");
-    while head.poll_output().is_some() {}
-    assert_eq!(head.object_records() as u64, LOST_OBJECTS);
-    (head, holder)
+    s.add_node(CPUS);
+    s.runs.clear();
+    assert_eq!(s.head.object_records() as u64, LOST_OBJECTS);
+    (s, holder)
 }
 
 fn reconstruction_plan(c: &mut Criterion) {
@@ -211,10 +110,10 @@ fn reconstruction_plan(c: &mut Criterion) {
     group.bench_function("10000_objects", |b| {
         b.iter_batched(
             reconstruction_setup,
-            |(mut head, holder)| {
-                head.handle_input(NOW, HeadInput::FromNode { node: holder, msg: NodeToHead::Leaving }).expect("leaves");
-                debug_assert_eq!(head.stats().reconstructions, LOST_OBJECTS);
-                head
+            |(mut s, holder)| {
+                s.lose(holder);
+                debug_assert_eq!(s.head.stats().reconstructions, LOST_OBJECTS);
+                s
             },
             BatchSize::PerIteration,
         );

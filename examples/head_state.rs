@@ -6,21 +6,14 @@
 //!
 //! `cargo run --release --example head_state [-- TASKS]` (default 1,000,000).
 
-use keel_kernel::proto::{
-    DriverToHead, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, Welcome, PROTOCOL_VERSION,
-};
-use keel_kernel::testkit::task;
-use keel_kernel::{
-    ConnId, Head, HeadConfig, HeadInput, HeadOutput, JobId, NodeId, ObjectId, ResourceSet, TaskId, Time,
-};
-use std::collections::VecDeque;
+use keel_kernel::synthetic::Synthetic;
+use keel_kernel::HeadConfig;
 use std::time::Instant;
 
 const NODES: u64 = 1_000;
 const CPUS: u64 = 16;
 /// Tasks submitted before their results are awaited (one round).
 const ROUND: u64 = 10_000;
-const NOW: Time = Time(0);
 /// Linux page size on the machines this runs on.
 const PAGE: u64 = 4096;
 
@@ -40,80 +33,18 @@ fn cpu_seconds() -> f64 {
     ticks as f64 / 100.0
 }
 
-struct Run {
-    node: NodeId,
-    task: TaskId,
-    attempt: u32,
-    returns: Vec<ObjectId>,
-}
-
-fn drain(head: &mut Head, runs: &mut VecDeque<Run>) {
-    while let Some(out) = head.poll_output() {
-        if let HeadOutput::ToNode { node, msg: HeadToNode::RunTask { spec, attempt, .. } } = out {
-            let returns = spec.return_ids().collect();
-            runs.push_back(Run { node, task: spec.task, attempt, returns });
-        }
-    }
-}
-
-fn setup() -> (Head, JobId) {
-    let mut head = Head::new(HeadConfig::default());
-    for i in 0..NODES {
-        let hello = Hello::RegisterNode {
-            version: PROTOCOL_VERSION,
-            resources: ResourceSet::cpus(CPUS),
-            labels: Default::default(),
-        };
-        head.handle_input(NOW, HeadInput::Connect { conn: ConnId(i), hello }).expect("node registers");
-    }
-    let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name: "state".into() };
-    head.handle_input(NOW, HeadInput::Connect { conn: ConnId(NODES), hello }).expect("job registers");
-    let mut job = None;
-    while let Some(out) = head.poll_output() {
-        if let HeadOutput::ToConn { msg: Welcome::JobRegistered(j), .. } = out {
-            job = Some(j);
-        }
-    }
-    (head, job.expect("job registered"))
-}
-
-/// Submits `count` tasks from sequence number `first`, finishes them and frees their results.
-fn round(head: &mut Head, job: JobId, first: u64, count: u64) {
-    let mut runs = VecDeque::new();
-    for seq in first..first + count {
-        let msg = DriverToHead::SubmitTask(task(job, seq, "f"));
-        head.handle_input(NOW, HeadInput::FromDriver { job, msg }).expect("submit");
-        drain(head, &mut runs);
-    }
-    while let Some(run) = runs.pop_front() {
-        let values = run
-            .returns
-            .iter()
-            .map(|&object| ReturnValue { object, size: 8, inline: Some(vec![7; 8]), nested: Vec::new() })
-            .collect();
-        let msg =
-            NodeToHead::TaskEnded { task: run.task, attempt: run.attempt, outcome: TaskOutcome::Finished(values) };
-        head.handle_input(NOW, HeadInput::FromNode { node: run.node, msg }).expect("task ends");
-        drain(head, &mut runs);
-        for &object in &run.returns {
-            head.handle_input(NOW, HeadInput::FromDriver { job, msg: DriverToHead::RemoveRef(object) }).expect("drop");
-            drain(head, &mut runs);
-        }
-    }
-}
-
 fn main() {
     let tasks: u64 = std::env::args().nth(1).map_or(1_000_000, |a| a.parse().expect("TASKS is a number"));
-    let (mut head, job) = setup();
+    let mut s = Synthetic::new(HeadConfig::default(), NODES, CPUS);
     // One warm-up round so that the queues' high-water mark is in the baseline.
-    round(&mut head, job, 0, ROUND.min(tasks));
+    s.run_tasks(0, ROUND.min(tasks));
     let before = rss_bytes();
     let start = Instant::now();
     let cpu_start = cpu_seconds();
     let mut seq = ROUND;
     while seq < ROUND + tasks {
         let count = ROUND.min(ROUND + tasks - seq);
-        round(&mut head, job, seq, count);
+        assert_eq!(s.run_tasks(seq, count), count);
         seq += count;
     }
     let elapsed = start.elapsed();
@@ -127,12 +58,12 @@ fn main() {
         tasks as f64 / elapsed.as_secs_f64()
     );
     println!("cpu time              {cpu:.2} s ({:.0} tasks/s)", tasks as f64 / cpu);
-    println!("task_records()        {}", head.task_records());
-    println!("object_records()      {}", head.object_records());
-    println!("lineage_bytes()       {}", head.lineage_bytes());
-    println!("lineage_tasks()       {}", head.lineage_tasks());
-    println!("queued_tasks()        {}", head.queued_tasks());
+    println!("task_records()        {}", s.head.task_records());
+    println!("object_records()      {}", s.head.object_records());
+    println!("lineage_bytes()       {}", s.head.lineage_bytes());
+    println!("lineage_tasks()       {}", s.head.lineage_tasks());
+    println!("queued_tasks()        {}", s.head.queued_tasks());
     println!("rss before / after    {before} / {after} bytes");
     println!("rss delta             {delta} bytes ({:.3} bytes per task)", delta as f64 / tasks as f64);
-    println!("stats                 {:?}", head.stats());
+    println!("stats                 {:?}", s.head.stats());
 }

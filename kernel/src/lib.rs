@@ -43,6 +43,7 @@
 //! - [`head`]: the Head machine (nodes, scheduling, tasks, objects, lineage, actors, placement groups, jobs).
 //! - [`node`]: the Node machine (worker leases, local objects, argument pulls, task lifecycle, heartbeats).
 //! - `testkit` (feature `testkit`): an in-memory stepper wiring a Head to Nodes, for tests, fuzzing and demos.
+//! - `synthetic` (feature `testkit`): a Head driven with synthesised node answers, for benchmarks.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 // Messages are built once and moved to the host; boxing the large variants would cost an
@@ -55,6 +56,8 @@ pub mod ids;
 pub mod node;
 pub mod proto;
 pub mod resources;
+#[cfg(feature = "testkit")]
+pub mod synthetic;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod time;
