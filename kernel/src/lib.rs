@@ -25,8 +25,9 @@
 //! - **Time is data.** Every entry point takes `now` ([`Time`], nanoseconds); the caller keeps it
 //!   monotonic. The kernel never reads a clock.
 //! - **Randomness is seeded and owned**: each machine holds an RNG seeded from its config.
-//! - **Ordered iteration only**: ordered maps and sets, so the same inputs give the same outputs,
-//!   byte for byte, on every machine and every run.
+//! - **Ordered iteration only**: ordered maps and sets wherever order can reach an output; hashed
+//!   maps (seedless `FxHash`) serve lookups only, and whatever is listed from them is sorted first.
+//!   So the same inputs give the same outputs, byte for byte, on every machine and every run.
 //! - **Outputs are commands** (send a message, start a worker, free an object); the host performs
 //!   them and reports what happened as inputs.
 //! - **Two kinds of errors.** Users' problems are typed reasons ([`ErrorReason`]) delivered to
