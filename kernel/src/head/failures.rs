@@ -141,9 +141,10 @@ impl Head {
         for object in refs {
             self.remove_arg_use(object);
         }
-        let returns: Vec<ObjectId> = self.tasks.get(task).map(|t| t.spec.return_ids().collect()).unwrap_or_default();
-        for object in returns {
-            self.maybe_release(object);
+        let returns = self.tasks.get(task).map_or(0, |t| t.spec.num_returns);
+        for index in 1..=returns {
+            // Ids come from the task id alone: a release may forget the task's record meanwhile.
+            self.maybe_release(ObjectId::for_return(task, index));
         }
         if !keep_lineage {
             self.forget_task_if_done(task);
@@ -172,7 +173,7 @@ impl Head {
     }
 
     /// One of `task`'s return records was forgotten.
-    pub(super) fn on_return_forgotten(&mut self, task: TaskId, work: &mut Vec<ObjectId>) {
+    pub(super) fn on_return_forgotten(&mut self, task: TaskId, work: &mut super::objects::ReleaseWork) {
         let Some(record) = self.tasks.get_mut(task) else { return };
         record.live_returns -= 1;
         if record.live_returns == 0 && record.state.is_ended() {

@@ -99,6 +99,9 @@ impl ObjectRecord {
     }
 }
 
+/// Objects whose release is being decided (inline for the common case of one or two).
+pub(super) type ReleaseWork = smallvec::SmallVec<[ObjectId; 4]>;
+
 /// The object directory. The maps are for lookup only: whatever is listed from them is sorted
 /// before it can reach an output.
 #[derive(Debug, Default)]
@@ -323,6 +326,9 @@ impl Head {
         let record = self.objects.get_mut(object).expect("ready object exists");
         let subscribers = std::mem::take(&mut record.subscribers);
         let waiting = std::mem::take(&mut record.waiting_tasks);
+        if subscribers.is_empty() && waiting.is_empty() {
+            return;
+        }
         let (size, data) = (record.size, record.data());
         for subscriber in subscribers {
             let msg = HeadToDriver::ObjectReady { object, size, data: data.clone() };
@@ -410,7 +416,7 @@ impl Head {
     /// Frees an object whose count reached zero, and forgets it once no lineage needs it. Cascades
     /// through nested references and through producers whose returns are all gone.
     pub(super) fn maybe_release(&mut self, object: ObjectId) {
-        let mut work = vec![object];
+        let mut work: ReleaseWork = smallvec::smallvec![object];
         while let Some(object) = work.pop() {
             let Some(record) = self.objects.get_mut(object) else { continue };
             if record.ref_count() > 0 {
