@@ -441,29 +441,25 @@ impl Head {
 
     /// Non-detached actors created by `owner` share its fate (`death` says how it ended).
     pub(super) fn kill_owned_actors(&mut self, owner: TaskId, death: ActorDeath) {
-        let owned: Vec<ActorId> = self
-            .actors
-            .actors
-            .iter()
-            .filter(|(_, a)| a.owner == owner && !a.options.detached && !matches!(a.life, Life::Dead(_)))
-            .map(|(id, _)| *id)
-            .collect();
-        for actor in owned {
-            self.actor_dies(actor, death.clone());
-        }
+        self.kill_live_actors(|a| a.owner == owner && !a.options.detached, death);
     }
 
     /// Non-detached actors of a finished job die with it.
     pub(super) fn kill_job_actors(&mut self, job: JobId) {
-        let owned: Vec<ActorId> = self
+        self.kill_live_actors(|a| a.job == job && !a.options.detached, ActorDeath::JobFinished);
+    }
+
+    /// Every live actor that `doomed` selects dies with `death`, in id order.
+    fn kill_live_actors(&mut self, doomed: impl Fn(&ActorRecord) -> bool, death: ActorDeath) {
+        let actors: Vec<ActorId> = self
             .actors
             .actors
             .iter()
-            .filter(|(_, a)| a.job == job && !a.options.detached && !matches!(a.life, Life::Dead(_)))
+            .filter(|(_, a)| !matches!(a.life, Life::Dead(_)) && doomed(a))
             .map(|(id, _)| *id)
             .collect();
-        for actor in owned {
-            self.actor_dies(actor, ActorDeath::JobFinished);
+        for actor in actors {
+            self.actor_dies(actor, death.clone());
         }
     }
 
