@@ -205,3 +205,20 @@ impl Head {
         self.retry_task(task);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobId;
+    use crate::proto::TaskSpec;
+
+    #[test]
+    fn lineage_cost_grows_with_inline_arguments() {
+        let mut spec = TaskSpec::new(TaskId(1), JobId(1), "f");
+        let base = lineage_cost(&spec);
+        spec.args.push(Arg::Value { data: vec![0; 1000], nested: Vec::new() });
+        assert!(lineage_cost(&spec) >= base + 1000);
+        spec.args.push(Arg::Ref(ObjectId::for_return(TaskId(2), 1)));
+        assert!(lineage_cost(&spec) > base + 1000);
+    }
+}

@@ -248,3 +248,44 @@ impl Head {
         self.nodes.get(node).is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_heard_from_is_not_expired_and_is_checked_again_at_its_new_deadline() {
+        let mut table = NodeTable::default();
+        let a = table.insert(Time(100));
+        let b = table.insert(Time(100));
+        table.touch(a, Time(250));
+        assert_eq!(table.next_deadline(), Some(Time(100)), "checks are filed lazily");
+        assert_eq!(table.expired(Time(100)), vec![b]);
+        assert_eq!(table.next_deadline(), Some(Time(100)), "the expired node stays filed until removed");
+        table.remove(b).expect("b is known");
+        assert_eq!(table.next_deadline(), Some(Time(250)), "a is filed again at its new deadline");
+        assert!(table.expired(Time(249)).is_empty());
+        assert_eq!(table.expired(Time(250)), vec![a]);
+        table.check_invariants();
+    }
+
+    #[test]
+    fn node_ids_are_never_reused() {
+        let mut table = NodeTable::default();
+        let a = table.insert(Time(1));
+        table.remove(a).expect("known");
+        let b = table.insert(Time(1));
+        assert_ne!(a, b);
+        assert!(b > a);
+        table.check_invariants();
+    }
+
+    #[test]
+    fn expired_nodes_come_out_in_deadline_order() {
+        let mut table = NodeTable::default();
+        let a = table.insert(Time(30));
+        let b = table.insert(Time(10));
+        let c = table.insert(Time(20));
+        assert_eq!(table.expired(Time(40)), vec![b, c, a]);
+    }
+}

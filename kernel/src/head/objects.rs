@@ -502,3 +502,52 @@ impl Head {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> ObjectId {
+        ObjectId::for_return(TaskId(1), n)
+    }
+
+    #[test]
+    fn handles_are_counted_per_holder_and_in_total() {
+        let mut table = ObjectTable::default();
+        let (driver, task) = (TaskId(10), TaskId(20));
+        table.create(id(1), driver, 1);
+        table.add_handles(task, id(1), 2);
+        assert_eq!(table.get(id(1)).map(|o| o.handles), Some(3));
+        assert!(table.take_handle(task, id(1)));
+        assert!(!table.take_handle(TaskId(99), id(1)), "a holder without handles takes none");
+        assert_eq!(table.take_all_handles(task), vec![id(1)]);
+        assert_eq!(table.get(id(1)).map(|o| o.handles), Some(1));
+        assert!(table.take_all_handles(task).is_empty());
+    }
+
+    #[test]
+    fn owned_objects_are_listed_in_id_order_and_forgotten_on_removal() {
+        let mut table = ObjectTable::default();
+        let owner = TaskId(7);
+        for n in [3, 1, 2] {
+            table.create(id(n), owner, 0);
+        }
+        assert_eq!(table.owned_by(owner), vec![id(1), id(2), id(3)]);
+        table.remove(id(2));
+        assert_eq!(table.owned_by(owner), vec![id(1), id(3)]);
+        assert_eq!(table.owned_len(), 2);
+    }
+
+    #[test]
+    fn losing_the_last_copy_is_reported_once_and_remembers_the_node() {
+        let mut table = ObjectTable::default();
+        table.create(id(1), TaskId(1), 1);
+        let record = table.get_mut(id(1)).expect("created");
+        record.state = ObjState::Ready;
+        record.locations.extend([NodeId(1), NodeId(2)]);
+        assert!(!table.remove_location(id(1), NodeId(1)), "another copy is left");
+        assert!(table.remove_location(id(1), NodeId(2)), "that was the last copy");
+        assert!(!table.remove_location(id(1), NodeId(2)), "reported once");
+        assert_eq!(table.get(id(1)).and_then(|o| o.lost_with), Some(NodeId(2)));
+    }
+}
