@@ -44,6 +44,7 @@ use crate::ids::NodeId;
 use crate::proto::{LabelConstraint, Labels, SchedulingStrategy};
 use crate::resources::{Allocation, Amount, ResourcePool, ResourceSet};
 use rand_core::RngCore;
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -209,7 +210,8 @@ pub(super) type NodeTest<'t> = dyn Fn(NodeId, &SchedNode) -> bool + 't;
 pub struct ClusterView {
     config: SchedulerConfig,
     spread_threshold_bp: u32,
-    entries: BTreeMap<NodeId, Entry>,
+    /// Lookup only; listings sort by id.
+    entries: FxHashMap<NodeId, Entry>,
     classes: Vec<NodeClass>,
     class_by_total: BTreeMap<ShapeKey, u32>,
     /// Schedulable nodes by bucket: `[GPU-less, GPU]`.
@@ -307,7 +309,7 @@ impl ClusterView {
         ClusterView {
             config,
             spread_threshold_bp,
-            entries: BTreeMap::new(),
+            entries: FxHashMap::default(),
             classes: Vec::new(),
             class_by_total: BTreeMap::new(),
             index: [BTreeMap::new(), BTreeMap::new()],
@@ -393,7 +395,9 @@ impl ClusterView {
 
     /// Every known node, ascending by id.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &SchedNode)> {
-        self.entries.iter().map(|(id, e)| (*id, &e.node))
+        let mut ids: Vec<NodeId> = self.entries.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|id| (id, &self.entries[&id].node))
     }
 
     /// How many nodes are known (schedulable or not).
@@ -455,7 +459,8 @@ impl ClusterView {
     pub fn release(&mut self, node: NodeId, alloc: &Allocation) {
         let Some(entry) = self.entries.get_mut(&node) else { return };
         entry.node.pool.release(alloc);
-        let capacities = gpu_device_capacities(entry.node.pool.total().gpu);
+        let capacities =
+            if alloc.gpus.is_empty() { Vec::new() } else { gpu_device_capacities(entry.node.pool.total().gpu) };
         for (device, amount) in &alloc.gpus {
             let free = &mut entry.gpu_free[*device as usize];
             *free += amount.0;
@@ -646,7 +651,7 @@ impl ClusterView {
         node_ok: &NodeTest<'_>,
         out: &mut Vec<NodeId>,
     ) {
-        let mut streams = Vec::new();
+        let mut streams: SmallVec<[_; 4]> = SmallVec::new();
         for &slot in kinds.slots() {
             let level = BucketKey::level_start(level_bp)..BucketKey::level_start(level_bp + 1);
             for (key, ids) in self.index[slot].range(level) {
