@@ -18,9 +18,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Drive the kernel in-process: a head and four nodes step through a short job (tasks, a
-    /// chain of large objects, a placement group, an actor), lose a node mid-job, and recover.
-    /// Prints every decision the head makes.
+    /// Drive the kernel in-process: a head and four nodes step through a short job (map tasks
+    /// with large outputs and a reduce, a GPU task, a placement group, an actor, an infeasible
+    /// request), lose a node mid-job, and recover. Prints every decision the head makes.
     ///
     /// Example: `keel walkthrough --seed 7` or `keel walkthrough --json | jq .`
     Walkthrough(walkthrough::Args),

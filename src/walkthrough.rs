@@ -36,6 +36,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     // Lose the node that holds most map outputs, mid-job.
     let victim = busiest_holder(&c).ok_or("no node holds a map output")?;
     let victim_node = c.node_id(victim);
+    tracing::info!(node = %victim_node, at = %c.now(), "crashing the node holding most map outputs");
     if !args.json {
         println!("--- crashing {victim_node} at {} (it holds map outputs) ---", c.now());
     }
@@ -54,6 +55,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
     }
     let reduced = c.fetch(job, reduce_out);
+    tracing::info!(decisions = c.head_log.len(), hash = format!("{:016x}", hasher.0), "walkthrough done");
     let stats = c.head.stats();
     if args.json {
         let summary = serde_json::json!({
