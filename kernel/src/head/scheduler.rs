@@ -108,8 +108,8 @@ pub struct PlacementRequest<'a> {
     pub locality: &'a [(NodeId, u64)],
 }
 
-/// Where a node sits in an index: nodes with equal keys are interchangeable except for labels.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What makes nodes interchangeable (labels aside): nodes with equal keys share a bucket.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct BucketKey {
     /// Critical-resource utilisation now, in basis points.
     pub(super) utilisation_bp: u32,
@@ -121,10 +121,63 @@ pub(super) struct BucketKey {
     free: SmallVec<[u64; 8]>,
 }
 
-impl BucketKey {
-    /// The smallest key at a utilisation level.
-    fn level_start(utilisation_bp: u32) -> BucketKey {
-        BucketKey { utilisation_bp, class: 0, free: SmallVec::new() }
+/// A bucket's place in an index: its utilisation level, then its interned id (the order of
+/// buckets within a level does not matter: walks merge their nodes by id).
+type IndexKey = (u32, u32);
+
+/// The smallest index key at a utilisation level.
+fn level_start(utilisation_bp: u32) -> IndexKey {
+    (utilisation_bp, 0)
+}
+
+/// Bucket keys interned as small ids, so that the ordered indices compare two integers; an id is
+/// freed when its bucket empties, and reused.
+#[derive(Clone, Debug, Default)]
+struct BucketIds {
+    by_key: FxHashMap<BucketKey, u32>,
+    /// Per id: its key and how many nodes are in the bucket (0 for a free id).
+    keys: Vec<(BucketKey, usize)>,
+    free: Vec<u32>,
+}
+
+impl BucketIds {
+    /// The id of `key`, counting one more node in it.
+    fn acquire(&mut self, key: BucketKey) -> u32 {
+        if let Some(&id) = self.by_key.get(&key) {
+            self.keys[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                assert_eq!(self.keys[id as usize].1, 0, "a free bucket id still holds nodes");
+                self.keys[id as usize] = (key.clone(), 1);
+                id
+            }
+            None => {
+                self.keys.push((key.clone(), 1));
+                u32::try_from(self.keys.len() - 1).expect("bucket ids fit in u32")
+            }
+        };
+        self.by_key.insert(key, id);
+        id
+    }
+
+    /// One node fewer in bucket `id`; the id is freed when none is left.
+    fn release(&mut self, id: u32) {
+        let (key, count) = &mut self.keys[id as usize];
+        *count = count.checked_sub(1).expect("bucket count underflow");
+        if *count == 0 {
+            assert_eq!(self.by_key.remove(key), Some(id), "bucket interning out of sync");
+            self.free.push(id);
+        }
+    }
+
+    fn key(&self, id: u32) -> &BucketKey {
+        &self.keys[id as usize].0
+    }
+
+    fn count(&self, id: u32) -> usize {
+        self.keys[id as usize].1
     }
 }
 
@@ -145,7 +198,7 @@ struct Entry {
     /// Free amount of each GPU device, mirrored from the allocations (the pool keeps it private).
     gpu_free: Vec<u64>,
     /// Some exactly while the node is schedulable and indexed.
-    bucket: Option<BucketKey>,
+    bucket: Option<IndexKey>,
 }
 
 /// A total or a request as an ordered key.
@@ -215,7 +268,8 @@ pub struct ClusterView {
     classes: Vec<NodeClass>,
     class_by_total: BTreeMap<ShapeKey, u32>,
     /// Schedulable nodes by bucket: `[GPU-less, GPU]`.
-    index: [BTreeMap<BucketKey, BTreeSet<NodeId>>; 2],
+    index: [BTreeMap<IndexKey, BTreeSet<NodeId>>; 2],
+    buckets: BucketIds,
     /// The node the last SPREAD decision chose: ties go to the next one after it.
     spread_cursor: Option<NodeId>,
     /// Feasibility of request shapes with label constraints; cleared when nodes join, leave or
@@ -313,6 +367,7 @@ impl ClusterView {
             classes: Vec::new(),
             class_by_total: BTreeMap::new(),
             index: [BTreeMap::new(), BTreeMap::new()],
+            buckets: BucketIds::default(),
             spread_cursor: None,
             feasibility_cache: RefCell::new(BTreeMap::new()),
         }
@@ -542,7 +597,7 @@ impl ClusterView {
         for &slot in kinds.slots() {
             for (key, ids) in &self.index[slot] {
                 let first = *ids.first().expect("buckets are never empty");
-                heads.push((key.utilisation_bp, first, &self.entries[&first].node.pool));
+                heads.push((key.0, first, &self.entries[&first].node.pool));
             }
         }
         heads.sort_by_key(|(bp, id, _)| (std::cmp::Reverse(*bp), *id));
@@ -626,12 +681,12 @@ impl ClusterView {
         for &slot in kinds.slots() {
             let map = &self.index[slot];
             let found = if descending {
-                map.range(..BucketKey::level_start(from_bp + 1)).next_back()
+                map.range(..level_start(from_bp + 1)).next_back()
             } else {
-                map.range(BucketKey::level_start(from_bp)..).next()
+                map.range(level_start(from_bp)..).next()
             };
             let Some((key, _)) = found else { continue };
-            let level = key.utilisation_bp;
+            let level = key.0;
             best = Some(best.map_or(level, |b| if descending { b.max(level) } else { b.min(level) }));
         }
         assert!(best.is_none_or(|b| if descending { b <= from_bp } else { b >= from_bp }));
@@ -653,7 +708,7 @@ impl ClusterView {
     ) {
         let mut streams: SmallVec<[_; 4]> = SmallVec::new();
         for &slot in kinds.slots() {
-            let level = BucketKey::level_start(level_bp)..BucketKey::level_start(level_bp + 1);
+            let level = level_start(level_bp)..level_start(level_bp + 1);
             for (key, ids) in self.index[slot].range(level) {
                 let first = ids.first().expect("buckets are never empty");
                 let entry = &self.entries[first];
@@ -729,9 +784,10 @@ impl ClusterView {
         assert!(entry.bucket.is_none(), "node {node} indexed twice");
         assert!(entry.node.schedulable, "only schedulable nodes are indexed");
         let (key, slot) = (self.bucket_key(entry), self.slot_of(entry));
-        let fresh = self.index[slot].entry(key.clone()).or_default().insert(node);
+        let at = (key.utilisation_bp, self.buckets.acquire(key));
+        let fresh = self.index[slot].entry(at).or_default().insert(node);
         assert!(fresh, "node {node} already in its bucket");
-        self.entries.get_mut(&node).expect("known").bucket = Some(key);
+        self.entries.get_mut(&node).expect("known").bucket = Some(at);
     }
 
     fn index_remove(&mut self, node: NodeId) {
@@ -743,6 +799,7 @@ impl ClusterView {
         if ids.is_empty() {
             self.index[slot].remove(&key);
         }
+        self.buckets.release(key.1);
     }
 
     fn reindex(&mut self, node: NodeId) {
@@ -765,7 +822,9 @@ impl ClusterView {
             if entry.node.schedulable {
                 schedulable_count[entry.class as usize] += 1;
                 let key = entry.bucket.as_ref().expect("a schedulable node is indexed");
-                assert_eq!(*key, self.bucket_key(entry), "node {id} is in a stale bucket");
+                let fresh = self.bucket_key(entry);
+                assert_eq!(key.0, fresh.utilisation_bp, "node {id} is at a stale level");
+                assert_eq!(self.buckets.key(key.1), &fresh, "node {id} is in a stale bucket");
                 let ids = self.index[self.slot_of(entry)].get(key);
                 assert!(ids.is_some_and(|ids| ids.contains(id)), "node {id} missing from its bucket");
             } else {
@@ -783,6 +842,11 @@ impl ClusterView {
             "index holds other nodes than the schedulable ones"
         );
         assert!(self.index.iter().flat_map(|m| m.values()).all(|ids| !ids.is_empty()), "empty bucket kept");
+        for (key, ids) in self.index.iter().flat_map(|m| m.iter()) {
+            assert_eq!(self.buckets.count(key.1), ids.len(), "bucket {} counts other nodes", key.1);
+        }
+        let interned = self.buckets.keys.iter().filter(|(_, n)| *n > 0).count();
+        assert_eq!(interned, self.buckets.by_key.len(), "interned bucket ids out of sync");
         assert_eq!(self.class_by_total.len(), self.classes.len());
         for (resources, labels, feasible) in self.feasibility_cache.borrow().values() {
             let class_fits: Vec<bool> =
