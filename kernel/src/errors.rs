@@ -160,12 +160,6 @@ pub enum ErrorReason {
         /// The group.
         pg: PlacementGroupId,
     },
-    /// The object was freed (every reference was dropped) before it was asked for.
-    #[error("object {object} was freed")]
-    Freed {
-        /// The object.
-        object: ObjectId,
-    },
 }
 
 /// Why an actor died.

@@ -422,3 +422,27 @@ fn calls_lost_with_a_restarting_actor_are_retried_in_the_callers_order() {
         assert!(matches!(c.fetch(job, o), Some(Ok(_))));
     }
 }
+
+#[test]
+fn a_call_lost_with_its_actors_worker_on_a_live_node_fails_worker_died_not_node_lost() {
+    let mut c = cluster(1, 2);
+    let job = c.start_job("worker-died");
+    let actor = ActorId(1);
+    create_actor(&mut c, job, 0, actor, ActorOptions { max_restarts: 1, ..ActorOptions::default() });
+    run(&mut c, Duration::from_millis(20));
+    assert!(alive_on(&c, actor).is_some());
+    let spec = actor_call(job, 10, actor, 0, "ms=5000");
+    let out = spec.return_ids().next().unwrap();
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    run(&mut c, Duration::from_millis(20));
+    c.driver(job, DriverToHead::KillActor { actor, no_restart: false }).unwrap();
+    run(&mut c, Duration::from_millis(50));
+    c.check_invariants();
+    let reason = c.drivers[&job].failed.get(&out).expect("the call failed");
+    assert!(
+        matches!(reason, ErrorReason::TaskFailed { failure: TaskFailure::WorkerDied { .. }, .. }),
+        "a live node must not be blamed: {reason:?}"
+    );
+    assert!(alive_on(&c, actor).is_some(), "the actor restarts on its node");
+}

@@ -32,7 +32,8 @@ impl Head {
         self.fail_task(task, ErrorReason::TaskFailed { task, attempts, failure });
     }
 
-    /// The attempt's node died: the process is gone, so it is also an owner death.
+    /// The attempt's process is gone (its node died, or its actor's worker): an owner death too.
+    /// Without retries left the task fails with `NodeLost` when the node is dead, else `failure`.
     pub(super) fn on_attempt_lost(&mut self, task: TaskId, node: NodeId, failure: TaskFailure) {
         let Some(record) = self.tasks.get(task) else { return };
         if record.state.running_node() != Some(node) {
@@ -55,8 +56,9 @@ impl Head {
             self.retry_task(task);
         } else if record.cancel_requested {
             self.fail_task(task, ErrorReason::Cancelled { task });
+        } else if self.node_is_live(node) {
+            self.fail_task_for(task, failure);
         } else {
-            let _ = failure;
             self.fail_task(task, ErrorReason::NodeLost { task, node });
         }
     }
