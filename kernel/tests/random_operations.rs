@@ -564,22 +564,18 @@ fn regression_crashed_constructor_does_not_keep_its_resources() {
     liveness_and_cleanup(c, d);
 }
 
+/// A default-strategy submission with no retries, for the regression tests.
+fn plain_submit(gpu: u64, args: Vec<usize>, work: Work, returns: u32) -> Op {
+    Op::Submit { cpu_tenths: 0, gpu, args, work, strat: Strat::Default, label: None, returns, retries: 0 }
+}
+
 /// Regression: failing a task failed its return value, whose waiter then dropped the last
 /// reference to it, which forgot the first task while `fail_task` was still working on it.
 #[test]
 fn regression_failing_a_task_whose_waiter_drops_its_return() {
     let fail = Work { ms: 1, big: false, fail: true, crash: false };
     let ok = Work { ms: 1, big: false, fail: false, crash: false };
-    let submit = |args: Vec<usize>, work: Work, returns: u32| Op::Submit {
-        cpu_tenths: 0,
-        gpu: 0,
-        args,
-        work,
-        strat: Strat::Default,
-        label: None,
-        returns,
-        retries: 0,
-    };
+    let submit = |args: Vec<usize>, work: Work, returns: u32| plain_submit(0, args, work, returns);
     let ops = [submit(vec![], fail, 1), submit(vec![0], ok, 0), Op::RemoveRef { object: 0 }, Op::Advance { ms: 4 }];
     let (c, d) = run_ops(0, false, &ops);
     liveness_and_cleanup(c, d);
@@ -590,16 +586,7 @@ fn regression_failing_a_task_whose_waiter_drops_its_return() {
 #[test]
 fn regression_same_argument_twice() {
     let ok = Work { ms: 1, big: false, fail: false, crash: false };
-    let submit = |args: Vec<usize>, returns: u32| Op::Submit {
-        cpu_tenths: 0,
-        gpu: 0,
-        args,
-        work: ok.clone(),
-        strat: Strat::Default,
-        label: None,
-        returns,
-        retries: 0,
-    };
+    let submit = |args: Vec<usize>, returns: u32| plain_submit(0, args, ok.clone(), returns);
     let ops = [submit(vec![], 1), submit(vec![0, 0], 0)];
     let (c, d) = run_ops(0, false, &ops);
     liveness_and_cleanup(c, d);
@@ -633,16 +620,7 @@ fn regression_hard_affinity_to_a_dead_node_fails() {
 #[test]
 fn regression_two_argument_pulls_expiring_together() {
     let w = |big| Work { ms: 1, big, fail: false, crash: false };
-    let submit = |gpu: u64, args: Vec<usize>, work: Work, returns: u32| Op::Submit {
-        cpu_tenths: 0,
-        gpu,
-        args,
-        work,
-        strat: Strat::Default,
-        label: None,
-        returns,
-        retries: 0,
-    };
+    let submit = plain_submit;
     let add = || Op::AddHost { cpus: 0, gpus: 0, label: None };
     let ops = [
         submit(0, vec![], w(false), 1),
