@@ -150,7 +150,7 @@ struct World {
     /// Every job the Head registered, in order, and whether it is still running.
     jobs: Vec<(JobId, bool)>,
     /// Attempts the Head dispatched: node, spec, attempt.
-    dispatched: Vec<(NodeId, TaskSpec, u32)>,
+    dispatched: Vec<(NodeId, std::sync::Arc<TaskSpec>, u32)>,
     /// Objects that may exist: returns of submitted tasks and puts.
     objects: Vec<ObjectId>,
 }
@@ -381,7 +381,7 @@ impl World {
         self.fire_timers();
     }
 
-    fn pick(&self, pick: u8) -> Option<(NodeId, TaskSpec, u32)> {
+    fn pick(&self, pick: u8) -> Option<(NodeId, std::sync::Arc<TaskSpec>, u32)> {
         if self.dispatched.is_empty() {
             return None;
         }

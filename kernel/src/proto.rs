@@ -462,8 +462,8 @@ pub enum ArgSource {
 pub enum HeadToNode {
     /// Run attempt `attempt` of a task with this allocation; by-reference arguments are at `args`.
     RunTask {
-        /// The task.
-        spec: TaskSpec,
+        /// The task (shared with the head's own record: dispatching copies nothing).
+        spec: std::sync::Arc<TaskSpec>,
         /// Its attempt number (0 first).
         attempt: u32,
         /// The resources (and GPU devices) it holds.

@@ -25,7 +25,7 @@ pub struct Run {
     /// Its attempt.
     pub attempt: u32,
     /// Its return objects.
-    pub returns: Vec<ObjectId>,
+    pub returns: smallvec::SmallVec<[ObjectId; 2]>,
 }
 
 /// A Head, its nodes and one job, with the attempts it dispatched not yet answered.

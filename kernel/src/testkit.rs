@@ -501,7 +501,14 @@ impl Cluster {
         self.send_node(host, NodeInput::SendEnded { object, to }, self.latency);
     }
 
-    fn execute(&mut self, host: usize, worker: WorkerId, spec: TaskSpec, attempt: u32, args: Vec<ExecArg>) {
+    fn execute(
+        &mut self,
+        host: usize,
+        worker: WorkerId,
+        spec: std::sync::Arc<TaskSpec>,
+        attempt: u32,
+        args: Vec<ExecArg>,
+    ) {
         let behaviour = Behaviour::parse(&spec.function);
         let mut values = Vec::new();
         for (arg, exec) in spec.args.iter().zip(&args) {

@@ -107,6 +107,7 @@ impl Head {
             }
         }
         assert_eq!(self.objects.owned_len(), self.objects.len(), "owner index size");
+        assert_eq!(self.objects.owner_in_borrowers(), None, "an owner's handles are kept as a borrower's");
         for (id, o) in self.objects.iter_unordered() {
             assert!(self.objects.owner_lists(o.owner, id), "owner index misses {id}");
             assert_eq!(o.handles, handles.get(&id).copied().unwrap_or(0), "{id}: handle count");
@@ -134,11 +135,17 @@ impl Head {
     }
 
     fn check_lineage(&self) {
-        let mut bytes = 0;
+        let (mut bytes, mut retained) = (0, 0);
+        let listed = self.lineage.listed();
         for (id, t) in self.tasks.iter_unordered() {
             bytes += t.lineage_bytes;
-            assert_eq!(t.lineage_bytes > 0, self.lineage.contains(id), "task {id}: lineage index");
+            retained += usize::from(t.lineage_bytes > 0);
+            assert!(
+                t.lineage_bytes == 0 || listed.contains(&id),
+                "task {id}: retained lineage is not in the eviction order"
+            );
         }
+        assert_eq!(retained, self.lineage.len(), "retained lineage count");
         assert_eq!(bytes, self.lineage.bytes(), "lineage bytes");
         for (id, o) in self.objects.iter_unordered() {
             let needs_producer =

@@ -20,9 +20,11 @@ use std::collections::VecDeque;
 /// Finished tasks whose lineage is retained, oldest first.
 #[derive(Debug, Default)]
 pub(super) struct LineageCache {
+    /// Tasks in the order their lineage was retained; a task whose lineage was dropped since
+    /// (its record says so) is skipped.
     order: VecDeque<TaskId>,
-    /// Lookup only; the order of eviction is `order`.
-    retained: FxHashSet<TaskId>,
+    /// How many tasks have lineage retained.
+    retained: usize,
     bytes: u64,
 }
 
@@ -32,11 +34,12 @@ impl LineageCache {
     }
 
     pub fn len(&self) -> usize {
-        self.retained.len()
+        self.retained
     }
 
-    pub fn contains(&self, task: TaskId) -> bool {
-        self.retained.contains(&task)
+    /// Every task `order` lists (for the invariants).
+    pub fn listed(&self) -> FxHashSet<TaskId> {
+        self.order.iter().copied().collect()
     }
 }
 
@@ -65,11 +68,11 @@ impl Head {
         let cost = lineage_cost(&record.spec);
         record.lineage_bytes = cost;
         self.lineage.bytes += cost;
-        assert!(self.lineage.retained.insert(task), "lineage retained twice");
+        self.lineage.retained += 1;
         self.lineage.order.push_back(task);
         while self.lineage.bytes > self.config.max_lineage_bytes {
             let Some(oldest) = self.lineage.order.pop_front() else { break };
-            if self.lineage.retained.contains(&oldest) {
+            if self.tasks.get(oldest).is_some_and(|t| t.lineage_bytes > 0) {
                 self.evict_lineage(oldest);
             }
         }
@@ -81,11 +84,12 @@ impl Head {
         assert!(record.lineage_bytes > 0, "dropping lineage that is not retained");
         self.lineage.bytes -= record.lineage_bytes;
         record.lineage_bytes = 0;
-        assert!(self.lineage.retained.remove(&task), "lineage index out of sync");
-        // `order` is cleaned lazily: entries not in `retained` are skipped.
-        if self.lineage.order.len() > 2 * self.lineage.retained.len() + 64 {
-            let retained = &self.lineage.retained;
-            self.lineage.order.retain(|t| retained.contains(t));
+        self.lineage.retained = self.lineage.retained.checked_sub(1).expect("lineage count out of sync");
+        // `order` is cleaned lazily: entries without retained lineage are skipped.
+        if self.lineage.order.len() > 2 * self.lineage.retained + 64 {
+            let tasks = &self.tasks;
+            let mut seen = FxHashSet::default();
+            self.lineage.order.retain(|t| tasks.get(*t).is_some_and(|r| r.lineage_bytes > 0) && seen.insert(*t));
         }
     }
 

@@ -37,8 +37,10 @@ pub(super) struct ObjectRecord {
     pub inline: Option<Vec<u8>>,
     pub locations: BTreeSet<NodeId>,
     pub nested: Vec<ObjectId>,
-    /// Sum of all handles held (the per-holder counts are in [`ObjectTable::handles`]).
+    /// Sum of all handles held: the owner's, plus the borrowers' in [`ObjectTable::handles`].
     pub handles: u64,
+    /// The handles its owner holds (kept here: the owner is nearly always the only holder).
+    pub owner_handles: u64,
     pub arg_uses: u64,
     pub contained_in: u64,
     /// Retained lineage records of finished tasks that take this object by reference.
@@ -64,6 +66,7 @@ impl ObjectRecord {
             locations: BTreeSet::new(),
             nested: Vec::new(),
             handles: 0,
+            owner_handles: 0,
             arg_uses: 0,
             contained_in: 0,
             lineage_uses: 0,
@@ -107,11 +110,16 @@ pub(super) type ReleaseWork = smallvec::SmallVec<[ObjectId; 4]>;
 #[derive(Debug, Default)]
 pub(super) struct ObjectTable {
     objects: FxHashMap<ObjectId, ObjectRecord>,
-    /// Handles per holder, per object.
+    /// Handles per borrower (a holder other than the owner), per object.
     handles: FxHashMap<TaskId, FxHashMap<ObjectId, u64>>,
-    /// Objects per owner, for owner death.
+    /// Objects per owner, for owner death. Emptied sets are kept until there are many of them
+    /// (a long-lived owner creates objects again soon).
     owned: FxHashMap<TaskId, FxHashSet<ObjectId>>,
+    owned_empty: usize,
 }
+
+/// Emptied owner sets kept before they are swept.
+const EMPTY_OWNER_SETS_SLACK: usize = 1024;
 
 impl ObjectTable {
     pub fn get(&self, object: ObjectId) -> Option<&ObjectRecord> {
@@ -137,7 +145,17 @@ impl ObjectTable {
 
     /// Every (holder, object, handles) entry, in no particular order (for the invariants).
     pub fn handle_entries(&self) -> impl Iterator<Item = (TaskId, ObjectId, u64)> + '_ {
-        self.handles.iter().flat_map(|(h, m)| m.iter().map(move |(o, n)| (*h, *o, *n)))
+        let owners =
+            self.objects.iter().filter(|(_, r)| r.owner_handles > 0).map(|(o, r)| (r.owner, *o, r.owner_handles));
+        self.handles.iter().flat_map(|(h, m)| m.iter().map(move |(o, n)| (*h, *o, *n))).chain(owners)
+    }
+
+    /// Whether a borrower entry names the object's owner (for the invariants: it must not).
+    pub fn owner_in_borrowers(&self) -> Option<(TaskId, ObjectId)> {
+        self.handles
+            .iter()
+            .flat_map(|(h, m)| m.keys().map(move |o| (*h, *o)))
+            .find(|(h, o)| self.objects.get(o).is_some_and(|r| r.owner == *h))
     }
 
     /// Whether the owner index lists `object` under `owner` (for the invariants).
@@ -154,7 +172,11 @@ impl ObjectTable {
     pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
         let record = ObjectRecord::new(owner);
         assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
-        self.owned.entry(owner).or_default().insert(object);
+        let set = self.owned.entry(owner).or_default();
+        if set.is_empty() && set.capacity() > 0 {
+            self.owned_empty -= 1;
+        }
+        set.insert(object);
         if handles > 0 {
             self.add_handles(owner, object, handles);
         }
@@ -166,19 +188,36 @@ impl ObjectTable {
         let owned = self.owned.get_mut(&record.owner).expect("owner index misses an object");
         assert!(owned.remove(&object), "owner index misses {object}");
         if owned.is_empty() {
-            self.owned.remove(&record.owner);
+            self.owned_empty += 1;
+            if self.owned_empty > EMPTY_OWNER_SETS_SLACK + self.owned.len() / 2 {
+                self.owned.retain(|_, set| !set.is_empty());
+                self.owned_empty = 0;
+            }
         }
         record
     }
 
     /// `holder` takes `n` more handles to `object` (which must exist).
     fn add_handles(&mut self, holder: TaskId, object: ObjectId, n: u64) {
-        self.objects.get_mut(&object).expect("a handle to an unknown object").handles += n;
-        *self.handles.entry(holder).or_default().entry(object).or_default() += n;
+        let record = self.objects.get_mut(&object).expect("a handle to an unknown object");
+        record.handles += n;
+        if record.owner == holder {
+            record.owner_handles += n;
+        } else {
+            *self.handles.entry(holder).or_default().entry(object).or_default() += n;
+        }
     }
 
     /// `holder` drops one handle to `object`; false when it held none.
     fn take_handle(&mut self, holder: TaskId, object: ObjectId) -> bool {
+        if let Some(record) = self.objects.get_mut(&object).filter(|r| r.owner == holder) {
+            if record.owner_handles == 0 {
+                return false;
+            }
+            record.owner_handles -= 1;
+            record.handles -= 1;
+            return true;
+        }
         let Some(held) = self.handles.get_mut(&holder) else { return false };
         let Some(count) = held.get_mut(&object) else { return false };
         *count -= 1;
@@ -194,12 +233,24 @@ impl ObjectTable {
 
     /// `holder` drops every handle it has; returns the objects it held, in ascending order.
     fn take_all_handles(&mut self, holder: TaskId) -> Vec<ObjectId> {
-        let Some(held) = self.handles.remove(&holder) else { return Vec::new() };
-        let mut objects: Vec<ObjectId> = held.keys().copied().collect();
-        objects.sort_unstable();
-        for (object, n) in held {
-            self.objects.get_mut(&object).expect("a handle to an unknown object").handles -= n;
+        let mut objects = Vec::new();
+        if let Some(owned) = self.owned.get(&holder) {
+            for object in owned {
+                let record = self.objects.get_mut(object).expect("the owner index lists known objects");
+                if record.owner_handles > 0 {
+                    record.handles -= record.owner_handles;
+                    record.owner_handles = 0;
+                    objects.push(*object);
+                }
+            }
         }
+        if let Some(held) = self.handles.remove(&holder) {
+            for (object, n) in held {
+                self.objects.get_mut(&object).expect("a handle to an unknown object").handles -= n;
+                objects.push(object);
+            }
+        }
+        objects.sort_unstable();
         objects
     }
 

@@ -13,9 +13,11 @@
 //!   [`PlacementRequest::locality`] that fits now); otherwise *pack*: among nodes whose
 //!   critical-resource utilisation after placing stays at or under the spread threshold, the most
 //!   utilised now; when there is none, *spread*: the least utilised that fits. Ties go to the
-//!   lowest [`NodeId`], and the pick is uniformly random among the first `top_k` candidates.
-//! - [`SchedulingStrategy::Spread`]: the least utilised node that fits; ties go round-robin from
-//!   a cursor, so that it keeps spreading when every node is equally busy (Ray #23595).
+//!   node that has been in its current state longest (first in, first out), and the pick is
+//!   uniformly random among the first `top_k` candidates.
+//! - [`SchedulingStrategy::Spread`]: the least utilised node that fits, the longest in its state
+//!   first. Every allocation or release sends a node to the back of its bucket, so ties rotate
+//!   round-robin and SPREAD keeps spreading when every node is equally busy (Ray #23595).
 //! - [`SchedulingStrategy::NodeAffinity`]: that node only (hard), or that node if it fits now and
 //!   the default policy otherwise (soft).
 //! - Work that needs no GPU avoids GPU nodes: it goes to a node with GPUs only when no GPU-less
@@ -26,19 +28,24 @@
 //! ## Index and cost
 //!
 //! Utilisation is an integer in basis points (parts per 10,000), computed exactly from the
-//! fixed-point amounts and rounded up. Schedulable nodes sit in two ordered indices (GPU-less and
-//! GPU nodes), each a `BTreeMap` from a *bucket key* to the set of nodes in that bucket. The key is
+//! fixed-point amounts and rounded up. Schedulable nodes sit in *buckets* keyed by
 //! `(utilisation, shape class, free amounts of every resource and GPU device)`: nodes that share a
 //! bucket are interchangeable for every request except by labels, so one test of a bucket's first
-//! node decides the whole bucket. A decision walks utilisation levels from the preferred end,
-//! tests each bucket once and merges the fitting buckets' node sets by id until it has `top_k`
-//! candidates. Its cost is O(B log n), where B is the number of buckets visited: a handful for a
-//! homogeneous cluster (one bucket per distinct fill level), whatever the number of nodes. Label
-//! constraints are checked per node. An allocation or release moves one node between buckets
-//! (O(log n)). Feasibility is decided per shape class (distinct node totals), and with label
-//! constraints it is cached per request shape until nodes join, leave or change schedulability.
+//! node decides the whole bucket. A bucket is a doubly linked list of node slots in arrival order;
+//! bucket keys are interned as small ids. Two indices (GPU-less and GPU nodes) map each
+//! utilisation level (0..=10,000) to its non-empty buckets, with a two-level bitmap of occupied
+//! levels, so the next occupied level above or below any level is found in a few word scans.
 //!
-//! No hash maps: every iteration is ordered, so the same inputs give the same decisions.
+//! A decision walks occupied levels from the preferred end, tests each bucket once and merges the
+//! fitting buckets' lists by arrival until it has `top_k` candidates. Its cost is O(B + k), where
+//! B is the number of buckets visited: a handful for a homogeneous cluster (one bucket per
+//! distinct fill level), whatever the number of nodes. Label constraints are checked per node.
+//! An allocation or release moves one node between buckets in O(1) (one interning lookup).
+//! Feasibility is decided per shape class (distinct node totals), and with label constraints it
+//! is cached per request shape until nodes join, leave or change schedulability.
+//!
+//! Hash maps are for lookup only (node id to slot, bucket key to id): every walk follows lists
+//! and bitmaps whose order the inputs alone decide, so the same inputs give the same decisions.
 
 use crate::ids::NodeId;
 use crate::proto::{LabelConstraint, Labels, SchedulingStrategy};
@@ -47,8 +54,7 @@ use rand_core::RngCore;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
+use std::collections::BTreeMap;
 
 /// Utilisation of a full node, in basis points (parts per 10,000).
 pub const UTILISATION_FULL_BP: u32 = 10_000;
@@ -121,63 +127,115 @@ pub(super) struct BucketKey {
     free: SmallVec<[u64; 8]>,
 }
 
-/// A bucket's place in an index: its utilisation level, then its interned id (the order of
-/// buckets within a level does not matter: walks merge their nodes by id).
-type IndexKey = (u32, u32);
+/// No node slot or bucket: the end of a list.
+const NIL: u32 = u32::MAX;
 
-/// The smallest index key at a utilisation level.
-fn level_start(utilisation_bp: u32) -> IndexKey {
-    (utilisation_bp, 0)
+/// Bucket ids kept interned while empty, beyond which empty buckets are forgotten.
+const EMPTY_BUCKETS_SLACK: usize = 64;
+
+/// A bucket of interchangeable nodes: a FIFO list of node slots, oldest arrival first.
+#[derive(Clone, Debug)]
+struct Bucket {
+    key: BucketKey,
+    /// Which index it belongs to: 0 for GPU-less nodes, 1 for GPU nodes.
+    kind: usize,
+    first: u32,
+    last: u32,
+    len: u32,
+    /// Whether the id is free for reuse (the key is stale).
+    free: bool,
 }
 
-/// Bucket keys interned as small ids, so that the ordered indices compare two integers; an id is
-/// freed when its bucket empties, and reused.
-#[derive(Clone, Debug, Default)]
-struct BucketIds {
-    by_key: FxHashMap<BucketKey, u32>,
-    /// Per id: its key and how many nodes are in the bucket (0 for a free id).
-    keys: Vec<(BucketKey, usize)>,
-    free: Vec<u32>,
+/// Non-empty utilisation levels of one index, and the non-empty buckets at each level.
+#[derive(Clone, Debug)]
+struct Levels {
+    /// Bit `l` is set exactly when level `l` holds a non-empty bucket.
+    occupied: Vec<u64>,
+    /// Bit `w` is set exactly when word `w` of `occupied` is not zero.
+    summary: Vec<u64>,
+    /// Per level: its non-empty bucket ids, in the order they gained a node.
+    buckets: Vec<SmallVec<[u32; 2]>>,
 }
 
-impl BucketIds {
-    /// The id of `key`, counting one more node in it.
-    fn acquire(&mut self, key: BucketKey) -> u32 {
-        if let Some(&id) = self.by_key.get(&key) {
-            self.keys[id as usize].1 += 1;
-            return id;
+/// The highest set bit of `words` at or below bit `at`.
+fn last_set_at_or_below(words: &[u64], at: usize) -> Option<usize> {
+    let word = at / 64;
+    let bits = words[word] & (u64::MAX >> (63 - at % 64));
+    if bits != 0 {
+        return Some(word * 64 + 63 - bits.leading_zeros() as usize);
+    }
+    (0..word).rev().find(|&w| words[w] != 0).map(|w| w * 64 + 63 - words[w].leading_zeros() as usize)
+}
+
+/// The lowest set bit of `words` at or above bit `at`.
+fn first_set_at_or_above(words: &[u64], at: usize) -> Option<usize> {
+    let word = at / 64;
+    if word >= words.len() {
+        return None;
+    }
+    let bits = words[word] & (u64::MAX << (at % 64));
+    if bits != 0 {
+        return Some(word * 64 + bits.trailing_zeros() as usize);
+    }
+    (word + 1..words.len()).find(|&w| words[w] != 0).map(|w| w * 64 + words[w].trailing_zeros() as usize)
+}
+
+impl Levels {
+    fn new() -> Levels {
+        let levels = UTILISATION_FULL_BP as usize + 1;
+        let words = levels.div_ceil(64);
+        Levels {
+            occupied: vec![0; words],
+            summary: vec![0; words.div_ceil(64)],
+            buckets: vec![SmallVec::new(); levels],
         }
-        let id = match self.free.pop() {
-            Some(id) => {
-                assert_eq!(self.keys[id as usize].1, 0, "a free bucket id still holds nodes");
-                self.keys[id as usize] = (key.clone(), 1);
-                id
-            }
-            None => {
-                self.keys.push((key.clone(), 1));
-                u32::try_from(self.keys.len() - 1).expect("bucket ids fit in u32")
-            }
-        };
-        self.by_key.insert(key, id);
-        id
     }
 
-    /// One node fewer in bucket `id`; the id is freed when none is left.
-    fn release(&mut self, id: u32) {
-        let (key, count) = &mut self.keys[id as usize];
-        *count = count.checked_sub(1).expect("bucket count underflow");
-        if *count == 0 {
-            assert_eq!(self.by_key.remove(key), Some(id), "bucket interning out of sync");
-            self.free.push(id);
+    fn add(&mut self, level: u32, bucket: u32) {
+        let l = level as usize;
+        assert!(!self.buckets[l].contains(&bucket), "bucket {bucket} listed twice at level {level}");
+        self.buckets[l].push(bucket);
+        self.occupied[l / 64] |= 1 << (l % 64);
+        self.summary[l / 4096] |= 1 << (l / 64 % 64);
+    }
+
+    fn remove(&mut self, level: u32, bucket: u32) {
+        let l = level as usize;
+        let at = self.buckets[l].iter().position(|b| *b == bucket).expect("an emptied bucket is listed at its level");
+        self.buckets[l].remove(at);
+        if self.buckets[l].is_empty() {
+            self.occupied[l / 64] &= !(1 << (l % 64));
+            if self.occupied[l / 64] == 0 {
+                self.summary[l / 4096] &= !(1 << (l / 64 % 64));
+            }
         }
     }
 
-    fn key(&self, id: u32) -> &BucketKey {
-        &self.keys[id as usize].0
+    /// The highest occupied level at or below `level`.
+    fn at_or_below(&self, level: u32) -> Option<u32> {
+        let l = level.min(UTILISATION_FULL_BP) as usize;
+        let word = l / 64;
+        let bits = self.occupied[word] & (u64::MAX >> (63 - l % 64));
+        if bits != 0 {
+            return Some((word * 64 + 63 - bits.leading_zeros() as usize) as u32);
+        }
+        let below = last_set_at_or_below(&self.summary, word.checked_sub(1)?)?;
+        Some((below * 64 + 63 - self.occupied[below].leading_zeros() as usize) as u32)
     }
 
-    fn count(&self, id: u32) -> usize {
-        self.keys[id as usize].1
+    /// The lowest occupied level at or above `level`.
+    fn at_or_above(&self, level: u32) -> Option<u32> {
+        let l = level as usize;
+        if l > UTILISATION_FULL_BP as usize {
+            return None;
+        }
+        let word = l / 64;
+        let bits = self.occupied[word] & (u64::MAX << (l % 64));
+        if bits != 0 {
+            return Some((word * 64 + bits.trailing_zeros() as usize) as u32);
+        }
+        let above = first_set_at_or_above(&self.summary, word + 1)?;
+        Some((above * 64 + self.occupied[above].trailing_zeros() as usize) as u32)
     }
 }
 
@@ -193,12 +251,19 @@ struct NodeClass {
 
 #[derive(Clone, Debug)]
 struct Entry {
+    id: NodeId,
     node: SchedNode,
     class: u32,
     /// Free amount of each GPU device, mirrored from the allocations (the pool keeps it private).
     gpu_free: Vec<u64>,
     /// Some exactly while the node is schedulable and indexed.
-    bucket: Option<IndexKey>,
+    bucket: Option<u32>,
+    /// When it entered its bucket (a counter shared by every bucket): walks merge buckets of one
+    /// level by this stamp, oldest first.
+    arrived: u64,
+    /// Neighbours in its bucket's list (slots, [`NIL`] at the ends).
+    prev: u32,
+    next: u32,
 }
 
 /// A total or a request as an ordered key.
@@ -264,14 +329,21 @@ pub struct ClusterView {
     config: SchedulerConfig,
     spread_threshold_bp: u32,
     /// Lookup only; listings sort by id.
-    entries: FxHashMap<NodeId, Entry>,
+    slot_of: FxHashMap<NodeId, u32>,
+    /// Node entries by slot; `None` for a free slot.
+    slots: Vec<Option<Entry>>,
+    free_slots: Vec<u32>,
     classes: Vec<NodeClass>,
     class_by_total: BTreeMap<ShapeKey, u32>,
-    /// Schedulable nodes by bucket: `[GPU-less, GPU]`.
-    index: [BTreeMap<IndexKey, BTreeSet<NodeId>>; 2],
-    buckets: BucketIds,
-    /// The node the last SPREAD decision chose: ties go to the next one after it.
-    spread_cursor: Option<NodeId>,
+    /// Buckets by id; ids are interned from keys and kept while empty, up to a slack.
+    buckets: Vec<Bucket>,
+    bucket_ids: FxHashMap<BucketKey, u32>,
+    free_buckets: Vec<u32>,
+    empty_buckets: usize,
+    /// Occupied utilisation levels: `[GPU-less, GPU]`.
+    levels: [Levels; 2],
+    /// The next arrival stamp.
+    arrivals: u64,
     /// Feasibility of request shapes with label constraints; cleared when nodes join, leave or
     /// change schedulability.
     feasibility_cache: RefCell<FeasibilityCache>,
@@ -317,8 +389,14 @@ fn fraction_bp(total: u64, available: u64, extra: u64) -> u128 {
     if total == 0 {
         return 0;
     }
-    let used = u128::from(total - available) + u128::from(extra);
-    (used * u128::from(UTILISATION_FULL_BP)).div_ceil(u128::from(total))
+    let used = (total - available).checked_add(extra);
+    match used.and_then(|u| u.checked_mul(u64::from(UTILISATION_FULL_BP))) {
+        Some(scaled) => u128::from(scaled.div_ceil(total)),
+        None => {
+            let used = u128::from(total - available) + u128::from(extra);
+            (used * u128::from(UTILISATION_FULL_BP)).div_ceil(u128::from(total))
+        }
+    }
 }
 
 /// The critical-resource utilisation of `pool`, in basis points, after `extra` were allocated
@@ -363,12 +441,17 @@ impl ClusterView {
         ClusterView {
             config,
             spread_threshold_bp,
-            entries: FxHashMap::default(),
+            slot_of: FxHashMap::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             classes: Vec::new(),
             class_by_total: BTreeMap::new(),
-            index: [BTreeMap::new(), BTreeMap::new()],
-            buckets: BucketIds::default(),
-            spread_cursor: None,
+            buckets: Vec::new(),
+            bucket_ids: FxHashMap::default(),
+            free_buckets: Vec::new(),
+            empty_buckets: 0,
+            levels: [Levels::new(), Levels::new()],
+            arrivals: 0,
             feasibility_cache: RefCell::new(BTreeMap::new()),
         }
     }
@@ -378,9 +461,26 @@ impl ClusterView {
         &self.config
     }
 
+    fn entry(&self, node: NodeId) -> Option<&Entry> {
+        self.slot_of.get(&node).map(|&slot| self.at(slot))
+    }
+
+    fn at(&self, slot: u32) -> &Entry {
+        self.slots[slot as usize].as_ref().expect("a live slot")
+    }
+
+    fn at_mut(&mut self, slot: u32) -> &mut Entry {
+        self.slots[slot as usize].as_mut().expect("a live slot")
+    }
+
+    /// Every live entry, in slot order (not id order: only for order-independent uses).
+    fn entries(&self) -> impl Iterator<Item = (u32, &Entry)> {
+        self.slots.iter().enumerate().filter_map(|(slot, e)| e.as_ref().map(|e| (slot as u32, e)))
+    }
+
     /// Registers a schedulable node. Panics if `node` is already present.
     pub fn add_node(&mut self, node: NodeId, total: ResourceSet, labels: Labels) {
-        assert!(!self.entries.contains_key(&node), "node {node} added twice");
+        assert!(!self.slot_of.contains_key(&node), "node {node} added twice");
         let key = shape_key(&total);
         let class = match self.class_by_total.get(&key) {
             Some(&class) => class,
@@ -400,69 +500,86 @@ impl ClusterView {
         let gpu_free = gpu_device_capacities(total.gpu);
         let pool = ResourcePool::new(total);
         let node_state = SchedNode { pool, labels, schedulable: true };
-        self.entries.insert(node, Entry { node: node_state, class, gpu_free, bucket: None });
+        let entry =
+            Entry { id: node, node: node_state, class, gpu_free, bucket: None, arrived: 0, prev: NIL, next: NIL };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                assert!(self.slots[slot as usize].is_none(), "a free slot is in use");
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                u32::try_from(self.slots.len() - 1).expect("node slots fit in u32")
+            }
+        };
+        self.slot_of.insert(node, slot);
         let class = &mut self.classes[class as usize];
         class.nodes_count += 1;
         class.schedulable_count += 1;
-        self.index_insert(node);
+        self.index_insert(slot);
         self.feasibility_cache.get_mut().clear();
-        assert!(self.entries[&node].bucket.is_some());
+        assert!(self.at(slot).bucket.is_some());
     }
 
     /// Forgets a node (it died or left) and returns what the view knew of it.
     pub fn remove_node(&mut self, node: NodeId) -> Option<SchedNode> {
-        self.entries.get(&node)?;
-        self.index_remove(node);
-        let entry = self.entries.remove(&node).expect("present above");
+        let slot = *self.slot_of.get(&node)?;
+        self.index_remove(slot);
+        self.slot_of.remove(&node);
+        let entry = self.slots[slot as usize].take().expect("a live slot");
+        self.free_slots.push(slot);
         let class = &mut self.classes[entry.class as usize];
         class.nodes_count = class.nodes_count.checked_sub(1).expect("class node count underflow");
         if entry.node.schedulable {
             class.schedulable_count = class.schedulable_count.checked_sub(1).expect("schedulable count underflow");
         }
         self.feasibility_cache.get_mut().clear();
-        assert!(!self.entries.contains_key(&node));
+        assert!(!self.slot_of.contains_key(&node));
         Some(entry.node)
     }
 
     /// Marks a node as taking new work or not (draining). Unknown nodes are ignored.
     pub fn set_schedulable(&mut self, node: NodeId, schedulable: bool) {
-        let Some(entry) = self.entries.get_mut(&node) else { return };
+        let Some(&slot) = self.slot_of.get(&node) else { return };
+        let entry = self.at_mut(slot);
         if entry.node.schedulable == schedulable {
             return;
         }
         entry.node.schedulable = schedulable;
-        let class = &mut self.classes[entry.class as usize];
+        let class = entry.class as usize;
+        let class = &mut self.classes[class];
         if schedulable {
             class.schedulable_count += 1;
-            self.index_insert(node);
+            self.index_insert(slot);
         } else {
             class.schedulable_count = class.schedulable_count.checked_sub(1).expect("schedulable count underflow");
-            self.index_remove(node);
+            self.index_remove(slot);
         }
         self.feasibility_cache.get_mut().clear();
-        assert_eq!(self.entries[&node].bucket.is_some(), schedulable);
+        assert_eq!(self.at(slot).bucket.is_some(), schedulable);
     }
 
     /// A node, if known.
     pub fn node(&self, node: NodeId) -> Option<&SchedNode> {
-        self.entries.get(&node).map(|e| &e.node)
+        self.entry(node).map(|e| &e.node)
     }
 
     /// Every known node, ascending by id.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &SchedNode)> {
-        let mut ids: Vec<NodeId> = self.entries.keys().copied().collect();
+        let mut ids: Vec<(NodeId, u32)> = self.slot_of.iter().map(|(id, slot)| (*id, *slot)).collect();
         ids.sort_unstable();
-        ids.into_iter().map(|id| (id, &self.entries[&id].node))
+        ids.into_iter().map(|(id, slot)| (id, &self.at(slot).node))
     }
 
     /// How many nodes are known (schedulable or not).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slot_of.len()
     }
 
     /// Whether no node is known.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slot_of.is_empty()
     }
 
     /// Picks a node for the request and allocates on it, all or nothing.
@@ -497,22 +614,24 @@ impl ClusterView {
     }
 
     /// Allocates `req` directly on `node` (schedulable or not); `None` if the node is unknown or
-    /// `req` does not fit there now.
+    /// `req` does not fit there now. The node goes to the back of its new bucket.
     pub fn allocate(&mut self, node: NodeId, req: &ResourceSet) -> Option<Allocation> {
-        let entry = self.entries.get_mut(&node)?;
+        let slot = *self.slot_of.get(&node)?;
+        let entry = self.at_mut(slot);
         let alloc = entry.node.pool.try_allocate(req)?;
         for (device, amount) in &alloc.gpus {
             let free = &mut entry.gpu_free[*device as usize];
             *free = free.checked_sub(amount.0).expect("GPU device mirror underflow");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
-        self.reindex(node);
+        self.reindex(slot);
         Some(alloc)
     }
 
     /// Gives back an allocation made on `node`; does nothing if the node is unknown (it died).
     pub fn release(&mut self, node: NodeId, alloc: &Allocation) {
-        let Some(entry) = self.entries.get_mut(&node) else { return };
+        let Some(&slot) = self.slot_of.get(&node) else { return };
+        let entry = self.at_mut(slot);
         entry.node.pool.release(alloc);
         let capacities =
             if alloc.gpus.is_empty() { Vec::new() } else { gpu_device_capacities(entry.node.pool.total().gpu) };
@@ -522,7 +641,7 @@ impl ClusterView {
             assert!(*free <= capacities[*device as usize], "GPU device {device} over-released");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
-        self.reindex(node);
+        self.reindex(slot);
     }
 
     /// Whether some schedulable node matching `labels` could hold `resources` when empty.
@@ -548,9 +667,8 @@ impl ClusterView {
 
     fn feasible_by_scan(&self, class_fits: &[bool], labels: &[LabelConstraint]) -> bool {
         assert_eq!(class_fits.len(), self.classes.len());
-        self.entries
-            .values()
-            .any(|e| e.node.schedulable && class_fits[e.class as usize] && labels_match(labels, &e.node.labels))
+        self.entries()
+            .any(|(_, e)| e.node.schedulable && class_fits[e.class as usize] && labels_match(labels, &e.node.labels))
     }
 
     /// Wait when some schedulable node could ever hold the request, Infeasible otherwise.
@@ -564,14 +682,13 @@ impl ClusterView {
 
     /// Whether `node` is schedulable, matches `labels` and has room for `req` now.
     pub(super) fn fits_now_on(&self, node: NodeId, req: &ResourceSet, labels: &[LabelConstraint]) -> bool {
-        self.entries
-            .get(&node)
+        self.entry(node)
             .is_some_and(|e| e.node.schedulable && labels_match(labels, &e.node.labels) && e.node.pool.fits_now(req))
     }
 
     /// Whether `node` has GPUs (false when unknown).
     pub(super) fn has_gpu(&self, node: NodeId) -> bool {
-        self.entries.get(&node).is_some_and(|e| self.classes[e.class as usize].has_gpu)
+        self.entry(node).is_some_and(|e| self.classes[e.class as usize].has_gpu)
     }
 
     /// For each node shape with schedulable nodes outside `exclude` (distinct ids): an empty pool
@@ -579,7 +696,7 @@ impl ClusterView {
     pub(super) fn schedulable_shapes(&self, exclude: &[NodeId]) -> Vec<(&ResourcePool, usize)> {
         let mut counts: Vec<usize> = self.classes.iter().map(|c| c.schedulable_count).collect();
         for node in exclude {
-            if let Some(entry) = self.entries.get(node).filter(|e| e.node.schedulable) {
+            if let Some(entry) = self.entry(*node).filter(|e| e.node.schedulable) {
                 let count = &mut counts[entry.class as usize];
                 *count = count.checked_sub(1).expect("excluded nodes must be distinct");
             }
@@ -590,14 +707,19 @@ impl ClusterView {
         shapes
     }
 
-    /// The first (lowest-id) node of every bucket of `kinds` with its pool, most utilised first
-    /// (ties by id). Nodes in one bucket are interchangeable, so this lists every distinct state.
+    /// The first node of every bucket of `kinds` with its pool, most utilised first (ties by id).
+    /// Nodes in one bucket are interchangeable, so this lists every distinct state.
     pub(super) fn bucket_heads(&self, kinds: NodeKinds) -> Vec<(NodeId, &ResourcePool)> {
         let mut heads: Vec<(u32, NodeId, &ResourcePool)> = Vec::new();
-        for &slot in kinds.slots() {
-            for (key, ids) in &self.index[slot] {
-                let first = *ids.first().expect("buckets are never empty");
-                heads.push((key.0, first, &self.entries[&first].node.pool));
+        for &kind in kinds.slots() {
+            let levels = &self.levels[kind];
+            let mut from = Some(UTILISATION_FULL_BP);
+            while let Some(level) = from.and_then(|l| levels.at_or_below(l)) {
+                for &bucket in &levels.buckets[level as usize] {
+                    let first = self.at(self.buckets[bucket as usize].first);
+                    heads.push((level, first.id, &first.node.pool));
+                }
+                from = level.checked_sub(1);
             }
         }
         heads.sort_by_key(|(bp, id, _)| (std::cmp::Reverse(*bp), *id));
@@ -610,7 +732,7 @@ impl ClusterView {
         req: &PlacementRequest<'_>,
         node: NodeId,
     ) -> Result<(NodeId, Allocation), NoPlacement> {
-        let entry = self.entries.get(&node).ok_or(NoPlacement::Infeasible)?;
+        let entry = self.entry(node).ok_or(NoPlacement::Infeasible)?;
         let eligible = entry.node.schedulable && labels_match(req.labels, &entry.node.labels);
         if !eligible || !entry.node.pool.could_ever_fit(req.resources) {
             return Err(NoPlacement::Infeasible);
@@ -651,42 +773,25 @@ impl ClusterView {
         pick_uniform(&candidates, rng)
     }
 
-    fn choose_spread(&mut self, req: &PlacementRequest<'_>) -> Option<NodeId> {
+    /// The least utilised node that fits, the longest in its state first: since an allocation
+    /// sends a node to the back of its bucket, ties rotate round-robin.
+    fn choose_spread(&self, req: &PlacementRequest<'_>) -> Option<NodeId> {
         let resources = req.resources;
         let labelled = |_: NodeId, n: &SchedNode| labels_match(req.labels, &n.labels);
         let mut fits = |pool: &ResourcePool| pool.fits_now(resources);
-        let after_cursor = self.spread_cursor.map_or(Bound::Unbounded, Bound::Excluded);
-        for &kinds in NodeKinds::passes(resources.needs_gpu(), self.config.avoid_gpu_nodes) {
-            let mut from_bp = 0;
-            while let Some(level_bp) = self.next_level_bp(kinds, from_bp, false) {
-                let mut found = Vec::with_capacity(1);
-                self.level_candidates(kinds, level_bp, after_cursor, 1, &mut fits, &labelled, &mut found);
-                if found.is_empty() {
-                    self.level_candidates(kinds, level_bp, Bound::Unbounded, 1, &mut fits, &labelled, &mut found);
-                }
-                if let Some(&node) = found.first() {
-                    self.spread_cursor = Some(node);
-                    return Some(node);
-                }
-                from_bp = level_bp + 1;
-            }
-        }
-        None
+        NodeKinds::passes(resources.needs_gpu(), self.config.avoid_gpu_nodes)
+            .iter()
+            .find_map(|&kinds| self.walk_candidates(kinds, 0, false, 1, &mut fits, &labelled).first().copied())
     }
 
     /// The nearest non-empty utilisation level to `from_bp` (inclusive), downwards or upwards.
     fn next_level_bp(&self, kinds: NodeKinds, from_bp: u32, descending: bool) -> Option<u32> {
         assert!(from_bp <= UTILISATION_FULL_BP + 1);
         let mut best: Option<u32> = None;
-        for &slot in kinds.slots() {
-            let map = &self.index[slot];
-            let found = if descending {
-                map.range(..level_start(from_bp + 1)).next_back()
-            } else {
-                map.range(level_start(from_bp)..).next()
-            };
-            let Some((key, _)) = found else { continue };
-            let level = key.0;
+        for &kind in kinds.slots() {
+            let levels = &self.levels[kind];
+            let found = if descending { levels.at_or_below(from_bp) } else { levels.at_or_above(from_bp) };
+            let Some(level) = found else { continue };
             best = Some(best.map_or(level, |b| if descending { b.max(level) } else { b.min(level) }));
         }
         assert!(best.is_none_or(|b| if descending { b <= from_bp } else { b >= from_bp }));
@@ -694,43 +799,42 @@ impl ClusterView {
     }
 
     /// Appends to `out`, until it holds `need`, the nodes of utilisation level `level_bp` whose
-    /// bucket passes `bucket_ok` and that pass `node_ok`, by ascending id from `start`.
-    #[allow(clippy::too_many_arguments)]
+    /// bucket passes `bucket_ok` and that pass `node_ok`, the longest in their state first.
     fn level_candidates(
         &self,
         kinds: NodeKinds,
         level_bp: u32,
-        start: Bound<NodeId>,
         need: usize,
         bucket_ok: &mut BucketTest<'_>,
         node_ok: &NodeTest<'_>,
         out: &mut Vec<NodeId>,
     ) {
-        let mut streams: SmallVec<[_; 4]> = SmallVec::new();
-        for &slot in kinds.slots() {
-            let level = level_start(level_bp)..level_start(level_bp + 1);
-            for (key, ids) in self.index[slot].range(level) {
-                let first = ids.first().expect("buckets are never empty");
-                let entry = &self.entries[first];
-                assert_eq!(entry.bucket.as_ref(), Some(key), "index and node disagree on the bucket");
-                if bucket_ok(&entry.node.pool) {
-                    streams.push(ids.range((start, Bound::Unbounded)).peekable());
+        // One cursor (a slot) per qualifying bucket; each bucket's list is in arrival order.
+        let mut cursors: SmallVec<[u32; 4]> = SmallVec::new();
+        for &kind in kinds.slots() {
+            for &id in &self.levels[kind].buckets[level_bp as usize] {
+                let bucket = &self.buckets[id as usize];
+                assert!(bucket.len > 0 && bucket.key.utilisation_bp == level_bp, "bucket {id} misfiled");
+                if bucket_ok(&self.at(bucket.first).node.pool) {
+                    cursors.push(bucket.first);
                 }
             }
         }
         while out.len() < need {
-            let mut lowest: Option<(usize, NodeId)> = None;
-            for (i, stream) in streams.iter_mut().enumerate() {
-                if let Some(&&id) = stream.peek() {
-                    if lowest.is_none_or(|(_, best)| id < best) {
-                        lowest = Some((i, id));
+            let mut oldest: Option<(usize, u64)> = None;
+            for (i, &slot) in cursors.iter().enumerate() {
+                if slot != NIL {
+                    let arrived = self.at(slot).arrived;
+                    if oldest.is_none_or(|(_, best)| arrived < best) {
+                        oldest = Some((i, arrived));
                     }
                 }
             }
-            let Some((i, id)) = lowest else { break };
-            streams[i].next();
-            if node_ok(id, &self.entries[&id].node) {
-                out.push(id);
+            let Some((i, _)) = oldest else { break };
+            let entry = self.at(cursors[i]);
+            cursors[i] = entry.next;
+            if node_ok(entry.id, &entry.node) {
+                out.push(entry.id);
             }
         }
     }
@@ -753,7 +857,7 @@ impl ClusterView {
                 break;
             }
             let Some(level_bp) = self.next_level_bp(kinds, from_bp, descending) else { break };
-            self.level_candidates(kinds, level_bp, Bound::Unbounded, need, bucket_ok, node_ok, &mut out);
+            self.level_candidates(kinds, level_bp, need, bucket_ok, node_ok, &mut out);
             from = if descending { level_bp.checked_sub(1) } else { Some(level_bp + 1) };
         }
         assert!(out.len() <= need);
@@ -775,37 +879,106 @@ impl ClusterView {
         BucketKey { utilisation_bp, class: entry.class, free }
     }
 
-    fn slot_of(&self, entry: &Entry) -> usize {
+    fn kind_of(&self, entry: &Entry) -> usize {
         usize::from(self.classes[entry.class as usize].has_gpu)
     }
 
-    fn index_insert(&mut self, node: NodeId) {
-        let entry = &self.entries[&node];
-        assert!(entry.bucket.is_none(), "node {node} indexed twice");
-        assert!(entry.node.schedulable, "only schedulable nodes are indexed");
-        let (key, slot) = (self.bucket_key(entry), self.slot_of(entry));
-        let at = (key.utilisation_bp, self.buckets.acquire(key));
-        let fresh = self.index[slot].entry(at).or_default().insert(node);
-        assert!(fresh, "node {node} already in its bucket");
-        self.entries.get_mut(&node).expect("known").bucket = Some(at);
-    }
-
-    fn index_remove(&mut self, node: NodeId) {
-        let entry = self.entries.get_mut(&node).expect("index_remove of an unknown node");
-        let Some(key) = entry.bucket.take() else { return };
-        let slot = usize::from(self.classes[entry.class as usize].has_gpu);
-        let ids = self.index[slot].get_mut(&key).expect("a node's bucket exists");
-        assert!(ids.remove(&node), "node {node} missing from its bucket");
-        if ids.is_empty() {
-            self.index[slot].remove(&key);
+    /// The id of `key`'s bucket, interned on first use.
+    fn intern(&mut self, key: BucketKey, kind: usize) -> u32 {
+        if let Some(&id) = self.bucket_ids.get(&key) {
+            return id;
         }
-        self.buckets.release(key.1);
+        let bucket = Bucket { key: key.clone(), kind, first: NIL, last: NIL, len: 0, free: false };
+        let id = match self.free_buckets.pop() {
+            Some(id) => {
+                assert!(self.buckets[id as usize].free, "a reused bucket id is in use");
+                self.buckets[id as usize] = bucket;
+                id
+            }
+            None => {
+                self.buckets.push(bucket);
+                u32::try_from(self.buckets.len() - 1).expect("bucket ids fit in u32")
+            }
+        };
+        self.bucket_ids.insert(key, id);
+        self.empty_buckets += 1;
+        id
     }
 
-    fn reindex(&mut self, node: NodeId) {
-        if self.entries[&node].bucket.is_some() {
-            self.index_remove(node);
-            self.index_insert(node);
+    /// Files a schedulable node at the back of its bucket.
+    fn index_insert(&mut self, slot: u32) {
+        let entry = self.at(slot);
+        assert!(entry.bucket.is_none(), "node {} indexed twice", entry.id);
+        assert!(entry.node.schedulable, "only schedulable nodes are indexed");
+        let (key, kind) = (self.bucket_key(entry), self.kind_of(entry));
+        let level = key.utilisation_bp;
+        let id = self.intern(key, kind);
+        let bucket = &mut self.buckets[id as usize];
+        let last = bucket.last;
+        bucket.last = slot;
+        if last == NIL {
+            bucket.first = slot;
+        }
+        bucket.len += 1;
+        if bucket.len == 1 {
+            self.empty_buckets -= 1;
+            self.levels[kind].add(level, id);
+        } else {
+            self.at_mut(last).next = slot;
+        }
+        self.arrivals += 1;
+        let arrived = self.arrivals;
+        let entry = self.at_mut(slot);
+        (entry.bucket, entry.arrived, entry.prev, entry.next) = (Some(id), arrived, last, NIL);
+    }
+
+    /// Takes a node out of its bucket (if it is in one).
+    fn index_remove(&mut self, slot: u32) {
+        let entry = self.at_mut(slot);
+        let Some(id) = entry.bucket.take() else { return };
+        let (prev, next) = (entry.prev, entry.next);
+        (entry.prev, entry.next) = (NIL, NIL);
+        if prev != NIL {
+            self.at_mut(prev).next = next;
+        }
+        if next != NIL {
+            self.at_mut(next).prev = prev;
+        }
+        let bucket = &mut self.buckets[id as usize];
+        if bucket.first == slot {
+            bucket.first = next;
+        }
+        if bucket.last == slot {
+            bucket.last = prev;
+        }
+        bucket.len = bucket.len.checked_sub(1).expect("bucket length underflow");
+        if bucket.len == 0 {
+            let (level, kind) = (bucket.key.utilisation_bp, bucket.kind);
+            self.levels[kind].remove(level, id);
+            self.empty_buckets += 1;
+            if self.empty_buckets > EMPTY_BUCKETS_SLACK + 2 * self.slot_of.len() {
+                self.forget_empty_buckets();
+            }
+        }
+    }
+
+    /// Frees the ids of every empty bucket (amortised: only when too many are kept).
+    fn forget_empty_buckets(&mut self) {
+        for (id, bucket) in self.buckets.iter_mut().enumerate() {
+            if bucket.len == 0 && !bucket.free {
+                assert_eq!(self.bucket_ids.remove(&bucket.key), Some(id as u32), "bucket interning out of sync");
+                bucket.free = true;
+                self.free_buckets.push(id as u32);
+            }
+        }
+        self.empty_buckets = 0;
+    }
+
+    /// Re-files a node after its free amounts changed: at the back of its (new) bucket.
+    fn reindex(&mut self, slot: u32) {
+        if self.at(slot).bucket.is_some() {
+            self.index_remove(slot);
+            self.index_insert(slot);
         }
     }
 
@@ -813,20 +986,21 @@ impl ClusterView {
     pub fn check_invariants(&self) {
         let mut nodes_count = vec![0usize; self.classes.len()];
         let mut schedulable_count = vec![0usize; self.classes.len()];
-        for (id, entry) in &self.entries {
+        assert_eq!(self.entries().count(), self.slot_of.len(), "slots and ids disagree");
+        for (slot, entry) in self.entries() {
+            let id = entry.id;
+            assert_eq!(self.slot_of.get(&id), Some(&slot), "node {id} is not at its slot");
             entry.node.pool.check_invariants();
             let class = &self.classes[entry.class as usize];
             assert!(entry.node.pool.total() == class.empty.total(), "node {id} is not of its class's shape");
-            self.check_gpu_mirror(*id, entry);
+            self.check_gpu_mirror(id, entry);
             nodes_count[entry.class as usize] += 1;
             if entry.node.schedulable {
                 schedulable_count[entry.class as usize] += 1;
-                let key = entry.bucket.as_ref().expect("a schedulable node is indexed");
-                let fresh = self.bucket_key(entry);
-                assert_eq!(key.0, fresh.utilisation_bp, "node {id} is at a stale level");
-                assert_eq!(self.buckets.key(key.1), &fresh, "node {id} is in a stale bucket");
-                let ids = self.index[self.slot_of(entry)].get(key);
-                assert!(ids.is_some_and(|ids| ids.contains(id)), "node {id} missing from its bucket");
+                let bucket = &self.buckets[entry.bucket.expect("a schedulable node is indexed") as usize];
+                assert!(!bucket.free && bucket.len > 0, "node {id} is in a free bucket");
+                assert_eq!(bucket.key, self.bucket_key(entry), "node {id} is in a stale bucket");
+                assert_eq!(bucket.kind, self.kind_of(entry), "node {id} is in the wrong index");
             } else {
                 assert!(entry.bucket.is_none(), "unschedulable node {id} is indexed");
             }
@@ -835,18 +1009,51 @@ impl ClusterView {
             assert_eq!(class.nodes_count, nodes_count[i], "class {i} node count");
             assert_eq!(class.schedulable_count, schedulable_count[i], "class {i} schedulable count");
         }
-        let indexed: usize = self.index.iter().flat_map(|m| m.values()).map(|ids| ids.len()).sum();
+        let mut indexed = 0;
+        let mut empty = 0;
+        for (id, bucket) in self.buckets.iter().enumerate() {
+            let id = id as u32;
+            if bucket.free {
+                assert!(self.free_buckets.contains(&id), "free bucket {id} not reusable");
+                continue;
+            }
+            assert_eq!(self.bucket_ids.get(&bucket.key), Some(&id), "bucket {id} not interned");
+            let level = bucket.key.utilisation_bp as usize;
+            let levels = &self.levels[bucket.kind];
+            let listed = levels.buckets[level].contains(&id) && levels.occupied[level / 64] >> (level % 64) & 1 == 1;
+            assert_eq!(listed, bucket.len > 0, "bucket {id} listed at its level exactly while non-empty");
+            empty += usize::from(bucket.len == 0);
+            let (mut slot, mut prev, mut len, mut last_arrival) = (bucket.first, NIL, 0, 0);
+            while slot != NIL {
+                let entry = self.at(slot);
+                assert_eq!(entry.bucket, Some(id), "node {} linked into another bucket", entry.id);
+                assert_eq!(entry.prev, prev, "bucket {id}: broken back link");
+                assert!(entry.arrived > last_arrival, "bucket {id} is not in arrival order");
+                (prev, last_arrival, slot) = (slot, entry.arrived, entry.next);
+                len += 1;
+            }
+            assert_eq!((bucket.last, bucket.len), (prev, len), "bucket {id}: length or tail");
+            indexed += len as usize;
+        }
+        assert_eq!(empty, self.empty_buckets, "empty bucket count");
+        assert_eq!(self.bucket_ids.len() + self.free_buckets.len(), self.buckets.len(), "bucket ids out of sync");
         assert_eq!(
             indexed,
             schedulable_count.iter().sum::<usize>(),
             "index holds other nodes than the schedulable ones"
         );
-        assert!(self.index.iter().flat_map(|m| m.values()).all(|ids| !ids.is_empty()), "empty bucket kept");
-        for (key, ids) in self.index.iter().flat_map(|m| m.iter()) {
-            assert_eq!(self.buckets.count(key.1), ids.len(), "bucket {} counts other nodes", key.1);
+        // Every non-empty bucket is listed at its level (above); occupied levels list exactly those.
+        let mut listed = 0;
+        for levels in &self.levels {
+            let mut from = Some(UTILISATION_FULL_BP);
+            while let Some(level) = from.and_then(|l| levels.at_or_below(l)) {
+                let ids = &levels.buckets[level as usize];
+                assert!(!ids.is_empty(), "level {level} is marked occupied but lists no bucket");
+                listed += ids.len();
+                from = level.checked_sub(1);
+            }
         }
-        let interned = self.buckets.keys.iter().filter(|(_, n)| *n > 0).count();
-        assert_eq!(interned, self.buckets.by_key.len(), "interned bucket ids out of sync");
+        assert_eq!(listed, self.buckets.iter().filter(|b| b.len > 0).count(), "levels list other buckets");
         assert_eq!(self.class_by_total.len(), self.classes.len());
         for (resources, labels, feasible) in self.feasibility_cache.borrow().values() {
             let class_fits: Vec<bool> =

@@ -69,7 +69,7 @@ impl TaskState {
 
 #[derive(Debug)]
 pub(super) struct TaskRecord {
-    pub spec: TaskSpec,
+    pub spec: std::sync::Arc<TaskSpec>,
     pub owner: TaskId,
     pub state: TaskState,
     pub attempt: u32,
@@ -91,28 +91,115 @@ struct ClassKey {
     labels: Vec<LabelConstraint>,
 }
 
+impl ClassKey {
+    fn matches(&self, spec: &TaskSpec) -> bool {
+        self.resources == spec.resources && self.strategy == spec.strategy && self.labels == spec.label_selector
+    }
+}
+
+/// A set of small ids as a bitmap, popped lowest first.
+#[derive(Debug, Default)]
+struct IdBits {
+    words: Vec<u64>,
+}
+
+impl IdBits {
+    fn insert(&mut self, id: u32) {
+        let word = id as usize / 64;
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << (id % 64);
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(word) = self.words.get_mut(id as usize / 64) {
+            *word &= !(1 << (id % 64));
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<u32> {
+        let (w, word) = self.words.iter_mut().enumerate().find(|(_, word)| **word != 0)?;
+        let bit = word.trailing_zeros();
+        *word &= !(1 << bit);
+        Some(w as u32 * 64 + bit)
+    }
+
+    /// `self |= other`.
+    fn union_with(&mut self, other: &IdBits) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+            *mine |= theirs;
+        }
+    }
+}
+
+/// Scheduling classes, interned.
+#[derive(Debug, Default)]
+struct Classes {
+    ids: FxHashMap<ClassKey, u32>,
+    /// Each class's key, by id.
+    keys: Vec<ClassKey>,
+    /// The class interned last: most submissions repeat the previous shape.
+    last: Option<u32>,
+}
+
+impl Classes {
+    /// The id of the spec's class; a new class gets the next id.
+    fn intern(&mut self, spec: &TaskSpec) -> u32 {
+        if let Some(last) = self.last.filter(|&c| self.keys[c as usize].matches(spec)) {
+            return last;
+        }
+        let key = ClassKey {
+            resources: spec.resources.clone(),
+            strategy: spec.strategy.clone(),
+            labels: spec.label_selector.clone(),
+        };
+        let class = match self.ids.get(&key) {
+            Some(&class) => class,
+            None => {
+                let class = u32::try_from(self.keys.len()).expect("class ids fit in u32");
+                self.ids.insert(key.clone(), class);
+                self.keys.push(key);
+                class
+            }
+        };
+        self.last = Some(class);
+        class
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct TaskTable {
-    /// Lookup only: never iterated into an output without sorting. Boxed: records are large and
-    /// the table moves entries when it grows.
-    tasks: FxHashMap<TaskId, Box<TaskRecord>>,
-    /// Tasks per owner, for recursive cancellation and owner death.
+    /// Lookup only: never iterated into an output without sorting.
+    tasks: FxHashMap<TaskId, TaskRecord>,
+    /// Tasks per owner, for recursive cancellation and owner death. Emptied sets are kept until
+    /// there are many of them (a long-lived owner submits again soon).
     owned: FxHashMap<TaskId, FxHashSet<TaskId>>,
-    classes: FxHashMap<ClassKey, u32>,
-    queues: BTreeMap<u32, VecDeque<TaskId>>,
+    owned_empty: usize,
+    classes: Classes,
+    /// Ready tasks per class, by class id.
+    queues: Vec<VecDeque<TaskId>>,
+    /// Classes whose queue is not empty.
+    queued: IdBits,
     /// Classes with queued tasks that may be placeable now.
-    runnable: BTreeSet<u32>,
+    runnable: IdBits,
     /// Infeasible tasks and since when.
     pub infeasible: BTreeMap<TaskId, crate::time::Time>,
 }
 
+/// Emptied owner sets kept before they are swept.
+const EMPTY_OWNER_SETS_SLACK: usize = 1024;
+
 impl TaskTable {
     pub fn get(&self, task: TaskId) -> Option<&TaskRecord> {
-        self.tasks.get(&task).map(|r| &**r)
+        self.tasks.get(&task)
     }
 
     pub fn get_mut(&mut self, task: TaskId) -> Option<&mut TaskRecord> {
-        self.tasks.get_mut(&task).map(|r| &mut **r)
+        self.tasks.get_mut(&task)
     }
 
     pub fn len(&self) -> usize {
@@ -123,17 +210,21 @@ impl TaskTable {
     pub fn iter(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
         let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         ids.sort_unstable();
-        ids.into_iter().map(|id| (id, &*self.tasks[&id]))
+        ids.into_iter().map(|id| (id, &self.tasks[&id]))
     }
 
     /// Every task in no particular order: only for checks whose result does not depend on order.
     pub fn iter_unordered(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
-        self.tasks.iter().map(|(k, v)| (*k, &**v))
+        self.tasks.iter().map(|(k, v)| (*k, v))
     }
 
     fn insert(&mut self, task: TaskId, record: TaskRecord) {
-        self.owned.entry(record.owner).or_default().insert(task);
-        assert!(self.tasks.insert(task, Box::new(record)).is_none(), "task {task} recorded twice");
+        let set = self.owned.entry(record.owner).or_default();
+        if set.is_empty() && set.capacity() > 0 {
+            self.owned_empty -= 1;
+        }
+        set.insert(task);
+        assert!(self.tasks.insert(task, record).is_none(), "task {task} recorded twice");
     }
 
     pub fn remove(&mut self, task: TaskId) -> TaskRecord {
@@ -141,10 +232,14 @@ impl TaskTable {
         if let Some(set) = self.owned.get_mut(&record.owner) {
             set.remove(&task);
             if set.is_empty() {
-                self.owned.remove(&record.owner);
+                self.owned_empty += 1;
+                if self.owned_empty > EMPTY_OWNER_SETS_SLACK + self.owned.len() / 2 {
+                    self.owned.retain(|_, set| !set.is_empty());
+                    self.owned_empty = 0;
+                }
             }
         }
-        *record
+        record
     }
 
     /// The tasks `owner` submitted that the table still holds, in ascending id order.
@@ -161,36 +256,36 @@ impl TaskTable {
 
     fn enqueue(&mut self, task: TaskId) {
         let record = self.tasks.get_mut(&task).expect("enqueueing an unknown task");
-        let class = match record.class {
-            Some(class) => class,
-            None => {
-                let spec = &record.spec;
-                let key = ClassKey {
-                    resources: spec.resources.clone(),
-                    strategy: spec.strategy.clone(),
-                    labels: spec.label_selector.clone(),
-                };
-                let next = self.classes.len() as u32;
-                let class = *self.classes.entry(key).or_insert(next);
-                record.class = Some(class);
-                class
-            }
-        };
-        self.queues.entry(class).or_default().push_back(task);
+        let class = *record.class.get_or_insert_with(|| self.classes.intern(&record.spec));
+        if class as usize == self.queues.len() {
+            self.queues.push(VecDeque::new());
+        }
+        self.queues[class as usize].push_back(task);
+        self.queued.insert(class);
         self.runnable.insert(class);
     }
 
     /// Every class with queued tasks becomes worth trying again (resources were released).
     pub fn mark_all_runnable(&mut self) {
-        for (class, queue) in &self.queues {
-            if !queue.is_empty() {
-                self.runnable.insert(*class);
-            }
-        }
+        self.runnable.union_with(&self.queued);
     }
 
     pub fn queued_len(&self) -> usize {
-        self.queues.values().map(|q| q.len()).sum()
+        self.queues.iter().map(|q| q.len()).sum()
+    }
+
+    /// The first task queued in `class`.
+    fn queue_front(&self, class: u32) -> Option<TaskId> {
+        self.queues[class as usize].front().copied()
+    }
+
+    /// Takes the first task queued in `class`.
+    fn queue_pop(&mut self, class: u32) {
+        let queue = &mut self.queues[class as usize];
+        queue.pop_front().expect("popping an empty queue");
+        if queue.is_empty() {
+            self.queued.remove(class);
+        }
     }
 }
 
@@ -277,7 +372,7 @@ impl Head {
         };
         let record = TaskRecord {
             live_returns: spec.num_returns,
-            spec,
+            spec: std::sync::Arc::new(spec),
             owner: submitter,
             state: TaskState::WaitingDeps { missing: 0 },
             attempt: 0,
@@ -356,25 +451,23 @@ impl Head {
     /// Tries every runnable class in order, dispatching until each blocks.
     pub(super) fn schedule_pending(&mut self) {
         while let Some(class) = self.tasks.runnable.pop_first() {
-            while let Some(&task) = self.tasks.queues.get(&class).and_then(|q| q.front()) {
+            while let Some(task) = self.tasks.queue_front(class) {
                 let current = self.tasks.get(task).is_some_and(|t| matches!(t.state, TaskState::Queued));
                 if !current {
-                    self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                    self.tasks.queue_pop(class);
                     continue;
                 }
                 if !self.arguments_ready(task) {
                     // An argument was lost after the task was queued: wait for it again.
-                    self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                    self.tasks.queue_pop(class);
                     self.resolve_dependencies(task);
                     continue;
                 }
                 match self.try_place(task) {
-                    Ok(()) => {
-                        self.tasks.queues.get_mut(&class).expect("queue").pop_front();
-                    }
+                    Ok(()) => self.tasks.queue_pop(class),
                     Err(NoPlacement::Wait) => break,
                     Err(NoPlacement::Infeasible) => {
-                        self.tasks.queues.get_mut(&class).expect("queue").pop_front();
+                        self.tasks.queue_pop(class);
                         self.mark_infeasible(task);
                     }
                 }

@@ -141,7 +141,7 @@ pub enum NodeOutput {
         /// The worker.
         worker: WorkerId,
         /// The task.
-        spec: TaskSpec,
+        spec: std::sync::Arc<TaskSpec>,
         /// The head's attempt number, echoed in `TaskDone`.
         attempt: u32,
         /// Its arguments, one per `spec.args` entry.

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// One task attempt held by the node.
 #[derive(Clone, Debug)]
 pub(crate) struct Task {
-    pub(crate) spec: TaskSpec,
+    pub(crate) spec: std::sync::Arc<TaskSpec>,
     /// The head's attempt number, echoed in every report.
     pub(crate) attempt: u32,
     /// GPU device indices of the allocation, in device order (the worker lease key, with the job).
@@ -34,7 +34,7 @@ impl Node {
     pub(super) fn on_run_task(
         &mut self,
         now: Time,
-        spec: TaskSpec,
+        spec: std::sync::Arc<TaskSpec>,
         attempt: u32,
         allocation: Allocation,
         args: Vec<(ObjectId, ArgSource)>,

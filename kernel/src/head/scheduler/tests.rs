@@ -297,21 +297,25 @@ fn draining_nodes_get_no_new_work_but_keep_their_allocations() {
     assert_eq!(place(&mut view, &ResourceSet::cpus(1)), Ok(n(1)));
 }
 
-/// What the hybrid policy must choose with top_k = 1, by brute force over every node.
+/// What the hybrid policy must choose with top_k = 1, by brute force over every node: ties go to
+/// the node that has been in its state longest (its arrival stamp).
 fn reference_default(view: &ClusterView, req: &ResourceSet, constraints: &[LabelConstraint]) -> Option<NodeId> {
     for &kinds in NodeKinds::passes(req.needs_gpu(), view.config.avoid_gpu_nodes) {
-        let fitting: Vec<(u32, u32, NodeId)> = view
+        let fitting: Vec<(u32, u32, u64, NodeId)> = view
             .nodes()
             .filter(|(id, node)| node.schedulable && kinds.admits(view.has_gpu(*id)))
             .filter(|(_, node)| labels_match(constraints, &node.labels) && node.pool.fits_now(req))
-            .map(|(id, node)| (utilisation_bp(&node.pool, None), utilisation_bp(&node.pool, Some(req)), id))
+            .map(|(id, node)| {
+                let arrived = view.entry(id).unwrap().arrived;
+                (utilisation_bp(&node.pool, None), utilisation_bp(&node.pool, Some(req)), arrived, id)
+            })
             .collect();
         let pack = fitting
             .iter()
-            .filter(|(_, after, _)| *after <= view.spread_threshold_bp)
-            .min_by_key(|(now, _, id)| (std::cmp::Reverse(*now), *id));
-        let spread = fitting.iter().min_by_key(|(now, _, id)| (*now, *id));
-        if let Some(&(_, _, id)) = pack.or(spread) {
+            .filter(|(_, after, _, _)| *after <= view.spread_threshold_bp)
+            .min_by_key(|(now, _, arrived, _)| (std::cmp::Reverse(*now), *arrived));
+        let spread = fitting.iter().min_by_key(|(now, _, arrived, _)| (*now, *arrived));
+        if let Some(&(_, _, _, id)) = pack.or(spread) {
             return Some(id);
         }
     }
@@ -410,7 +414,7 @@ fn random_reservation(view: &mut ClusterView, world: &mut Xoshiro256PlusPlus, li
     let strategy = strategies[world.next_u32() as usize % strategies.len()];
     let bundles: Vec<ResourceSet> = (0..1 + world.next_u32() % 4).map(|_| random_request(world).0).collect();
     let before: Vec<(NodeId, ResourceSet, Vec<u64>)> =
-        view.entries.iter().map(|(id, e)| (*id, e.node.pool.available().clone(), e.gpu_free.clone())).collect();
+        view.entries().map(|(_, e)| (e.id, e.node.pool.available().clone(), e.gpu_free.clone())).collect();
     match view.reserve_bundles(&bundles, strategy, &vec![None; bundles.len()]) {
         Ok(reserved) => {
             assert_eq!(reserved.len(), bundles.len());
@@ -428,7 +432,7 @@ fn random_reservation(view: &mut ClusterView, world: &mut Xoshiro256PlusPlus, li
         }
         Err(_) => {
             let after: Vec<(NodeId, ResourceSet, Vec<u64>)> =
-                view.entries.iter().map(|(id, e)| (*id, e.node.pool.available().clone(), e.gpu_free.clone())).collect();
+                view.entries().map(|(_, e)| (e.id, e.node.pool.available().clone(), e.gpu_free.clone())).collect();
             assert_eq!(before, after, "a failed reservation leaves nothing allocated");
         }
     }
@@ -499,9 +503,34 @@ fn a_homogeneous_cluster_keeps_one_bucket_per_fill_level() {
     let mut seeded = rng(3);
     for _ in 0..50_000 {
         view.schedule(&req, &mut seeded).unwrap();
-        let buckets: usize = view.index.iter().map(|m| m.len()).sum();
+        let buckets = view.buckets.iter().filter(|b| b.len > 0).count();
         assert!(buckets <= 9, "10,000 nodes of 8 CPUs have at most 9 fill levels, got {buckets}");
     }
     view.check_invariants();
     assert!(view.nodes().all(|(_, node)| node.pool.available().cpu == Amount::units(3)));
+}
+
+#[test]
+fn level_bitmaps_find_the_nearest_occupied_level_like_an_ordered_set() {
+    let mut world = rng(11);
+    let mut levels = Levels::new();
+    let mut reference: BTreeMap<u32, u32> = BTreeMap::new();
+    for bucket in 0..2_000u32 {
+        let level = world.next_u32() % (UTILISATION_FULL_BP + 1);
+        if let Some(old) = reference.remove(&level) {
+            levels.remove(level, old);
+        } else {
+            levels.add(level, bucket);
+            reference.insert(level, bucket);
+        }
+        let probe = world.next_u32() % (UTILISATION_FULL_BP + 2);
+        let below = reference.range(..=probe).next_back().map(|(l, _)| *l);
+        let above = reference.range(probe..).next().map(|(l, _)| *l);
+        assert_eq!(levels.at_or_below(probe.min(UTILISATION_FULL_BP)), below, "at or below {probe}");
+        assert_eq!(levels.at_or_above(probe), above, "at or above {probe}");
+    }
+    for (level, bucket) in reference {
+        levels.remove(level, bucket);
+    }
+    assert!(levels.occupied.iter().chain(&levels.summary).all(|w| *w == 0), "emptied levels leave no bit set");
 }

@@ -122,7 +122,7 @@ fn run_task(
     args: Vec<(ObjectId, ArgSource)>,
     actor_worker: Option<WorkerId>,
 ) -> HeadToNode {
-    HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker }
+    HeadToNode::RunTask { spec: spec.into(), attempt, allocation, args, actor_worker }
 }
 
 fn task(n: u64) -> TaskSpec {
