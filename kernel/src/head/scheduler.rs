@@ -130,6 +130,9 @@ pub(super) struct BucketKey {
 /// No node slot or bucket: the end of a list.
 const NIL: u32 = u32::MAX;
 
+/// Cached bucket moves kept (beyond four per bucket) before the cache is cleared.
+const MOVES_MAX: usize = 4096;
+
 /// Bucket ids kept interned while empty, beyond which empty buckets are forgotten.
 const EMPTY_BUCKETS_SLACK: usize = 64;
 
@@ -144,6 +147,27 @@ struct Bucket {
     len: u32,
     /// Whether the id is free for reuse (the key is stale).
     free: bool,
+}
+
+/// A change of a node's free amounts that moves it between buckets predictably: no GPU device
+/// and no custom resource involved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Move {
+    from: u32,
+    cpu: u64,
+    memory: u64,
+    gpu: u64,
+    /// An allocation (true) or a release (false).
+    allocated: bool,
+}
+
+impl Move {
+    /// The amounts of `alloc` when a move can be cached for them.
+    fn of(alloc: &Allocation, allocated: bool) -> Option<(u64, u64, u64, bool)> {
+        let r = &alloc.resources;
+        (alloc.gpus.is_empty() && r.gpu.0 == 0 && r.custom.is_empty())
+            .then_some((r.cpu.0, r.memory.0, r.gpu.0, allocated))
+    }
 }
 
 /// Non-empty utilisation levels of one index, and the non-empty buckets at each level.
@@ -344,6 +368,10 @@ pub struct ClusterView {
     levels: [Levels; 2],
     /// The next arrival stamp.
     arrivals: u64,
+    /// Where an allocation or release of a GPU-less, custom-free shape takes a node of a given
+    /// bucket: the new key follows from the old key and the amounts alone. Cleared when bucket
+    /// ids are freed.
+    moves: FxHashMap<Move, u32>,
     /// Feasibility of request shapes with label constraints; cleared when nodes join, leave or
     /// change schedulability.
     feasibility_cache: RefCell<FeasibilityCache>,
@@ -452,6 +480,7 @@ impl ClusterView {
             empty_buckets: 0,
             levels: [Levels::new(), Levels::new()],
             arrivals: 0,
+            moves: FxHashMap::default(),
             feasibility_cache: RefCell::new(BTreeMap::new()),
         }
     }
@@ -624,7 +653,7 @@ impl ClusterView {
             *free = free.checked_sub(amount.0).expect("GPU device mirror underflow");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
-        self.reindex(slot);
+        self.reindex(slot, Move::of(&alloc, true));
         Some(alloc)
     }
 
@@ -641,7 +670,7 @@ impl ClusterView {
             assert!(*free <= capacities[*device as usize], "GPU device {device} over-released");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
-        self.reindex(slot);
+        self.reindex(slot, Move::of(alloc, false));
     }
 
     /// Whether some schedulable node matching `labels` could hold `resources` when empty.
@@ -911,9 +940,16 @@ impl ClusterView {
         assert!(entry.bucket.is_none(), "node {} indexed twice", entry.id);
         assert!(entry.node.schedulable, "only schedulable nodes are indexed");
         let (key, kind) = (self.bucket_key(entry), self.kind_of(entry));
-        let level = key.utilisation_bp;
         let id = self.intern(key, kind);
+        self.index_insert_at(slot, id);
+    }
+
+    /// Files a schedulable node at the back of bucket `id` (which must be its bucket).
+    fn index_insert_at(&mut self, slot: u32, id: u32) {
+        assert!(self.at(slot).bucket.is_none(), "node {} indexed twice", self.at(slot).id);
         let bucket = &mut self.buckets[id as usize];
+        assert!(!bucket.free, "filing a node in a free bucket");
+        let (level, kind) = (bucket.key.utilisation_bp, bucket.kind);
         let last = bucket.last;
         bucket.last = slot;
         if last == NIL {
@@ -972,13 +1008,41 @@ impl ClusterView {
             }
         }
         self.empty_buckets = 0;
+        self.moves.clear();
     }
 
-    /// Re-files a node after its free amounts changed: at the back of its (new) bucket.
-    fn reindex(&mut self, slot: u32) {
-        if self.at(slot).bucket.is_some() {
+    /// Re-files a node after its free amounts changed by `change`: at the back of its (new)
+    /// bucket, found from the move cache when the change is one it can describe.
+    fn reindex(&mut self, slot: u32, change: Option<(u64, u64, u64, bool)>) {
+        let Some(from) = self.at(slot).bucket else { return };
+        let Some((cpu, memory, gpu, allocated)) = change else {
             self.index_remove(slot);
             self.index_insert(slot);
+            return;
+        };
+        let step = Move { from, cpu, memory, gpu, allocated };
+        match self.moves.get(&step) {
+            Some(&to) => {
+                self.index_remove(slot);
+                // The removal may have swept empty buckets, `to` among them.
+                if self.buckets[to as usize].free {
+                    self.index_insert(slot);
+                } else {
+                    self.index_insert_at(slot, to);
+                }
+            }
+            None => {
+                self.index_remove(slot);
+                self.index_insert(slot);
+                let to = self.at(slot).bucket.expect("re-filed");
+                // The old id may have been freed (and reused) by the removal: then do not cache.
+                if !self.buckets[from as usize].free {
+                    if self.moves.len() >= MOVES_MAX + 4 * self.buckets.len() {
+                        self.moves.clear();
+                    }
+                    self.moves.insert(step, to);
+                }
+            }
         }
     }
 

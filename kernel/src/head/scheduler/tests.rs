@@ -508,6 +508,8 @@ fn a_homogeneous_cluster_keeps_one_bucket_per_fill_level() {
     }
     view.check_invariants();
     assert!(view.nodes().all(|(_, node)| node.pool.available().cpu == Amount::units(3)));
+    assert!(view.moves.len() <= 9, "one cached move per fill level, got {}", view.moves.len());
+    assert!(!view.moves.is_empty(), "allocations of one CPU re-file nodes through the move cache");
 }
 
 #[test]
