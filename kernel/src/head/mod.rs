@@ -47,6 +47,7 @@ mod jobs;
 mod lineage;
 mod nodes;
 mod objects;
+mod owners;
 mod placement;
 mod tasks;
 

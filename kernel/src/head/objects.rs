@@ -10,11 +10,12 @@
 //! stays, *released*, while retained lineage (a finished task that took it as an argument) may
 //! need to rebuild it; then it goes too.
 
+use super::owners::OwnerIndex;
 use super::{Head, HeadOutput};
 use crate::errors::{ErrorReason, InputError};
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::proto::{HeadToDriver, HeadToNode, ObjectData};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
 
 /// Whether an object's value exists.
@@ -112,14 +113,9 @@ pub(super) struct ObjectTable {
     objects: FxHashMap<ObjectId, ObjectRecord>,
     /// Handles per borrower (a holder other than the owner), per object.
     handles: FxHashMap<TaskId, FxHashMap<ObjectId, u64>>,
-    /// Objects per owner, for owner death. Emptied sets are kept until there are many of them
-    /// (a long-lived owner creates objects again soon).
-    owned: FxHashMap<TaskId, FxHashSet<ObjectId>>,
-    owned_empty: usize,
+    /// Objects per owner, for owner death.
+    owned: OwnerIndex<ObjectId>,
 }
-
-/// Emptied owner sets kept before they are swept.
-const EMPTY_OWNER_SETS_SLACK: usize = 1024;
 
 impl ObjectTable {
     pub fn get(&self, object: ObjectId) -> Option<&ObjectRecord> {
@@ -160,23 +156,19 @@ impl ObjectTable {
 
     /// Whether the owner index lists `object` under `owner` (for the invariants).
     pub fn owner_lists(&self, owner: TaskId, object: ObjectId) -> bool {
-        self.owned.get(&owner).is_some_and(|s| s.contains(&object))
+        self.owned.contains(owner, object)
     }
 
     /// The size of the owner index (for the invariants).
     pub fn owned_len(&self) -> usize {
-        self.owned.values().map(|s| s.len()).sum()
+        self.owned.pairs()
     }
 
     /// A new pending object owned by `owner`, with `handles` handles held by the owner.
     pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
         let record = ObjectRecord::new(owner);
         assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
-        let set = self.owned.entry(owner).or_default();
-        if set.is_empty() && set.capacity() > 0 {
-            self.owned_empty -= 1;
-        }
-        set.insert(object);
+        self.owned.insert(owner, object);
         if handles > 0 {
             self.add_handles(owner, object, handles);
         }
@@ -185,15 +177,7 @@ impl ObjectTable {
     fn remove(&mut self, object: ObjectId) -> ObjectRecord {
         let record = self.objects.remove(&object).expect("removing an unknown object");
         assert_eq!(record.handles, 0, "removing an object with handles");
-        let owned = self.owned.get_mut(&record.owner).expect("owner index misses an object");
-        assert!(owned.remove(&object), "owner index misses {object}");
-        if owned.is_empty() {
-            self.owned_empty += 1;
-            if self.owned_empty > EMPTY_OWNER_SETS_SLACK + self.owned.len() / 2 {
-                self.owned.retain(|_, set| !set.is_empty());
-                self.owned_empty = 0;
-            }
-        }
+        assert!(self.owned.remove(record.owner, object), "owner index misses {object}");
         record
     }
 
@@ -234,14 +218,12 @@ impl ObjectTable {
     /// `holder` drops every handle it has; returns the objects it held, in ascending order.
     fn take_all_handles(&mut self, holder: TaskId) -> Vec<ObjectId> {
         let mut objects = Vec::new();
-        if let Some(owned) = self.owned.get(&holder) {
-            for object in owned {
-                let record = self.objects.get_mut(object).expect("the owner index lists known objects");
-                if record.owner_handles > 0 {
-                    record.handles -= record.owner_handles;
-                    record.owner_handles = 0;
-                    objects.push(*object);
-                }
+        for object in self.owned.items_unordered(holder) {
+            let record = self.objects.get_mut(&object).expect("the owner index lists known objects");
+            if record.owner_handles > 0 {
+                record.handles -= record.owner_handles;
+                record.owner_handles = 0;
+                objects.push(object);
             }
         }
         if let Some(held) = self.handles.remove(&holder) {
@@ -267,10 +249,7 @@ impl ObjectTable {
 
     /// The objects an owner owns, in ascending order.
     pub fn owned_by(&self, owner: TaskId) -> Vec<ObjectId> {
-        let mut objects: Vec<ObjectId> =
-            self.owned.get(&owner).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        objects.sort_unstable();
-        objects
+        self.owned.items(owner)
     }
 }
 

@@ -7,13 +7,14 @@
 //! selector), so that one full class never blocks another and a blocked class costs nothing until
 //! resources are released.
 
+use super::owners::OwnerIndex;
 use super::scheduler::{NoPlacement, PlacementRequest};
 use super::{Head, HeadOutput, Timer};
 use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::{Allocation, ResourceSet};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a task is in its life, without the details.
@@ -175,10 +176,8 @@ impl Classes {
 pub(super) struct TaskTable {
     /// Lookup only: never iterated into an output without sorting.
     tasks: FxHashMap<TaskId, TaskRecord>,
-    /// Tasks per owner, for recursive cancellation and owner death. Emptied sets are kept until
-    /// there are many of them (a long-lived owner submits again soon).
-    owned: FxHashMap<TaskId, FxHashSet<TaskId>>,
-    owned_empty: usize,
+    /// Tasks per owner, for recursive cancellation and owner death.
+    owned: OwnerIndex<TaskId>,
     classes: Classes,
     /// Ready tasks per class, by class id.
     queues: Vec<VecDeque<TaskId>>,
@@ -189,9 +188,6 @@ pub(super) struct TaskTable {
     /// Infeasible tasks and since when.
     pub infeasible: BTreeMap<TaskId, crate::time::Time>,
 }
-
-/// Emptied owner sets kept before they are swept.
-const EMPTY_OWNER_SETS_SLACK: usize = 1024;
 
 impl TaskTable {
     pub fn get(&self, task: TaskId) -> Option<&TaskRecord> {
@@ -219,39 +215,24 @@ impl TaskTable {
     }
 
     fn insert(&mut self, task: TaskId, record: TaskRecord) {
-        let set = self.owned.entry(record.owner).or_default();
-        if set.is_empty() && set.capacity() > 0 {
-            self.owned_empty -= 1;
-        }
-        set.insert(task);
+        self.owned.insert(record.owner, task);
         assert!(self.tasks.insert(task, record).is_none(), "task {task} recorded twice");
     }
 
     pub fn remove(&mut self, task: TaskId) -> TaskRecord {
         let record = self.tasks.remove(&task).expect("removing an unknown task");
-        if let Some(set) = self.owned.get_mut(&record.owner) {
-            set.remove(&task);
-            if set.is_empty() {
-                self.owned_empty += 1;
-                if self.owned_empty > EMPTY_OWNER_SETS_SLACK + self.owned.len() / 2 {
-                    self.owned.retain(|_, set| !set.is_empty());
-                    self.owned_empty = 0;
-                }
-            }
-        }
+        self.owned.remove(record.owner, task);
         record
     }
 
     /// The tasks `owner` submitted that the table still holds, in ascending id order.
     pub fn owned_by(&self, owner: TaskId) -> Vec<TaskId> {
-        let mut tasks: Vec<TaskId> = self.owned.get(&owner).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        tasks.sort_unstable();
-        tasks
+        self.owned.items(owner)
     }
 
     /// The number of (owner, task) pairs in the owner index, for the invariants.
     pub fn owned_len(&self) -> usize {
-        self.owned.values().map(|s| s.len()).sum()
+        self.owned.pairs()
     }
 
     fn enqueue(&mut self, task: TaskId) {
