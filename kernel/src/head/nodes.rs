@@ -10,7 +10,15 @@ use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use crate::proto::{HeadToNode, Labels, NodeToHead};
 use crate::resources::ResourceSet;
 use crate::time::Time;
-use std::collections::{BTreeMap, BTreeSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeSet;
+
+/// A hashed set's items in ascending order.
+fn sorted<T: Copy + Ord>(set: &FxHashSet<T>) -> Vec<T> {
+    let mut items: Vec<T> = set.iter().copied().collect();
+    items.sort_unstable();
+    items
+}
 
 /// What the Head knows of one live node.
 #[derive(Debug)]
@@ -25,10 +33,11 @@ pub(super) struct NodeRecord {
     pub draining: bool,
     /// `NodeDrained` was emitted.
     pub drained_reported: bool,
-    /// Task attempts running there (normal tasks, actor creations and actor methods).
-    pub running: BTreeSet<TaskId>,
-    /// Objects with a copy there.
-    pub objects: BTreeSet<ObjectId>,
+    /// Task attempts running there (normal tasks, actor creations and actor methods). Lookup
+    /// only: listings are sorted.
+    pub running: FxHashSet<TaskId>,
+    /// Objects with a copy there. Lookup only: listings are sorted.
+    pub objects: FxHashSet<ObjectId>,
     /// Actors living there.
     pub actors: BTreeSet<ActorId>,
     /// Placement-group bundles reserved there.
@@ -44,7 +53,8 @@ impl NodeRecord {
 /// Live nodes and their deadline checks.
 #[derive(Debug, Default)]
 pub(super) struct NodeTable {
-    nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Lookup only: listings are sorted.
+    nodes: FxHashMap<NodeId, NodeRecord>,
     /// `(check_at, node)`, one entry per node.
     checks: BTreeSet<(Time, NodeId)>,
     next_id: u64,
@@ -59,12 +69,16 @@ impl NodeTable {
         self.nodes.get_mut(&node)
     }
 
+    /// Live nodes, ascending.
     pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes.keys().copied()
+        let mut ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
+    /// Live nodes, ascending.
     pub fn iter(&self) -> impl Iterator<Item = (NodeId, &NodeRecord)> {
-        self.nodes.iter().map(|(k, v)| (*k, v))
+        self.ids().map(|id| (id, &self.nodes[&id]))
     }
 
     pub fn len(&self) -> usize {
@@ -105,8 +119,8 @@ impl NodeTable {
             check_at: deadline,
             draining: false,
             drained_reported: false,
-            running: BTreeSet::new(),
-            objects: BTreeSet::new(),
+            running: FxHashSet::default(),
+            objects: FxHashSet::default(),
             actors: BTreeSet::new(),
             bundles: BTreeSet::new(),
         };
@@ -225,17 +239,17 @@ impl Head {
         self.emit(HeadOutput::NodeDead(node));
         // Copies first, so that tasks retried below see their lost arguments as missing.
         let mut lost = Vec::new();
-        for object in &record.objects {
-            if self.objects.remove_location(*object, node) {
-                lost.push(*object);
+        for object in sorted(&record.objects) {
+            if self.objects.remove_location(object, node) {
+                lost.push(object);
             }
         }
         // Actors next, so that their calls retried below wait for the restart.
         for actor in &record.actors {
             self.on_actor_lost(*actor, node);
         }
-        for task in &record.running {
-            self.on_attempt_lost(*task, node, TaskFailure::WorkerDied { exit_code: None });
+        for task in sorted(&record.running) {
+            self.on_attempt_lost(task, node, TaskFailure::WorkerDied { exit_code: None });
         }
         for (pg, bundle) in &record.bundles {
             self.on_bundle_lost(*pg, *bundle);
