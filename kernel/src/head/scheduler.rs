@@ -53,7 +53,7 @@ use crate::resources::{Allocation, Amount, ResourcePool, ResourceSet};
 use rand_core::RngCore;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 /// Utilisation of a full node, in basis points (parts per 10,000).
@@ -147,6 +147,19 @@ struct Bucket {
     len: u32,
     /// Whether the id is free for reuse (the key is stale).
     free: bool,
+    /// The last plain test of this bucket and its answer (a bucket's key never changes while it
+    /// is interned, so the answer holds until the id is freed).
+    memo: Cell<Option<(PlainTest, bool)>>,
+}
+
+/// A bucket test that depends on the request's amounts alone: does it fit, and does the node's
+/// utilisation stay at or under `max_bp` after placing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PlainTest {
+    cpu: u64,
+    memory: u64,
+    gpu: u64,
+    max_bp: u32,
 }
 
 /// A change of a node's free amounts that moves it between buckets predictably: no GPU device
@@ -336,8 +349,19 @@ impl NodeKinds {
     }
 }
 
+/// Nodes a walk found, in the order it found them.
+pub(super) type Candidates = SmallVec<[NodeId; 4]>;
+
 /// A node's "bucket test": whether a bucket's representative pool qualifies.
 pub(super) type BucketTest<'t> = dyn FnMut(&ResourcePool) -> bool + 't;
+
+/// How a walk tests buckets: a plain test of amounts (remembered per bucket), or any test.
+pub(super) enum Test<'a, 't> {
+    /// The request fits and leaves utilisation at or under `max_bp`.
+    Plain(&'a ResourceSet, u32),
+    /// Any test of a bucket's representative pool.
+    Custom(&'a mut BucketTest<'t>),
+}
 /// A per-node test (labels, exclusions).
 pub(super) type NodeTest<'t> = dyn Fn(NodeId, &SchedNode) -> bool + 't;
 
@@ -791,12 +815,11 @@ impl ClusterView {
     fn choose_hybrid(&self, req: &PlacementRequest<'_>, kinds: NodeKinds, rng: &mut dyn RngCore) -> Option<NodeId> {
         let (threshold_bp, top_k, resources) = (self.spread_threshold_bp, self.config.top_k, req.resources);
         let labelled = |_: NodeId, n: &SchedNode| labels_match(req.labels, &n.labels);
-        let mut packs =
-            |pool: &ResourcePool| pool.fits_now(resources) && utilisation_bp(pool, Some(resources)) <= threshold_bp;
-        let mut candidates = self.walk_candidates(kinds, threshold_bp, true, top_k, &mut packs, &labelled);
+        let packs = Test::Plain(resources, threshold_bp);
+        let mut candidates = self.walk(kinds, threshold_bp, true, top_k, packs, &labelled);
         if candidates.is_empty() {
-            let mut fits = |pool: &ResourcePool| pool.fits_now(resources);
-            candidates = self.walk_candidates(kinds, 0, false, top_k, &mut fits, &labelled);
+            let fits = Test::Plain(resources, UTILISATION_FULL_BP);
+            candidates = self.walk(kinds, 0, false, top_k, fits, &labelled);
         }
         assert!(candidates.len() <= top_k);
         pick_uniform(&candidates, rng)
@@ -807,10 +830,10 @@ impl ClusterView {
     fn choose_spread(&self, req: &PlacementRequest<'_>) -> Option<NodeId> {
         let resources = req.resources;
         let labelled = |_: NodeId, n: &SchedNode| labels_match(req.labels, &n.labels);
-        let mut fits = |pool: &ResourcePool| pool.fits_now(resources);
-        NodeKinds::passes(resources.needs_gpu(), self.config.avoid_gpu_nodes)
-            .iter()
-            .find_map(|&kinds| self.walk_candidates(kinds, 0, false, 1, &mut fits, &labelled).first().copied())
+        NodeKinds::passes(resources.needs_gpu(), self.config.avoid_gpu_nodes).iter().find_map(|&kinds| {
+            let fits = Test::Plain(resources, UTILISATION_FULL_BP);
+            self.walk(kinds, 0, false, 1, fits, &labelled).first().copied()
+        })
     }
 
     /// The nearest non-empty utilisation level to `from_bp` (inclusive), downwards or upwards.
@@ -834,9 +857,9 @@ impl ClusterView {
         kinds: NodeKinds,
         level_bp: u32,
         need: usize,
-        bucket_ok: &mut BucketTest<'_>,
+        test: &mut Test<'_, '_>,
         node_ok: &NodeTest<'_>,
-        out: &mut Vec<NodeId>,
+        out: &mut Candidates,
     ) {
         // One cursor (a slot) per qualifying bucket; each bucket's list is in arrival order.
         let mut cursors: SmallVec<[u32; 4]> = SmallVec::new();
@@ -844,7 +867,7 @@ impl ClusterView {
             for &id in &self.levels[kind].buckets[level_bp as usize] {
                 let bucket = &self.buckets[id as usize];
                 assert!(bucket.len > 0 && bucket.key.utilisation_bp == level_bp, "bucket {id} misfiled");
-                if bucket_ok(&self.at(bucket.first).node.pool) {
+                if self.passes(bucket, test) {
                     cursors.push(bucket.first);
                 }
             }
@@ -877,16 +900,53 @@ impl ClusterView {
         need: usize,
         bucket_ok: &mut BucketTest<'_>,
         node_ok: &NodeTest<'_>,
-    ) -> Vec<NodeId> {
+    ) -> Candidates {
+        self.walk(kinds, from_bp, descending, need, Test::Custom(bucket_ok), node_ok)
+    }
+
+    /// Whether a bucket passes `test` (a plain test is answered from the bucket's memo when it
+    /// asked the same last time).
+    fn passes(&self, bucket: &Bucket, test: &mut Test<'_, '_>) -> bool {
+        let pool = &self.at(bucket.first).node.pool;
+        match test {
+            Test::Custom(bucket_ok) => bucket_ok(pool),
+            Test::Plain(req, max_bp) => {
+                let compute = || pool.fits_now(req) && utilisation_bp(pool, Some(req)) <= *max_bp;
+                if !req.custom.is_empty() {
+                    return compute();
+                }
+                let asked = PlainTest { cpu: req.cpu.0, memory: req.memory.0, gpu: req.gpu.0, max_bp: *max_bp };
+                match bucket.memo.get() {
+                    Some((last, answer)) if last == asked => answer,
+                    _ => {
+                        let answer = compute();
+                        bucket.memo.set(Some((asked, answer)));
+                        answer
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `need` nodes, walking utilisation levels from `from_bp` downwards or upwards.
+    fn walk(
+        &self,
+        kinds: NodeKinds,
+        from_bp: u32,
+        descending: bool,
+        need: usize,
+        mut test: Test<'_, '_>,
+        node_ok: &NodeTest<'_>,
+    ) -> Candidates {
         assert!(need >= 1);
-        let mut out = Vec::with_capacity(need);
+        let mut out = Candidates::new();
         let mut from = Some(from_bp);
         while let Some(from_bp) = from {
             if out.len() >= need {
                 break;
             }
             let Some(level_bp) = self.next_level_bp(kinds, from_bp, descending) else { break };
-            self.level_candidates(kinds, level_bp, need, bucket_ok, node_ok, &mut out);
+            self.level_candidates(kinds, level_bp, need, &mut test, node_ok, &mut out);
             from = if descending { level_bp.checked_sub(1) } else { Some(level_bp + 1) };
         }
         assert!(out.len() <= need);
@@ -917,7 +977,8 @@ impl ClusterView {
         if let Some(&id) = self.bucket_ids.get(&key) {
             return id;
         }
-        let bucket = Bucket { key: key.clone(), kind, first: NIL, last: NIL, len: 0, free: false };
+        let bucket =
+            Bucket { key: key.clone(), kind, first: NIL, last: NIL, len: 0, free: false, memo: Cell::new(None) };
         let id = match self.free_buckets.pop() {
             Some(id) => {
                 assert!(self.buckets[id as usize].free, "a reused bucket id is in use");
@@ -1097,6 +1158,17 @@ impl ClusterView {
                 len += 1;
             }
             assert_eq!((bucket.last, bucket.len), (prev, len), "bucket {id}: length or tail");
+            if let (Some((asked, answer)), true) = (bucket.memo.get(), bucket.first != NIL) {
+                let req = ResourceSet {
+                    cpu: Amount(asked.cpu),
+                    memory: Amount(asked.memory),
+                    gpu: Amount(asked.gpu),
+                    ..ResourceSet::default()
+                };
+                let pool = &self.at(bucket.first).node.pool;
+                let fresh = pool.fits_now(&req) && utilisation_bp(pool, Some(&req)) <= asked.max_bp;
+                assert_eq!(answer, fresh, "bucket {id} remembers a stale test answer");
+            }
             indexed += len as usize;
         }
         assert_eq!(empty, self.empty_buckets, "empty bucket count");
