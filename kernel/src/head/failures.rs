@@ -200,7 +200,7 @@ impl Head {
         let mut work = vec![task];
         while let Some(task) = work.pop() {
             if recursive {
-                work.extend(self.tasks.owned_by(task));
+                work.extend(self.tasks.owned_by(task, self.jobs.is_driver(task)));
             }
             self.cancel_one(task, force);
         }
@@ -231,11 +231,12 @@ impl Head {
             Some(job) => (ErrorReason::JobFinished { job }, crate::errors::ActorDeath::JobFinished),
             None => (ErrorReason::OwnerDied { owner }, crate::errors::ActorDeath::OwnerDied),
         };
+        let is_driver = self.jobs.is_driver(owner);
         self.drop_all_handles(owner);
         // Owned objects fail first, so that the cancellation of the children producing them does
         // not fail them with `Cancelled` instead of the owner-death reason.
         self.fail_owned_objects(owner, reason);
-        for child in self.tasks.owned_by(owner) {
+        for child in self.tasks.owned_by(owner, is_driver) {
             let _ = self.cancel_task(child, true, true);
         }
         self.kill_owned_actors(owner, death);

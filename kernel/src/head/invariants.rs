@@ -62,9 +62,15 @@ impl Head {
     }
 
     fn check_running_tasks(&self) {
-        assert_eq!(self.tasks.owned_len(), self.tasks.len(), "owner index size");
+        let indexed = self.tasks.iter_unordered().filter(|(_, t)| t.owner_indexed).count();
+        assert_eq!(self.tasks.owned_len(), indexed, "owner index size");
         for (id, t) in self.tasks.iter_unordered() {
-            assert!(self.tasks.owned_by(t.owner).contains(&id), "owner index misses task {id}");
+            assert_eq!(
+                t.owner_indexed,
+                !self.jobs.is_driver(t.owner),
+                "task {id}: indexed exactly when a task owns it"
+            );
+            assert!(!t.owner_indexed || self.tasks.owner_lists(t.owner, id), "owner index misses task {id}");
         }
         for (id, t) in self.tasks.iter_unordered() {
             if let Some(node) = t.state.running_node() {
@@ -106,10 +112,12 @@ impl Head {
                 *contained.entry(*inner).or_default() += 1;
             }
         }
-        assert_eq!(self.objects.owned_len(), self.objects.len(), "owner index size");
+        let indexed = self.objects.iter_unordered().filter(|(_, o)| o.owner_indexed).count();
+        assert_eq!(self.objects.owned_len(), indexed, "owner index size");
         assert_eq!(self.objects.owner_in_borrowers(), None, "an owner's handles are kept as a borrower's");
         for (id, o) in self.objects.iter_unordered() {
-            assert!(self.objects.owner_lists(o.owner, id), "owner index misses {id}");
+            assert_eq!(o.owner_indexed, !self.jobs.is_driver(o.owner), "{id}: indexed exactly when a task owns it");
+            assert!(!o.owner_indexed || self.objects.owner_lists(o.owner, id), "owner index misses {id}");
             assert_eq!(o.handles, handles.get(&id).copied().unwrap_or(0), "{id}: handle count");
             assert_eq!(o.arg_uses, arg_uses.get(&id).copied().unwrap_or(0), "{id}: borrowing tasks");
             assert_eq!(o.lineage_uses, lineage_uses.get(&id).copied().unwrap_or(0), "{id}: lineage uses");

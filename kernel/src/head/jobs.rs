@@ -15,6 +15,7 @@ pub(super) struct JobRecord {
 #[derive(Debug, Default)]
 pub(super) struct JobTable {
     jobs: BTreeMap<JobId, JobRecord>,
+    /// Every job's driver id, running or ended.
     drivers: BTreeMap<TaskId, JobId>,
     next_id: u64,
 }
@@ -22,6 +23,11 @@ pub(super) struct JobTable {
 impl JobTable {
     pub fn is_running(&self, job: JobId) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.running)
+    }
+
+    /// Whether `task` is the driver id of a job (running or ended).
+    pub fn is_driver(&self, task: TaskId) -> bool {
+        self.drivers.contains_key(&task)
     }
 
     /// The job whose driver stands behind `task` ([`TaskId::driver`]), if it is running.
@@ -54,8 +60,9 @@ impl Head {
         self.on_owner_died(driver);
         self.kill_job_actors(job);
         self.remove_job_groups(job);
+        // The driver id stays known (as the job record does): what it still owns (detached
+        // actors) keeps being recognised as a driver's.
         self.jobs.jobs.get_mut(&job).expect("job").running = false;
-        self.jobs.drivers.remove(&driver);
         Ok(())
     }
 }

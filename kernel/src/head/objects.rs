@@ -55,10 +55,13 @@ pub(super) struct ObjectRecord {
     pub lineage_evicted: bool,
     /// The node its last copy was lost with, for the reason given if it cannot be rebuilt.
     pub lost_with: Option<NodeId>,
+    /// Whether the owner index lists it (a task owner's); a driver's objects are found by a scan
+    /// when the job ends.
+    pub owner_indexed: bool,
 }
 
 impl ObjectRecord {
-    pub fn new(owner: TaskId) -> ObjectRecord {
+    pub fn new(owner: TaskId, owner_indexed: bool) -> ObjectRecord {
         ObjectRecord {
             owner,
             state: ObjState::Pending,
@@ -76,6 +79,7 @@ impl ObjectRecord {
             released: false,
             lineage_evicted: false,
             lost_with: None,
+            owner_indexed,
         }
     }
 
@@ -113,7 +117,9 @@ pub(super) struct ObjectTable {
     objects: FxHashMap<ObjectId, ObjectRecord>,
     /// Handles per borrower (a holder other than the owner), per object.
     handles: FxHashMap<TaskId, FxHashMap<ObjectId, u64>>,
-    /// Objects per owner, for owner death.
+    /// Objects per task owner, for owner death. Drivers' objects are not indexed: a driver owns
+    /// nearly every object and dies once, when its job ends, so a scan then is cheaper than an
+    /// index entry per object.
     owned: OwnerIndex<ObjectId>,
 }
 
@@ -164,20 +170,23 @@ impl ObjectTable {
         self.owned.pairs()
     }
 
-    /// A new pending object owned by `owner`, with `handles` handles held by the owner.
-    pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64) {
-        let record = ObjectRecord::new(owner);
+    /// A new pending object owned by `owner`, with `handles` handles held by the owner; listed
+    /// in the owner index when `owner_indexed` (the owner is not a driver).
+    pub fn create(&mut self, object: ObjectId, owner: TaskId, handles: u64, owner_indexed: bool) {
+        let mut record = ObjectRecord::new(owner, owner_indexed);
+        (record.handles, record.owner_handles) = (handles, handles);
         assert!(self.objects.insert(object, record).is_none(), "object {object} created twice");
-        self.owned.insert(owner, object);
-        if handles > 0 {
-            self.add_handles(owner, object, handles);
+        if owner_indexed {
+            self.owned.insert(owner, object);
         }
     }
 
     fn remove(&mut self, object: ObjectId) -> ObjectRecord {
         let record = self.objects.remove(&object).expect("removing an unknown object");
         assert_eq!(record.handles, 0, "removing an object with handles");
-        assert!(self.owned.remove(record.owner, object), "owner index misses {object}");
+        if record.owner_indexed {
+            assert!(self.owned.remove(record.owner, object), "owner index misses {object}");
+        }
         record
     }
 
@@ -216,9 +225,10 @@ impl ObjectTable {
     }
 
     /// `holder` drops every handle it has; returns the objects it held, in ascending order.
-    fn take_all_handles(&mut self, holder: TaskId) -> Vec<ObjectId> {
+    /// A driver's own objects are found by a scan (`is_driver`).
+    fn take_all_handles(&mut self, holder: TaskId, is_driver: bool) -> Vec<ObjectId> {
         let mut objects = Vec::new();
-        for object in self.owned.items_unordered(holder) {
+        for object in self.owned_unordered(holder, is_driver) {
             let record = self.objects.get_mut(&object).expect("the owner index lists known objects");
             if record.owner_handles > 0 {
                 record.handles -= record.owner_handles;
@@ -248,8 +258,19 @@ impl ObjectTable {
     }
 
     /// The objects an owner owns, in ascending order.
-    pub fn owned_by(&self, owner: TaskId) -> Vec<ObjectId> {
-        self.owned.items(owner)
+    pub fn owned_by(&self, owner: TaskId, is_driver: bool) -> Vec<ObjectId> {
+        let mut objects = self.owned_unordered(owner, is_driver);
+        objects.sort_unstable();
+        objects
+    }
+
+    /// The objects an owner owns, in no particular order; a driver's by a scan.
+    fn owned_unordered(&self, owner: TaskId, is_driver: bool) -> Vec<ObjectId> {
+        if is_driver {
+            self.objects.iter().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect()
+        } else {
+            self.owned.items_unordered(owner).collect()
+        }
     }
 }
 
@@ -278,7 +299,8 @@ impl Head {
         if let Some(missing) = nested.iter().find(|o| !self.objects.contains(**o)) {
             return Err(InputError::UnknownObject(*missing));
         }
-        self.objects.create(object, owner, 1);
+        let owner_indexed = !self.jobs.is_driver(owner);
+        self.objects.create(object, owner, 1, owner_indexed);
         self.seal_value(object, size, inline, node, nested);
         Ok(())
     }
@@ -418,7 +440,8 @@ impl Head {
 
     /// Drops every handle `holder` has (its process ended).
     pub(super) fn drop_all_handles(&mut self, holder: TaskId) {
-        for object in self.objects.take_all_handles(holder) {
+        let is_driver = self.jobs.is_driver(holder);
+        for object in self.objects.take_all_handles(holder, is_driver) {
             self.maybe_release(object);
         }
     }
@@ -527,7 +550,7 @@ impl Head {
 
     /// The owner died: every object it owns fails with `reason` and is freed.
     pub(super) fn fail_owned_objects(&mut self, owner: TaskId, reason: ErrorReason) {
-        for object in self.objects.owned_by(owner) {
+        for object in self.objects.owned_by(owner, self.jobs.is_driver(owner)) {
             self.fail_object(object, reason.clone());
         }
     }
@@ -545,33 +568,40 @@ mod tests {
     fn handles_are_counted_per_holder_and_in_total() {
         let mut table = ObjectTable::default();
         let (driver, task) = (TaskId(10), TaskId(20));
-        table.create(id(1), driver, 1);
+        table.create(id(1), driver, 1, false);
         table.add_handles(task, id(1), 2);
         assert_eq!(table.get(id(1)).map(|o| o.handles), Some(3));
         assert!(table.take_handle(task, id(1)));
         assert!(!table.take_handle(TaskId(99), id(1)), "a holder without handles takes none");
-        assert_eq!(table.take_all_handles(task), vec![id(1)]);
+        assert_eq!(table.take_all_handles(task, false), vec![id(1)]);
         assert_eq!(table.get(id(1)).map(|o| o.handles), Some(1));
-        assert!(table.take_all_handles(task).is_empty());
+        assert!(table.take_all_handles(task, false).is_empty());
+        assert_eq!(table.take_all_handles(driver, true), vec![id(1)], "a driver's own handles are found by a scan");
+        assert_eq!(table.get(id(1)).map(|o| (o.handles, o.owner_handles)), Some((0, 0)));
     }
 
     #[test]
     fn owned_objects_are_listed_in_id_order_and_forgotten_on_removal() {
         let mut table = ObjectTable::default();
-        let owner = TaskId(7);
+        let (owner, driver) = (TaskId(7), TaskId(8));
         for n in [3, 1, 2] {
-            table.create(id(n), owner, 0);
+            table.create(id(n), owner, 0, true);
+            table.create(ObjectId::for_put(driver, n), driver, 0, false);
         }
-        assert_eq!(table.owned_by(owner), vec![id(1), id(2), id(3)]);
+        assert_eq!(table.owned_by(owner, false), vec![id(1), id(2), id(3)]);
+        let puts: Vec<ObjectId> = (1..=3).map(|n| ObjectId::for_put(driver, n)).collect();
+        assert_eq!(table.owned_by(driver, true), puts, "a driver's objects are found by a scan, in order");
         table.remove(id(2));
-        assert_eq!(table.owned_by(owner), vec![id(1), id(3)]);
-        assert_eq!(table.owned_len(), 2);
+        table.remove(puts[0]);
+        assert_eq!(table.owned_by(owner, false), vec![id(1), id(3)]);
+        assert_eq!(table.owned_by(driver, true), puts[1..].to_vec());
+        assert_eq!(table.owned_len(), 2, "only the task owner's objects are indexed");
     }
 
     #[test]
     fn losing_the_last_copy_is_reported_once_and_remembers_the_node() {
         let mut table = ObjectTable::default();
-        table.create(id(1), TaskId(1), 1);
+        table.create(id(1), TaskId(1), 1, true);
         let record = table.get_mut(id(1)).expect("created");
         record.state = ObjState::Ready;
         record.locations.extend([NodeId(1), NodeId(2)]);

@@ -82,6 +82,9 @@ pub(super) struct TaskRecord {
     pub lineage_bytes: u64,
     /// Its scheduling class, once it was first queued.
     pub class: Option<u32>,
+    /// Whether the owner index lists it (a task owner's); a driver's tasks are found by a scan
+    /// when the job ends.
+    pub owner_indexed: bool,
 }
 
 /// A scheduling class: tasks with the same shape, strategy and label selector.
@@ -176,7 +179,9 @@ impl Classes {
 pub(super) struct TaskTable {
     /// Lookup only: never iterated into an output without sorting.
     tasks: FxHashMap<TaskId, TaskRecord>,
-    /// Tasks per owner, for recursive cancellation and owner death.
+    /// Tasks per task owner, for recursive cancellation and owner death. Drivers' tasks are not
+    /// indexed: a driver owns nearly every task and dies once, when its job ends, so a scan then
+    /// is cheaper than an index entry per task.
     owned: OwnerIndex<TaskId>,
     classes: Classes,
     /// Ready tasks per class, by class id.
@@ -215,19 +220,34 @@ impl TaskTable {
     }
 
     fn insert(&mut self, task: TaskId, record: TaskRecord) {
-        self.owned.insert(record.owner, task);
+        if record.owner_indexed {
+            self.owned.insert(record.owner, task);
+        }
         assert!(self.tasks.insert(task, record).is_none(), "task {task} recorded twice");
     }
 
     pub fn remove(&mut self, task: TaskId) -> TaskRecord {
         let record = self.tasks.remove(&task).expect("removing an unknown task");
-        self.owned.remove(record.owner, task);
+        if record.owner_indexed {
+            assert!(self.owned.remove(record.owner, task), "owner index misses task {task}");
+        }
         record
     }
 
-    /// The tasks `owner` submitted that the table still holds, in ascending id order.
-    pub fn owned_by(&self, owner: TaskId) -> Vec<TaskId> {
-        self.owned.items(owner)
+    /// The tasks `owner` submitted that the table still holds, in ascending id order; for a
+    /// driver (`is_driver`), by a scan of every task.
+    pub fn owned_by(&self, owner: TaskId, is_driver: bool) -> Vec<TaskId> {
+        if !is_driver {
+            return self.owned.items(owner);
+        }
+        let mut tasks: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.owner == owner).map(|(id, _)| *id).collect();
+        tasks.sort_unstable();
+        tasks
+    }
+
+    /// Whether the owner index lists `task` under `owner` (for the invariants).
+    pub fn owner_lists(&self, owner: TaskId, task: TaskId) -> bool {
+        self.owned.contains(owner, task)
     }
 
     /// The number of (owner, task) pairs in the owner index, for the invariants.
@@ -340,8 +360,9 @@ impl Head {
     /// borrows of its arguments.
     pub(super) fn accept_task(&mut self, submitter: TaskId, spec: TaskSpec) {
         let task = spec.task;
+        let owner_indexed = !self.jobs.is_driver(submitter);
         for object in spec.return_ids() {
-            self.objects.create(object, submitter, 1);
+            self.objects.create(object, submitter, 1, owner_indexed);
         }
         for object in spec.referenced_objects() {
             self.add_arg_use(object);
@@ -361,6 +382,7 @@ impl Head {
             cancel_requested: false,
             lineage_bytes: 0,
             class: None,
+            owner_indexed,
         };
         self.tasks.insert(task, record);
         self.stats.tasks_submitted += 1;
