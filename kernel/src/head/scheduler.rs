@@ -660,9 +660,10 @@ impl ClusterView {
         let Some(node) = chosen else {
             return Err(self.no_placement(req.resources, req.labels));
         };
-        assert!(self.fits_now_on(node, req.resources, req.labels), "the chosen node must fit the request");
+        // Checked in debug builds (every test): the policy only chooses eligible nodes that fit.
+        debug_assert!(self.fits_now_on(node, req.resources, req.labels), "the chosen node must fit the request");
         let alloc = self.allocate(node, req.resources).expect("the chosen node fits the request");
-        assert_eq!(&alloc.resources, req.resources);
+        debug_assert_eq!(&alloc.resources, req.resources);
         Ok((node, alloc))
     }
 
@@ -871,6 +872,18 @@ impl ClusterView {
                     cursors.push(bucket.first);
                 }
             }
+        }
+        if let [only] = cursors[..] {
+            // One stream: no merge.
+            let mut slot = only;
+            while slot != NIL && out.len() < need {
+                let entry = self.at(slot);
+                if node_ok(entry.id, &entry.node) {
+                    out.push(entry.id);
+                }
+                slot = entry.next;
+            }
+            return;
         }
         while out.len() < need {
             let mut oldest: Option<(usize, u64)> = None;
