@@ -120,7 +120,7 @@ impl Head {
         let refs: Vec<ObjectId> = self.tasks.get(task).expect("task").spec.args.iter().filter_map(arg_ref).collect();
         for object in refs {
             if let Some(record) = self.objects.get_mut(object) {
-                record.waiting_tasks.remove(&task);
+                record.stop_waiting(task);
             }
         }
     }

@@ -118,6 +118,8 @@ impl Head {
         for (id, o) in self.objects.iter_unordered() {
             assert_eq!(o.owner_indexed, !self.jobs.is_driver(o.owner), "{id}: indexed exactly when a task owns it");
             assert!(!o.owner_indexed || self.objects.owner_lists(o.owner, id), "owner index misses {id}");
+            let settled = o.is_ready() || o.failure().is_some();
+            assert!(!(settled && o.has_waiters()), "{id} is ready or failed but still has waiters");
             assert_eq!(o.handles, handles.get(&id).copied().unwrap_or(0), "{id}: handle count");
             assert_eq!(o.arg_uses, arg_uses.get(&id).copied().unwrap_or(0), "{id}: borrowing tasks");
             assert_eq!(o.lineage_uses, lineage_uses.get(&id).copied().unwrap_or(0), "{id}: lineage uses");

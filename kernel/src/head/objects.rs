@@ -26,8 +26,8 @@ pub(super) enum ObjState {
     /// Produced: inline bytes or copies at `locations` (possibly none, if all were lost and it is
     /// released or about to be recovered).
     Ready,
-    /// Will never be available.
-    Failed(ErrorReason),
+    /// Will never be available (boxed: rare, and it would double the record's size).
+    Failed(Box<ErrorReason>),
 }
 
 #[derive(Debug)]
@@ -46,9 +46,9 @@ pub(super) struct ObjectRecord {
     pub contained_in: u64,
     /// Retained lineage records of finished tasks that take this object by reference.
     pub lineage_uses: u64,
-    pub subscribers: BTreeSet<TaskId>,
-    /// Tasks waiting for this object before they can run.
-    pub waiting_tasks: BTreeSet<TaskId>,
+    /// Who waits for it: kept out of line, since most objects are awaited by nobody or only
+    /// after they are ready.
+    waiters: Option<Box<Waiters>>,
     /// Every reference was dropped: the value is freed; the record stays for lineage only.
     pub released: bool,
     /// The producer's lineage was evicted: the object can no longer be rebuilt.
@@ -74,8 +74,7 @@ impl ObjectRecord {
             arg_uses: 0,
             contained_in: 0,
             lineage_uses: 0,
-            subscribers: BTreeSet::new(),
-            waiting_tasks: BTreeSet::new(),
+            waiters: None,
             released: false,
             lineage_evicted: false,
             lost_with: None,
@@ -94,9 +93,31 @@ impl ObjectRecord {
 
     pub fn failure(&self) -> Option<&ErrorReason> {
         match &self.state {
-            ObjState::Failed(r) => Some(r),
+            ObjState::Failed(r) => Some(&**r),
             _ => None,
         }
+    }
+
+    /// Who waits for it, created on first use.
+    pub fn waiters_mut(&mut self) -> &mut Waiters {
+        self.waiters.get_or_insert_with(Box::default)
+    }
+
+    /// Takes every waiter (none left after).
+    pub fn take_waiters(&mut self) -> Waiters {
+        self.waiters.take().map(|w| *w).unwrap_or_default()
+    }
+
+    /// `task` no longer waits for it.
+    pub fn stop_waiting(&mut self, task: TaskId) {
+        if let Some(waiters) = self.waiters.as_mut() {
+            waiters.waiting_tasks.remove(&task);
+        }
+    }
+
+    /// Whether anyone waits for it (for the invariants).
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.as_ref().is_some_and(|w| !w.subscribers.is_empty() || !w.waiting_tasks.is_empty())
     }
 
     pub fn data(&self) -> ObjectData {
@@ -105,6 +126,15 @@ impl ObjectRecord {
             None => ObjectData::At(self.locations.iter().copied().collect()),
         }
     }
+}
+
+/// Who waits for an object.
+#[derive(Debug, Default)]
+pub(super) struct Waiters {
+    /// Submitters to tell when it is ready or failed.
+    pub subscribers: BTreeSet<TaskId>,
+    /// Tasks waiting for it before they can run.
+    pub waiting_tasks: BTreeSet<TaskId>,
 }
 
 /// Objects whose release is being decided (inline for the common case of one or two).
@@ -376,8 +406,7 @@ impl Head {
     /// Wakes tasks waiting for `object` and answers its subscribers.
     pub(super) fn on_object_ready(&mut self, object: ObjectId) {
         let record = self.objects.get_mut(object).expect("ready object exists");
-        let subscribers = std::mem::take(&mut record.subscribers);
-        let waiting = std::mem::take(&mut record.waiting_tasks);
+        let Waiters { subscribers, waiting_tasks: waiting } = record.take_waiters();
         if subscribers.is_empty() && waiting.is_empty() {
             return;
         }
@@ -397,9 +426,8 @@ impl Head {
         if matches!(record.state, ObjState::Failed(_)) {
             return;
         }
-        record.state = ObjState::Failed(reason.clone());
-        let subscribers = std::mem::take(&mut record.subscribers);
-        let waiting = std::mem::take(&mut record.waiting_tasks);
+        record.state = ObjState::Failed(Box::new(reason.clone()));
+        let Waiters { subscribers, waiting_tasks: waiting } = record.take_waiters();
         let locations = std::mem::take(&mut record.locations);
         record.inline = None;
         self.free_copies(object, locations);
@@ -511,7 +539,7 @@ impl Head {
             } else if let Some(reason) = record.failure().cloned() {
                 self.send_to_submitter(subscriber, HeadToDriver::ObjectFailed { object, reason });
             } else {
-                record.subscribers.insert(subscriber);
+                record.waiters_mut().subscribers.insert(subscriber);
             }
         }
         Ok(())

@@ -409,7 +409,7 @@ impl Head {
             if record.is_ready() {
                 continue;
             }
-            if record.waiting_tasks.insert(task) {
+            if record.waiters_mut().waiting_tasks.insert(task) {
                 missing += 1;
             }
             if record.state == super::objects::ObjState::Ready || record.released {
