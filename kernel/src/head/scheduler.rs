@@ -816,11 +816,12 @@ impl ClusterView {
     fn choose_hybrid(&self, req: &PlacementRequest<'_>, kinds: NodeKinds, rng: &mut dyn RngCore) -> Option<NodeId> {
         let (threshold_bp, top_k, resources) = (self.spread_threshold_bp, self.config.top_k, req.resources);
         let labelled = |_: NodeId, n: &SchedNode| labels_match(req.labels, &n.labels);
+        let labelled = (!req.labels.is_empty()).then_some(&labelled as &NodeTest<'_>);
         let packs = Test::Plain(resources, threshold_bp);
-        let mut candidates = self.walk(kinds, threshold_bp, true, top_k, packs, &labelled);
+        let mut candidates = self.walk(kinds, threshold_bp, true, top_k, packs, labelled);
         if candidates.is_empty() {
             let fits = Test::Plain(resources, UTILISATION_FULL_BP);
-            candidates = self.walk(kinds, 0, false, top_k, fits, &labelled);
+            candidates = self.walk(kinds, 0, false, top_k, fits, labelled);
         }
         assert!(candidates.len() <= top_k);
         pick_uniform(&candidates, rng)
@@ -831,9 +832,10 @@ impl ClusterView {
     fn choose_spread(&self, req: &PlacementRequest<'_>) -> Option<NodeId> {
         let resources = req.resources;
         let labelled = |_: NodeId, n: &SchedNode| labels_match(req.labels, &n.labels);
+        let labelled = (!req.labels.is_empty()).then_some(&labelled as &NodeTest<'_>);
         NodeKinds::passes(resources.needs_gpu(), self.config.avoid_gpu_nodes).iter().find_map(|&kinds| {
             let fits = Test::Plain(resources, UTILISATION_FULL_BP);
-            self.walk(kinds, 0, false, 1, fits, &labelled).first().copied()
+            self.walk(kinds, 0, false, 1, fits, labelled).first().copied()
         })
     }
 
@@ -847,7 +849,7 @@ impl ClusterView {
             let Some(level) = found else { continue };
             best = Some(best.map_or(level, |b| if descending { b.max(level) } else { b.min(level) }));
         }
-        assert!(best.is_none_or(|b| if descending { b <= from_bp } else { b >= from_bp }));
+        debug_assert!(best.is_none_or(|b| if descending { b <= from_bp } else { b >= from_bp }));
         best
     }
 
@@ -859,15 +861,16 @@ impl ClusterView {
         level_bp: u32,
         need: usize,
         test: &mut Test<'_, '_>,
-        node_ok: &NodeTest<'_>,
+        node_ok: Option<&NodeTest<'_>>,
         out: &mut Candidates,
     ) {
+        let node_ok = |entry: &Entry| node_ok.is_none_or(|ok| ok(entry.id, &entry.node));
         // One cursor (a slot) per qualifying bucket; each bucket's list is in arrival order.
         let mut cursors: SmallVec<[u32; 4]> = SmallVec::new();
         for &kind in kinds.slots() {
             for &id in &self.levels[kind].buckets[level_bp as usize] {
                 let bucket = &self.buckets[id as usize];
-                assert!(bucket.len > 0 && bucket.key.utilisation_bp == level_bp, "bucket {id} misfiled");
+                debug_assert!(bucket.len > 0 && bucket.key.utilisation_bp == level_bp, "bucket {id} misfiled");
                 if self.passes(bucket, test) {
                     cursors.push(bucket.first);
                 }
@@ -878,7 +881,7 @@ impl ClusterView {
             let mut slot = only;
             while slot != NIL && out.len() < need {
                 let entry = self.at(slot);
-                if node_ok(entry.id, &entry.node) {
+                if node_ok(entry) {
                     out.push(entry.id);
                 }
                 slot = entry.next;
@@ -898,7 +901,7 @@ impl ClusterView {
             let Some((i, _)) = oldest else { break };
             let entry = self.at(cursors[i]);
             cursors[i] = entry.next;
-            if node_ok(entry.id, &entry.node) {
+            if node_ok(entry) {
                 out.push(entry.id);
             }
         }
@@ -914,7 +917,7 @@ impl ClusterView {
         bucket_ok: &mut BucketTest<'_>,
         node_ok: &NodeTest<'_>,
     ) -> Candidates {
-        self.walk(kinds, from_bp, descending, need, Test::Custom(bucket_ok), node_ok)
+        self.walk(kinds, from_bp, descending, need, Test::Custom(bucket_ok), Some(node_ok))
     }
 
     /// Whether a bucket passes `test` (a plain test is answered from the bucket's memo when it
@@ -949,7 +952,7 @@ impl ClusterView {
         descending: bool,
         need: usize,
         mut test: Test<'_, '_>,
-        node_ok: &NodeTest<'_>,
+        node_ok: Option<&NodeTest<'_>>,
     ) -> Candidates {
         assert!(need >= 1);
         let mut out = Candidates::new();
