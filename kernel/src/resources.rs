@@ -278,11 +278,12 @@ impl ResourcePool {
     /// Whether the pool, when empty, could ever hold `req` (feasibility, GPU device shape included).
     pub fn could_ever_fit(&self, req: &ResourceSet) -> bool {
         req.fits_in(&self.total)
-            && Self::gpu_pick(
-                &self.gpu_total.iter().copied().enumerate().map(|(i, a)| (i as u32, a)).collect::<Vec<_>>(),
-                req.gpu,
-            )
-            .is_some()
+            && (req.gpu == Amount::ZERO
+                || Self::gpu_pick(
+                    &self.gpu_total.iter().copied().enumerate().map(|(i, a)| (i as u32, a)).collect::<Vec<_>>(),
+                    req.gpu,
+                )
+                .is_some())
     }
 
     /// Whether `req` fits in what is available now.

@@ -700,6 +700,9 @@ impl ClusterView {
 
     /// Whether some schedulable node matching `labels` could hold `resources` when empty.
     pub fn feasible_anywhere(&self, resources: &ResourceSet, labels: &[LabelConstraint]) -> bool {
+        if labels.is_empty() {
+            return self.classes.iter().any(|c| c.schedulable_count > 0 && c.empty.could_ever_fit(resources));
+        }
         let class_fits: Vec<bool> =
             self.classes.iter().map(|c| c.schedulable_count > 0 && c.empty.could_ever_fit(resources)).collect();
         let any_class = class_fits.iter().any(|fits| *fits);

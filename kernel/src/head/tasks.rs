@@ -261,9 +261,15 @@ impl TaskTable {
         if class as usize == self.queues.len() {
             self.queues.push(VecDeque::new());
         }
-        self.queues[class as usize].push_back(task);
-        self.queued.insert(class);
-        self.runnable.insert(class);
+        let queue = &mut self.queues[class as usize];
+        queue.push_back(task);
+        // Queues are first in, first out: a task queued behind others cannot be placed before
+        // them, so only a queue that was empty becomes worth trying. A non-empty one is either
+        // runnable already or blocked until a release marks it runnable again.
+        if queue.len() == 1 {
+            self.queued.insert(class);
+            self.runnable.insert(class);
+        }
     }
 
     /// Every class with queued tasks becomes worth trying again (resources were released).
