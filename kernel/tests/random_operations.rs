@@ -33,7 +33,8 @@ use proptest::test_runner::RngSeed;
 /// `PROPTEST_CASES=N`) to explore others. A failure prints the minimal operation list.
 fn config() -> ProptestConfig {
     let seed = std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6b65_656c);
-    ProptestConfig { cases: 64, failure_persistence: None, rng_seed: RngSeed::Fixed(seed), ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    ProptestConfig { cases, failure_persistence: None, rng_seed: RngSeed::Fixed(seed), ..ProptestConfig::default() }
 }
 
 /// Simulated time the liveness and cleanup phases run for: longer than every task, the
