@@ -115,7 +115,7 @@ pub struct PlacementRequest<'a> {
 }
 
 /// What makes nodes interchangeable (labels aside): nodes with equal keys share a bucket.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct BucketKey {
     /// Critical-resource utilisation now, in basis points.
     pub(super) utilisation_bp: u32,
