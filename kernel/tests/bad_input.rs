@@ -118,6 +118,13 @@ fn duplicate_ids_are_refused() {
     let mut as_driver = spec.clone();
     as_driver.task = TaskId::driver(job);
     assert!(matches!(b.driver(job, DriverToHead::SubmitTask(as_driver)).0, Err(InputError::DuplicateTask(_))));
+    // The driver id of a job that has ended stays reserved.
+    let ended = b.job();
+    b.input(HeadInput::DriverDisconnected(ended)).0.unwrap();
+    let mut as_ended_driver = task(job, 99, "ms=1");
+    as_ended_driver.task = TaskId::driver(ended);
+    let (r, _) = b.driver(job, DriverToHead::SubmitTask(as_ended_driver));
+    assert!(matches!(r, Err(InputError::DuplicateTask(t)) if t == TaskId::driver(ended)));
     // A put over an existing return value (not a put id), then a put twice.
     let ret = spec.return_ids().next().unwrap();
     let put = |object| DriverToHead::Put { object, size: 1, inline: Some(vec![0]), node: None, nested: vec![] };

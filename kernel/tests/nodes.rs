@@ -142,3 +142,25 @@ fn a_draining_node_gets_no_new_work_and_is_reported_drained_once_idle() {
     assert!(!c.hosts[0].up, "the host stops its drained node");
     assert!(!c.head.live_nodes().any(|n| n == node), "a drained node that left is still counted live");
 }
+
+#[test]
+fn queued_work_that_only_a_drained_node_could_hold_fails_as_infeasible() {
+    let mut c = cluster(1);
+    let job = c.start_job("drain-infeasible");
+    let mut long = task(job, 0, "ms=1000000");
+    long.resources = ResourceSet::cpus(2);
+    let mut waiting = task(job, 1, "ms=10");
+    waiting.resources = ResourceSet::cpus(2);
+    let (l, w) = (long.task, waiting.task);
+    c.submit(job, long).unwrap();
+    c.run_for(Duration::from_millis(10));
+    c.submit(job, waiting).unwrap();
+    c.run_for(Duration::from_millis(10));
+    assert_eq!(c.head.task_state(w), Some(TaskStateKind::Queued), "the only node is busy: it waits");
+    c.drain(0).unwrap();
+    let grace = c.head.config().infeasible_grace;
+    c.run_for(Duration(grace.0 + Duration::from_secs(1).0));
+    c.check_invariants();
+    assert_eq!(c.head.task_state(l), Some(TaskStateKind::Running), "draining does not stop running work");
+    assert_eq!(c.head.task_state(w), Some(TaskStateKind::Failed), "no schedulable node can ever hold it");
+}

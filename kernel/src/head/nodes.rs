@@ -216,6 +216,8 @@ impl Head {
             record.draining = true;
             self.cluster.set_schedulable(node, false);
             self.emit(HeadOutput::ToNode { node, msg: HeadToNode::Drain });
+            // Queued work that only this node could hold is now infeasible: look again.
+            self.queue_all_runnable();
         }
         self.check_drained(node);
         Ok(())

@@ -294,7 +294,8 @@ impl ObjectTable {
         objects
     }
 
-    /// The objects an owner owns, in no particular order; a driver's by a scan.
+    /// The objects an owner owns, in no particular order; a driver's by a scan, which finds what
+    /// the index holds too (driver ids only ever join the job table).
     fn owned_unordered(&self, owner: TaskId, is_driver: bool) -> Vec<ObjectId> {
         if is_driver {
             self.objects.iter().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect()

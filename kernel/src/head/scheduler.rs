@@ -392,6 +392,9 @@ pub struct ClusterView {
     levels: [Levels; 2],
     /// The next arrival stamp.
     arrivals: u64,
+    /// How many times empty bucket ids were freed: a move is cached only when no sweep happened
+    /// while it was made (a swept id may be reused at once, for another key).
+    sweeps: u64,
     /// Where an allocation or release of a GPU-less, custom-free shape takes a node of a given
     /// bucket: the new key follows from the old key and the amounts alone. Cleared when bucket
     /// ids are freed.
@@ -504,6 +507,7 @@ impl ClusterView {
             empty_buckets: 0,
             levels: [Levels::new(), Levels::new()],
             arrivals: 0,
+            sweeps: 0,
             moves: FxHashMap::default(),
             feasibility_cache: RefCell::new(BTreeMap::new()),
         }
@@ -1088,6 +1092,7 @@ impl ClusterView {
             }
         }
         self.empty_buckets = 0;
+        self.sweeps += 1;
         self.moves.clear();
     }
 
@@ -1112,11 +1117,13 @@ impl ClusterView {
                 }
             }
             None => {
+                let sweeps = self.sweeps;
                 self.index_remove(slot);
                 self.index_insert(slot);
                 let to = self.at(slot).bucket.expect("re-filed");
-                // The old id may have been freed (and reused) by the removal: then do not cache.
-                if !self.buckets[from as usize].free {
+                // A sweep during the removal may have freed `from` and handed its id to `to`'s key:
+                // the move would then be cached under an id that means another bucket.
+                if self.sweeps == sweeps {
                     if self.moves.len() >= MOVES_MAX + 4 * self.buckets.len() {
                         self.moves.clear();
                     }

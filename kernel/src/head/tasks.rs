@@ -341,7 +341,8 @@ impl Head {
                 what: format!("task {} claims job {} but comes from {job}", spec.task, spec.job),
             });
         }
-        if self.tasks.get(spec.task).is_some() || self.jobs.job_of_driver(spec.task).is_some() {
+        // Driver ids stay reserved after their job ends.
+        if self.tasks.get(spec.task).is_some() || self.jobs.is_driver(spec.task) {
             return Err(InputError::DuplicateTask(spec.task));
         }
         // Before anything walks the return ids: a huge count would take forever and overflow the index.

@@ -513,6 +513,20 @@ fn a_homogeneous_cluster_keeps_one_bucket_per_fill_level() {
 }
 
 #[test]
+fn a_node_filled_one_cpu_at_a_time_stays_in_the_right_bucket_while_empty_buckets_are_swept() {
+    // One node: every allocation empties its bucket, so empty buckets pile up and are swept, and
+    // a swept id is reused at once. The move cache must never remember a move across a sweep.
+    for top_k in [1, 3] {
+        let mut view = cpu_cluster(SchedulerConfig { top_k, ..SchedulerConfig::default() }, 1, 80);
+        for i in 0..80 {
+            assert_eq!(place(&mut view, &ResourceSet::cpus(1)), Ok(n(1)), "allocation {i}");
+        }
+        assert_eq!(place(&mut view, &ResourceSet::cpus(1)), Err(NoPlacement::Wait), "the node is full");
+        assert!(view.sweeps > 0, "the test must cross a sweep of empty buckets");
+    }
+}
+
+#[test]
 fn level_bitmaps_find_the_nearest_occupied_level_like_an_ordered_set() {
     let mut world = rng(11);
     let mut levels = Levels::new();
