@@ -44,6 +44,13 @@
 //! Feasibility is decided per shape class (distinct node totals), and with label constraints it
 //! is cached per request shape until nodes join, leave or change schedulability.
 //!
+//! A plain request (no labels, locality or custom resources; DEFAULT or SPREAD) that fitted
+//! nowhere is remembered with the *capacity epoch*, which every release and every change of
+//! membership or schedulability advances. While the epoch stands, the same shape waits at once;
+//! after a single release, only the released node can have room, so it alone is tested, and it is
+//! the policy's choice when it fits (the only candidate). A queue blocked behind a full cluster
+//! thus costs O(1) per release instead of a walk.
+//!
 //! Hash maps are for lookup only (node id to slot, bucket key to id): every walk follows lists
 //! and bitmaps whose order the inputs alone decide, so the same inputs give the same decisions.
 
@@ -150,6 +157,20 @@ struct Bucket {
     /// The last plain test of this bucket and its answer (a bucket's key never changes while it
     /// is interned, so the answer holds until the id is freed).
     memo: Cell<Option<(PlainTest, bool)>>,
+}
+
+/// The amounts of a request without custom resources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PlainShape {
+    cpu: u64,
+    memory: u64,
+    gpu: u64,
+}
+
+impl PlainShape {
+    fn of(req: &ResourceSet) -> Option<PlainShape> {
+        req.custom.is_empty().then_some(PlainShape { cpu: req.cpu.0, memory: req.memory.0, gpu: req.gpu.0 })
+    }
 }
 
 /// A bucket test that depends on the request's amounts alone: does it fit, and does the node's
@@ -392,6 +413,14 @@ pub struct ClusterView {
     levels: [Levels; 2],
     /// The next arrival stamp.
     arrivals: u64,
+    /// Bumped by every change that can make room or change feasibility: a release, a node
+    /// joining, leaving or changing schedulability. Allocations only take room.
+    epoch: u64,
+    /// The slot of the node whose release made the current epoch (`None` when another change
+    /// made it).
+    released_at: Option<u32>,
+    /// A plain request shape that fitted nowhere, and the epoch when that was found.
+    blocked: Option<(PlainShape, u64)>,
     /// How many times empty bucket ids were freed: a move is cached only when no sweep happened
     /// while it was made (a swept id may be reused at once, for another key).
     sweeps: u64,
@@ -507,6 +536,9 @@ impl ClusterView {
             empty_buckets: 0,
             levels: [Levels::new(), Levels::new()],
             arrivals: 0,
+            epoch: 0,
+            released_at: None,
+            blocked: None,
             sweeps: 0,
             moves: FxHashMap::default(),
             feasibility_cache: RefCell::new(BTreeMap::new()),
@@ -576,6 +608,7 @@ impl ClusterView {
         class.schedulable_count += 1;
         self.index_insert(slot);
         self.feasibility_cache.get_mut().clear();
+        self.new_epoch(None);
         assert!(self.at(slot).bucket.is_some());
     }
 
@@ -592,6 +625,7 @@ impl ClusterView {
             class.schedulable_count = class.schedulable_count.checked_sub(1).expect("schedulable count underflow");
         }
         self.feasibility_cache.get_mut().clear();
+        self.new_epoch(None);
         assert!(!self.slot_of.contains_key(&node));
         Some(entry.node)
     }
@@ -614,6 +648,7 @@ impl ClusterView {
             self.index_remove(slot);
         }
         self.feasibility_cache.get_mut().clear();
+        self.new_epoch(None);
         assert_eq!(self.at(slot).bucket.is_some(), schedulable);
     }
 
@@ -648,6 +683,21 @@ impl ClusterView {
         req: &PlacementRequest<'_>,
         rng: &mut impl RngCore,
     ) -> Result<(NodeId, Allocation), NoPlacement> {
+        // A request without labels, locality or custom resources, placed by DEFAULT or SPREAD, fits
+        // on a node exactly when any node could take it: remember when it fitted nowhere.
+        let plain = match req.strategy {
+            SchedulingStrategy::Default | SchedulingStrategy::Spread
+                if req.labels.is_empty() && req.locality.is_empty() =>
+            {
+                PlainShape::of(req.resources)
+            }
+            _ => None,
+        };
+        if let Some(answer) = plain.and_then(|shape| self.blocked_answer(shape, req)) {
+            let node = answer?;
+            let alloc = self.allocate(node, req.resources).expect("the released node fits the request");
+            return Ok((node, alloc));
+        }
         let chosen = match *req.strategy {
             SchedulingStrategy::Default => self.choose_default(req, rng),
             SchedulingStrategy::Spread => self.choose_spread(req),
@@ -662,7 +712,11 @@ impl ClusterView {
             SchedulingStrategy::PlacementGroup { .. } => return Err(NoPlacement::Infeasible),
         };
         let Some(node) = chosen else {
-            return Err(self.no_placement(req.resources, req.labels));
+            let why = self.no_placement(req.resources, req.labels);
+            if let (Some(shape), NoPlacement::Wait) = (plain, why) {
+                self.blocked = Some((shape, self.epoch));
+            }
+            return Err(why);
         };
         // Checked in debug builds (every test): the policy only chooses eligible nodes that fit.
         debug_assert!(self.fits_now_on(node, req.resources, req.labels), "the chosen node must fit the request");
@@ -700,6 +754,35 @@ impl ClusterView {
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
         self.reindex(slot, Move::of(alloc, false));
+        self.new_epoch(Some(slot));
+    }
+
+    /// Something changed that can make room (`released` names the node, when a release did).
+    fn new_epoch(&mut self, released: Option<u32>) {
+        self.epoch += 1;
+        self.released_at = released;
+    }
+
+    /// What the memo of blocked shapes says of a plain request: `Some(Err(Wait))` when nothing
+    /// can have made room since it fitted nowhere; `Some(Ok(node))` when one release made the
+    /// only room there may be and the request fits there (the policy's choice, since no other
+    /// node fits); `None` when a full decision is needed.
+    fn blocked_answer(&mut self, shape: PlainShape, req: &PlacementRequest<'_>) -> Option<Result<NodeId, NoPlacement>> {
+        let (blocked, at) = self.blocked?;
+        if blocked != shape {
+            return None;
+        }
+        if at == self.epoch {
+            return Some(Err(NoPlacement::Wait));
+        }
+        let slot = self.released_at.filter(|_| at + 1 == self.epoch)?;
+        let entry = self.at(slot);
+        if entry.node.schedulable && entry.node.pool.fits_now(req.resources) {
+            return Some(Ok(entry.id));
+        }
+        // The one node that gained room cannot take it either: still nothing fits.
+        self.blocked = Some((shape, self.epoch));
+        Some(Err(NoPlacement::Wait))
     }
 
     /// Whether some schedulable node matching `labels` could hold `resources` when empty.
@@ -1216,6 +1299,26 @@ impl ClusterView {
             }
         }
         assert_eq!(listed, self.buckets.iter().filter(|b| b.len > 0).count(), "levels list other buckets");
+        if let Some((shape, at)) = self.blocked {
+            // Nothing fits the blocked shape, except perhaps on the node whose release made the
+            // next epoch.
+            let req = ResourceSet {
+                cpu: Amount(shape.cpu),
+                memory: Amount(shape.memory),
+                gpu: Amount(shape.gpu),
+                ..ResourceSet::default()
+            };
+            let spared = match (at + 1 == self.epoch, self.released_at) {
+                (true, Some(slot)) => Some(slot),
+                _ => None,
+            };
+            if at == self.epoch || spared.is_some() {
+                for (slot, entry) in self.entries() {
+                    let fits = entry.node.schedulable && entry.node.pool.fits_now(&req);
+                    assert!(!fits || Some(slot) == spared, "node {} fits a shape remembered as blocked", entry.id);
+                }
+            }
+        }
         assert_eq!(self.class_by_total.len(), self.classes.len());
         for (resources, labels, feasible) in self.feasibility_cache.borrow().values() {
             let class_fits: Vec<bool> =

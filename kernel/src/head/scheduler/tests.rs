@@ -527,6 +527,54 @@ fn a_node_filled_one_cpu_at_a_time_stays_in_the_right_bucket_while_empty_buckets
 }
 
 #[test]
+fn a_shape_that_fitted_nowhere_is_answered_from_the_last_release_alone_and_as_brute_force_would() {
+    // Only two shapes, on full clusters: most decisions follow a Wait, so the memo of blocked
+    // shapes answers them. Every answer must be the one a full decision gives.
+    for seed in 0..8u64 {
+        let config = SchedulerConfig { top_k: 1, avoid_gpu_nodes: seed % 2 == 0, ..SchedulerConfig::default() };
+        let mut view = ClusterView::new(config);
+        view.add_node(n(1), ResourceSet::cpus(4), Labels::new());
+        view.add_node(n(2), ResourceSet::cpus(4).with_gpu(Amount::units(1)), Labels::new());
+        view.add_node(n(3), ResourceSet::cpus(2), Labels::new());
+        let mut world = rng(seed);
+        let mut live: Vec<(NodeId, Allocation)> = Vec::new();
+        let (mut waits, mut remembered) = (0, 0);
+        for _ in 0..2_000 {
+            if world.next_u32() % 3 == 0 && !live.is_empty() {
+                let (node, alloc) = live.swap_remove(world.next_u32() as usize % live.len());
+                view.release(node, &alloc);
+            } else {
+                let req = ResourceSet::cpus(1 + u64::from(world.next_u32() % 2));
+                let strategy =
+                    if world.next_u32() % 4 == 0 { SchedulingStrategy::Spread } else { SchedulingStrategy::Default };
+                let expected = reference_default(&view, &req, &[]);
+                let was_blocked = view.blocked.is_some_and(|(shape, _)| Some(shape) == PlainShape::of(&req));
+                match place_with(&mut view, &req, strategy.clone(), &[], &[]) {
+                    Ok((node, alloc)) => {
+                        assert!(expected.is_some(), "placed while nothing fits");
+                        if strategy == SchedulingStrategy::Default {
+                            assert_eq!(Some(node), expected, "a decision after a Wait differs from brute force");
+                        }
+                        remembered += usize::from(was_blocked);
+                        live.push((node, alloc));
+                    }
+                    Err(why) => {
+                        assert_eq!((why, expected), (NoPlacement::Wait, None), "Wait while a node fits");
+                        waits += 1;
+                        remembered += usize::from(was_blocked);
+                    }
+                }
+            }
+            check_ledger(&view, &live);
+        }
+        assert!(
+            waits > 100 && remembered > 100,
+            "seed {seed}: the memo was not exercised ({waits} waits, {remembered} answered)"
+        );
+    }
+}
+
+#[test]
 fn level_bitmaps_find_the_nearest_occupied_level_like_an_ordered_set() {
     let mut world = rng(11);
     let mut levels = Levels::new();
