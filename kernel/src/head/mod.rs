@@ -34,8 +34,9 @@
 //! Head itself keeps every owner's metadata, so an owner that *finishes* loses nothing: its objects
 //! live until their reference counts reach zero. An owner *dies* when its process dies: a worker
 //! crash, a lost node, a forced cancellation, or the end of a driver's job. Then, as in Ray, every
-//! object it owns fails with [`ErrorReason::OwnerDied`](crate::errors::ErrorReason::OwnerDied) (or [`ErrorReason::JobFinished`](crate::errors::ErrorReason::JobFinished) for a
-//! driver), the tasks it submitted are cancelled recursively, and its non-detached actors die.
+//! object it owns fails with [`OwnerDied`](crate::errors::ErrorReason::OwnerDied) (or
+//! [`JobFinished`](crate::errors::ErrorReason::JobFinished) for a driver), the tasks it
+//! submitted are cancelled recursively, and its non-detached actors die.
 
 mod bundles;
 pub mod scheduler;
