@@ -222,8 +222,8 @@ impl ClusterView {
         true
     }
 
-    /// The least utilised schedulable node outside `exclude` that fits `bundle` now (lowest id
-    /// on ties), GPU-less nodes first for bundles that need no GPU.
+    /// The least utilised schedulable node outside `exclude` that fits `bundle` now (the longest
+    /// in its state on ties), GPU-less nodes first for bundles that need no GPU.
     fn least_utilised_fit(&self, bundle: &ResourceSet, exclude: &[NodeId]) -> Option<NodeId> {
         let mut fits = |pool: &ResourcePool| pool.fits_now(bundle);
         let outside = |node: NodeId, _: &super::scheduler::SchedNode| !exclude.contains(&node);
