@@ -283,9 +283,8 @@ impl World {
                 let job = self.job(job);
                 if own_job {
                     match &mut msg {
-                        DriverToHead::SubmitTask(spec) | DriverToHead::CreateActor { creation: spec, .. } => {
-                            spec.job = job;
-                        }
+                        DriverToHead::SubmitTask(spec) => std::sync::Arc::make_mut(spec).job = job,
+                        DriverToHead::CreateActor { creation: spec, .. } => spec.job = job,
                         _ => {}
                     }
                 }
@@ -308,7 +307,7 @@ impl World {
                 spec.strategy = strategy;
                 spec.max_retries = u32::from(retries % 4);
                 let outs: Vec<ObjectId> = spec.return_ids().collect();
-                if self.input(HeadInput::FromDriver { job, msg: DriverToHead::SubmitTask(spec) }).is_ok() {
+                if self.input(HeadInput::FromDriver { job, msg: DriverToHead::SubmitTask(spec.into()) }).is_ok() {
                     self.objects.extend(outs);
                 }
             }

@@ -10,6 +10,7 @@ use crate::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, Wor
 use crate::resources::{Allocation, ResourceSet};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The protocol version every peer announces when it registers.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -21,8 +22,9 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Function {
-    /// A function registered by name in the user's binary.
-    Named(String),
+    /// A function registered by name in the user's binary. The name is shared: a driver keeps one
+    /// handle per function and clones it into every spec, so submitting a task copies no string.
+    Named(Arc<str>),
     /// A command line run as a process (`argv[0]` is the program).
     Command(Vec<String>),
 }
@@ -154,12 +156,18 @@ impl TaskSpec {
     /// The default number of retries.
     pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
-    /// A one-CPU normal task calling `function` with no arguments and one return value.
+    /// A one-CPU normal task calling the function named `function`, with no arguments and one
+    /// return value.
     pub fn new(task: TaskId, job: JobId, function: &str) -> TaskSpec {
+        TaskSpec::calling(task, job, Function::Named(function.into()))
+    }
+
+    /// A one-CPU normal task running `function`, with no arguments and one return value.
+    pub fn calling(task: TaskId, job: JobId, function: Function) -> TaskSpec {
         TaskSpec {
             task,
             job,
-            function: Function::Named(function.to_string()),
+            function,
             args: Vec::new(),
             num_returns: 1,
             resources: ResourceSet::cpus(1),
@@ -286,8 +294,9 @@ pub enum ActorState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum DriverToHead {
-    /// Submit a task (normal, actor creation or actor method).
-    SubmitTask(TaskSpec),
+    /// Submit a task (normal or actor method). The spec is shared, never copied: the Head keeps
+    /// this allocation and hands the same one to the node in [`HeadToNode::RunTask`].
+    SubmitTask(Arc<TaskSpec>),
     /// Create an actor: `creation` is its constructor task ([`TaskKind::ActorCreation`]).
     CreateActor {
         /// The actor's options.
@@ -463,7 +472,7 @@ pub enum HeadToNode {
     /// Run attempt `attempt` of a task with this allocation; by-reference arguments are at `args`.
     RunTask {
         /// The task (shared with the head's own record: dispatching copies nothing).
-        spec: std::sync::Arc<TaskSpec>,
+        spec: Arc<TaskSpec>,
         /// Its attempt number (0 first).
         attempt: u32,
         /// The resources (and GPU devices) it holds.

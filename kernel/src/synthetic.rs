@@ -6,9 +6,11 @@
 
 use crate::head::{Head, HeadConfig, HeadInput, HeadOutput};
 use crate::ids::{ConnId, JobId, NodeId, ObjectId, TaskId};
-use crate::proto::{DriverToHead, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, Welcome, PROTOCOL_VERSION};
+use crate::proto::{
+    DriverToHead, Function, HeadToNode, Hello, NodeToHead, ReturnValue, TaskOutcome, TaskSpec, Welcome,
+    PROTOCOL_VERSION,
+};
 use crate::resources::ResourceSet;
-use crate::testkit::task;
 use crate::time::Time;
 use std::collections::VecDeque;
 
@@ -38,6 +40,8 @@ pub struct Synthetic {
     pub job: JobId,
     /// Dispatched attempts not answered yet, in dispatch order.
     pub runs: VecDeque<Run>,
+    /// The function every task calls (one shared name, as a driver keeps it).
+    function: Function,
     next_conn: u64,
 }
 
@@ -49,6 +53,7 @@ impl Synthetic {
             nodes: Vec::new(),
             job: JobId(0),
             runs: VecDeque::new(),
+            function: Function::Named("f".into()),
             next_conn: 0,
         };
         for _ in 0..nodes {
@@ -107,7 +112,8 @@ impl Synthetic {
 
     /// Submits the job's task number `seq` (one CPU, one return value).
     pub fn submit(&mut self, seq: u64) {
-        let msg = DriverToHead::SubmitTask(task(self.job, seq, "f"));
+        let task = TaskId::child(TaskId::driver(self.job), 0, seq);
+        let msg = DriverToHead::SubmitTask(TaskSpec::calling(task, self.job, self.function.clone()).into());
         self.input(HeadInput::FromDriver { job: self.job, msg });
     }
 

@@ -242,7 +242,7 @@ impl Cluster {
 
     /// Submits a task from a job's driver.
     pub fn submit(&mut self, job: JobId, spec: TaskSpec) -> Result<(), InputError> {
-        self.driver(job, DriverToHead::SubmitTask(spec))
+        self.driver(job, DriverToHead::SubmitTask(spec.into()))
     }
 
     /// The node id of a host, once registered.

@@ -45,7 +45,7 @@ fn bench_with_running_task() -> (Bench, NodeId, JobId, TaskSpec) {
     let node = b.node(4);
     let job = b.job();
     let spec = task(job, 0, "ms=100000");
-    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(spec.clone()));
+    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(spec.clone().into()));
     r.unwrap();
     assert_eq!(run_task_attempt(&outs, spec.task), Some((node, 0)));
     (b, node, job, spec)
@@ -74,16 +74,19 @@ fn unknown_ids_are_refused_with_typed_errors_and_change_nothing() {
             DriverToHead::SubmitTask({
                 let mut s = task(job, 1, "x");
                 s.args.push(Arg::Ref(ghost_object));
-                s
+                s.into()
             }),
             InputError::UnknownObject(ghost_object),
         ),
-        (DriverToHead::SubmitTask(actor_call(job, 2, ActorId(77), 0, "m")), InputError::UnknownActor(ActorId(77))),
+        (
+            DriverToHead::SubmitTask(actor_call(job, 2, ActorId(77), 0, "m").into()),
+            InputError::UnknownActor(ActorId(77)),
+        ),
         (
             DriverToHead::SubmitTask({
                 let mut s = task(job, 3, "x");
                 s.strategy = SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(9), bundle: None };
-                s
+                s.into()
             }),
             InputError::UnknownPlacementGroup(PlacementGroupId(9)),
         ),
@@ -112,18 +115,18 @@ fn unknown_ids_are_refused_with_typed_errors_and_change_nothing() {
 fn duplicate_ids_are_refused() {
     let (mut b, _node, job, spec) = bench_with_running_task();
     let before = b.snapshot(spec.task);
-    let (r, _) = b.driver(job, DriverToHead::SubmitTask(spec.clone()));
+    let (r, _) = b.driver(job, DriverToHead::SubmitTask(spec.clone().into()));
     assert!(matches!(r, Err(InputError::DuplicateTask(t)) if t == spec.task));
     // A task id that is a driver's id.
     let mut as_driver = spec.clone();
     as_driver.task = TaskId::driver(job);
-    assert!(matches!(b.driver(job, DriverToHead::SubmitTask(as_driver)).0, Err(InputError::DuplicateTask(_))));
+    assert!(matches!(b.driver(job, DriverToHead::SubmitTask(as_driver.into())).0, Err(InputError::DuplicateTask(_))));
     // The driver id of a job that has ended stays reserved.
     let ended = b.job();
     b.input(HeadInput::DriverDisconnected(ended)).0.unwrap();
     let mut as_ended_driver = task(job, 99, "ms=1");
     as_ended_driver.task = TaskId::driver(ended);
-    let (r, _) = b.driver(job, DriverToHead::SubmitTask(as_ended_driver));
+    let (r, _) = b.driver(job, DriverToHead::SubmitTask(as_ended_driver.into()));
     assert!(matches!(r, Err(InputError::DuplicateTask(t)) if t == TaskId::driver(ended)));
     // A put over an existing return value (not a put id), then a put twice.
     let ret = spec.return_ids().next().unwrap();
@@ -157,8 +160,8 @@ fn duplicate_ids_are_refused() {
     );
     assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
     assert_eq!(b.head.task_state(actor_creation(job, 11, actor).task), None, "the refused creation left nothing");
-    b.driver(job, DriverToHead::SubmitTask(actor_call(job, 20, actor, 0, "m"))).0.unwrap();
-    let (r, _) = b.driver(job, DriverToHead::SubmitTask(actor_call(job, 21, actor, 0, "m")));
+    b.driver(job, DriverToHead::SubmitTask(actor_call(job, 20, actor, 0, "m").into())).0.unwrap();
+    let (r, _) = b.driver(job, DriverToHead::SubmitTask(actor_call(job, 21, actor, 0, "m").into()));
     assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
     assert_eq!(b.head.task_state(actor_call(job, 21, actor, 0, "m").task), None);
     // The running task was never disturbed.

@@ -76,7 +76,7 @@ fn garbage_and_truncated_frames_are_errors_not_panics() {
     assert!(errors > 100, "random bytes should mostly fail to decode ({errors})");
     // A valid frame cut short fails to decode.
     let spec = TaskSpec::new(keel_kernel::TaskId(1), keel_kernel::JobId(1), "f");
-    let full = postcard::to_allocvec(&DriverToHead::SubmitTask(spec)).unwrap();
+    let full = postcard::to_allocvec(&DriverToHead::SubmitTask(spec.into())).unwrap();
     for cut in 0..full.len() {
         assert!(postcard::from_bytes::<DriverToHead>(&full[..cut]).is_err(), "a frame cut at {cut} decoded");
     }

@@ -314,7 +314,7 @@ fn when_a_submitting_task_crashes_its_children_are_cancelled_and_their_outputs_f
             now,
             HeadInput::FromNode {
                 node,
-                msg: NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child) },
+                msg: NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.into()) },
             },
         )
         .unwrap();
@@ -406,12 +406,12 @@ fn an_owner_that_finishes_loses_nothing_its_returned_child_ref_stays_alive() {
     let job = b.job();
     let parent = task(job, 0, "parent");
     let p = parent.task;
-    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(parent));
+    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(parent.into()));
     r.unwrap();
     assert_eq!(run_attempt(&outs, p), Some((node, 0)));
     let child = proto::TaskSpec::new(TaskId::child(p, 0, 0), job, "child");
     let cout = child.return_ids().next().unwrap();
-    let submit = NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.clone()) };
+    let submit = NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.clone().into()) };
     let (r, outs) = b.node_says(node, submit);
     r.unwrap();
     assert_eq!(run_attempt(&outs, child.task), Some((node, 0)));

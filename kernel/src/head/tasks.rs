@@ -16,6 +16,7 @@ use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrate
 use crate::resources::{Allocation, ResourceSet};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Where a task is in its life, without the details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,7 +71,7 @@ impl TaskState {
 
 #[derive(Debug)]
 pub(super) struct TaskRecord {
-    pub spec: std::sync::Arc<TaskSpec>,
+    pub spec: Arc<TaskSpec>,
     pub owner: TaskId,
     pub state: TaskState,
     pub attempt: u32,
@@ -310,7 +311,7 @@ impl Head {
         &mut self,
         submitter: TaskId,
         job: crate::ids::JobId,
-        spec: TaskSpec,
+        spec: Arc<TaskSpec>,
     ) -> Result<(), InputError> {
         self.validate_spec(job, &spec)?;
         if let TaskKind::ActorCreation(_) = spec.kind {
@@ -365,7 +366,7 @@ impl Head {
 
     /// Records an accepted task: its return objects (one handle each for the submitter) and the
     /// borrows of its arguments.
-    pub(super) fn accept_task(&mut self, submitter: TaskId, spec: TaskSpec) {
+    pub(super) fn accept_task(&mut self, submitter: TaskId, spec: Arc<TaskSpec>) {
         let task = spec.task;
         let owner_indexed = !self.jobs.is_driver(submitter);
         for object in spec.return_ids() {
@@ -381,7 +382,7 @@ impl Head {
         };
         let record = TaskRecord {
             live_returns: spec.num_returns,
-            spec: std::sync::Arc::new(spec),
+            spec,
             owner: submitter,
             state: TaskState::WaitingDeps { missing: 0 },
             attempt: 0,
