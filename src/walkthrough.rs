@@ -131,7 +131,7 @@ fn submit_work(c: &mut Cluster, job: JobId) -> Result<ObjectId, String> {
     creation.kind = TaskKind::ActorCreation(actor);
     creation.num_returns = 0;
     let options = ActorOptions { name: Some("counter".into()), max_restarts: 1, ..ActorOptions::default() };
-    c.driver(job, DriverToHead::CreateActor { options, creation }).map_err(e)?;
+    c.driver(job, DriverToHead::CreateActor { options, creation: creation.into() }).map_err(e)?;
     for seq in 0..3 {
         let mut call = task(job, 500 + seq, "ms=1");
         call.resources = ResourceSet::default();

@@ -284,7 +284,7 @@ impl World {
                 if own_job {
                     match &mut msg {
                         DriverToHead::SubmitTask(spec) => std::sync::Arc::make_mut(spec).job = job,
-                        DriverToHead::CreateActor { creation: spec, .. } => spec.job = job,
+                        DriverToHead::CreateActor { creation: spec, .. } => std::sync::Arc::make_mut(spec).job = job,
                         _ => {}
                     }
                 }

@@ -301,8 +301,8 @@ pub enum DriverToHead {
     CreateActor {
         /// The actor's options.
         options: ActorOptions,
-        /// The constructor.
-        creation: TaskSpec,
+        /// The constructor (shared with the node that runs it, like [`DriverToHead::SubmitTask`]).
+        creation: Arc<TaskSpec>,
     },
     /// Record an object the submitter put; inline when small, else sealed on `node`.
     Put {
@@ -576,8 +576,8 @@ pub enum NodeToHead {
     FromSubmitter {
         /// The running task.
         task: TaskId,
-        /// The message.
-        msg: DriverToHead,
+        /// The message (boxed: most messages a node sends are small).
+        msg: Box<DriverToHead>,
     },
     /// The node is leaving on purpose.
     Leaving,

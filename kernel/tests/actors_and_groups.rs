@@ -13,7 +13,7 @@ use keel_kernel::testkit::{task, Cluster};
 use keel_kernel::*;
 
 fn create_actor(c: &mut Cluster, job: JobId, seq: u64, actor: ActorId, options: ActorOptions) {
-    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, seq, actor) }).unwrap();
+    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, seq, actor).into() }).unwrap();
 }
 
 fn alive_on(c: &Cluster, actor: ActorId) -> Option<NodeId> {
@@ -122,7 +122,7 @@ fn a_named_actor_is_found_by_name_and_a_duplicate_name_is_refused() {
         .collect();
     assert_eq!(answers, vec![Some(ActorId(1)), None]);
     let records = c.head.task_records();
-    let dup = c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 1, ActorId(2)) });
+    let dup = c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 1, ActorId(2)).into() });
     assert!(
         matches!(&dup, Err(InputError::DuplicateActorName { namespace, name }) if namespace == "default" && name == "svc")
     );
@@ -131,7 +131,7 @@ fn a_named_actor_is_found_by_name_and_a_duplicate_name_is_refused() {
     // Once the first is killed, the name is free again.
     c.driver(job, DriverToHead::KillActor { actor: ActorId(1), no_restart: true }).unwrap();
     let options = ActorOptions { name: Some("svc".into()), ..ActorOptions::default() };
-    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 2, ActorId(3)) }).unwrap();
+    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 2, ActorId(3)).into() }).unwrap();
     run(&mut c, Duration::from_millis(20));
     c.driver(job, DriverToHead::GetNamedActor { namespace: "default".into(), name: "svc".into() }).unwrap();
     assert!(matches!(c.drivers[&job].inbox.last(), Some(HeadToDriver::NamedActor { actor: Some(ActorId(3)), .. })));
@@ -366,7 +366,7 @@ fn removing_a_group_kills_the_actor_inside_and_frees_everything() {
     let mut creation = actor_creation(job, 0, actor);
     creation.strategy = SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(1), bundle: Some(0) };
     let options = ActorOptions { max_restarts: 3, ..ActorOptions::default() };
-    c.driver(job, DriverToHead::CreateActor { options, creation }).unwrap();
+    c.driver(job, DriverToHead::CreateActor { options, creation: creation.into() }).unwrap();
     run(&mut c, Duration::from_millis(20));
     assert!(alive_on(&c, actor).is_some());
     let pending = call(&mut c, job, 1, actor, 0);

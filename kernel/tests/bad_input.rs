@@ -150,13 +150,13 @@ fn duplicate_ids_are_refused() {
     let actor = ActorId(3);
     b.driver(
         job,
-        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 10, actor) },
+        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 10, actor).into() },
     )
     .0
     .unwrap();
     let (r, _) = b.driver(
         job,
-        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 11, actor) },
+        DriverToHead::CreateActor { options: ActorOptions::default(), creation: actor_creation(job, 11, actor).into() },
     );
     assert!(matches!(r, Err(InputError::Malformed { .. })), "{r:?}");
     assert_eq!(b.head.task_state(actor_creation(job, 11, actor).task), None, "the refused creation left nothing");

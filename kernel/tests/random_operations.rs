@@ -346,7 +346,7 @@ fn apply(c: &mut Cluster, d: &mut Driver, op: &Op) {
             creation.num_returns = 0;
             let options =
                 ActorOptions { max_restarts: *restarts, max_task_retries: *task_retries, ..ActorOptions::default() };
-            c.driver(job, DriverToHead::CreateActor { options, creation: creation.clone() })
+            c.driver(job, DriverToHead::CreateActor { options, creation: creation.clone().into() })
                 .expect("a fresh actor is accepted");
             d.accept_returns(c, &creation);
             d.actors.push((actor, 0));

@@ -121,7 +121,7 @@ fn actor_output_story(max_task_retries: u32) -> (Cluster, JobId, ActorId, Object
     let job = c.start_job("actor");
     let actor = ActorId(1);
     let options = ActorOptions { max_restarts: 1, max_task_retries, ..ActorOptions::default() };
-    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 0, actor) }).unwrap();
+    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 0, actor).into() }).unwrap();
     run(&mut c, Duration::from_millis(50));
     assert!(matches!(c.head.actor(actor).unwrap().state, proto::ActorState::Alive { .. }));
     let out = submit_out(&mut c, job, actor_call(job, 1, actor, 0, BIG));
@@ -314,7 +314,7 @@ fn when_a_submitting_task_crashes_its_children_are_cancelled_and_their_outputs_f
             now,
             HeadInput::FromNode {
                 node,
-                msg: NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.into()) },
+                msg: NodeToHead::FromSubmitter { task: p, msg: Box::new(DriverToHead::SubmitTask(child.into())) },
             },
         )
         .unwrap();
@@ -368,7 +368,7 @@ fn a_lost_call_output_of_an_actor_that_died_for_good_fails_with_the_actors_real_
     let job = c.start_job("dead-actor");
     let actor = ActorId(1);
     let options = ActorOptions { max_restarts: 0, max_task_retries: 2, ..ActorOptions::default() };
-    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 0, actor) }).unwrap();
+    c.driver(job, DriverToHead::CreateActor { options, creation: actor_creation(job, 0, actor).into() }).unwrap();
     run(&mut c, Duration::from_millis(50));
     let out = submit_out(&mut c, job, actor_call(job, 1, actor, 0, BIG));
     run(&mut c, Duration::from_millis(50));
@@ -411,7 +411,7 @@ fn an_owner_that_finishes_loses_nothing_its_returned_child_ref_stays_alive() {
     assert_eq!(run_attempt(&outs, p), Some((node, 0)));
     let child = proto::TaskSpec::new(TaskId::child(p, 0, 0), job, "child");
     let cout = child.return_ids().next().unwrap();
-    let submit = NodeToHead::FromSubmitter { task: p, msg: DriverToHead::SubmitTask(child.clone().into()) };
+    let submit = NodeToHead::FromSubmitter { task: p, msg: Box::new(DriverToHead::SubmitTask(child.clone().into())) };
     let (r, outs) = b.node_says(node, submit);
     r.unwrap();
     assert_eq!(run_attempt(&outs, child.task), Some((node, 0)));

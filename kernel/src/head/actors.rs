@@ -168,7 +168,7 @@ impl Head {
         submitter: TaskId,
         job: JobId,
         options: ActorOptions,
-        creation: TaskSpec,
+        creation: std::sync::Arc<TaskSpec>,
     ) -> Result<(), InputError> {
         self.validate_spec(job, &creation)?;
         let TaskKind::ActorCreation(actor) = creation.kind else {
@@ -200,7 +200,7 @@ impl Head {
         };
         self.actors.actors.insert(actor, record);
         self.actors.by_creation.insert(task, actor);
-        self.accept_task(submitter, std::sync::Arc::new(creation));
+        self.accept_task(submitter, creation);
         match self.tasks.get(task).expect("accepted").spec.resources.validate() {
             Err(error) => self.fail_task(task, ErrorReason::InvalidRequest { task, error }),
             Ok(()) => self.resolve_dependencies(task),

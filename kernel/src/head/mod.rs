@@ -487,3 +487,25 @@ impl Head {
         self.timers.insert((at, timer));
     }
 }
+#[cfg(test)]
+mod sizes {
+    use std::mem::size_of;
+
+    /// Inputs and messages are moved by value through every handler: the rare large variants
+    /// (an actor's constructor, a message relayed from a running task) are boxed or shared so
+    /// that the common ones stay small.
+    #[test]
+    fn inputs_and_messages_stay_small() {
+        assert!(size_of::<super::HeadInput>() <= 96, "HeadInput is {} bytes", size_of::<super::HeadInput>());
+        assert!(
+            size_of::<crate::proto::DriverToHead>() <= 88,
+            "DriverToHead is {} bytes",
+            size_of::<crate::proto::DriverToHead>()
+        );
+        assert!(
+            size_of::<crate::proto::NodeToHead>() <= 48,
+            "NodeToHead is {} bytes",
+            size_of::<crate::proto::NodeToHead>()
+        );
+    }
+}

@@ -196,7 +196,7 @@ impl Head {
                 let holder = actor.unwrap_or_else(|| self.holder_of(task));
                 let job = self.tasks.get(holder).map(|t| t.spec.job).or_else(|| record.map(|t| t.spec.job));
                 let job = job.expect("a running submitter has a job");
-                let result = self.on_client_message(holder, job, msg);
+                let result = self.on_client_message(holder, job, *msg);
                 if let Err(error) = &result {
                     let reply = crate::proto::HeadToDriver::Rejected { error: error.clone() };
                     self.emit(HeadOutput::ToNode { node, msg: HeadToNode::ToSubmitter { task, msg: reply } });

@@ -241,7 +241,7 @@ impl Node {
                 self.seal_here(*object, *size, true);
             }
         }
-        self.send_to_head(NodeToHead::FromSubmitter { task, msg });
+        self.send_to_head(NodeToHead::FromSubmitter { task, msg: Box::new(msg) });
         Ok(())
     }
 

@@ -262,7 +262,7 @@ fn messages_between_a_running_task_and_the_head_are_forwarded() {
     let w = h.run_on_new_worker(task(1));
     let msg = DriverToHead::Subscribe(vec![obj(1)]);
     let out = h.input(NodeInput::FromWorker { worker: w, msg: msg.clone() });
-    assert_eq!(to_head(&out), vec![NodeToHead::FromSubmitter { task: TaskId(1), msg }]);
+    assert_eq!(to_head(&out), vec![NodeToHead::FromSubmitter { task: TaskId(1), msg: Box::new(msg) }]);
     let reply = HeadToDriver::ObjectReady { object: obj(1), size: 1, data: crate::proto::ObjectData::Inline(vec![1]) };
     let out = h.head(HeadToNode::ToSubmitter { task: TaskId(1), msg: reply.clone() });
     assert_eq!(out, vec![NodeOutput::ToWorker { worker: w, msg: reply.clone() }]);

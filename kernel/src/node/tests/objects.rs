@@ -40,7 +40,7 @@ fn put_sealed_by_a_local_worker_is_a_primary_copy_and_is_forwarded() {
     let object = ObjectId::for_put(TaskId(1), 1);
     let put = DriverToHead::Put { object, size: 900, inline: None, node: Some(ME), nested: vec![] };
     let out = h.input(NodeInput::FromWorker { worker: w, msg: put.clone() });
-    assert_eq!(to_head(&out), vec![NodeToHead::FromSubmitter { task: TaskId(1), msg: put }]);
+    assert_eq!(to_head(&out), vec![NodeToHead::FromSubmitter { task: TaskId(1), msg: Box::new(put) }]);
     assert!(h.node.local_object(object).unwrap().primary);
 }
 
