@@ -1,0 +1,625 @@
+//! Scenario files: one story per file, in TOML.
+//!
+//! ```toml
+//! description = "A node is lost while reduces pull map outputs: the lost partitions are rebuilt."
+//! seeds = [0, 8]                       # the seed range the tests run (half-open)
+//!
+//! [cluster]
+//! nodes = 8
+//! cpus = 4
+//!
+//! [timing]                             # every field optional
+//! node_timeout_ms = 500
+//! safety_ms = 3000                     # faults heal by then
+//! liveness_ms = 30000                  # and all work must finish this long after
+//!
+//! [workload]
+//! kind = "map_reduce"                  # independent, map_reduce, chain, fan, nested, actors,
+//! maps = 32                            # gangs, random_dag
+//! reduces = 4
+//! ms = 50
+//! bytes = 1000000
+//!
+//! [[fault]]
+//! at_ms = 120
+//! kind = "crash_node"
+//! host = 2
+//!
+//! [swarm]                              # optional: faults drawn from the seed
+//! faults = 4
+//! until_ms = 2000
+//!
+//! [expect]
+//! ready = "all"                        # all (default), any, none
+//! min_reconstructions = 1
+//! ```
+//!
+//! A file that does not parse, or names something that does not exist, is refused with an error
+//! that names the file, the line and the field.
+
+use crate::faults::{Fault, Timed, SWARM_KINDS};
+use crate::oracle::{Property, Violation};
+use crate::rng::{Rng, Stream};
+use crate::workload::Workload;
+use crate::world::{HostSpec, NetParams, Outcome, Params, Tamper};
+use keel_kernel::head::HeadConfig;
+use keel_kernel::node::NodeConfig;
+use keel_kernel::proto::PlacementStrategy;
+use keel_kernel::resources::{Amount, ResourceSet};
+use keel_kernel::Duration;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A scenario that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the format (line, column and field named).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The file parses but names something impossible.
+    #[error("{file}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The field, as a path (`fault[2].host`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A scenario, as read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The story, in a sentence or two.
+    pub description: String,
+    /// The seed range the tests run, half-open `[first, end)`.
+    #[serde(default = "default_seeds")]
+    pub seeds: [u64; 2],
+    /// The machines.
+    pub cluster: Cluster,
+    /// Latencies, timeouts and phase lengths.
+    #[serde(default)]
+    pub timing: Timing,
+    /// What the job does.
+    pub workload: WorkloadSpec,
+    /// Scheduled faults.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Timed>,
+    /// Faults drawn from the seed.
+    pub swarm: Option<Swarm>,
+    /// What must be true at the end, beyond the oracles.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_seeds() -> [u64; 2] {
+    [0, 4]
+}
+
+/// The machines: `nodes` identical hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// How many.
+    pub nodes: usize,
+    /// CPUs each.
+    pub cpus: u64,
+    /// GPUs each.
+    #[serde(default)]
+    pub gpus: u64,
+    /// Memory each, in GiB.
+    #[serde(default = "default_memory_gb")]
+    pub memory_gb: u64,
+    /// Object store capacity each, in MiB.
+    #[serde(default = "default_store_mb")]
+    pub store_mb: u64,
+}
+
+fn default_memory_gb() -> u64 {
+    16
+}
+fn default_store_mb() -> u64 {
+    1024
+}
+
+/// Network and timeouts (every field has a default).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// One-way latency.
+    pub latency_ms: u64,
+    /// Random extra delay, up to this.
+    pub jitter_ms: u64,
+    /// Transfer bandwidth between nodes, in MB/s.
+    pub bandwidth_mb_s: u64,
+    /// Heartbeat period.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is declared dead.
+    pub node_timeout_ms: u64,
+    /// An infeasible request fails after this long.
+    pub infeasible_grace_ms: u64,
+    /// A worker takes this long to start.
+    pub worker_start_ms: u64,
+    /// The safety phase: faults happen and heal by then.
+    pub safety_ms: u64,
+    /// The liveness bound after the safety phase.
+    pub liveness_ms: u64,
+    /// Lineage kept for finished tasks, in MiB.
+    pub max_lineage_mb: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            latency_ms: 1,
+            jitter_ms: 1,
+            bandwidth_mb_s: 1000,
+            heartbeat_ms: 100,
+            node_timeout_ms: 1000,
+            infeasible_grace_ms: 500,
+            worker_start_ms: 5,
+            safety_ms: 3000,
+            liveness_ms: 60_000,
+            max_lineage_mb: 64,
+        }
+    }
+}
+
+/// The workload, by kind.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkloadSpec {
+    /// Independent tasks.
+    Independent {
+        /// How many.
+        tasks: usize,
+        /// Each runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+        /// Each returns this many bytes.
+        #[serde(default = "default_bytes")]
+        bytes: u64,
+        /// CPUs each asks for.
+        #[serde(default = "one")]
+        cpus: f64,
+        /// Every task raises an application error.
+        #[serde(default)]
+        fail: bool,
+    },
+    /// A shuffle.
+    MapReduce {
+        /// Map tasks.
+        maps: usize,
+        /// Reduce tasks (and partitions per map).
+        reduces: usize,
+        /// Each runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+        /// Each partition is this many bytes.
+        #[serde(default = "default_bytes")]
+        bytes: u64,
+    },
+    /// A chain, each task taking the previous value.
+    Chain {
+        /// Its length.
+        length: usize,
+        /// Each runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+        /// Each value is this many bytes.
+        #[serde(default = "default_bytes")]
+        bytes: u64,
+    },
+    /// One source, `width` middles, one sink.
+    Fan {
+        /// The width.
+        width: usize,
+        /// Each runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+        /// Each value is this many bytes.
+        #[serde(default = "default_bytes")]
+        bytes: u64,
+    },
+    /// Tasks that submit tasks.
+    Nested {
+        /// Parent tasks.
+        parents: usize,
+        /// Children per parent (at most 64).
+        children: u32,
+        /// Each parent runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+    },
+    /// Actors with ordered calls.
+    Actors {
+        /// Actors.
+        actors: usize,
+        /// Calls per actor.
+        calls: usize,
+        /// Each call runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+        /// `max_restarts`.
+        #[serde(default)]
+        max_restarts: u32,
+        /// `max_task_retries`.
+        #[serde(default)]
+        max_task_retries: u32,
+    },
+    /// Placement-group gangs.
+    Gangs {
+        /// Groups.
+        groups: usize,
+        /// Bundles per group (one CPU each, one task each).
+        bundles: u32,
+        /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
+        #[serde(default = "default_strategy")]
+        strategy: String,
+        /// Each task runs this long.
+        #[serde(default = "default_ms")]
+        ms: u64,
+    },
+    /// A random DAG drawn from the seed.
+    RandomDag {
+        /// Tasks.
+        tasks: usize,
+    },
+}
+
+fn default_ms() -> u64 {
+    10
+}
+fn default_bytes() -> u64 {
+    8
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_strategy() -> String {
+    "PACK".into()
+}
+
+/// Faults drawn from the seed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swarm {
+    /// How many.
+    pub faults: usize,
+    /// Over `[0, until_ms)`.
+    pub until_ms: u64,
+    /// The kinds to draw from (all by default).
+    #[serde(default = "all_kinds")]
+    pub kinds: Vec<String>,
+}
+
+fn all_kinds() -> Vec<String> {
+    SWARM_KINDS.iter().map(|s| s.to_string()).collect()
+}
+
+/// Expectations beyond the oracles.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// `all`: every awaited value ready; `any`: each resolves, ready or failed; `none`: all fail.
+    pub ready: String,
+    /// Failure reasons allowed (variant names, e.g. `Infeasible`); empty allows any when
+    /// `ready` is not `all`.
+    pub reasons: Vec<String>,
+    /// At least this many reconstructions.
+    pub min_reconstructions: u64,
+    /// At least this many retries.
+    pub min_retries: u64,
+    /// At least this many nodes declared lost.
+    pub min_nodes_lost: u64,
+    /// At most this many nodes declared lost.
+    pub max_nodes_lost: Option<u64>,
+    /// The run ends (everything resolved and freed) by this time.
+    pub done_by_ms: Option<u64>,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect {
+            ready: "all".into(),
+            reasons: Vec::new(),
+            min_reconstructions: 0,
+            min_retries: 0,
+            min_nodes_lost: 0,
+            max_nodes_lost: None,
+            done_by_ms: None,
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Parses and checks scenario text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        scenario.check().map_err(|(field, message)| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        Ok(scenario)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, message: String| Err((field.to_string(), message));
+        if self.cluster.nodes == 0 {
+            return bad("cluster.nodes", "a cluster needs at least one node".into());
+        }
+        if self.cluster.nodes > 100_000 {
+            return bad(
+                "cluster.nodes",
+                format!("{} nodes is more than the simulator takes (100000)", self.cluster.nodes),
+            );
+        }
+        if self.seeds[0] >= self.seeds[1] {
+            return bad("seeds", format!("[{}, {}] is empty: the end is exclusive", self.seeds[0], self.seeds[1]));
+        }
+        if self.timing.bandwidth_mb_s == 0 {
+            return bad("timing.bandwidth_mb_s", "must be above 0".into());
+        }
+        if self.timing.heartbeat_ms == 0 || self.timing.node_timeout_ms <= self.timing.heartbeat_ms {
+            return bad(
+                "timing.node_timeout_ms",
+                format!(
+                    "{} ms must exceed the heartbeat period ({} ms), or every node is declared dead",
+                    self.timing.node_timeout_ms, self.timing.heartbeat_ms
+                ),
+            );
+        }
+        for (i, t) in self.faults.iter().enumerate() {
+            if let Some(h) = t.fault.host().filter(|h| *h >= self.cluster.nodes) {
+                return bad(
+                    &format!("fault[{i}].host"),
+                    format!("host {h}, but the cluster has {} nodes (0..{})", self.cluster.nodes, self.cluster.nodes),
+                );
+            }
+            if let Fault::Duplicate { p, .. } = t.fault {
+                if !(0.0..=1.0).contains(&p) {
+                    return bad(&format!("fault[{i}].p"), format!("{p} is not a probability"));
+                }
+            }
+            if t.at_ms >= self.timing.safety_ms {
+                return bad(
+                    &format!("fault[{i}].at_ms"),
+                    format!("{} ms is after the safety phase ends ({} ms)", t.at_ms, self.timing.safety_ms),
+                );
+            }
+        }
+        if let Some(s) = &self.swarm {
+            if let Some(k) = s.kinds.iter().find(|k| !SWARM_KINDS.contains(&k.as_str())) {
+                return bad("swarm.kinds", format!("unknown fault kind `{k}` (known: {})", SWARM_KINDS.join(", ")));
+            }
+        }
+        if !["all", "any", "none"].contains(&self.expect.ready.as_str()) {
+            return bad("expect.ready", format!("`{}`: expected all, any or none", self.expect.ready));
+        }
+        match &self.workload {
+            WorkloadSpec::Gangs { strategy, .. } if parse_strategy(strategy).is_none() => {
+                return bad(
+                    "workload.strategy",
+                    format!("`{strategy}`: expected PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"),
+                );
+            }
+            WorkloadSpec::Independent { cpus, .. } if !cpus.is_finite() || *cpus < 0.0 => {
+                return bad("workload.cpus", format!("{cpus} is not an amount of CPUs"));
+            }
+            WorkloadSpec::Nested { children, .. } if *children > 64 => {
+                return bad("workload.children", format!("{children} children: at most 64 per parent"));
+            }
+            _ => {}
+        }
+        let workload = self.workload(0);
+        workload.validate().map_err(|m| ("workload".to_string(), m))?;
+        Ok(())
+    }
+
+    /// The workload for `seed` (only random DAGs depend on it).
+    pub fn workload(&self, seed: u64) -> Workload {
+        match &self.workload {
+            &WorkloadSpec::Independent { tasks, ms, bytes, cpus, fail } => {
+                let mut w = Workload::independent(tasks, ms, bytes);
+                for t in &mut w.tasks {
+                    t.cpu_hundredths = (cpus * 100.0).round() as u64;
+                    t.fail = fail;
+                }
+                w
+            }
+            &WorkloadSpec::MapReduce { maps, reduces, ms, bytes } => Workload::map_reduce(maps, reduces, ms, bytes),
+            &WorkloadSpec::Chain { length, ms, bytes } => Workload::chain(length, ms, bytes),
+            &WorkloadSpec::Fan { width, ms, bytes } => Workload::fan(width, ms, bytes),
+            &WorkloadSpec::Nested { parents, children, ms } => Workload::nested(parents, children, ms),
+            &WorkloadSpec::Actors { actors, calls, ms, max_restarts, max_task_retries } => {
+                Workload::actors(actors, calls, ms, max_restarts, max_task_retries)
+            }
+            WorkloadSpec::Gangs { groups, bundles, strategy, ms } => {
+                Workload::gangs(*groups, *bundles, parse_strategy(strategy).unwrap_or(PlacementStrategy::Pack), *ms)
+            }
+            &WorkloadSpec::RandomDag { tasks } => Workload::random_dag(tasks, &mut Rng::new(seed, Stream::Workload)),
+        }
+    }
+
+    /// The run parameters for `seed`.
+    pub fn params(&self, seed: u64) -> Params {
+        let t = &self.timing;
+        let c = &self.cluster;
+        let resources = ResourceSet {
+            cpu: Amount::units(c.cpus),
+            gpu: Amount::units(c.gpus),
+            memory: Amount(c.memory_gb << 30),
+            ..ResourceSet::default()
+        };
+        let hosts =
+            (0..c.nodes).map(|_| HostSpec { resources: resources.clone(), labels: Default::default() }).collect();
+        let head = HeadConfig {
+            heartbeat_period: Duration::from_millis(t.heartbeat_ms),
+            node_timeout: Duration::from_millis(t.node_timeout_ms),
+            infeasible_grace: Duration::from_millis(t.infeasible_grace_ms),
+            max_lineage_bytes: t.max_lineage_mb << 20,
+            ..HeadConfig::default()
+        };
+        let node = NodeConfig {
+            heartbeat_period: Duration::from_millis(t.heartbeat_ms),
+            object_store_capacity_bytes: c.store_mb << 20,
+            ..NodeConfig::default()
+        };
+        let mut faults = self.faults.clone();
+        if let Some(s) = &self.swarm {
+            let until = s.until_ms.min(t.safety_ms);
+            faults.extend(crate::faults::swarm(
+                &mut Rng::new(seed, Stream::Faults),
+                c.nodes,
+                s.faults,
+                until,
+                &s.kinds,
+            ));
+            faults.sort_by_key(|f| f.at_ms);
+        }
+        Params {
+            seed,
+            hosts,
+            head,
+            node,
+            net: NetParams {
+                latency: Duration::from_millis(t.latency_ms),
+                jitter: Duration::from_millis(t.jitter_ms),
+                bandwidth: t.bandwidth_mb_s * 1_000_000,
+            },
+            worker_start: Duration::from_millis(t.worker_start_ms),
+            workload: self.workload(seed),
+            faults,
+            safety: Duration::from_millis(t.safety_ms),
+            liveness: Duration::from_millis(t.liveness_ms),
+            check_invariants: true,
+            tamper: None,
+        }
+    }
+
+    /// Runs seed `seed` (with `tamper`, for oracle self-tests) and checks the expectations.
+    pub fn run(&self, seed: u64, tamper: Option<Tamper>) -> Outcome {
+        let mut params = self.params(seed);
+        params.tamper = tamper;
+        let mut outcome = crate::world::World::new(params).run();
+        self.check_expectations(&mut outcome);
+        outcome
+    }
+
+    fn check_expectations(&self, o: &mut Outcome) {
+        let e = &self.expect;
+        let mut broken = Vec::new();
+        let failed = o.counts.failed;
+        match e.ready.as_str() {
+            "all" if failed > 0 => broken.push(format!("{failed} awaited values failed: {:?}", o.failure_reasons)),
+            "none" if o.counts.ready > 0 => {
+                broken.push(format!("{} awaited values were ready, none expected", o.counts.ready))
+            }
+            _ => {}
+        }
+        if !e.reasons.is_empty() {
+            for (reason, n) in &o.failure_reasons {
+                if !e.reasons.contains(reason) {
+                    broken.push(format!("{n} values failed with {reason}, not among {:?}", e.reasons));
+                }
+            }
+        }
+        let h = &o.head;
+        if h.reconstructions < e.min_reconstructions {
+            broken.push(format!("{} reconstructions, expected at least {}", h.reconstructions, e.min_reconstructions));
+        }
+        if h.retries < e.min_retries {
+            broken.push(format!("{} retries, expected at least {}", h.retries, e.min_retries));
+        }
+        if h.nodes_lost < e.min_nodes_lost {
+            broken.push(format!("{} nodes lost, expected at least {}", h.nodes_lost, e.min_nodes_lost));
+        }
+        if let Some(max) = e.max_nodes_lost.filter(|m| h.nodes_lost > *m) {
+            broken.push(format!("{} nodes lost, expected at most {max}", h.nodes_lost));
+        }
+        if let Some(by) = e.done_by_ms.filter(|by| o.end_ms > *by) {
+            broken.push(format!("the run ended at {} ms, expected by {by} ms", o.end_ms));
+        }
+        for detail in broken {
+            o.violations.push(Violation { property: Property::Expectation, at_ms: o.end_ms, detail });
+        }
+    }
+}
+
+fn parse_strategy(s: &str) -> Option<PlacementStrategy> {
+    match s {
+        "PACK" => Some(PlacementStrategy::Pack),
+        "SPREAD" => Some(PlacementStrategy::Spread),
+        "STRICT_PACK" => Some(PlacementStrategy::StrictPack),
+        "STRICT_SPREAD" => Some(PlacementStrategy::StrictSpread),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("story.toml"), text)
+    }
+
+    const SMALL: &str = r#"
+description = "four tasks"
+[cluster]
+nodes = 2
+cpus = 2
+[workload]
+kind = "independent"
+tasks = 4
+"#;
+
+    #[test]
+    fn a_small_scenario_parses_with_defaults() {
+        let s = parse(SMALL).unwrap();
+        assert_eq!(s.seeds, [0, 4]);
+        assert_eq!(s.timing.node_timeout_ms, 1000);
+        assert_eq!(s.workload(0).tasks.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_field() {
+        let e = parse(&format!("{SMALL}\n[expect]\nredy = \"all\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("story.toml: "), "{e}");
+        assert!(e.contains("line 12") && e.contains("redy"), "{e}");
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"crash_node\"\nhost = 7\n")).unwrap_err();
+        assert_eq!(e.to_string(), "story.toml: fault[0].host: host 7, but the cluster has 2 nodes (0..2)");
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"melt\"\n")).unwrap_err().to_string();
+        assert!(e.contains("melt") && e.contains("line"), "{e}");
+        let e = parse(&SMALL.replace("tasks = 4", "tasks = \"many\"")).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("invalid type"), "{e}");
+        let e = parse(&format!("{SMALL}\n[timing]\nnode_timeout_ms = 50\n")).unwrap_err().to_string();
+        assert!(e.contains("timing.node_timeout_ms"), "{e}");
+    }
+}

@@ -1,0 +1,1572 @@
+//! The world: one event queue, the real Head and Node machines, a network, worker processes, a
+//! driver, and faults.
+//!
+//! Events are ordered by (time, sequence number); the sequence number breaks ties in the order
+//! events were scheduled, so a run is a function of its parameters and seed alone. The machines
+//! are the kernel's, unchanged: the world only carries their outputs (messages over simulated
+//! links, processes, object bytes) and feeds back what happened as inputs.
+//!
+//! The network models what the real transport gives: each link is a TCP connection, reliable
+//! and in order while it is up; a partition loses what crosses it; clogging delays without
+//! reordering; a broken connection loses what was in flight and the node's daemon starts over.
+//! Duplicates between the head and the nodes, and reordering between nodes, are faults the
+//! protocol must absorb (attempt numbers, stale replies ignored).
+
+use crate::faults::{Fault, Timed};
+use crate::oracle::{Observer, Property, Resolution};
+use crate::rng::{mix64, Rng, Stream};
+use crate::workload::{Placement, Workload};
+use keel_kernel::errors::TaskFailure;
+use keel_kernel::head::{HeadConfig, HeadInput, HeadOutput};
+use keel_kernel::node::{ExecArg, NodeConfig, NodeInput, NodeOutput};
+use keel_kernel::proto::{
+    ActorOptions, Arg, DriverToHead, Function, HeadToDriver, HeadToNode, Hello, Labels, NodeToHead, ObjectData,
+    PlacementGroupSpec, ReturnValue, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec, Welcome, PROTOCOL_VERSION,
+};
+use keel_kernel::resources::{Amount, ResourceSet};
+use keel_kernel::{
+    ActorId, ConnId, Duration, Head, JobId, Node, NodeId, ObjectId, PlacementGroupId, TaskId, Time, WorkerId,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// One machine of the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSpec {
+    /// Its resources.
+    pub resources: ResourceSet,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// The network's normal behaviour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetParams {
+    /// Base one-way latency.
+    pub latency: Duration,
+    /// Extra random delay, up to this much (order is kept on each link).
+    pub jitter: Duration,
+    /// Bytes per second of an object transfer between nodes.
+    pub bandwidth: u64,
+}
+
+impl Default for NetParams {
+    fn default() -> Self {
+        NetParams { latency: Duration::from_millis(1), jitter: Duration::from_millis(1), bandwidth: 1_000_000_000 }
+    }
+}
+
+/// A corruption of the kernel's outputs, to prove that the matching oracle catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// The first task completion a node sends is lost on its way to the head.
+    DropCompletion,
+    /// Every dispatch is also delivered, as is, to the next host.
+    DuplicateDispatch,
+    /// The first awaited value that becomes ready is deleted from every store at once.
+    FreeEarly,
+    /// Every dispatch goes to host 0, whatever node the head chose.
+    OverCommit,
+    /// The first value rebuilt is produced with different content.
+    CorruptRebuild,
+}
+
+/// Everything a run is made of.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// The seed every random choice comes from.
+    pub seed: u64,
+    /// The machines.
+    pub hosts: Vec<HostSpec>,
+    /// The Head's configuration (its seed is replaced by one drawn from `seed`).
+    pub head: HeadConfig,
+    /// The Nodes' configuration (seeds likewise).
+    pub node: NodeConfig,
+    /// The network.
+    pub net: NetParams,
+    /// How long a worker process takes to start.
+    pub worker_start: Duration,
+    /// What the job does.
+    pub workload: Workload,
+    /// Faults, by time.
+    pub faults: Vec<Timed>,
+    /// End of the safety phase: every fault heals then.
+    pub safety: Duration,
+    /// Bound on the liveness phase: every awaited value must resolve by `safety + liveness`.
+    pub liveness: Duration,
+    /// Run every machine's `check_invariants` after each of its steps.
+    pub check_invariants: bool,
+    /// A deliberate corruption (oracle self-tests only).
+    pub tamper: Option<Tamper>,
+}
+
+/// Who sends and receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Head,
+    Host(usize),
+    Driver,
+}
+
+#[derive(Debug)]
+enum Event {
+    /// A message arrives at the head.
+    ToHead {
+        from: Endpoint,
+        epoch: u64,
+        input: HeadInput,
+    },
+    /// A message arrives at a host's node machine (or a local report from its processes).
+    ToNode {
+        host: usize,
+        inc: u64,
+        epoch: Option<u64>,
+        input: NodeInput,
+    },
+    /// A message arrives at the driver.
+    ToDriver(HeadToDriver),
+    /// A machine's timer may be due.
+    HeadTimer,
+    NodeTimer {
+        host: usize,
+        inc: u64,
+    },
+    /// The driver's next planned submissions may be due.
+    DriverWake,
+    /// A fault starts.
+    Fault(Fault),
+    /// A lasting fault ends.
+    Heal(Heal),
+    /// A worker's task is over (done, or its process died).
+    WorkerEnd {
+        host: usize,
+        inc: u64,
+        worker: WorkerId,
+        input: NodeInput,
+    },
+    /// The safety phase ends.
+    SafetyEnd,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Heal {
+    Partition(usize),
+    Clog(usize),
+    Duplicate,
+    Reorder,
+    Restart(usize),
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A simulated worker's current work.
+#[derive(Clone, Debug)]
+struct Work {
+    task: TaskId,
+    resources: ResourceSet,
+    /// An actor's worker keeps its creation task's resources while it lives.
+    actor: Option<ActorId>,
+}
+
+/// One machine: its node machine, store, workers and fault state.
+struct Host {
+    spec: HostSpec,
+    node: Node,
+    id: Option<NodeId>,
+    up: bool,
+    /// Bumped whenever the daemon starts over: events of an older incarnation are dropped.
+    inc: u64,
+    /// Bumped when the connection to the head breaks: messages of an older epoch are lost.
+    epoch: u64,
+    conn: ConnId,
+    /// Object contents held: size and digest.
+    store: BTreeMap<ObjectId, (u64, u64)>,
+    workers: BTreeMap<WorkerId, Work>,
+    timer: Option<Time>,
+    paused_until: Time,
+    cut_in: bool,
+    cut_out: bool,
+    clog: Duration,
+    hang_next: Option<Duration>,
+    clock_offset: Duration,
+}
+
+/// The driver of the one job, following its workload plan.
+#[derive(Default)]
+struct Driver {
+    job: Option<JobId>,
+    started: Time,
+    gone: bool,
+    next_task: usize,
+    next_actor: usize,
+    next_group: usize,
+    tasks: Vec<TaskId>,
+    actors: Vec<ActorId>,
+    groups: Vec<PlacementGroupId>,
+    /// Per planned task: consumers not submitted yet.
+    consumers_left: Vec<u32>,
+    /// Handles the driver holds.
+    held: BTreeSet<ObjectId>,
+    /// Awaited objects and what became of them.
+    awaited: BTreeMap<ObjectId, Option<Resolution>>,
+    /// Nested refs found inside awaited values (a spawning task's children).
+    nested: BTreeSet<ObjectId>,
+    actor_calls: Vec<u64>,
+    released: bool,
+    refetches: u64,
+    wake: Option<Time>,
+}
+
+/// Counts of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Events handled.
+    pub events: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Messages lost to partitions and broken connections.
+    pub lost: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Attempts executed by workers.
+    pub executions: u64,
+    /// Values rebuilt and equal to the original.
+    pub rebuilt_equal: u64,
+    /// Awaited values ready / failed.
+    pub ready: u64,
+    /// Awaited values that failed for good.
+    pub failed: u64,
+    /// Driver fetches that found no copy and asked again.
+    pub refetches: u64,
+}
+
+/// The world.
+pub struct World {
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    head: Head,
+    head_timer: Option<Time>,
+    hosts: Vec<Host>,
+    by_node: BTreeMap<NodeId, usize>,
+    conns: BTreeMap<ConnId, Endpoint>,
+    next_conn: u64,
+    driver: Driver,
+    params: Params,
+    net_rng: Rng,
+    proc_rng: Rng,
+    /// Last arrival time per directed link, to keep each link in order.
+    last_arrival: BTreeMap<(Endpoint, Endpoint), Time>,
+    duplicate_p: f64,
+    reorder_jitter: Option<Duration>,
+    obs: Observer,
+    counts: Counts,
+    log: u64,
+    buf: Vec<u8>,
+    safety_over: bool,
+    tamper_spent: bool,
+    /// Functions by name, shared (`Arc<str>`) as a driver would keep them.
+    functions: BTreeMap<String, Function>,
+    /// Refs inside each value produced (what the driver finds when it deserialises the value).
+    nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    /// The hash of the event log.
+    pub hash: String,
+    /// Simulated time at the end, in milliseconds.
+    pub end_ms: u64,
+    /// What happened.
+    pub counts: Counts,
+    /// Broken properties.
+    pub violations: Vec<crate::oracle::Violation>,
+    /// Failure reasons of awaited values that failed, by kind, with counts.
+    pub failure_reasons: BTreeMap<String, u64>,
+    /// Tasks the Head reports finished, failed, retried and rebuilt.
+    pub head: HeadCounts,
+}
+
+/// The Head's own counts at the end of a run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HeadCounts {
+    /// Tasks submitted.
+    pub submitted: u64,
+    /// Tasks finished.
+    pub finished: u64,
+    /// Tasks failed for good.
+    pub failed: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Reconstructions.
+    pub reconstructions: u64,
+    /// Nodes declared lost.
+    pub nodes_lost: u64,
+    /// Inputs refused.
+    pub refused: u64,
+}
+
+const MS: u64 = 1_000_000;
+
+impl World {
+    /// A world for `params`, ready to [`run`](World::run).
+    pub fn new(mut params: Params) -> World {
+        params.head.seed = crate::rng::stream_seed(params.seed, Stream::Head);
+        let hosts = params
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut config = params.node.clone();
+                config.seed = mix64(crate::rng::stream_seed(params.seed, Stream::Nodes) ^ i as u64);
+                Host {
+                    spec: spec.clone(),
+                    node: Node::new(config),
+                    id: None,
+                    up: true,
+                    inc: 0,
+                    epoch: 0,
+                    conn: ConnId(0),
+                    store: BTreeMap::new(),
+                    workers: BTreeMap::new(),
+                    timer: None,
+                    paused_until: Time::ZERO,
+                    cut_in: false,
+                    cut_out: false,
+                    clog: Duration::ZERO,
+                    hang_next: None,
+                    clock_offset: Duration::ZERO,
+                }
+            })
+            .collect();
+        let mut world = World {
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            head: Head::new(params.head.clone()),
+            head_timer: None,
+            hosts,
+            by_node: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            driver: Driver::default(),
+            net_rng: Rng::new(params.seed, Stream::Network),
+            proc_rng: Rng::new(params.seed, Stream::Process),
+            params,
+            last_arrival: BTreeMap::new(),
+            duplicate_p: 0.0,
+            reorder_jitter: None,
+            obs: Observer::default(),
+            counts: Counts::default(),
+            log: 0xcbf2_9ce4_8422_2325,
+            buf: Vec::new(),
+            safety_over: false,
+            tamper_spent: false,
+            functions: BTreeMap::new(),
+            nested_of: BTreeMap::new(),
+        };
+        // Clocks of nodes differ by up to 50 ms (the Head never compares them).
+        for i in 0..world.hosts.len() {
+            world.hosts[i].clock_offset = Duration(world.proc_rng.below(50) * MS);
+        }
+        world
+    }
+
+    /// Runs to the end of the liveness bound and returns what happened.
+    pub fn run(mut self) -> Outcome {
+        for host in 0..self.hosts.len() {
+            self.register(host);
+        }
+        self.connect_driver();
+        for timed in std::mem::take(&mut self.params.faults) {
+            self.schedule(Time(timed.at_ms * MS), Event::Fault(timed.fault));
+        }
+        let safety_end = Time(self.params.safety.0);
+        self.schedule(safety_end, Event::SafetyEnd);
+        let deadline = safety_end + self.params.liveness;
+        while let Some(Reverse(next)) = self.queue.pop() {
+            if next.at > deadline {
+                self.queue.push(Reverse(next));
+                break;
+            }
+            self.now = self.now.max(next.at);
+            self.counts.events += 1;
+            self.handle(next.event);
+            if self.finished() {
+                break;
+            }
+        }
+        self.finish(deadline)
+    }
+
+    /// Every awaited value resolved, released, and the cluster quiet.
+    fn finished(&self) -> bool {
+        self.safety_over
+            && (self.driver.released || self.driver.gone)
+            && self.head.task_records() == 0
+            && self.head.object_records() == 0
+            && self.hosts.iter().all(|h| !h.up || (h.store.is_empty() && h.workers.values().all(|w| w.actor.is_some())))
+    }
+
+    fn finish(mut self, deadline: Time) -> Outcome {
+        let unresolved: Vec<ObjectId> =
+            self.driver.awaited.iter().filter(|(_, r)| r.is_none()).map(|(o, _)| *o).collect();
+        if !self.driver.gone && (!unresolved.is_empty() || self.driver.job.is_none()) {
+            let shown: Vec<String> = unresolved.iter().take(5).map(|o| o.to_string()).collect();
+            self.obs.violate(
+                Property::Liveness,
+                deadline,
+                format!(
+                    "no liveness: {} awaited values unresolved {} ms after every fault healed ({})",
+                    unresolved.len(),
+                    self.params.liveness.0 / MS,
+                    shown.join(", ")
+                ),
+            );
+        } else if !self.finished() {
+            let stored: u64 = self.hosts.iter().filter(|h| h.up).map(|h| h.store.len() as u64).sum();
+            self.obs.violate(
+                Property::NoLeak,
+                deadline,
+                format!(
+                    "after the driver dropped everything: {} task records, {} object records, {} stored objects",
+                    self.head.task_records(),
+                    self.head.object_records(),
+                    stored
+                ),
+            );
+        }
+        let mut failure_reasons = BTreeMap::new();
+        for r in self.driver.awaited.values().flatten() {
+            if let Resolution::Failed(reason) = r {
+                *failure_reasons.entry(reason_kind(reason)).or_insert(0) += 1;
+            }
+        }
+        let stats = self.head.stats();
+        let head = HeadCounts {
+            submitted: stats.tasks_submitted,
+            finished: stats.tasks_finished,
+            failed: stats.tasks_failed,
+            retries: stats.retries,
+            reconstructions: stats.reconstructions,
+            nodes_lost: stats.nodes_lost,
+            refused: stats.inputs_refused,
+        };
+        self.counts.executions = self.obs.executions;
+        self.counts.rebuilt_equal = self.obs.rebuilt_equal;
+        self.counts.refetches = self.driver.refetches;
+        Outcome {
+            hash: format!("{:016x}", self.log),
+            end_ms: self.now.0 / MS,
+            counts: self.counts,
+            violations: self.obs.violations().to_vec(),
+            failure_reasons,
+            head,
+        }
+    }
+
+    // ---- the queue and the log ----
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, event }));
+    }
+
+    fn log_bytes(&mut self, kind: u64, bytes_of: impl FnOnce(&mut Vec<u8>)) {
+        self.buf.clear();
+        bytes_of(&mut self.buf);
+        let mut h = self.log ^ mix64(self.now.0 ^ kind.rotate_left(56));
+        for chunk in self.buf.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = mix64(h ^ u64::from_le_bytes(word));
+        }
+        self.log = h;
+    }
+
+    fn log_ids(&mut self, kind: u64, ids: &[u64]) {
+        let mut h = self.log ^ mix64(self.now.0 ^ kind.rotate_left(56));
+        for id in ids {
+            h = mix64(h ^ id);
+        }
+        self.log = h;
+    }
+
+    // ---- events ----
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ToHead { from, epoch, input } => {
+                if let Endpoint::Host(h) = from {
+                    if self.hosts[h].epoch != epoch {
+                        self.counts.lost += 1;
+                        return;
+                    }
+                }
+                self.deliver_head(input);
+            }
+            Event::ToNode { host, inc, epoch, input } => {
+                let h = &self.hosts[host];
+                if !h.up || h.inc != inc || epoch.is_some_and(|e| e != h.epoch) {
+                    return;
+                }
+                if h.paused_until > self.now {
+                    let at = h.paused_until;
+                    self.schedule(at, Event::ToNode { host, inc, epoch, input });
+                    return;
+                }
+                self.deliver_node(host, input);
+            }
+            Event::WorkerEnd { host, inc, worker, input } => {
+                let h = &self.hosts[host];
+                if !h.up || h.inc != inc || !h.workers.contains_key(&worker) {
+                    return;
+                }
+                if h.paused_until > self.now {
+                    let at = h.paused_until;
+                    self.schedule(at, Event::WorkerEnd { host, inc, worker, input });
+                    return;
+                }
+                let ends_worker = matches!(input, NodeInput::WorkerExited { .. });
+                let h = &mut self.hosts[host];
+                if ends_worker || h.workers.get(&worker).is_some_and(|w| w.actor.is_none()) {
+                    h.workers.remove(&worker);
+                } else if let Some(w) = h.workers.get_mut(&worker) {
+                    // An actor's worker goes on holding its creation's resources.
+                    w.task = TaskId(0);
+                }
+                self.deliver_node(host, input);
+            }
+            Event::ToDriver(msg) => self.deliver_driver(msg),
+            Event::HeadTimer => {
+                self.head_timer = None;
+                if self.head.poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.log_ids(1, &[]);
+                    let now = self.now;
+                    self.head.handle_timeout(now);
+                    self.after_head_step();
+                } else {
+                    self.arm_head_timer();
+                }
+            }
+            Event::NodeTimer { host, inc } => {
+                let h = &mut self.hosts[host];
+                if !h.up || h.inc != inc {
+                    return;
+                }
+                h.timer = None;
+                if h.paused_until > self.now {
+                    let at = h.paused_until;
+                    h.timer = Some(at);
+                    self.schedule(at, Event::NodeTimer { host, inc });
+                    return;
+                }
+                let local = self.now + h.clock_offset;
+                if h.node.poll_timeout().is_some_and(|t| t <= local) {
+                    self.log_ids(2, &[host as u64]);
+                    self.hosts[host].node.handle_timeout(local);
+                    self.after_node_step(host);
+                } else {
+                    self.arm_node_timer(host);
+                }
+            }
+            Event::DriverWake => {
+                self.driver.wake = None;
+                self.driver_step();
+            }
+            Event::Fault(fault) => self.inject(fault),
+            Event::Heal(heal) => self.heal(heal),
+            Event::SafetyEnd => {
+                self.safety_over = true;
+                self.log_ids(3, &[]);
+                for host in 0..self.hosts.len() {
+                    let h = &mut self.hosts[host];
+                    (h.cut_in, h.cut_out, h.clog, h.hang_next) = (false, false, Duration::ZERO, None);
+                    if !h.up {
+                        self.restart(host);
+                    }
+                }
+                self.duplicate_p = 0.0;
+                self.reorder_jitter = None;
+                self.driver_maybe_release();
+            }
+        }
+    }
+
+    // ---- the network ----
+
+    fn send(&mut self, from: Endpoint, to: Endpoint, bytes: u64, make: impl Fn(&World) -> Event) {
+        self.counts.messages += 1;
+        let host = match (from, to) {
+            (Endpoint::Host(h), _) | (_, Endpoint::Host(h)) => Some(h),
+            _ => None,
+        };
+        if let Some(h) = host {
+            let cut = match (from, to) {
+                (Endpoint::Head, _) => self.hosts[h].cut_in,
+                (_, Endpoint::Head) => self.hosts[h].cut_out,
+                _ => false,
+            };
+            if cut {
+                self.counts.lost += 1;
+                return;
+            }
+        }
+        let p = &self.params.net;
+        let mut delay =
+            p.latency.0 + self.net_rng.below(p.jitter.0 + 1) + bytes.saturating_mul(1_000_000_000) / p.bandwidth.max(1);
+        for end in [from, to] {
+            if let Endpoint::Host(h) = end {
+                delay += self.hosts[h].clog.0;
+            }
+        }
+        let peer_link = matches!((from, to), (Endpoint::Host(_), Endpoint::Host(_)));
+        let at = match self.reorder_jitter.filter(|_| peer_link) {
+            Some(j) => self.now + Duration(delay + self.net_rng.below(j.0 + 1)),
+            None => {
+                let last = self.last_arrival.get(&(from, to)).copied().unwrap_or(Time::ZERO);
+                let at = (self.now + Duration(delay)).max(last);
+                self.last_arrival.insert((from, to), at);
+                at
+            }
+        };
+        let event = make(self);
+        let head_link = host.is_some() && !peer_link;
+        if head_link && self.duplicate_p > 0.0 && self.net_rng.chance(self.duplicate_p) {
+            self.counts.duplicated += 1;
+            let copy = make(self);
+            let later = at + Duration(self.net_rng.below(2 * MS));
+            self.schedule(later, copy);
+        }
+        self.schedule(at, event);
+    }
+
+    fn send_to_head(&mut self, host: usize, msg: NodeToHead) {
+        let Some(node) = self.hosts[host].id else { return };
+        let epoch = self.hosts[host].epoch;
+        if self.params.tamper == Some(Tamper::DropCompletion) && !self.tamper_spent {
+            if let NodeToHead::TaskEnded { outcome: TaskOutcome::Finished(_), .. } = &msg {
+                self.tamper_spent = true;
+                return;
+            }
+        }
+        let size = message_size(&msg);
+        self.send(Endpoint::Host(host), Endpoint::Head, size, move |_| Event::ToHead {
+            from: Endpoint::Host(host),
+            epoch,
+            input: HeadInput::FromNode { node, msg: msg.clone() },
+        });
+    }
+
+    fn send_to_node(&mut self, host: usize, input: NodeInput) {
+        let (inc, epoch) = (self.hosts[host].inc, self.hosts[host].epoch);
+        self.send(Endpoint::Head, Endpoint::Host(host), 0, move |_| Event::ToNode {
+            host,
+            inc,
+            epoch: Some(epoch),
+            input: input.clone(),
+        });
+    }
+
+    /// A report from the host's own processes (no network).
+    fn local(&mut self, host: usize, delay: Duration, input: NodeInput) {
+        let inc = self.hosts[host].inc;
+        self.schedule(self.now + delay, Event::ToNode { host, inc, epoch: None, input });
+    }
+
+    // ---- the head ----
+
+    fn deliver_head(&mut self, input: HeadInput) {
+        let kind = match &input {
+            HeadInput::Connect { .. } => 10,
+            HeadInput::FromDriver { .. } => 11,
+            HeadInput::FromNode { .. } => 12,
+            HeadInput::DrainNode(_) => 13,
+            HeadInput::DriverDisconnected(_) => 14,
+        };
+        match &input {
+            HeadInput::FromDriver { msg, .. } => self.log_bytes(kind, |b| postcard_into(b, msg)),
+            HeadInput::FromNode { node, msg } => {
+                let node = node.0;
+                self.log_bytes(kind, |b| {
+                    b.extend_from_slice(&node.to_le_bytes());
+                    postcard_into(b, msg)
+                })
+            }
+            HeadInput::Connect { conn, hello } => {
+                let conn = conn.0;
+                self.log_bytes(kind, |b| {
+                    b.extend_from_slice(&conn.to_le_bytes());
+                    postcard_into(b, hello)
+                })
+            }
+            HeadInput::DrainNode(n) => self.log_ids(kind, &[n.0]),
+            HeadInput::DriverDisconnected(j) => self.log_ids(kind, &[j.0]),
+        }
+        let now = self.now;
+        let _ = self.head.handle_input(now, input);
+        self.after_head_step();
+    }
+
+    fn after_head_step(&mut self) {
+        if self.params.check_invariants {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.head.check_invariants())) {
+                let detail = panic_text(&panic);
+                self.obs.violate(Property::KernelInvariant, self.now, format!("head: {detail}"));
+            }
+        }
+        while let Some(output) = self.head.poll_output() {
+            self.perform_head(output);
+        }
+        self.arm_head_timer();
+    }
+
+    fn arm_head_timer(&mut self) {
+        if let Some(t) = self.head.poll_timeout() {
+            if self.head_timer.is_none_or(|armed| t < armed) {
+                self.head_timer = Some(t);
+                self.schedule(t, Event::HeadTimer);
+            }
+        }
+    }
+
+    fn perform_head(&mut self, output: HeadOutput) {
+        match output {
+            HeadOutput::ToConn { conn, msg } => match (self.conns.get(&conn).copied(), msg) {
+                (Some(Endpoint::Host(host)), Welcome::NodeRegistered(id)) if self.hosts[host].conn == conn => {
+                    self.hosts[host].id = Some(id);
+                    self.by_node.insert(id, host);
+                    self.send_to_node(host, NodeInput::Registered(id));
+                }
+                (Some(Endpoint::Driver), Welcome::JobRegistered(job)) => {
+                    let at = self.now + self.params.net.latency;
+                    self.driver.job = Some(job);
+                    self.driver.started = at;
+                    self.wake_driver(at);
+                }
+                _ => {}
+            },
+            HeadOutput::ToNode { node, msg } => {
+                let Some(&host) = self.by_node.get(&node) else { return };
+                if let HeadToNode::RunTask { .. } = &msg {
+                    match self.params.tamper {
+                        Some(Tamper::OverCommit) => {
+                            self.send_to_node(0, NodeInput::FromHead(msg));
+                            return;
+                        }
+                        Some(Tamper::DuplicateDispatch) if self.hosts.len() > 1 => {
+                            let other = (host + 1) % self.hosts.len();
+                            self.send_to_node(other, NodeInput::FromHead(msg.clone()));
+                        }
+                        _ => {}
+                    }
+                }
+                self.send_to_node(host, NodeInput::FromHead(msg));
+            }
+            HeadOutput::ToDriver { msg, .. } => {
+                if !self.driver.gone {
+                    self.send(Endpoint::Head, Endpoint::Driver, 0, move |_| Event::ToDriver(msg.clone()));
+                }
+            }
+            HeadOutput::NodeDead(node) => {
+                self.by_node.remove(&node);
+            }
+            HeadOutput::NodeDrained(_) => {}
+        }
+    }
+
+    // ---- the nodes ----
+
+    fn register(&mut self, host: usize) {
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        self.conns.insert(conn, Endpoint::Host(host));
+        let h = &mut self.hosts[host];
+        h.conn = conn;
+        let hello = Hello::RegisterNode {
+            version: PROTOCOL_VERSION,
+            resources: h.spec.resources.clone(),
+            labels: h.spec.labels.clone(),
+        };
+        let epoch = h.epoch;
+        self.send(Endpoint::Host(host), Endpoint::Head, 0, move |_| Event::ToHead {
+            from: Endpoint::Host(host),
+            epoch,
+            input: HeadInput::Connect { conn, hello: hello.clone() },
+        });
+    }
+
+    fn deliver_node(&mut self, host: usize, input: NodeInput) {
+        self.log_node_input(host, &input);
+        let local = self.now + self.hosts[host].clock_offset;
+        let _ = self.hosts[host].node.handle_input(local, input);
+        self.after_node_step(host);
+    }
+
+    fn log_node_input(&mut self, host: usize, input: &NodeInput) {
+        let h = host as u64;
+        match input {
+            NodeInput::FromHead(msg) => self.log_bytes(20, |b| {
+                b.extend_from_slice(&h.to_le_bytes());
+                postcard_into(b, msg)
+            }),
+            NodeInput::FromPeer { from, msg } => {
+                let from = from.0;
+                self.log_bytes(21, |b| {
+                    b.extend_from_slice(&[h, from].map(u64::to_le_bytes).concat());
+                    postcard_into(b, msg)
+                })
+            }
+            NodeInput::Registered(id) => self.log_ids(22, &[h, id.0]),
+            NodeInput::WorkerStarted { worker } => self.log_ids(23, &[h, worker.0]),
+            NodeInput::WorkerExited { worker, .. } => self.log_ids(24, &[h, worker.0]),
+            NodeInput::TaskDone { worker, task, attempt, .. } => {
+                self.log_ids(25, &[h, worker.0, task.0, u64::from(*attempt)])
+            }
+            NodeInput::ObjectSealed { object, size } => {
+                self.log_ids(26, &[h, object.task.0, u64::from(object.index), *size])
+            }
+            other => {
+                let text = format!("{other:?}");
+                self.log_bytes(27, |b| {
+                    b.extend_from_slice(&h.to_le_bytes());
+                    b.extend_from_slice(text.as_bytes())
+                })
+            }
+        }
+    }
+
+    fn after_node_step(&mut self, host: usize) {
+        if self.params.check_invariants {
+            let node = &self.hosts[host].node;
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| node.check_invariants())) {
+                let detail = panic_text(&panic);
+                self.obs.violate(Property::KernelInvariant, self.now, format!("node on host {host}: {detail}"));
+            }
+        }
+        while let Some(output) = self.hosts[host].node.poll_output() {
+            self.perform_node(host, output);
+            if !self.hosts[host].up {
+                return;
+            }
+        }
+        self.arm_node_timer(host);
+    }
+
+    fn arm_node_timer(&mut self, host: usize) {
+        let h = &mut self.hosts[host];
+        if let Some(local) = h.node.poll_timeout() {
+            let t = Time(local.0.saturating_sub(h.clock_offset.0));
+            if h.timer.is_none_or(|armed| t < armed) {
+                h.timer = Some(t);
+                let inc = h.inc;
+                self.schedule(t, Event::NodeTimer { host, inc });
+            }
+        }
+    }
+
+    fn perform_node(&mut self, host: usize, output: NodeOutput) {
+        match output {
+            NodeOutput::ToHead(msg) => self.send_to_head(host, msg),
+            NodeOutput::ToPeer { node, msg } => {
+                let Some(from) = self.hosts[host].id else { return };
+                let Some(&peer) = self.by_node.get(&node) else { return };
+                let (inc, up) = (self.hosts[peer].inc, self.hosts[peer].up);
+                if up {
+                    self.send(Endpoint::Host(host), Endpoint::Host(peer), 0, move |_| Event::ToNode {
+                        host: peer,
+                        inc,
+                        epoch: None,
+                        input: NodeInput::FromPeer { from, msg: msg.clone() },
+                    });
+                }
+            }
+            NodeOutput::StartWorker { worker, .. } => {
+                let delay = Duration(self.params.worker_start.0 + self.proc_rng.below(self.params.worker_start.0 + 1));
+                self.local(host, delay, NodeInput::WorkerStarted { worker });
+            }
+            NodeOutput::Execute { worker, spec, attempt, args } => self.execute(host, worker, spec, attempt, args),
+            NodeOutput::InterruptTask { .. } | NodeOutput::ToWorker { .. } => {}
+            NodeOutput::KillWorker { worker } => {
+                self.hosts[host].workers.remove(&worker);
+                self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: None });
+            }
+            NodeOutput::SendObject { object, to, .. } => self.transfer(host, object, to),
+            NodeOutput::DeleteObject(object) => {
+                self.hosts[host].store.remove(&object);
+                self.check_early_free(object);
+            }
+            NodeOutput::Reset => {
+                let h = &mut self.hosts[host];
+                h.store.clear();
+                h.workers.clear();
+                if let Some(old) = h.id.take() {
+                    self.by_node.remove(&old);
+                }
+                self.register(host);
+            }
+        }
+    }
+
+    fn transfer(&mut self, host: usize, object: ObjectId, to: NodeId) {
+        let Some(from) = self.hosts[host].id else { return };
+        let held = self.hosts[host].store.get(&object).copied();
+        let Some(&peer) = self.by_node.get(&to) else {
+            self.local(host, Duration::ZERO, NodeInput::SendEnded { object, to });
+            return;
+        };
+        let size = held.map_or(0, |(s, _)| s);
+        let inc = self.hosts[peer].inc;
+        let p = &self.params.net;
+        let took = Duration(p.latency.0 + size.saturating_mul(1_000_000_000) / p.bandwidth.max(1));
+        match held {
+            Some((size, digest)) => {
+                // The bytes land when the transfer ends, if the peer is still the same daemon.
+                self.counts.messages += 1;
+                self.schedule(
+                    self.now + took,
+                    Event::ToNode { host: peer, inc, epoch: None, input: NodeInput::ObjectSealed { object, size } },
+                );
+                self.pending_bytes(peer, object, size, digest);
+            }
+            None => self.schedule(
+                self.now + took,
+                Event::ToNode { host: peer, inc, epoch: None, input: NodeInput::PullFailed { object, from } },
+            ),
+        }
+        self.local(host, took, NodeInput::SendEnded { object, to });
+    }
+
+    /// Bytes in flight to `peer` are written to its store when they arrive; the simulator writes
+    /// them at once and lets the node machine learn of them by `ObjectSealed` (a store entry no
+    /// machine knows of yet is invisible to everything but the byte count).
+    fn pending_bytes(&mut self, peer: usize, object: ObjectId, size: u64, digest: u64) {
+        self.hosts[peer].store.insert(object, (size, digest));
+    }
+
+    fn execute(&mut self, host: usize, worker: WorkerId, spec: Arc<TaskSpec>, attempt: u32, args: Vec<ExecArg>) {
+        self.obs.on_execute(self.now, host, spec.task, attempt);
+        let behaviour = Behaviour::parse(&spec.function);
+        let inc = self.hosts[host].inc;
+        // Argument digests, as the worker reads them.
+        let mut digests = Vec::with_capacity(args.len());
+        for (arg, exec) in spec.args.iter().zip(&args) {
+            digests.push(match (arg, exec) {
+                (Arg::Value { data, .. }, _) => digest_bytes(data),
+                (_, ExecArg::Inline(bytes)) => digest_bytes(bytes),
+                (_, ExecArg::Local { object, .. }) => self.hosts[host].store.get(object).map_or(0, |(_, d)| *d),
+                (_, ExecArg::Value) => 0,
+            });
+        }
+        let actor = match spec.kind {
+            TaskKind::ActorCreation(actor) => Some(actor),
+            TaskKind::ActorMethod { actor, seq } => {
+                self.obs.on_actor_call(self.now, (host, inc, worker), actor, seq);
+                self.hosts[host].workers.get(&worker).and_then(|w| w.actor)
+            }
+            TaskKind::Normal => None,
+        };
+        let resources = match spec.kind {
+            TaskKind::ActorMethod { .. } => {
+                self.hosts[host].workers.get(&worker).map(|w| w.resources.clone()).unwrap_or_default()
+            }
+            _ => spec.resources.clone(),
+        };
+        self.hosts[host].workers.insert(worker, Work { task: spec.task, resources, actor });
+        self.check_load(host);
+        if let Some(after) = self.hosts[host].hang_next.take() {
+            self.schedule(
+                self.now + after,
+                Event::WorkerEnd { host, inc, worker, input: NodeInput::WorkerExited { worker, exit_code: Some(137) } },
+            );
+            return;
+        }
+        let jitter = self.proc_rng.below(behaviour.duration.0 / 10 + 1);
+        let ends = self.now + Duration(behaviour.duration.0 + jitter);
+        let outcome = if behaviour.fail {
+            TaskOutcome::Failed(TaskFailure::Application { message: "the task raised on purpose".into() })
+        } else {
+            // Children first: their refs go inside the value.
+            let mut nested = Vec::new();
+            for c in 0..behaviour.spawn {
+                let child = TaskSpec::calling(
+                    TaskId::child(spec.task, attempt, u64::from(c)),
+                    spec.job,
+                    self.function("ms=5;bytes=8"),
+                );
+                nested.push(ObjectId::for_return(child.task, 1));
+                self.local(
+                    host,
+                    Duration::ZERO,
+                    NodeInput::FromWorker { worker, msg: DriverToHead::SubmitTask(child.into()) },
+                );
+            }
+            let inline_max = self.params.head.inline_max_bytes;
+            let mut values = Vec::new();
+            for (i, object) in spec.return_ids().enumerate() {
+                let mut digest = mix64(digest_bytes(function_name(&spec.function).as_bytes()) ^ (i as u64 + 1));
+                for d in &digests {
+                    digest = mix64(digest ^ d);
+                }
+                if self.params.tamper == Some(Tamper::CorruptRebuild) && !self.tamper_spent && attempt > 0 {
+                    self.tamper_spent = true;
+                    digest ^= 1;
+                }
+                let size = behaviour.return_bytes;
+                let value_nested = if i == 0 { nested.clone() } else { Vec::new() };
+                let inline = (size <= inline_max).then(|| content(digest, size));
+                values.push((object, size, digest, inline, value_nested));
+            }
+            for (object, size, digest, inline, nested) in &values {
+                self.obs.on_value(self.now, *object, *size, *digest);
+                if !nested.is_empty() {
+                    self.nested_of.insert(*object, nested.clone());
+                }
+                if inline.is_none() {
+                    self.hosts[host].store.insert(*object, (*size, *digest));
+                }
+            }
+            TaskOutcome::Finished(
+                values
+                    .into_iter()
+                    .map(|(object, size, _, inline, nested)| ReturnValue { object, size, inline, nested })
+                    .collect(),
+            )
+        };
+        self.schedule(
+            ends,
+            Event::WorkerEnd {
+                host,
+                inc,
+                worker,
+                input: NodeInput::TaskDone { worker, task: spec.task, attempt, outcome },
+            },
+        );
+    }
+
+    fn check_load(&mut self, host: usize) {
+        let h = &self.hosts[host];
+        let mut load = ResourceSet::default();
+        for w in h.workers.values() {
+            load.add(&w.resources);
+        }
+        let total = h.spec.resources.clone();
+        self.obs.check_host_load(self.now, host, &total, &load);
+    }
+
+    fn check_early_free(&mut self, object: ObjectId) {
+        if !self.driver.held.contains(&object) || self.driver.gone {
+            return;
+        }
+        let anywhere = self.hosts.iter().any(|h| h.up && h.store.contains_key(&object));
+        if !anywhere && self.driver.awaited.get(&object).is_some_and(|r| r.is_some()) {
+            self.obs.violate(
+                Property::NoEarlyFree,
+                self.now,
+                format!("{object} was deleted from every store while the driver still holds it"),
+            );
+        }
+    }
+
+    fn function(&mut self, name: &str) -> Function {
+        self.functions.entry(name.to_string()).or_insert_with(|| Function::Named(name.into())).clone()
+    }
+
+    // ---- faults ----
+
+    fn inject(&mut self, fault: Fault) {
+        if self.safety_over {
+            return;
+        }
+        if fault.host().is_some_and(|h| h >= self.hosts.len()) {
+            return;
+        }
+        self.counts.faults += 1;
+        self.log_bytes(4, |b| b.extend_from_slice(format!("{fault:?}").as_bytes()));
+        match fault {
+            Fault::CrashNode { host, restart_ms } => {
+                if !self.hosts[host].up {
+                    return;
+                }
+                let h = &mut self.hosts[host];
+                h.up = false;
+                h.inc += 1;
+                h.store.clear();
+                h.workers.clear();
+                h.timer = None;
+                if let Some(ms) = restart_ms {
+                    self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Restart(host)));
+                }
+            }
+            Fault::Partition { host, ms, inbound, outbound } => {
+                let h = &mut self.hosts[host];
+                h.cut_in |= inbound;
+                h.cut_out |= outbound;
+                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Partition(host)));
+            }
+            Fault::Clog { host, ms, extra_ms } => {
+                self.hosts[host].clog = Duration(extra_ms * MS);
+                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Clog(host)));
+            }
+            Fault::Pause { host, ms } => {
+                let until = self.now + Duration(ms * MS);
+                let h = &mut self.hosts[host];
+                h.paused_until = h.paused_until.max(until);
+            }
+            Fault::CrashWorker { host } => {
+                let h = &self.hosts[host];
+                if !h.up {
+                    return;
+                }
+                let busy = h.workers.iter().find(|(_, w)| w.task != TaskId(0)).map(|(id, _)| *id);
+                if let Some(worker) = busy {
+                    self.hosts[host].workers.remove(&worker);
+                    self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: Some(137) });
+                }
+            }
+            Fault::Hang { host, ms } => self.hosts[host].hang_next = Some(Duration(ms * MS)),
+            Fault::Duplicate { p, ms } => {
+                self.duplicate_p = p;
+                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Duplicate));
+            }
+            Fault::Reorder { jitter_ms, ms } => {
+                self.reorder_jitter = Some(Duration(jitter_ms * MS));
+                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Reorder));
+            }
+            Fault::Disconnect { host } => {
+                if !self.hosts[host].up {
+                    return;
+                }
+                // Messages in flight on the connection are lost; the daemon starts over.
+                self.hosts[host].epoch += 1;
+                self.hosts[host].up = false;
+                self.hosts[host].inc += 1;
+                self.restart(host);
+            }
+            Fault::DriverExit => {
+                if let Some(job) = self.driver.job.filter(|_| !self.driver.gone) {
+                    self.driver.gone = true;
+                    self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
+                        from: Endpoint::Driver,
+                        epoch: 0,
+                        input: HeadInput::DriverDisconnected(job),
+                    });
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self, heal: Heal) {
+        self.log_ids(5, &[]);
+        match heal {
+            Heal::Partition(host) => (self.hosts[host].cut_in, self.hosts[host].cut_out) = (false, false),
+            Heal::Clog(host) => self.hosts[host].clog = Duration::ZERO,
+            Heal::Duplicate => self.duplicate_p = 0.0,
+            Heal::Reorder => self.reorder_jitter = None,
+            Heal::Restart(host) => {
+                if !self.hosts[host].up {
+                    self.restart(host);
+                }
+            }
+        }
+    }
+
+    /// A host comes back with a fresh daemon, registering as a new node.
+    fn restart(&mut self, host: usize) {
+        let mut config = self.params.node.clone();
+        let h = &mut self.hosts[host];
+        config.seed = mix64(crate::rng::stream_seed(self.params.seed, Stream::Nodes) ^ host as u64 ^ (h.inc << 32));
+        h.up = true;
+        h.inc += 1;
+        h.node = Node::new(config);
+        h.store.clear();
+        h.workers.clear();
+        h.timer = None;
+        if let Some(old) = h.id.take() {
+            self.by_node.remove(&old);
+        }
+        self.register(host);
+    }
+
+    // ---- the driver ----
+
+    fn connect_driver(&mut self) {
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        self.conns.insert(conn, Endpoint::Driver);
+        self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
+            from: Endpoint::Driver,
+            epoch: 0,
+            input: HeadInput::Connect {
+                conn,
+                hello: Hello::RegisterJob { version: PROTOCOL_VERSION, name: "sim".into() },
+            },
+        });
+    }
+
+    fn wake_driver(&mut self, at: Time) {
+        if self.driver.wake.is_none_or(|w| at < w) {
+            self.driver.wake = Some(at);
+            self.schedule(at, Event::DriverWake);
+        }
+    }
+
+    fn driver_send(&mut self, msg: DriverToHead) {
+        let Some(job) = self.driver.job else { return };
+        if self.driver.gone {
+            return;
+        }
+        self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
+            from: Endpoint::Driver,
+            epoch: 0,
+            input: HeadInput::FromDriver { job, msg: msg.clone() },
+        });
+    }
+
+    /// Submits whatever the plan has due by now, in plan order.
+    fn driver_step(&mut self) {
+        let Some(job) = self.driver.job else { return };
+        if self.driver.gone {
+            return;
+        }
+        let elapsed_ms = self.now.saturating_since(self.driver.started).0 / MS;
+        let plan = std::mem::take(&mut self.params.workload);
+        if self.driver.consumers_left.is_empty() && !plan.tasks.is_empty() {
+            let mut left = vec![0u32; plan.tasks.len()];
+            for t in &plan.tasks {
+                for &(d, _) in &t.deps {
+                    left[d] += 1;
+                }
+            }
+            self.driver.consumers_left = left;
+            self.driver.actor_calls = vec![0; plan.actors.len()];
+        }
+        while let Some(a) = plan.actors.get(self.driver.next_actor).filter(|a| a.at_ms <= elapsed_ms) {
+            let i = self.driver.next_actor;
+            let actor = ActorId(i as u64 + 1);
+            let task = TaskId::child(TaskId::driver(job), 0, (1 << 40) + i as u64);
+            let mut creation = TaskSpec::calling(task, job, self.function("ms=1;bytes=8"));
+            creation.kind = TaskKind::ActorCreation(actor);
+            creation.resources = cpu_hundredths(a.cpu_hundredths);
+            let options = ActorOptions {
+                max_restarts: a.max_restarts,
+                max_task_retries: a.max_task_retries,
+                ..ActorOptions::default()
+            };
+            // The creation's own return value is not awaited: drop the handle at once.
+            let returned: Vec<ObjectId> = creation.return_ids().collect();
+            self.driver_send(DriverToHead::CreateActor { options, creation: creation.into() });
+            for o in returned {
+                self.driver_send(DriverToHead::RemoveRef(o));
+            }
+            self.driver.actors.push(actor);
+            self.driver.next_actor += 1;
+        }
+        while let Some(g) = plan.groups.get(self.driver.next_group).filter(|g| g.at_ms <= elapsed_ms) {
+            let pg = PlacementGroupId(self.driver.next_group as u64 + 1);
+            let spec = PlacementGroupSpec {
+                bundles: (0..g.bundles).map(|_| cpu_hundredths(g.cpu_hundredths)).collect(),
+                strategy: g.strategy,
+                name: None,
+                detached: false,
+            };
+            self.driver_send(DriverToHead::CreatePlacementGroup { pg, spec });
+            self.driver.groups.push(pg);
+            self.driver.next_group += 1;
+        }
+        while let Some(t) = plan.tasks.get(self.driver.next_task).filter(|t| t.at_ms <= elapsed_ms) {
+            let i = self.driver.next_task;
+            let id = TaskId::child(TaskId::driver(job), 0, i as u64);
+            let mut spec = TaskSpec::calling(id, job, self.function(&t.function()));
+            spec.num_returns = t.returns;
+            spec.max_retries = t.retries;
+            spec.resources = cpu_hundredths(t.cpu_hundredths);
+            spec.args = t.deps.iter().map(|&(d, r)| Arg::Ref(ObjectId::for_return(self.driver.tasks[d], r))).collect();
+            spec.strategy = match t.placement {
+                Placement::Default => SchedulingStrategy::Default,
+                Placement::Spread => SchedulingStrategy::Spread,
+                Placement::Group { group, bundle } => {
+                    SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(group as u64 + 1), bundle: Some(bundle) }
+                }
+            };
+            if let Some(a) = t.actor {
+                let seq = self.driver.actor_calls[a];
+                self.driver.actor_calls[a] += 1;
+                spec.kind = TaskKind::ActorMethod { actor: ActorId(a as u64 + 1), seq };
+                spec.resources = ResourceSet::default();
+            }
+            let returns: Vec<ObjectId> = spec.return_ids().collect();
+            self.driver_send(DriverToHead::SubmitTask(spec.into()));
+            self.driver.tasks.push(id);
+            self.driver.next_task += 1;
+            self.driver.held.extend(returns.iter().copied());
+            if t.final_output {
+                for &o in &returns {
+                    self.driver.awaited.insert(o, None);
+                }
+                self.driver_send(DriverToHead::Subscribe(returns.clone()));
+            }
+            // A dependency whose consumers are all submitted is dropped, unless awaited.
+            for &(d, _) in &t.deps {
+                self.driver.consumers_left[d] -= 1;
+                if self.driver.consumers_left[d] == 0 && !plan.tasks[d].final_output {
+                    self.drop_returns_of(d, plan.tasks[d].returns);
+                }
+            }
+            if !t.final_output && self.driver.consumers_left[i] == 0 {
+                self.drop_returns_of(i, t.returns);
+            }
+        }
+        let next_at = [
+            plan.tasks.get(self.driver.next_task).map(|t| t.at_ms),
+            plan.actors.get(self.driver.next_actor).map(|a| a.at_ms),
+            plan.groups.get(self.driver.next_group).map(|g| g.at_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.params.workload = plan;
+        if let Some(ms) = next_at {
+            let at = self.driver.started + Duration(ms * MS);
+            self.wake_driver(at.max(self.now + Duration(MS)));
+        }
+        self.driver_maybe_release();
+    }
+
+    fn drop_returns_of(&mut self, task: usize, returns: u32) {
+        let id = self.driver.tasks[task];
+        for r in 1..=returns {
+            let o = ObjectId::for_return(id, r);
+            if self.driver.held.remove(&o) {
+                self.driver_send(DriverToHead::RemoveRef(o));
+            }
+        }
+    }
+
+    fn all_submitted(&self) -> bool {
+        let w = &self.params.workload;
+        self.driver.job.is_some()
+            && self.driver.next_task >= w.tasks.len()
+            && self.driver.next_actor >= w.actors.len()
+            && self.driver.next_group >= w.groups.len()
+    }
+
+    fn deliver_driver(&mut self, msg: HeadToDriver) {
+        if self.driver.gone {
+            return;
+        }
+        self.log_bytes(30, |b| postcard_into(b, &msg));
+        match msg {
+            HeadToDriver::ObjectReady { object, data, .. } => {
+                if !matches!(self.driver.awaited.get(&object), Some(None)) {
+                    return;
+                }
+                let digest = match &data {
+                    ObjectData::Inline(bytes) => Some(digest_of_content(bytes)),
+                    ObjectData::At(nodes) => nodes
+                        .iter()
+                        .filter_map(|n| self.by_node.get(n))
+                        .filter(|h| self.hosts[**h].up)
+                        .find_map(|h| self.hosts[*h].store.get(&object).map(|(_, d)| *d)),
+                };
+                match digest {
+                    Some(d) => {
+                        self.driver.awaited.insert(object, Some(Resolution::Ready(d)));
+                        self.counts.ready += 1;
+                        self.tamper_free_early(object);
+                        // A spawning task's value holds its children's refs: await them too.
+                        let children: Vec<ObjectId> = self
+                            .nested_of
+                            .get(&object)
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| !self.driver.nested.contains(c))
+                            .copied()
+                            .collect();
+                        if !children.is_empty() {
+                            for c in &children {
+                                self.driver.nested.insert(*c);
+                                self.driver.awaited.insert(*c, None);
+                            }
+                            self.driver_send(DriverToHead::Subscribe(children));
+                        }
+                    }
+                    None => {
+                        // Every listed copy is gone: ask again (the head rebuilds or fails it).
+                        self.driver.refetches += 1;
+                        self.driver_send(DriverToHead::Subscribe(vec![object]));
+                    }
+                }
+            }
+            HeadToDriver::ObjectFailed { object, reason } => {
+                if matches!(self.driver.awaited.get(&object), Some(None)) {
+                    self.driver.awaited.insert(object, Some(Resolution::Failed(reason)));
+                    self.counts.failed += 1;
+                }
+            }
+            HeadToDriver::PlacementGroupReady { pg, nodes } => {
+                let group = pg.0 as usize - 1;
+                let bundles = self.params.workload.groups.get(group).map_or(0, |g| g.bundles as usize);
+                self.obs.on_group_ready(self.now, group, bundles, nodes.len());
+            }
+            _ => {}
+        }
+        self.driver_maybe_release();
+    }
+
+    fn tamper_free_early(&mut self, object: ObjectId) {
+        if self.params.tamper != Some(Tamper::FreeEarly) || self.tamper_spent {
+            return;
+        }
+        self.tamper_spent = true;
+        for host in 0..self.hosts.len() {
+            if self.hosts[host].id.is_some() {
+                self.send_to_node(host, NodeInput::FromHead(HeadToNode::FreeObjects(vec![object])));
+            }
+        }
+        self.driver.awaited.insert(object, None);
+        self.driver_send(DriverToHead::Subscribe(vec![object]));
+    }
+
+    /// Once everything is submitted and every awaited value resolved, the driver drops all it
+    /// holds (after the safety phase, so that faults find work to hit).
+    fn driver_maybe_release(&mut self) {
+        if self.driver.released || self.driver.gone || !self.safety_over || !self.all_submitted() {
+            return;
+        }
+        if self.driver.awaited.values().any(|r| r.is_none()) {
+            return;
+        }
+        self.driver.released = true;
+        let held: Vec<ObjectId> = std::mem::take(&mut self.driver.held).into_iter().collect();
+        for o in held {
+            self.driver_send(DriverToHead::RemoveRef(o));
+        }
+        for pg in self.driver.groups.clone() {
+            self.driver_send(DriverToHead::RemovePlacementGroup(pg));
+        }
+        for actor in self.driver.actors.clone() {
+            self.driver_send(DriverToHead::KillActor { actor, no_restart: true });
+        }
+    }
+}
+
+/// What a task's function name tells the simulated worker.
+struct Behaviour {
+    duration: Duration,
+    return_bytes: u64,
+    fail: bool,
+    spawn: u32,
+}
+
+impl Behaviour {
+    fn parse(function: &Function) -> Behaviour {
+        let mut b = Behaviour { duration: Duration::from_millis(1), return_bytes: 8, fail: false, spawn: 0 };
+        for part in function_name(function).split(';') {
+            match part.split_once('=') {
+                Some(("ms", v)) => b.duration = Duration::from_millis(v.parse().unwrap_or(1)),
+                Some(("bytes", v)) => b.return_bytes = v.parse().unwrap_or(8),
+                Some(("spawn", v)) => b.spawn = v.parse().unwrap_or(0).min(64),
+                _ if part == "fail" => b.fail = true,
+                _ => {}
+            }
+        }
+        b
+    }
+}
+
+fn function_name(function: &Function) -> &str {
+    match function {
+        Function::Named(name) => name,
+        Function::Command(argv) => argv.first().map_or("", String::as_str),
+    }
+}
+
+fn cpu_hundredths(h: u64) -> ResourceSet {
+    ResourceSet { cpu: Amount(h * (Amount::SCALE / 100)), ..ResourceSet::default() }
+}
+
+fn digest_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = mix64(h ^ u64::from_le_bytes(word));
+    }
+    mix64(h ^ bytes.len() as u64)
+}
+
+/// The bytes of an inline value: its digest, then filler derived from it.
+fn content(digest: u64, size: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size as usize);
+    let mut x = digest;
+    while (out.len() as u64) < size {
+        out.extend_from_slice(&x.to_le_bytes());
+        x = mix64(x);
+    }
+    out.truncate(size as usize);
+    out
+}
+
+/// The digest an inline value was made from (its first 8 bytes; shorter values hash whole).
+fn digest_of_content(bytes: &[u8]) -> u64 {
+    if bytes.len() >= 8 {
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+    } else {
+        digest_bytes(bytes)
+    }
+}
+
+fn message_size(msg: &NodeToHead) -> u64 {
+    match msg {
+        NodeToHead::TaskEnded { outcome: TaskOutcome::Finished(values), .. } => {
+            values.iter().map(|v| v.inline.as_ref().map_or(0, |b| b.len() as u64)).sum()
+        }
+        _ => 0,
+    }
+}
+
+fn postcard_into<T: serde::Serialize>(buf: &mut Vec<u8>, value: &T) {
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(value, taken).expect("messages serialise");
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic with no message".into())
+}
+
+/// The kind of a failure reason (its variant name), for summaries and expectations.
+pub fn reason_kind(reason: &keel_kernel::ErrorReason) -> String {
+    let text = format!("{reason:?}");
+    text.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
+}
