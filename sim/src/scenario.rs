@@ -99,7 +99,7 @@ pub struct Scenario {
     pub workload: WorkloadSpec,
     /// Scheduled faults.
     #[serde(default, rename = "fault")]
-    pub faults: Vec<Timed>,
+    pub faults: Vec<FaultSpec>,
     /// Faults drawn from the seed.
     pub swarm: Option<Swarm>,
     /// What must be true at the end, beyond the oracles.
@@ -180,119 +180,266 @@ impl Default for Timing {
     }
 }
 
-/// The workload, by kind.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum WorkloadSpec {
-    /// Independent tasks.
-    Independent {
-        /// How many.
-        tasks: usize,
-        /// Each runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-        /// Each returns this many bytes.
-        #[serde(default = "default_bytes")]
-        bytes: u64,
-        /// CPUs each asks for.
-        #[serde(default = "one")]
-        cpus: f64,
-        /// Every task raises an application error.
-        #[serde(default)]
-        fail: bool,
-    },
-    /// A shuffle.
-    MapReduce {
-        /// Map tasks.
-        maps: usize,
-        /// Reduce tasks (and partitions per map).
-        reduces: usize,
-        /// Each runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-        /// Each partition is this many bytes.
-        #[serde(default = "default_bytes")]
-        bytes: u64,
-    },
-    /// A chain, each task taking the previous value.
-    Chain {
-        /// Its length.
-        length: usize,
-        /// Each runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-        /// Each value is this many bytes.
-        #[serde(default = "default_bytes")]
-        bytes: u64,
-    },
-    /// One source, `width` middles, one sink.
-    Fan {
-        /// The width.
-        width: usize,
-        /// Each runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-        /// Each value is this many bytes.
-        #[serde(default = "default_bytes")]
-        bytes: u64,
-    },
-    /// Tasks that submit tasks.
-    Nested {
-        /// Parent tasks.
-        parents: usize,
-        /// Children per parent (at most 64).
-        children: u32,
-        /// Each parent runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-    },
-    /// Actors with ordered calls.
-    Actors {
-        /// Actors.
-        actors: usize,
-        /// Calls per actor.
-        calls: usize,
-        /// Each call runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-        /// `max_restarts`.
-        #[serde(default)]
-        max_restarts: u32,
-        /// `max_task_retries`.
-        #[serde(default)]
-        max_task_retries: u32,
-    },
-    /// Placement-group gangs.
-    Gangs {
-        /// Groups.
-        groups: usize,
-        /// Bundles per group (one CPU each, one task each).
-        bundles: u32,
-        /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
-        #[serde(default = "default_strategy")]
-        strategy: String,
-        /// Each task runs this long.
-        #[serde(default = "default_ms")]
-        ms: u64,
-    },
-    /// A random DAG drawn from the seed.
-    RandomDag {
-        /// Tasks.
-        tasks: usize,
-    },
+/// The workload: a `kind` and the fields that kind takes.
+///
+/// | kind | fields (defaults: `ms = 10`, `bytes = 8`) |
+/// |---|---|
+/// | `independent` | `tasks`, `ms`, `bytes`, `cpus` (1.0), `fail` (false) |
+/// | `map_reduce` | `maps`, `reduces`, `ms`, `bytes` (per partition) |
+/// | `chain` | `length`, `ms`, `bytes` |
+/// | `fan` | `width`, `ms`, `bytes` |
+/// | `nested` | `parents`, `children` (at most 64), `ms` |
+/// | `actors` | `actors`, `calls`, `ms`, `max_restarts` (0), `max_task_retries` (0) |
+/// | `gangs` | `groups`, `bundles`, `strategy` (PACK), `ms` |
+/// | `random_dag` | `tasks` |
+///
+/// A plain table (rather than one shape per kind) lets the reader name the exact line of a
+/// badly typed field; a field the kind does not take is refused by name.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Which generator.
+    pub kind: String,
+    /// Tasks (independent, random_dag).
+    pub tasks: Option<usize>,
+    /// Map tasks (map_reduce).
+    pub maps: Option<usize>,
+    /// Reduce tasks (map_reduce).
+    pub reduces: Option<usize>,
+    /// Chain length (chain).
+    pub length: Option<usize>,
+    /// Fan width (fan).
+    pub width: Option<usize>,
+    /// Parent tasks (nested).
+    pub parents: Option<usize>,
+    /// Children per parent (nested).
+    pub children: Option<u32>,
+    /// Actors (actors).
+    pub actors: Option<usize>,
+    /// Calls per actor (actors).
+    pub calls: Option<usize>,
+    /// Groups (gangs).
+    pub groups: Option<usize>,
+    /// Bundles per group (gangs).
+    pub bundles: Option<u32>,
+    /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (gangs).
+    pub strategy: Option<String>,
+    /// How long each task runs.
+    pub ms: Option<u64>,
+    /// Bytes per return value.
+    pub bytes: Option<u64>,
+    /// CPUs per task (independent).
+    pub cpus: Option<f64>,
+    /// Every task raises (independent).
+    pub fail: Option<bool>,
+    /// `max_restarts` (actors).
+    pub max_restarts: Option<u32>,
+    /// `max_task_retries` (actors).
+    pub max_task_retries: Option<u32>,
 }
 
-fn default_ms() -> u64 {
-    10
+/// The kinds and the fields each takes (besides `kind`).
+const KINDS: [(&str, &[&str]); 8] = [
+    ("independent", &["tasks", "ms", "bytes", "cpus", "fail"]),
+    ("map_reduce", &["maps", "reduces", "ms", "bytes"]),
+    ("chain", &["length", "ms", "bytes"]),
+    ("fan", &["width", "ms", "bytes"]),
+    ("nested", &["parents", "children", "ms"]),
+    ("actors", &["actors", "calls", "ms", "max_restarts", "max_task_retries"]),
+    ("gangs", &["groups", "bundles", "strategy", "ms"]),
+    ("random_dag", &["tasks"]),
+];
+
+impl WorkloadSpec {
+    fn given(&self) -> Vec<&'static str> {
+        let present = [
+            ("tasks", self.tasks.is_some()),
+            ("maps", self.maps.is_some()),
+            ("reduces", self.reduces.is_some()),
+            ("length", self.length.is_some()),
+            ("width", self.width.is_some()),
+            ("parents", self.parents.is_some()),
+            ("children", self.children.is_some()),
+            ("actors", self.actors.is_some()),
+            ("calls", self.calls.is_some()),
+            ("groups", self.groups.is_some()),
+            ("bundles", self.bundles.is_some()),
+            ("strategy", self.strategy.is_some()),
+            ("ms", self.ms.is_some()),
+            ("bytes", self.bytes.is_some()),
+            ("cpus", self.cpus.is_some()),
+            ("fail", self.fail.is_some()),
+            ("max_restarts", self.max_restarts.is_some()),
+            ("max_task_retries", self.max_task_retries.is_some()),
+        ];
+        present.iter().filter(|(_, p)| *p).map(|(n, _)| *n).collect()
+    }
+
+    /// The workload for `seed` (only random DAGs depend on it), or the field that is wrong.
+    pub fn build(&self, seed: u64) -> Result<Workload, (String, String)> {
+        let Some((_, fields)) = KINDS.iter().find(|(k, _)| *k == self.kind) else {
+            let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+            return Err((
+                "workload.kind".into(),
+                format!("unknown kind `{}` (known: {})", self.kind, known.join(", ")),
+            ));
+        };
+        if let Some(extra) = self.given().into_iter().find(|f| !fields.contains(f)) {
+            return Err((format!("workload.{extra}"), format!("kind `{}` takes no `{extra}`", self.kind)));
+        }
+        fn need<T: Copy>(v: Option<T>, field: &str) -> Result<T, (String, String)> {
+            v.ok_or_else(|| (format!("workload.{field}"), "missing: this kind needs it".to_string()))
+        }
+        let (ms, bytes) = (self.ms.unwrap_or(10), self.bytes.unwrap_or(8));
+        Ok(match self.kind.as_str() {
+            "independent" => {
+                let cpus = self.cpus.unwrap_or(1.0);
+                if !cpus.is_finite() || cpus < 0.0 {
+                    return Err(("workload.cpus".into(), format!("{cpus} is not an amount of CPUs")));
+                }
+                let mut w = Workload::independent(need(self.tasks, "tasks")?, ms, bytes);
+                for t in &mut w.tasks {
+                    t.cpu_hundredths = (cpus * 100.0).round() as u64;
+                    t.fail = self.fail.unwrap_or(false);
+                }
+                w
+            }
+            "map_reduce" => Workload::map_reduce(need(self.maps, "maps")?, need(self.reduces, "reduces")?, ms, bytes),
+            "chain" => Workload::chain(need(self.length, "length")?, ms, bytes),
+            "fan" => Workload::fan(need(self.width, "width")?, ms, bytes),
+            "nested" => {
+                let children = need(self.children, "children")?;
+                if children > 64 {
+                    return Err(("workload.children".into(), format!("{children} children: at most 64 per parent")));
+                }
+                Workload::nested(need(self.parents, "parents")?, children, ms)
+            }
+            "actors" => Workload::actors(
+                need(self.actors, "actors")?,
+                need(self.calls, "calls")?,
+                ms,
+                self.max_restarts.unwrap_or(0),
+                self.max_task_retries.unwrap_or(0),
+            ),
+            "gangs" => {
+                let name = self.strategy.as_deref().unwrap_or("PACK");
+                let strategy = parse_strategy(name).ok_or_else(|| {
+                    (
+                        "workload.strategy".to_string(),
+                        format!("`{name}`: expected PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"),
+                    )
+                })?;
+                Workload::gangs(need(self.groups, "groups")?, need(self.bundles, "bundles")?, strategy, ms)
+            }
+            "random_dag" => Workload::random_dag(need(self.tasks, "tasks")?, &mut Rng::new(seed, Stream::Workload)),
+            other => unreachable!("kind {other} is listed in KINDS"),
+        })
+    }
 }
-fn default_bytes() -> u64 {
-    8
+
+/// A scheduled fault: `at_ms`, a `kind` and the fields that kind takes.
+///
+/// | kind | fields |
+/// |---|---|
+/// | `crash_node` | `host`, `restart_ms` (at the end of the safety phase) |
+/// | `partition` | `host`, `ms`, `inbound` (true), `outbound` (true) |
+/// | `clog` | `host`, `ms`, `extra_ms` |
+/// | `pause` | `host`, `ms` |
+/// | `crash_worker` | `host` |
+/// | `hang` | `host`, `ms` |
+/// | `duplicate` | `p`, `ms` |
+/// | `reorder` | `jitter_ms`, `ms` |
+/// | `disconnect` | `host` |
+/// | `driver_exit` | |
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// When, from the start of the run.
+    pub at_ms: u64,
+    /// Which fault.
+    pub kind: String,
+    /// The host, by index.
+    pub host: Option<usize>,
+    /// Down this long (crash_node).
+    pub restart_ms: Option<u64>,
+    /// Lasts this long.
+    pub ms: Option<u64>,
+    /// Messages from the head are lost (partition).
+    pub inbound: Option<bool>,
+    /// Messages to the head are lost (partition).
+    pub outbound: Option<bool>,
+    /// Extra delay per message (clog).
+    pub extra_ms: Option<u64>,
+    /// Probability per message (duplicate).
+    pub p: Option<f64>,
+    /// Maximum extra delay (reorder).
+    pub jitter_ms: Option<u64>,
 }
-fn one() -> f64 {
-    1.0
-}
-fn default_strategy() -> String {
-    "PACK".into()
+
+const FAULT_KINDS: [(&str, &[&str]); 10] = [
+    ("crash_node", &["host", "restart_ms"]),
+    ("partition", &["host", "ms", "inbound", "outbound"]),
+    ("clog", &["host", "ms", "extra_ms"]),
+    ("pause", &["host", "ms"]),
+    ("crash_worker", &["host"]),
+    ("hang", &["host", "ms"]),
+    ("duplicate", &["p", "ms"]),
+    ("reorder", &["jitter_ms", "ms"]),
+    ("disconnect", &["host"]),
+    ("driver_exit", &[]),
+];
+
+impl FaultSpec {
+    /// The fault, or the field (under `fault[i]`) that is wrong.
+    pub fn to_timed(&self, i: usize) -> Result<Timed, (String, String)> {
+        let at = |f: &str| format!("fault[{i}].{f}");
+        let Some((_, fields)) = FAULT_KINDS.iter().find(|(k, _)| *k == self.kind) else {
+            let known: Vec<&str> = FAULT_KINDS.iter().map(|(k, _)| *k).collect();
+            return Err((at("kind"), format!("unknown kind `{}` (known: {})", self.kind, known.join(", "))));
+        };
+        let given = [
+            ("host", self.host.is_some()),
+            ("restart_ms", self.restart_ms.is_some()),
+            ("ms", self.ms.is_some()),
+            ("inbound", self.inbound.is_some()),
+            ("outbound", self.outbound.is_some()),
+            ("extra_ms", self.extra_ms.is_some()),
+            ("p", self.p.is_some()),
+            ("jitter_ms", self.jitter_ms.is_some()),
+        ];
+        if let Some((extra, _)) = given.iter().find(|(f, g)| *g && !fields.contains(f)) {
+            return Err((at(extra), format!("kind `{}` takes no `{extra}`", self.kind)));
+        }
+        let need = |v: Option<u64>, f: &str| v.ok_or_else(|| (at(f), "missing: this kind needs it".to_string()));
+        let host = || self.host.ok_or_else(|| (at("host"), "missing: this kind needs it".to_string()));
+        let fault = match self.kind.as_str() {
+            "crash_node" => Fault::CrashNode { host: host()?, restart_ms: self.restart_ms },
+            "partition" => Fault::Partition {
+                host: host()?,
+                ms: need(self.ms, "ms")?,
+                inbound: self.inbound.unwrap_or(true),
+                outbound: self.outbound.unwrap_or(true),
+            },
+            "clog" => {
+                Fault::Clog { host: host()?, ms: need(self.ms, "ms")?, extra_ms: need(self.extra_ms, "extra_ms")? }
+            }
+            "pause" => Fault::Pause { host: host()?, ms: need(self.ms, "ms")? },
+            "crash_worker" => Fault::CrashWorker { host: host()? },
+            "hang" => Fault::Hang { host: host()?, ms: need(self.ms, "ms")? },
+            "duplicate" => {
+                let p = self.p.ok_or_else(|| (at("p"), "missing: this kind needs it".to_string()))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err((at("p"), format!("{p} is not a probability")));
+                }
+                Fault::Duplicate { p, ms: need(self.ms, "ms")? }
+            }
+            "reorder" => Fault::Reorder { jitter_ms: need(self.jitter_ms, "jitter_ms")?, ms: need(self.ms, "ms")? },
+            "disconnect" => Fault::Disconnect { host: host()? },
+            "driver_exit" => Fault::DriverExit,
+            other => unreachable!("kind {other} is listed in FAULT_KINDS"),
+        };
+        Ok(Timed { at_ms: self.at_ms, fault })
+    }
 }
 
 /// Faults drawn from the seed.
@@ -395,17 +542,13 @@ impl Scenario {
                 ),
             );
         }
-        for (i, t) in self.faults.iter().enumerate() {
+        for (i, spec) in self.faults.iter().enumerate() {
+            let t = spec.to_timed(i)?;
             if let Some(h) = t.fault.host().filter(|h| *h >= self.cluster.nodes) {
                 return bad(
                     &format!("fault[{i}].host"),
                     format!("host {h}, but the cluster has {} nodes (0..{})", self.cluster.nodes, self.cluster.nodes),
                 );
-            }
-            if let Fault::Duplicate { p, .. } = t.fault {
-                if !(0.0..=1.0).contains(&p) {
-                    return bad(&format!("fault[{i}].p"), format!("{p} is not a probability"));
-                }
             }
             if t.at_ms >= self.timing.safety_ms {
                 return bad(
@@ -422,49 +565,14 @@ impl Scenario {
         if !["all", "any", "none"].contains(&self.expect.ready.as_str()) {
             return bad("expect.ready", format!("`{}`: expected all, any or none", self.expect.ready));
         }
-        match &self.workload {
-            WorkloadSpec::Gangs { strategy, .. } if parse_strategy(strategy).is_none() => {
-                return bad(
-                    "workload.strategy",
-                    format!("`{strategy}`: expected PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"),
-                );
-            }
-            WorkloadSpec::Independent { cpus, .. } if !cpus.is_finite() || *cpus < 0.0 => {
-                return bad("workload.cpus", format!("{cpus} is not an amount of CPUs"));
-            }
-            WorkloadSpec::Nested { children, .. } if *children > 64 => {
-                return bad("workload.children", format!("{children} children: at most 64 per parent"));
-            }
-            _ => {}
-        }
-        let workload = self.workload(0);
+        let workload = self.workload.build(0)?;
         workload.validate().map_err(|m| ("workload".to_string(), m))?;
         Ok(())
     }
 
     /// The workload for `seed` (only random DAGs depend on it).
     pub fn workload(&self, seed: u64) -> Workload {
-        match &self.workload {
-            &WorkloadSpec::Independent { tasks, ms, bytes, cpus, fail } => {
-                let mut w = Workload::independent(tasks, ms, bytes);
-                for t in &mut w.tasks {
-                    t.cpu_hundredths = (cpus * 100.0).round() as u64;
-                    t.fail = fail;
-                }
-                w
-            }
-            &WorkloadSpec::MapReduce { maps, reduces, ms, bytes } => Workload::map_reduce(maps, reduces, ms, bytes),
-            &WorkloadSpec::Chain { length, ms, bytes } => Workload::chain(length, ms, bytes),
-            &WorkloadSpec::Fan { width, ms, bytes } => Workload::fan(width, ms, bytes),
-            &WorkloadSpec::Nested { parents, children, ms } => Workload::nested(parents, children, ms),
-            &WorkloadSpec::Actors { actors, calls, ms, max_restarts, max_task_retries } => {
-                Workload::actors(actors, calls, ms, max_restarts, max_task_retries)
-            }
-            WorkloadSpec::Gangs { groups, bundles, strategy, ms } => {
-                Workload::gangs(*groups, *bundles, parse_strategy(strategy).unwrap_or(PlacementStrategy::Pack), *ms)
-            }
-            &WorkloadSpec::RandomDag { tasks } => Workload::random_dag(tasks, &mut Rng::new(seed, Stream::Workload)),
-        }
+        self.workload.build(seed).expect("checked when the scenario was read")
     }
 
     /// The run parameters for `seed`.
@@ -491,7 +599,12 @@ impl Scenario {
             object_store_capacity_bytes: c.store_mb << 20,
             ..NodeConfig::default()
         };
-        let mut faults = self.faults.clone();
+        let mut faults: Vec<Timed> = self
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.to_timed(i).expect("checked when the scenario was read"))
+            .collect();
         if let Some(s) = &self.swarm {
             let until = s.until_ms.min(t.safety_ms);
             faults.extend(crate::faults::swarm(
@@ -612,11 +725,17 @@ tasks = 4
     fn errors_name_the_file_the_line_and_the_field() {
         let e = parse(&format!("{SMALL}\n[expect]\nredy = \"all\"\n")).unwrap_err().to_string();
         assert!(e.starts_with("story.toml: "), "{e}");
-        assert!(e.contains("line 12") && e.contains("redy"), "{e}");
+        assert!(e.contains("line 11") && e.contains("unknown field `redy`"), "{e}");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"crash_node\"\nhost = 7\n")).unwrap_err();
         assert_eq!(e.to_string(), "story.toml: fault[0].host: host 7, but the cluster has 2 nodes (0..2)");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"melt\"\n")).unwrap_err().to_string();
-        assert!(e.contains("melt") && e.contains("line"), "{e}");
+        assert!(e.starts_with("story.toml: fault[0].kind: unknown kind `melt`"), "{e}");
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"pause\"\nhost = 1\n")).unwrap_err();
+        assert_eq!(e.to_string(), "story.toml: fault[0].ms: missing: this kind needs it");
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = \"soon\"\nkind = \"pause\"\n")).unwrap_err().to_string();
+        assert!(e.contains("line 11") && e.contains("invalid type"), "{e}");
+        let e = parse(&SMALL.replace("tasks = 4", "tasks = 4\nmaps = 3")).unwrap_err().to_string();
+        assert_eq!(e, "story.toml: workload.maps: kind `independent` takes no `maps`");
         let e = parse(&SMALL.replace("tasks = 4", "tasks = \"many\"")).unwrap_err().to_string();
         assert!(e.contains("line 8") && e.contains("invalid type"), "{e}");
         let e = parse(&format!("{SMALL}\n[timing]\nnode_timeout_ms = 50\n")).unwrap_err().to_string();
