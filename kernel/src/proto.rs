@@ -556,7 +556,9 @@ pub enum NodeToHead {
         /// How.
         outcome: TaskOutcome,
     },
-    /// An actor's worker died outside any method call.
+    /// An actor's worker died on its own (not killed by the head's `KillActor`). When it died
+    /// mid-call, this comes before the call's `TaskEnded`, so that the head restarts the actor
+    /// instead of retrying the call on the dead worker.
     ActorWorkerDied {
         /// The actor.
         actor: ActorId,

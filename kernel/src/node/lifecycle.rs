@@ -57,6 +57,11 @@ impl Node {
                 self.abort_task(task, TaskFailure::WorkerDied { exit_code });
             }
             WorkerState::Busy(task) => {
+                // An actor's process died mid-call: the head must learn that the actor is gone
+                // before it hears of the call, or it would retry the call on the dead worker.
+                if let WorkerKind::Actor(actor) = kind {
+                    self.send_to_head(NodeToHead::ActorWorkerDied { actor, worker });
+                }
                 self.workers.set_state(worker, WorkerState::Stopping);
                 let cancelled = self.tasks[&task].cancel_requested;
                 let failure = if cancelled { TaskFailure::Cancelled } else { TaskFailure::WorkerDied { exit_code } };
