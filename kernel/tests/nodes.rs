@@ -164,3 +164,54 @@ fn queued_work_that_only_a_drained_node_could_hold_fails_as_infeasible() {
     assert_eq!(c.head.task_state(l), Some(TaskStateKind::Running), "draining does not stop running work");
     assert_eq!(c.head.task_state(w), Some(TaskStateKind::Failed), "no schedulable node can ever hold it");
 }
+
+/// A task cancelled without force runs on and seals its value after its only handle was
+/// dropped: whatever the head makes of the late completion, the orphaned value must not stay
+/// on the node.
+#[test]
+fn a_value_sealed_by_an_attempt_the_head_no_longer_wants_is_deleted() {
+    let mut c = cluster(1);
+    let job = c.start_job("orphans");
+    let spec = task(job, 0, "ms=50;bytes=300000");
+    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
+    c.submit(job, spec).unwrap();
+    c.run_for(Duration::from_millis(10));
+    assert_eq!(c.head.task_state(t), Some(TaskStateKind::Running));
+    c.driver(job, DriverToHead::Cancel { task: t, force: false, recursive: false }).unwrap();
+    c.driver(job, DriverToHead::RemoveRef(out)).unwrap();
+    c.run_for(Duration::from_millis(200));
+    c.check_invariants();
+    assert!(c.hosts[0].store.is_empty(), "the orphaned value of {out} is still stored");
+    assert!(c.hosts[0].node.local_object(out).is_none(), "the node still lists {out}");
+}
+
+/// A forced cancel crosses the attempt's completion on the wire: the head has ended the
+/// attempt, refuses the completion, and has the node delete the value it sealed.
+#[test]
+fn a_value_sealed_by_an_attempt_cancelled_in_flight_is_deleted() {
+    let mut c = Cluster::new(HeadConfig::default(), NodeConfig::default(), Duration::from_millis(10));
+    c.add_host(ResourceSet::cpus(2), Labels::new());
+    c.run_for(Duration::from_millis(30));
+    let job = c.start_job("crossing");
+    let spec = task(job, 0, "ms=50;bytes=300000");
+    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
+    c.submit(job, spec).unwrap();
+    // The node finishes while the cancel is on its way.
+    let mut waited = 0;
+    while c.hosts[0].node.task_count() == 0 {
+        c.run_for(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 500, "the task never reached its node");
+    }
+    while c.hosts[0].node.task_count() > 0 {
+        c.run_for(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 500, "the task never finished on its node");
+    }
+    assert_eq!(c.head.task_state(t), Some(TaskStateKind::Running), "the completion is still on the wire");
+    c.driver(job, DriverToHead::Cancel { task: t, force: true, recursive: false }).unwrap();
+    c.run_for(Duration::from_millis(200));
+    c.check_invariants();
+    assert!(c.hosts[0].store.is_empty(), "the orphaned value of {out} is still stored");
+    assert!(c.hosts[0].node.local_object(out).is_none(), "the node still lists {out}");
+}

@@ -663,7 +663,22 @@ impl Head {
         attempt: u32,
         outcome: TaskOutcome,
     ) -> Result<(), InputError> {
-        self.current_attempt(node, task, attempt)?;
+        if let Err(refused) = self.current_attempt(node, task, attempt) {
+            // An attempt the head no longer wants (cancelled, retried elsewhere, its task gone)
+            // may still have sealed values on the node: nobody will ever free them but us.
+            if let TaskOutcome::Finished(returns) = &outcome {
+                let orphans: Vec<ObjectId> = returns
+                    .iter()
+                    .filter(|v| v.inline.is_none())
+                    .map(|v| v.object)
+                    .filter(|o| self.objects.get(*o).is_none_or(|r| !r.locations.contains(&node)))
+                    .collect();
+                if !orphans.is_empty() {
+                    self.emit(HeadOutput::ToNode { node, msg: HeadToNode::FreeObjects(orphans) });
+                }
+            }
+            return Err(refused);
+        }
         match outcome {
             TaskOutcome::Finished(returns) => {
                 if let Err(what) = self.check_returns(task, &returns) {
