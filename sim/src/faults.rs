@@ -20,8 +20,10 @@ pub enum Fault {
         /// Down for this long.
         restart_ms: Option<u64>,
     },
-    /// Every message between the host and the head is lost, in the directions named, for
-    /// `ms`. A one-way cut is an asymmetric partition.
+    /// The network between the host and the head is cut, in the directions named, for `ms`.
+    /// The connection stays up, so what crosses the cut is held back and delivered, in order,
+    /// when it heals (TCP retransmits); meanwhile the head may declare the node dead. A one-way
+    /// cut is an asymmetric partition.
     Partition {
         /// The host.
         host: usize,

@@ -7,8 +7,9 @@
 //! links, processes, object bytes) and feeds back what happened as inputs.
 //!
 //! The network models what the real transport gives: each link is a TCP connection, reliable
-//! and in order while it is up; a partition loses what crosses it; clogging delays without
-//! reordering; a broken connection loses what was in flight and the node's daemon starts over.
+//! and in order while it is up; a partition holds back what crosses it until it heals (TCP
+//! retransmits); clogging delays without reordering; a broken connection loses what was in
+//! flight and the node's daemon starts over.
 //! Duplicates between the head and the nodes, and reordering between nodes, are faults the
 //! protocol must absorb (attempt numbers, stale replies ignored).
 
@@ -152,7 +153,6 @@ enum Event {
 
 #[derive(Clone, Copy, Debug)]
 enum Heal {
-    Partition(usize),
     Clog(usize),
     Duplicate,
     Reorder,
@@ -189,6 +189,8 @@ struct Work {
     resources: ResourceSet,
     /// An actor's worker keeps its creation task's resources while it lives.
     actor: Option<ActorId>,
+    /// Values the task writes to the store when it ends: object, size, digest.
+    sealed: Vec<(ObjectId, u64, u64)>,
 }
 
 /// One machine: its node machine, store, workers and fault state.
@@ -207,8 +209,10 @@ struct Host {
     workers: BTreeMap<WorkerId, Work>,
     timer: Option<Time>,
     paused_until: Time,
-    cut_in: bool,
-    cut_out: bool,
+    /// Messages from the head are held back until then (a partition; TCP delivers them late).
+    cut_in_until: Time,
+    /// Messages to the head are held back until then.
+    cut_out_until: Time,
     clog: Duration,
     hang_next: Option<Duration>,
     clock_offset: Duration,
@@ -247,8 +251,10 @@ pub struct Counts {
     pub events: u64,
     /// Messages sent.
     pub messages: u64,
-    /// Messages lost to partitions and broken connections.
+    /// Messages lost with a broken connection.
     pub lost: u64,
+    /// Messages held back by a partition (delivered when it heals, as TCP does).
+    pub held: u64,
     /// Messages duplicated.
     pub duplicated: u64,
     /// Faults injected.
@@ -294,6 +300,7 @@ pub struct World {
     functions: BTreeMap<String, Function>,
     /// Refs inside each value produced (what the driver finds when it deserialises the value).
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
+    trace_filter: Option<String>,
 }
 
 /// The end of a run.
@@ -357,8 +364,8 @@ impl World {
                     workers: BTreeMap::new(),
                     timer: None,
                     paused_until: Time::ZERO,
-                    cut_in: false,
-                    cut_out: false,
+                    cut_in_until: Time::ZERO,
+                    cut_out_until: Time::ZERO,
                     clog: Duration::ZERO,
                     hang_next: None,
                     clock_offset: Duration::ZERO,
@@ -390,6 +397,7 @@ impl World {
             tamper_spent: false,
             functions: BTreeMap::new(),
             nested_of: BTreeMap::new(),
+            trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
         };
         // Clocks of nodes differ by up to 50 ms (the Head never compares them).
         for i in 0..world.hosts.len() {
@@ -451,14 +459,27 @@ impl World {
             );
         } else if !self.finished() {
             let stored: u64 = self.hosts.iter().filter(|h| h.up).map(|h| h.store.len() as u64).sum();
+            let examples: Vec<String> = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.up)
+                .flat_map(|(i, h)| h.store.keys().map(move |o| (i, h, *o)))
+                .take(3)
+                .map(|(i, h, o)| {
+                    let known = h.node.local_object(o).map_or("unknown to its node".to_string(), |l| format!("{l:?}"));
+                    format!("{o} on host {i} ({known})")
+                })
+                .collect();
             self.obs.violate(
                 Property::NoLeak,
                 deadline,
                 format!(
-                    "after the driver dropped everything: {} task records, {} object records, {} stored objects",
+                    "after the driver dropped everything: {} task records, {} object records, {} stored objects{}",
                     self.head.task_records(),
                     self.head.object_records(),
-                    stored
+                    stored,
+                    if examples.is_empty() { String::new() } else { format!(": {}", examples.join("; ")) }
                 ),
             );
         }
@@ -488,6 +509,16 @@ impl World {
             violations: self.obs.violations().to_vec(),
             failure_reasons,
             head,
+        }
+    }
+
+    /// With `KEEL_SIM_TRACE=TEXT`, prints every message that mentions TEXT (debugging aid).
+    fn trace(&self, line: impl FnOnce() -> String) {
+        if let Some(filter) = &self.trace_filter {
+            let line = line();
+            if line.contains(filter.as_str()) {
+                eprintln!("{:>10.3} ms  {line}", self.now.0 as f64 / MS as f64);
+            }
         }
     }
 
@@ -555,6 +586,13 @@ impl World {
                 }
                 let ends_worker = matches!(input, NodeInput::WorkerExited { .. });
                 let h = &mut self.hosts[host];
+                if !ends_worker {
+                    // The task's values are in the store once it returns, not before.
+                    let sealed = h.workers.get_mut(&worker).map(|w| std::mem::take(&mut w.sealed)).unwrap_or_default();
+                    for (object, size, digest) in sealed {
+                        h.store.insert(object, (size, digest));
+                    }
+                }
                 if ends_worker || h.workers.get(&worker).is_some_and(|w| w.actor.is_none()) {
                     h.workers.remove(&worker);
                 } else if let Some(w) = h.workers.get_mut(&worker) {
@@ -607,7 +645,7 @@ impl World {
                 self.log_ids(3, &[]);
                 for host in 0..self.hosts.len() {
                     let h = &mut self.hosts[host];
-                    (h.cut_in, h.cut_out, h.clog, h.hang_next) = (false, false, Duration::ZERO, None);
+                    (h.clog, h.hang_next) = (Duration::ZERO, None);
                     if !h.up {
                         self.restart(host);
                     }
@@ -627,16 +665,13 @@ impl World {
             (Endpoint::Host(h), _) | (_, Endpoint::Host(h)) => Some(h),
             _ => None,
         };
-        if let Some(h) = host {
-            let cut = match (from, to) {
-                (Endpoint::Head, _) => self.hosts[h].cut_in,
-                (_, Endpoint::Head) => self.hosts[h].cut_out,
-                _ => false,
-            };
-            if cut {
-                self.counts.lost += 1;
-                return;
-            }
+        let held_until = match (from, to, host) {
+            (Endpoint::Head, _, Some(h)) => self.hosts[h].cut_in_until,
+            (_, Endpoint::Head, Some(h)) => self.hosts[h].cut_out_until,
+            _ => Time::ZERO,
+        };
+        if held_until > self.now {
+            self.counts.held += 1;
         }
         let p = &self.params.net;
         let mut delay =
@@ -651,7 +686,7 @@ impl World {
             Some(j) => self.now + Duration(delay + self.net_rng.below(j.0 + 1)),
             None => {
                 let last = self.last_arrival.get(&(from, to)).copied().unwrap_or(Time::ZERO);
-                let at = (self.now + Duration(delay)).max(last);
+                let at = (self.now.max(held_until) + Duration(delay)).max(last);
                 self.last_arrival.insert((from, to), at);
                 at
             }
@@ -703,6 +738,7 @@ impl World {
     // ---- the head ----
 
     fn deliver_head(&mut self, input: HeadInput) {
+        self.trace(|| format!("head <- {input:?}"));
         let kind = match &input {
             HeadInput::Connect { .. } => 10,
             HeadInput::FromDriver { .. } => 11,
@@ -757,6 +793,7 @@ impl World {
     }
 
     fn perform_head(&mut self, output: HeadOutput) {
+        self.trace(|| format!("head -> {output:?}"));
         match output {
             HeadOutput::ToConn { conn, msg } => match (self.conns.get(&conn).copied(), msg) {
                 (Some(Endpoint::Host(host)), Welcome::NodeRegistered(id)) if self.hosts[host].conn == conn => {
@@ -794,9 +831,9 @@ impl World {
                     self.send(Endpoint::Head, Endpoint::Driver, 0, move |_| Event::ToDriver(msg.clone()));
                 }
             }
-            HeadOutput::NodeDead(node) => {
-                self.by_node.remove(&node);
-            }
+            // The dead node's daemon may still be running (a partition, a pause): the head's
+            // answers, such as `Reregister`, still reach it until it registers again.
+            HeadOutput::NodeDead(_) => {}
             HeadOutput::NodeDrained(_) => {}
         }
     }
@@ -823,6 +860,7 @@ impl World {
     }
 
     fn deliver_node(&mut self, host: usize, input: NodeInput) {
+        self.trace(|| format!("host {host} <- {input:?}"));
         self.log_node_input(host, &input);
         let local = self.now + self.hosts[host].clock_offset;
         let _ = self.hosts[host].node.handle_input(local, input);
@@ -892,6 +930,7 @@ impl World {
     }
 
     fn perform_node(&mut self, host: usize, output: NodeOutput) {
+        self.trace(|| format!("host {host} -> {output:?}"));
         match output {
             NodeOutput::ToHead(msg) => self.send_to_head(host, msg),
             NodeOutput::ToPeer { node, msg } => {
@@ -998,7 +1037,7 @@ impl World {
             }
             _ => spec.resources.clone(),
         };
-        self.hosts[host].workers.insert(worker, Work { task: spec.task, resources, actor });
+        self.hosts[host].workers.insert(worker, Work { task: spec.task, resources, actor, sealed: Vec::new() });
         self.check_load(host);
         if let Some(after) = self.hosts[host].hang_next.take() {
             self.schedule(
@@ -1009,6 +1048,7 @@ impl World {
         }
         let jitter = self.proc_rng.below(behaviour.duration.0 / 10 + 1);
         let ends = self.now + Duration(behaviour.duration.0 + jitter);
+        let mut sealed = Vec::new();
         let outcome = if behaviour.fail {
             TaskOutcome::Failed(TaskFailure::Application { message: "the task raised on purpose".into() })
         } else {
@@ -1049,7 +1089,7 @@ impl World {
                     self.nested_of.insert(*object, nested.clone());
                 }
                 if inline.is_none() {
-                    self.hosts[host].store.insert(*object, (*size, *digest));
+                    sealed.push((*object, *size, *digest));
                 }
             }
             TaskOutcome::Finished(
@@ -1059,6 +1099,9 @@ impl World {
                     .collect(),
             )
         };
+        if let Some(w) = self.hosts[host].workers.get_mut(&worker) {
+            w.sealed = sealed;
+        }
         self.schedule(
             ends,
             Event::WorkerEnd {
@@ -1125,10 +1168,15 @@ impl World {
                 }
             }
             Fault::Partition { host, ms, inbound, outbound } => {
+                // Healed by the end of the safety phase at the latest.
+                let until = (self.now + Duration(ms * MS)).min(Time(self.params.safety.0));
                 let h = &mut self.hosts[host];
-                h.cut_in |= inbound;
-                h.cut_out |= outbound;
-                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Partition(host)));
+                if inbound {
+                    h.cut_in_until = h.cut_in_until.max(until);
+                }
+                if outbound {
+                    h.cut_out_until = h.cut_out_until.max(until);
+                }
             }
             Fault::Clog { host, ms, extra_ms } => {
                 self.hosts[host].clog = Duration(extra_ms * MS);
@@ -1185,7 +1233,6 @@ impl World {
     fn heal(&mut self, heal: Heal) {
         self.log_ids(5, &[]);
         match heal {
-            Heal::Partition(host) => (self.hosts[host].cut_in, self.hosts[host].cut_out) = (false, false),
             Heal::Clog(host) => self.hosts[host].clog = Duration::ZERO,
             Heal::Duplicate => self.duplicate_p = 0.0,
             Heal::Reorder => self.reorder_jitter = None,
