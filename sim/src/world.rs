@@ -1128,7 +1128,7 @@ impl World {
             return;
         }
         let anywhere = self.hosts.iter().any(|h| h.up && h.store.contains_key(&object));
-        if !anywhere && self.driver.awaited.get(&object).is_some_and(|r| r.is_some()) {
+        if !anywhere {
             self.obs.violate(
                 Property::NoEarlyFree,
                 self.now,

@@ -1,0 +1,84 @@
+//! The oracles can fail: each corruption of the kernel's outputs is caught by the oracle that
+//! guards against it, and runs are deterministic.
+
+use keel_sim::oracle::Property;
+use keel_sim::scenario::Scenario;
+use keel_sim::world::Tamper;
+use std::path::Path;
+
+fn scenario(text: &str) -> Scenario {
+    Scenario::parse(Path::new("test.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Twenty tasks with stored values on two nodes, a few workers crashing (so that some attempts
+/// are retried), and a short liveness bound.
+const BASE: &str = r#"
+description = "oracle self-test"
+[cluster]
+nodes = 2
+cpus = 2
+[timing]
+safety_ms = 600
+liveness_ms = 3000
+[workload]
+kind = "independent"
+tasks = 20
+ms = 20
+bytes = 200000
+[[fault]]
+at_ms = 30
+kind = "crash_worker"
+host = 0
+[[fault]]
+at_ms = 35
+kind = "crash_worker"
+host = 1
+"#;
+
+fn broken(tamper: Option<Tamper>) -> Vec<Property> {
+    let outcome = scenario(BASE).run(1, tamper);
+    let mut p: Vec<Property> = outcome.violations.iter().map(|v| v.property).collect();
+    p.dedup();
+    p
+}
+
+#[test]
+fn the_untampered_base_run_keeps_every_property() {
+    assert_eq!(broken(None), vec![]);
+}
+
+#[test]
+fn a_dropped_completion_is_caught_as_no_liveness() {
+    assert!(broken(Some(Tamper::DropCompletion)).contains(&Property::Liveness));
+}
+
+#[test]
+fn a_duplicated_dispatch_is_caught_as_a_duplicate_execution() {
+    assert!(broken(Some(Tamper::DuplicateDispatch)).contains(&Property::NoDuplicateExecution));
+}
+
+#[test]
+fn an_early_free_is_caught() {
+    assert!(broken(Some(Tamper::FreeEarly)).contains(&Property::NoEarlyFree));
+}
+
+#[test]
+fn an_over_commit_is_caught() {
+    assert!(broken(Some(Tamper::OverCommit)).contains(&Property::NoOverCommit));
+}
+
+#[test]
+fn a_rebuilt_value_with_other_content_is_caught() {
+    assert!(broken(Some(Tamper::CorruptRebuild)).contains(&Property::SameContent));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_hash_and_other_seeds_other_hashes() {
+    let s = scenario(BASE);
+    let a = s.run(7, None);
+    let b = s.run(7, None);
+    assert_eq!(a.hash, b.hash);
+    assert_eq!(a.counts, b.counts);
+    let hashes: std::collections::BTreeSet<String> = (0..8).map(|seed| s.run(seed, None).hash).collect();
+    assert_eq!(hashes.len(), 8, "eight seeds, eight event logs");
+}
