@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod sim;
 mod walkthrough;
 
 /// Keel: a distributed compute framework with a pure, deterministic scheduling kernel.
@@ -24,6 +25,10 @@ enum Command {
     ///
     /// Example: `keel walkthrough --seed 7` or `keel walkthrough --json | jq .`
     Walkthrough(walkthrough::Args),
+    /// Run a chaos scenario in the deterministic simulator (the built-in story without a file).
+    Sim(sim::SimArgs),
+    /// Run generated workloads under random faults, seed after seed (swarm testing).
+    Chaos(sim::ChaosArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +39,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Walkthrough(args) => walkthrough::run(&args),
+        Command::Sim(args) => sim::run_sim(&args),
+        Command::Chaos(args) => sim::run_chaos(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

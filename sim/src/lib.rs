@@ -21,5 +21,6 @@ pub mod faults;
 pub mod oracle;
 pub mod rng;
 pub mod scenario;
+pub mod shrink;
 pub mod workload;
 pub mod world;

@@ -47,7 +47,7 @@ use keel_kernel::node::NodeConfig;
 use keel_kernel::proto::PlacementStrategy;
 use keel_kernel::resources::{Amount, ResourceSet};
 use keel_kernel::Duration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// A scenario that cannot be used, and why.
@@ -82,7 +82,7 @@ pub enum ScenarioError {
 }
 
 /// A scenario, as read.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// The story, in a sentence or two.
@@ -101,6 +101,7 @@ pub struct Scenario {
     #[serde(default, rename = "fault")]
     pub faults: Vec<FaultSpec>,
     /// Faults drawn from the seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub swarm: Option<Swarm>,
     /// What must be true at the end, beyond the oracles.
     #[serde(default)]
@@ -112,7 +113,7 @@ fn default_seeds() -> [u64; 2] {
 }
 
 /// The machines: `nodes` identical hosts.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// How many.
@@ -138,7 +139,7 @@ fn default_store_mb() -> u64 {
 }
 
 /// Network and timeouts (every field has a default).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timing {
     /// One-way latency.
@@ -195,46 +196,64 @@ impl Default for Timing {
 ///
 /// A plain table (rather than one shape per kind) lets the reader name the exact line of a
 /// badly typed field; a field the kind does not take is refused by name.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
     /// Which generator.
     pub kind: String,
     /// Tasks (independent, random_dag).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<usize>,
     /// Map tasks (map_reduce).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub maps: Option<usize>,
     /// Reduce tasks (map_reduce).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reduces: Option<usize>,
     /// Chain length (chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub length: Option<usize>,
     /// Fan width (fan).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<usize>,
     /// Parent tasks (nested).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parents: Option<usize>,
     /// Children per parent (nested).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub children: Option<u32>,
     /// Actors (actors).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub actors: Option<usize>,
     /// Calls per actor (actors).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<usize>,
     /// Groups (gangs).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<usize>,
     /// Bundles per group (gangs).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bundles: Option<u32>,
     /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (gangs).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
     /// How long each task runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<u64>,
     /// Bytes per return value.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     /// CPUs per task (independent).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Every task raises (independent).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fail: Option<bool>,
     /// `max_restarts` (actors).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
     /// `max_task_retries` (actors).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_task_retries: Option<u32>,
 }
 
@@ -351,7 +370,7 @@ impl WorkloadSpec {
 /// | `reorder` | `jitter_ms`, `ms` |
 /// | `disconnect` | `host` |
 /// | `driver_exit` | |
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// When, from the start of the run.
@@ -359,20 +378,28 @@ pub struct FaultSpec {
     /// Which fault.
     pub kind: String,
     /// The host, by index.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<usize>,
     /// Down this long (crash_node).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_ms: Option<u64>,
     /// Lasts this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<u64>,
     /// Messages from the head are lost (partition).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound: Option<bool>,
     /// Messages to the head are lost (partition).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound: Option<bool>,
     /// Extra delay per message (clog).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ms: Option<u64>,
     /// Probability per message (duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p: Option<f64>,
     /// Maximum extra delay (reorder).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jitter_ms: Option<u64>,
 }
 
@@ -390,6 +417,34 @@ const FAULT_KINDS: [(&str, &[&str]); 10] = [
 ];
 
 impl FaultSpec {
+    /// The scenario-file form of a fault.
+    pub fn from_timed(t: &Timed) -> FaultSpec {
+        let mut f = FaultSpec {
+            at_ms: t.at_ms,
+            kind: t.fault.name().to_string(),
+            host: t.fault.host(),
+            restart_ms: None,
+            ms: None,
+            inbound: None,
+            outbound: None,
+            extra_ms: None,
+            p: None,
+            jitter_ms: None,
+        };
+        match t.fault {
+            Fault::CrashNode { restart_ms, .. } => f.restart_ms = restart_ms,
+            Fault::Partition { ms, inbound, outbound, .. } => {
+                (f.ms, f.inbound, f.outbound) = (Some(ms), Some(inbound), Some(outbound))
+            }
+            Fault::Clog { ms, extra_ms, .. } => (f.ms, f.extra_ms) = (Some(ms), Some(extra_ms)),
+            Fault::Pause { ms, .. } | Fault::Hang { ms, .. } => f.ms = Some(ms),
+            Fault::Duplicate { p, ms } => (f.p, f.ms) = (Some(p), Some(ms)),
+            Fault::Reorder { jitter_ms, ms } => (f.jitter_ms, f.ms) = (Some(jitter_ms), Some(ms)),
+            Fault::CrashWorker { .. } | Fault::Disconnect { .. } | Fault::DriverExit => {}
+        }
+        f
+    }
+
     /// The fault, or the field (under `fault[i]`) that is wrong.
     pub fn to_timed(&self, i: usize) -> Result<Timed, (String, String)> {
         let at = |f: &str| format!("fault[{i}].{f}");
@@ -443,7 +498,7 @@ impl FaultSpec {
 }
 
 /// Faults drawn from the seed.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Swarm {
     /// How many.
@@ -460,7 +515,7 @@ fn all_kinds() -> Vec<String> {
 }
 
 /// Expectations beyond the oracles.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Expect {
     /// `all`: every awaited value ready; `any`: each resolves, ready or failed; `none`: all fail.
@@ -475,8 +530,10 @@ pub struct Expect {
     /// At least this many nodes declared lost.
     pub min_nodes_lost: u64,
     /// At most this many nodes declared lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_nodes_lost: Option<u64>,
     /// The run ends (everything resolved and freed) by this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub done_by_ms: Option<u64>,
 }
 
@@ -633,6 +690,7 @@ impl Scenario {
             liveness: Duration::from_millis(t.liveness_ms),
             check_invariants: true,
             tamper: None,
+            timeline: false,
         }
     }
 
@@ -640,9 +698,34 @@ impl Scenario {
     pub fn run(&self, seed: u64, tamper: Option<Tamper>) -> Outcome {
         let mut params = self.params(seed);
         params.tamper = tamper;
+        self.run_params(params)
+    }
+
+    /// Runs `params` (made by [`Scenario::params`], then adjusted) and checks the expectations.
+    pub fn run_params(&self, params: Params) -> Outcome {
         let mut outcome = crate::world::World::new(params).run();
         self.check_expectations(&mut outcome);
         outcome
+    }
+
+    /// The scenario `keel chaos` runs: a random DAG of `tasks` tasks on `nodes` four-CPU nodes
+    /// under a swarm of faults (about one per ten nodes, at least three).
+    pub fn chaos(nodes: usize, tasks: usize) -> Scenario {
+        Scenario {
+            description: format!("chaos: a random DAG of {tasks} tasks on {nodes} nodes under a swarm of faults"),
+            seeds: [0, 1],
+            cluster: Cluster { nodes, cpus: 4, gpus: 0, memory_gb: 16, store_mb: 1024 },
+            timing: Timing { node_timeout_ms: 400, ..Timing::default() },
+            workload: WorkloadSpec { kind: "random_dag".into(), tasks: Some(tasks), ..WorkloadSpec::default() },
+            faults: Vec::new(),
+            swarm: Some(Swarm { faults: (nodes / 10).max(3), until_ms: 2500, kinds: all_kinds() }),
+            expect: Expect::default(),
+        }
+    }
+
+    /// The scenario as TOML, as a scenario file holds it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a scenario serialises")
     }
 
     fn check_expectations(&self, o: &mut Outcome) {

@@ -101,6 +101,25 @@ pub struct Params {
     pub check_invariants: bool,
     /// A deliberate corruption (oracle self-tests only).
     pub tamper: Option<Tamper>,
+    /// Record a timeline of task executions and faults (for `--timeline`).
+    pub timeline: bool,
+}
+
+/// One span of a timeline: a task attempt on a worker, or a fault (zero length).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Span {
+    /// The host (by index).
+    pub host: usize,
+    /// The worker, for task spans.
+    pub worker: Option<u64>,
+    /// What ran or happened.
+    pub name: String,
+    /// Start, in nanoseconds of simulated time.
+    pub start: u64,
+    /// End (equal to the start for a fault).
+    pub end: u64,
+    /// How it ended: finished, failed, died, killed, lost, fault.
+    pub how: &'static str,
 }
 
 /// Who sends and receives.
@@ -301,6 +320,9 @@ pub struct World {
     /// Refs inside each value produced (what the driver finds when it deserialises the value).
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
     trace_filter: Option<String>,
+    timeline: Vec<Span>,
+    /// Open spans of the timeline, by (host, incarnation, worker).
+    open_spans: BTreeMap<(usize, u64, WorkerId), (Time, String)>,
 }
 
 /// The end of a run.
@@ -318,6 +340,9 @@ pub struct Outcome {
     pub failure_reasons: BTreeMap<String, u64>,
     /// Tasks the Head reports finished, failed, retried and rebuilt.
     pub head: HeadCounts,
+    /// Task executions and faults, when asked for.
+    #[serde(skip)]
+    pub timeline: Vec<Span>,
 }
 
 /// The Head's own counts at the end of a run.
@@ -398,6 +423,8 @@ impl World {
             functions: BTreeMap::new(),
             nested_of: BTreeMap::new(),
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
+            timeline: Vec::new(),
+            open_spans: BTreeMap::new(),
         };
         // Clocks of nodes differ by up to 50 ms (the Head never compares them).
         for i in 0..world.hosts.len() {
@@ -499,6 +526,10 @@ impl World {
             nodes_lost: stats.nodes_lost,
             refused: stats.inputs_refused,
         };
+        for ((host, _, worker), (start, name)) in std::mem::take(&mut self.open_spans) {
+            let end = self.now.0;
+            self.timeline.push(Span { host, worker: Some(worker.0), name, start: start.0, end, how: "lost" });
+        }
         self.counts.executions = self.obs.executions;
         self.counts.rebuilt_equal = self.obs.rebuilt_equal;
         self.counts.refetches = self.driver.refetches;
@@ -509,6 +540,7 @@ impl World {
             violations: self.obs.violations().to_vec(),
             failure_reasons,
             head,
+            timeline: std::mem::take(&mut self.timeline),
         }
     }
 
@@ -575,6 +607,14 @@ impl World {
                 self.deliver_node(host, input);
             }
             Event::WorkerEnd { host, inc, worker, input } => {
+                if self.params.timeline {
+                    let how = match &input {
+                        NodeInput::TaskDone { outcome: TaskOutcome::Finished(_), .. } => "finished",
+                        NodeInput::TaskDone { .. } => "failed",
+                        _ => "died",
+                    };
+                    self.close_span(host, inc, worker, how);
+                }
                 let h = &self.hosts[host];
                 if !h.up || h.inc != inc || !h.workers.contains_key(&worker) {
                     return;
@@ -953,6 +993,9 @@ impl World {
             NodeOutput::Execute { worker, spec, attempt, args } => self.execute(host, worker, spec, attempt, args),
             NodeOutput::InterruptTask { .. } | NodeOutput::ToWorker { .. } => {}
             NodeOutput::KillWorker { worker } => {
+                if self.params.timeline {
+                    self.close_span(host, self.hosts[host].inc, worker, "killed");
+                }
                 self.hosts[host].workers.remove(&worker);
                 self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: None });
             }
@@ -1011,6 +1054,10 @@ impl World {
 
     fn execute(&mut self, host: usize, worker: WorkerId, spec: Arc<TaskSpec>, attempt: u32, args: Vec<ExecArg>) {
         self.obs.on_execute(self.now, host, spec.task, attempt);
+        if self.params.timeline {
+            let name = format!("{} #{attempt} {}", spec.task, function_name(&spec.function));
+            self.open_spans.insert((host, self.hosts[host].inc, worker), (self.now, name));
+        }
         let behaviour = Behaviour::parse(&spec.function);
         let inc = self.hosts[host].inc;
         // Argument digests, as the worker reads them.
@@ -1141,6 +1188,12 @@ impl World {
         self.functions.entry(name.to_string()).or_insert_with(|| Function::Named(name.into())).clone()
     }
 
+    fn close_span(&mut self, host: usize, inc: u64, worker: WorkerId, how: &'static str) {
+        if let Some((start, name)) = self.open_spans.remove(&(host, inc, worker)) {
+            self.timeline.push(Span { host, worker: Some(worker.0), name, start: start.0, end: self.now.0, how });
+        }
+    }
+
     // ---- faults ----
 
     fn inject(&mut self, fault: Fault) {
@@ -1151,6 +1204,11 @@ impl World {
             return;
         }
         self.counts.faults += 1;
+        if self.params.timeline {
+            let name = format!("{fault:?}");
+            let host = fault.host().unwrap_or(usize::MAX);
+            self.timeline.push(Span { host, worker: None, name, start: self.now.0, end: self.now.0, how: "fault" });
+        }
         self.log_bytes(4, |b| b.extend_from_slice(format!("{fault:?}").as_bytes()));
         match fault {
             Fault::CrashNode { host, restart_ms } => {
@@ -1194,6 +1252,9 @@ impl World {
                 }
                 let busy = h.workers.iter().find(|(_, w)| w.task != TaskId(0)).map(|(id, _)| *id);
                 if let Some(worker) = busy {
+                    if self.params.timeline {
+                        self.close_span(host, self.hosts[host].inc, worker, "died");
+                    }
                     self.hosts[host].workers.remove(&worker);
                     self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: Some(137) });
                 }
