@@ -106,6 +106,14 @@ pub struct Scenario {
     /// What must be true at the end, beyond the oracles.
     #[serde(default)]
     pub expect: Expect,
+    /// Check the machines' invariants after every this many steps (1: every step, the
+    /// default; 0: never).
+    #[serde(default = "one_step")]
+    pub check_every: u64,
+}
+
+fn one_step() -> u64 {
+    1
 }
 
 fn default_seeds() -> [u64; 2] {
@@ -688,7 +696,7 @@ impl Scenario {
             faults,
             safety: Duration::from_millis(t.safety_ms),
             liveness: Duration::from_millis(t.liveness_ms),
-            check_invariants: true,
+            check_every: self.check_every,
             tamper: None,
             timeline: false,
         }
@@ -720,6 +728,7 @@ impl Scenario {
             faults: Vec::new(),
             swarm: Some(Swarm { faults: (nodes / 10).max(3), until_ms: 2500, kinds: all_kinds() }),
             expect: Expect::default(),
+            check_every: 1000,
         }
     }
 

@@ -97,8 +97,10 @@ pub struct Params {
     pub safety: Duration,
     /// Bound on the liveness phase: every awaited value must resolve by `safety + liveness`.
     pub liveness: Duration,
-    /// Run every machine's `check_invariants` after each of its steps.
-    pub check_invariants: bool,
+    /// Run the Head's `check_invariants` after every this many of its steps, and each Node's
+    /// after every this many of its own (1: every step; 0: never). The checks walk the whole
+    /// state, so large runs space them out.
+    pub check_every: u64,
     /// A deliberate corruption (oracle self-tests only).
     pub tamper: Option<Tamper>,
     /// Record a timeline of task executions and faults (for `--timeline`).
@@ -235,6 +237,7 @@ struct Host {
     clog: Duration,
     hang_next: Option<Duration>,
     clock_offset: Duration,
+    steps: u64,
 }
 
 /// The driver of the one job, following its workload plan.
@@ -321,6 +324,7 @@ pub struct World {
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
     trace_filter: Option<String>,
     timeline: Vec<Span>,
+    head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
     open_spans: BTreeMap<(usize, u64, WorkerId), (Time, String)>,
 }
@@ -394,6 +398,7 @@ impl World {
                     clog: Duration::ZERO,
                     hang_next: None,
                     clock_offset: Duration::ZERO,
+                    steps: 0,
                 }
             })
             .collect();
@@ -424,6 +429,7 @@ impl World {
             nested_of: BTreeMap::new(),
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
             timeline: Vec::new(),
+            head_steps: 0,
             open_spans: BTreeMap::new(),
         };
         // Clocks of nodes differ by up to 50 ms (the Head never compares them).
@@ -811,7 +817,8 @@ impl World {
     }
 
     fn after_head_step(&mut self) {
-        if self.params.check_invariants {
+        self.head_steps += 1;
+        if self.params.check_every > 0 && self.head_steps % self.params.check_every == 0 {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.head.check_invariants())) {
                 let detail = panic_text(&panic);
                 self.obs.violate(Property::KernelInvariant, self.now, format!("head: {detail}"));
@@ -941,7 +948,8 @@ impl World {
     }
 
     fn after_node_step(&mut self, host: usize) {
-        if self.params.check_invariants {
+        self.hosts[host].steps += 1;
+        if self.params.check_every > 0 && self.hosts[host].steps % self.params.check_every == 0 {
             let node = &self.hosts[host].node;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| node.check_invariants())) {
                 let detail = panic_text(&panic);

@@ -131,6 +131,7 @@ impl Node {
         assert!(matches!(record.phase, TaskPhase::Running(_)), "{task} is not running");
         assert!(record.missing.is_empty(), "{task} ran without its arguments");
         self.release_pins(task, &record.pinned);
+        self.ended.insert((task, record.attempt));
         self.send_to_head(NodeToHead::TaskEnded { task, attempt: record.attempt, outcome });
     }
 

@@ -165,6 +165,36 @@ pub struct Node {
     tasks: BTreeMap<TaskId, Task>,
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
+    /// The attempts this node ended most recently: a `RunTask` for one of them is a copy of an
+    /// order already carried out, refused instead of run twice.
+    ended: RecentAttempts,
+}
+
+/// How many ended attempts a node remembers to refuse duplicated orders. A copy arrives within
+/// moments of the original (a retransmission), long before this many other attempts end here.
+pub const REMEMBERED_ATTEMPTS: usize = 4096;
+
+/// A bounded memory of (task, attempt) pairs, oldest forgotten first.
+#[derive(Clone, Debug, Default)]
+struct RecentAttempts {
+    order: VecDeque<(TaskId, u32)>,
+    set: std::collections::BTreeSet<(TaskId, u32)>,
+}
+
+impl RecentAttempts {
+    fn insert(&mut self, key: (TaskId, u32)) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > REMEMBERED_ATTEMPTS {
+                let old = self.order.pop_front().expect("non-empty");
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, key: (TaskId, u32)) -> bool {
+        self.set.contains(&key)
+    }
 }
 
 impl Node {
@@ -184,6 +214,7 @@ impl Node {
             outputs: VecDeque::new(),
             tasks: BTreeMap::new(),
             actor_queues: BTreeMap::new(),
+            ended: RecentAttempts::default(),
         };
         node.check_invariants();
         node
@@ -457,6 +488,7 @@ impl Node {
     }
 
     fn failure_report(&mut self, task: TaskId, attempt: u32, failure: TaskFailure) {
+        self.ended.insert((task, attempt));
         let outcome = crate::proto::TaskOutcome::Failed(failure);
         self.send_to_head(NodeToHead::TaskEnded { task, attempt, outcome });
     }

@@ -40,6 +40,10 @@ impl Node {
         args: Vec<(ObjectId, ArgSource)>,
         actor_worker: Option<WorkerId>,
     ) -> Result<(), InputError> {
+        if self.ended.contains((spec.task, attempt)) {
+            // A copy of an order already carried out (a duplicated message).
+            return Err(InputError::DuplicateTask(spec.task));
+        }
         let sources = self.validate_run_task(&spec, &allocation, args, actor_worker)?;
         let task = spec.task;
         if self.draining && actor_worker.is_none() {

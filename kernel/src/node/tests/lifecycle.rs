@@ -325,3 +325,18 @@ fn copy_here(h: &mut Harness, size: u64) {
     h.head(HeadToNode::CopyObject { object: obj(1), size, from: vec![NodeId(2)] });
     h.input(NodeInput::ObjectSealed { object: obj(1), size });
 }
+
+#[test]
+fn a_duplicated_order_for_an_attempt_already_ended_is_refused_and_not_run_again() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.finish(w, TaskId(1));
+    // Found in simulation: a copy of the RunTask arriving after the attempt ended ran it twice.
+    let copy = run_task(task(1), 0, Allocation::default(), vec![], None);
+    let refused = h.node.handle_input(h.now, NodeInput::FromHead(copy));
+    assert_eq!(refused, Err(InputError::DuplicateTask(TaskId(1))));
+    assert!(h.node.poll_output().is_none(), "a refused order has no effect");
+    // The next attempt of the same task is a new order.
+    let out = h.head(run_task(task(1), 1, Allocation::default(), vec![], None));
+    assert_eq!(executed(&out), vec![(w, TaskId(1))]);
+}
