@@ -209,6 +209,9 @@ pub enum InputError {
     /// A task the head does not know.
     #[error("task {0} is unknown")]
     UnknownTask(TaskId),
+    /// A connection introduced itself a second time (a duplicated `Connect`).
+    #[error("connection {0} already introduced itself")]
+    DuplicateConnection(crate::ids::ConnId),
     /// A task id used twice.
     #[error("task {0} was already submitted")]
     DuplicateTask(TaskId),

@@ -242,6 +242,21 @@ fn a_peer_with_another_protocol_version_is_refused() {
     assert!(b.head.job_name(JobId(1)).is_none() && b.head.job_name(JobId(0)).is_none());
 }
 
+#[test]
+fn a_duplicated_introduction_on_one_connection_is_refused_and_registers_nothing() {
+    let mut b = Bench::new();
+    let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(4), labels: Labels::new() };
+    let conn = ConnId(777);
+    let (first, outs) = b.input(HeadInput::Connect { conn, hello: hello.clone() });
+    assert!(first.is_ok() && outs.len() == 1);
+    // Found in simulation: a copy of the Connect registered a second node for one machine,
+    // and the head then placed twice its CPUs there.
+    let (again, outs) = b.input(HeadInput::Connect { conn, hello });
+    assert_eq!(again, Err(InputError::DuplicateConnection(conn)));
+    assert!(outs.is_empty(), "a refused introduction is not answered");
+    assert_eq!(b.head.live_nodes().count(), 1);
+}
+
 /// Builds a task's (malformed) return values.
 type MakeReturns = Box<dyn Fn(&TaskSpec) -> Vec<ReturnValue>>;
 

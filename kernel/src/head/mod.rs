@@ -208,6 +208,9 @@ pub struct Head {
     pgs: placement::PgTable,
     timers: BTreeSet<(Time, Timer)>,
     stats: HeadStats,
+    /// Connections that have introduced themselves: a second `Connect` on one (a duplicated
+    /// message) would register a second node for one machine.
+    introduced: BTreeSet<ConnId>,
 }
 
 impl Head {
@@ -230,6 +233,7 @@ impl Head {
             pgs: placement::PgTable::default(),
             timers: BTreeSet::new(),
             stats: HeadStats::default(),
+            introduced: BTreeSet::new(),
         }
     }
 
@@ -238,10 +242,7 @@ impl Head {
     pub fn handle_input(&mut self, now: Time, input: HeadInput) -> Result<(), InputError> {
         self.advance(now);
         let result = match input {
-            HeadInput::Connect { conn, hello } => {
-                self.on_connect(conn, hello);
-                Ok(())
-            }
+            HeadInput::Connect { conn, hello } => self.on_connect(conn, hello),
             HeadInput::FromDriver { job, msg } => self.on_driver_message(job, msg),
             HeadInput::FromNode { node, msg } => self.on_node_message(node, msg),
             HeadInput::DrainNode(node) => self.on_drain_request(node),
@@ -397,7 +398,10 @@ impl Head {
         self.outputs.push_back(output);
     }
 
-    fn on_connect(&mut self, conn: ConnId, hello: Hello) {
+    fn on_connect(&mut self, conn: ConnId, hello: Hello) -> Result<(), InputError> {
+        if !self.introduced.insert(conn) {
+            return Err(InputError::DuplicateConnection(conn));
+        }
         let answer = match hello {
             Hello::RegisterNode { version, resources, labels } => self
                 .check_version(version)
@@ -409,6 +413,7 @@ impl Head {
         };
         let msg = answer.unwrap_or_else(Welcome::Refused);
         self.emit(HeadOutput::ToConn { conn, msg });
+        Ok(())
     }
 
     fn check_version(&self, version: u32) -> Result<(), InputError> {
