@@ -647,7 +647,7 @@ impl Scenario {
         let resources = ResourceSet {
             cpu: Amount::units(c.cpus),
             gpu: Amount::units(c.gpus),
-            memory: Amount(c.memory_gb << 30),
+            memory: Amount::units(c.memory_gb << 30),
             ..ResourceSet::default()
         };
         let hosts =

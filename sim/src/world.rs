@@ -1183,7 +1183,9 @@ impl World {
             return;
         }
         let anywhere = self.hosts.iter().any(|h| h.up && h.store.contains_key(&object));
-        if !anywhere {
+        // The head may delete the copies of an object it is rebuilding (it declared the only
+        // holder dead); an early free is the last copy deleted while the head calls it ready.
+        if !anywhere && self.head.object_ready(object) {
             self.obs.violate(
                 Property::NoEarlyFree,
                 self.now,
