@@ -194,7 +194,7 @@ impl Default for Timing {
 /// | kind | fields (defaults: `ms = 10`, `bytes = 8`) |
 /// |---|---|
 /// | `independent` | `tasks`, `ms`, `bytes`, `cpus` (1.0), `fail` (false) |
-/// | `map_reduce` | `maps`, `reduces`, `ms`, `bytes` (per partition) |
+/// | `map_reduce` | `maps`, `reduces`, `ms`, `bytes` (per partition), `fan_in` (each reduce takes that many maps' single value instead of a partition of every map) |
 /// | `chain` | `length`, `ms`, `bytes` |
 /// | `fan` | `width`, `ms`, `bytes` |
 /// | `nested` | `parents`, `children` (at most 64), `ms` |
@@ -218,6 +218,9 @@ pub struct WorkloadSpec {
     /// Reduce tasks (map_reduce).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reduces: Option<usize>,
+    /// Maps per reduce, instead of a full shuffle (map_reduce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fan_in: Option<usize>,
     /// Chain length (chain).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub length: Option<usize>,
@@ -268,7 +271,7 @@ pub struct WorkloadSpec {
 /// The kinds and the fields each takes (besides `kind`).
 const KINDS: [(&str, &[&str]); 8] = [
     ("independent", &["tasks", "ms", "bytes", "cpus", "fail"]),
-    ("map_reduce", &["maps", "reduces", "ms", "bytes"]),
+    ("map_reduce", &["maps", "reduces", "fan_in", "ms", "bytes"]),
     ("chain", &["length", "ms", "bytes"]),
     ("fan", &["width", "ms", "bytes"]),
     ("nested", &["parents", "children", "ms"]),
@@ -283,6 +286,7 @@ impl WorkloadSpec {
             ("tasks", self.tasks.is_some()),
             ("maps", self.maps.is_some()),
             ("reduces", self.reduces.is_some()),
+            ("fan_in", self.fan_in.is_some()),
             ("length", self.length.is_some()),
             ("width", self.width.is_some()),
             ("parents", self.parents.is_some()),
@@ -331,7 +335,17 @@ impl WorkloadSpec {
                 }
                 w
             }
-            "map_reduce" => Workload::map_reduce(need(self.maps, "maps")?, need(self.reduces, "reduces")?, ms, bytes),
+            "map_reduce" => match self.fan_in {
+                Some(0) => return Err(("workload.fan_in".into(), "must be at least 1".into())),
+                Some(fan_in) => Workload::map_reduce_fan_in(
+                    need(self.maps, "maps")?,
+                    need(self.reduces, "reduces")?,
+                    fan_in,
+                    ms,
+                    bytes,
+                ),
+                None => Workload::map_reduce(need(self.maps, "maps")?, need(self.reduces, "reduces")?, ms, bytes),
+            },
             "chain" => Workload::chain(need(self.length, "length")?, ms, bytes),
             "fan" => Workload::fan(need(self.width, "width")?, ms, bytes),
             "nested" => {

@@ -176,6 +176,23 @@ impl Workload {
         Workload { tasks, ..Workload::default() }
     }
 
+    /// `maps` tasks each returning one value of `bytes` bytes, and `reduces` tasks each taking
+    /// `fan_in` of them (reduce `r` takes maps `r * fan_in ..`, wrapping around). Only the
+    /// reduces' outputs are awaited. Where every reduce needs every map, see [`map_reduce`](Self::map_reduce).
+    pub fn map_reduce_fan_in(maps: usize, reduces: usize, fan_in: usize, ms: u64, bytes: u64) -> Workload {
+        let mut tasks = Vec::with_capacity(maps + reduces);
+        for _ in 0..maps {
+            tasks.push(TaskPlan { final_output: false, ..TaskPlan::new(ms, bytes) });
+        }
+        for r in 0..reduces {
+            let mut deps: Vec<(usize, u32)> = (0..fan_in).map(|i| ((r * fan_in + i) % maps.max(1), 1)).collect();
+            deps.sort_unstable();
+            deps.dedup();
+            tasks.push(TaskPlan { deps, ..TaskPlan::new(ms, 8) });
+        }
+        Workload { tasks, ..Workload::default() }
+    }
+
     /// A chain of `len` tasks, each taking the previous one's value; only the last is awaited.
     pub fn chain(len: usize, ms: u64, bytes: u64) -> Workload {
         let tasks = (0..len)
@@ -297,6 +314,7 @@ mod tests {
         let all = [
             Workload::independent(10, 5, 8),
             Workload::map_reduce(8, 3, 5, 1 << 20),
+            Workload::map_reduce_fan_in(10, 4, 3, 5, 1 << 20),
             Workload::chain(20, 1, 1 << 20),
             Workload::fan(16, 1, 8),
             Workload::nested(4, 3, 1),
@@ -308,6 +326,7 @@ mod tests {
             w.validate().unwrap();
             assert!(w.tasks.iter().any(|t| t.final_output), "something is awaited");
         }
+        assert_eq!(all[2].tasks[13].deps, vec![(0, 1), (1, 1), (9, 1)], "reduce 3 wraps around");
         let mr = &all[1];
         assert_eq!(mr.tasks.len(), 11);
         assert_eq!(mr.tasks[10].deps.len(), 8, "a reduce takes one partition of every map");
