@@ -245,7 +245,8 @@ fn a_peer_with_another_protocol_version_is_refused() {
 #[test]
 fn a_duplicated_introduction_on_one_connection_is_refused_and_registers_nothing() {
     let mut b = Bench::new();
-    let hello = Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(4), labels: Labels::new() };
+    let hello =
+        Hello::RegisterNode { version: PROTOCOL_VERSION, resources: ResourceSet::cpus(4), labels: Labels::new() };
     let conn = ConnId(777);
     let (first, outs) = b.input(HeadInput::Connect { conn, hello: hello.clone() });
     assert!(first.is_ok() && outs.len() == 1);

@@ -103,10 +103,13 @@ impl ObjectTable {
 
     /// Records a sealed copy, evicting first to make room (see [`make_room`](Self::make_room)); a
     /// primary copy or a pinned one may still push the store past capacity, since its bytes are
-    /// already there. An existing entry is only touched (and becomes primary if `primary`).
+    /// already there. An existing entry is touched and becomes primary if `primary`; a free that
+    /// was waiting for it to be unpinned is dropped, since the head asked to delete the copy it
+    /// knew of, not the value sealed now (a rebuild's fresh output under the same id).
     pub(crate) fn insert(&mut self, object: ObjectId, size_bytes: u64, primary: bool) -> Vec<ObjectId> {
         if let Some(entry) = self.objects.get_mut(&object) {
             entry.primary |= primary;
+            entry.free_pending = false;
             self.touch(object);
             return Vec::new();
         }

@@ -155,3 +155,32 @@ fn sealing_an_object_twice_is_refused() {
     let err = h.refused(NodeInput::ObjectSealed { object: obj(1), size: 300 });
     assert_eq!(err, InputError::DuplicateObject(obj(1)));
 }
+
+#[test]
+fn a_value_sealed_again_after_a_deferred_free_is_kept() {
+    let mut h = Harness::new();
+    // Task 10 runs here with object 1 (task 1's value) pulled as its argument: pinned.
+    let x = ObjectId::for_return(TaskId(1), 1);
+    let out = h.run(task_with_refs(10, &[x]), vec![(x, at(500, &[2]))]);
+    assert_eq!(pulls_sent(&out), vec![(NodeId(2), x)]);
+    h.input(NodeInput::FromPeer { from: NodeId(2), msg: NodeToNode::PullReply { object: x, size: Some(500) } });
+    let out = h.input(NodeInput::ObjectSealed { object: x, size: 500 });
+    let started = started_worker(&out).expect("task 10 gets a worker");
+    h.input(NodeInput::WorkerStarted { worker: started });
+    // The head frees this copy while task 10 holds it (it is rebuilding the object elsewhere).
+    assert!(deleted(&h.head(HeadToNode::FreeObjects(vec![x]))).is_empty(), "deferred while pinned");
+    // The rebuild of task 1 runs here and seals a fresh primary copy of the same object.
+    let out = h.head(run_task(task(1), 1, Allocation::default(), vec![], None));
+    let rebuilder = started_worker(&out).expect("a second worker");
+    h.input(NodeInput::WorkerStarted { worker: rebuilder });
+    h.input(NodeInput::TaskDone {
+        worker: rebuilder,
+        task: TaskId(1),
+        attempt: 1,
+        outcome: TaskOutcome::Finished(vec![sealed_return(TaskId(1), 500)]),
+    });
+    // Found in simulation: task 10 ending applied the old deferred free to the new copy.
+    let out = h.finish(started, TaskId(10));
+    assert!(deleted(&out).is_empty(), "the rebuilt value was deleted by the free meant for the old copy");
+    assert!(h.node.local_object(x).is_some_and(|o| o.primary));
+}
