@@ -124,6 +124,17 @@ pub enum ErrorReason {
         /// The object.
         object: ObjectId,
     },
+    /// The object's value is gone and rebuilding it would take another run of its producer,
+    /// whose retries are spent (every rebuild counts against `max_retries`).
+    #[error("object {object} is gone and cannot be rebuilt: task {task} already ran {attempts} time(s), its retries are spent")]
+    RetriesExhausted {
+        /// The object.
+        object: ObjectId,
+        /// Its producer.
+        task: TaskId,
+        /// How many times the producer ran.
+        attempts: u32,
+    },
     /// An argument of the producing task can never be available.
     #[error("task {task} depends on {object}, which failed: {cause}")]
     DependencyFailed {

@@ -468,3 +468,30 @@ fn a_lost_object_whose_dropped_argument_was_lost_too_is_rebuilt_recursively() {
     assert_eq!(c.head.lineage_tasks(), 0);
     assert_eq!(c.head.lineage_bytes(), 0);
 }
+
+/// A lost value needs its argument again, but that argument was an inline value already freed
+/// and its producer has no retries left: the reason names the spent retries, not a crash that
+/// never happened (found by keel chaos).
+#[test]
+fn an_argument_that_cannot_be_rebuilt_fails_with_retries_exhausted() {
+    let mut c = cluster(3, 2);
+    let job = c.start_job("spent");
+    let n0 = c.node_id(0);
+    let mut first = soft_on(task(job, 0, "bytes=16"), n0);
+    first.max_retries = 0;
+    let a = first.return_ids().next().unwrap();
+    c.submit(job, first).unwrap();
+    let mut second = soft_on(task(job, 1, BIG), n0);
+    second.args.push(Arg::Ref(a));
+    let b = submit_out(&mut c, job, second);
+    c.driver(job, DriverToHead::RemoveRef(a)).unwrap();
+    run(&mut c, Duration::from_millis(100));
+    assert!(c.head.object_ready(b));
+    lose_host_of(&mut c, b);
+    resubscribe(&mut c, job, b);
+    run(&mut c, Duration::from_secs(10));
+    let reason = c.head.object_error(b).cloned().expect("b cannot come back");
+    let ErrorReason::DependencyFailed { object, cause, .. } = reason else { panic!("{reason:?}") };
+    assert_eq!(object, a);
+    assert_eq!(*cause, ErrorReason::RetriesExhausted { object: a, task: a.task, attempts: 1 });
+}

@@ -731,7 +731,8 @@ impl Scenario {
     }
 
     /// The scenario `keel chaos` runs: a random DAG of `tasks` tasks on `nodes` four-CPU nodes
-    /// under a swarm of faults (about one per ten nodes, at least three).
+    /// under a swarm of faults (about one per ten nodes, at least three). Values may fail (a
+    /// task's retries can run out), but each must resolve and every oracle must hold.
     pub fn chaos(nodes: usize, tasks: usize) -> Scenario {
         Scenario {
             description: format!("chaos: a random DAG of {tasks} tasks on {nodes} nodes under a swarm of faults"),
@@ -741,7 +742,9 @@ impl Scenario {
             workload: WorkloadSpec { kind: "random_dag".into(), tasks: Some(tasks), ..WorkloadSpec::default() },
             faults: Vec::new(),
             swarm: Some(Swarm { faults: (nodes / 10).max(3), until_ms: 2500, kinds: all_kinds() }),
-            expect: Expect::default(),
+            // Enough faults can spend a task's retries on rebuilds: failures are allowed, as long
+            // as every awaited value resolves with its reason and every oracle holds.
+            expect: Expect { ready: "any".into(), ..Expect::default() },
             check_every: 1000,
         }
     }

@@ -168,11 +168,8 @@ impl Head {
             let attempts = task.attempt + 1;
             let reason = match lost_with {
                 Some(node) => ErrorReason::NodeLost { task: producer, node },
-                None => ErrorReason::TaskFailed {
-                    task: producer,
-                    attempts,
-                    failure: crate::errors::TaskFailure::WorkerDied { exit_code: None },
-                },
+                // Found by keel chaos: this used to claim a worker death that never happened.
+                None => ErrorReason::RetriesExhausted { object, task: producer, attempts },
             };
             self.fail_object(object, reason);
             return;
