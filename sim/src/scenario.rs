@@ -70,10 +70,12 @@ pub enum ScenarioError {
         message: String,
     },
     /// The file parses but names something impossible.
-    #[error("{file}: {field}: {message}")]
+    #[error("{file}: {}{field}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Invalid {
         /// The file.
         file: PathBuf,
+        /// The line of the field, where it is in the file.
+        line: Option<usize>,
         /// The field, as a path (`fault[2].host`).
         field: String,
         /// What is wrong.
@@ -589,6 +591,7 @@ impl Scenario {
         })?;
         scenario.check().map_err(|(field, message)| ScenarioError::Invalid {
             file: path.to_path_buf(),
+            line: line_of(text, &field),
             field,
             message,
         })?;
@@ -794,6 +797,36 @@ impl Scenario {
     }
 }
 
+/// The line (1-based) where `field` (`fault[2].host`, `workload.kind`) is written in `text`, or
+/// where its table starts when it is missing.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table = doc.as_table();
+    let mut span = None;
+    let segments: Vec<&str> = field.split('.').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*segment, None),
+        };
+        // A missing field is shown where its table starts.
+        let Some((key, item)) = table.get_key_value(name) else { break };
+        span = key.span().or(item.span()).or(span);
+        let last = i + 1 == segments.len();
+        match (index, last) {
+            (Some(n), _) => {
+                let t = item.as_array_of_tables()?.get(n)?;
+                span = t.span().or(span);
+                table = t;
+            }
+            (None, false) => table = item.as_table()?,
+            (None, true) => {}
+        }
+    }
+    let start = span?.start;
+    Some(text[..start.min(text.len())].matches('\n').count() + 1)
+}
+
 fn parse_strategy(s: &str) -> Option<PlacementStrategy> {
     match s {
         "PACK" => Some(PlacementStrategy::Pack),
@@ -836,15 +869,15 @@ tasks = 4
         assert!(e.starts_with("story.toml: "), "{e}");
         assert!(e.contains("line 11") && e.contains("unknown field `redy`"), "{e}");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"crash_node\"\nhost = 7\n")).unwrap_err();
-        assert_eq!(e.to_string(), "story.toml: fault[0].host: host 7, but the cluster has 2 nodes (0..2)");
+        assert_eq!(e.to_string(), "story.toml: line 13: fault[0].host: host 7, but the cluster has 2 nodes (0..2)");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"melt\"\n")).unwrap_err().to_string();
-        assert!(e.starts_with("story.toml: fault[0].kind: unknown kind `melt`"), "{e}");
+        assert!(e.starts_with("story.toml: line 12: fault[0].kind: unknown kind `melt`"), "{e}");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"pause\"\nhost = 1\n")).unwrap_err();
-        assert_eq!(e.to_string(), "story.toml: fault[0].ms: missing: this kind needs it");
+        assert_eq!(e.to_string(), "story.toml: line 10: fault[0].ms: missing: this kind needs it");
         let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = \"soon\"\nkind = \"pause\"\n")).unwrap_err().to_string();
         assert!(e.contains("line 11") && e.contains("invalid type"), "{e}");
         let e = parse(&SMALL.replace("tasks = 4", "tasks = 4\nmaps = 3")).unwrap_err().to_string();
-        assert_eq!(e, "story.toml: workload.maps: kind `independent` takes no `maps`");
+        assert_eq!(e, "story.toml: line 9: workload.maps: kind `independent` takes no `maps`");
         let e = parse(&SMALL.replace("tasks = 4", "tasks = \"many\"")).unwrap_err().to_string();
         assert!(e.contains("line 8") && e.contains("invalid type"), "{e}");
         let e = parse(&format!("{SMALL}\n[timing]\nnode_timeout_ms = 50\n")).unwrap_err().to_string();
