@@ -47,7 +47,8 @@ pub struct SimArgs {
     #[arg(long, value_name = "OUT.json")]
     timeline: Option<PathBuf>,
     /// Shrink each failing seed to a smaller scenario that fails the same way, and write it
-    /// beside the scenario as NAME-seedN.shrunk.toml.
+    /// beside the scenario as NAME-seedN.shrunk.toml (for the built-in story, in the current
+    /// folder as node_lost_mid_shuffle-seedN.shrunk.toml).
     #[arg(long)]
     shrink: bool,
     /// Runs the shrinker may try per failing seed.
@@ -59,7 +60,8 @@ pub struct SimArgs {
 ///
 /// Every seed draws a random DAG and a fault mix (crashes, partitions, clogs, pauses, hangs,
 /// duplicates, reordering, broken connections) from the seed, runs it on both cores, and checks
-/// every oracle. A failing seed prints the command that reproduces it.
+/// every oracle. Seeds run on every core (see --jobs). A failing seed prints the command that
+/// reproduces it.
 ///
 /// Examples:
 ///   keel chaos                        (200 seeds of a 50-node, 5,000-task DAG)
@@ -69,7 +71,7 @@ pub struct SimArgs {
 #[command(verbatim_doc_comment)]
 pub struct ChaosArgs {
     /// How many seeds to run.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, conflicts_with = "minutes")]
     seeds: u64,
     /// The first seed.
     #[arg(long, default_value_t = 0)]
@@ -121,7 +123,7 @@ fn load(file: Option<&Path>) -> Result<(Scenario, String), String> {
 pub fn run_sim(args: &SimArgs) -> Result<(), String> {
     let (scenario, name) = load(args.file.as_deref())?;
     let (first, end) = match (args.seed, args.seeds) {
-        (Some(s), _) => (s, s + 1),
+        (Some(s), _) => (s, s.checked_add(1).ok_or("--seed: the largest seed is 18446744073709551614")?),
         (None, Some(r)) => r,
         (None, None) => (scenario.seeds[0], scenario.seeds[1]),
     };
@@ -142,7 +144,7 @@ pub fn run_sim(args: &SimArgs) -> Result<(), String> {
         if seed == first {
             if let Some(path) = &args.timeline {
                 write_timeline(path, &outcome.timeline)?;
-                say(&bar, format!("timeline of seed {seed} written to {}", path.display()));
+                note(&bar, args.json, format!("timeline of seed {seed} written to {}", path.display()));
             }
         }
         let mut determinism = None;
@@ -157,10 +159,12 @@ pub fn run_sim(args: &SimArgs) -> Result<(), String> {
                 .file
                 .as_deref()
                 .and_then(Path::file_stem)
-                .map_or("scenario".into(), |s| s.to_string_lossy().to_string());
+                .map_or("node_lost_mid_shuffle".into(), |s| s.to_string_lossy().to_string());
             let dir = args.file.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
             let out = dir.join(format!("{stem}-seed{seed}.shrunk.toml"));
-            shrink_to(&bar, &scenario, seed, args.shrink_budget, &out, |p| format!("keel sim {p} --seed {seed}"))?;
+            shrink_to(&bar, args.json, &scenario, seed, args.shrink_budget, &out, |p| {
+                format!("keel sim {p} --seed {seed}")
+            })?;
         }
         bar.inc(1);
     }
@@ -176,10 +180,16 @@ pub fn run_chaos(args: &ChaosArgs) -> Result<(), String> {
     }
     let scenario = Scenario::chaos(args.nodes, args.tasks);
     let reproduce = |seed: u64| format!("keel chaos --seed {seed} --nodes {} --tasks {}", args.nodes, args.tasks);
-    let (first, count) = match args.seed {
-        Some(s) => (s, 1),
-        None => (args.first, if args.minutes.is_some() { u64::MAX - args.first } else { args.seeds }),
+    if let Some(m) = args.minutes.filter(|m| !(m.is_finite() && *m > 0.0 && *m <= 1e6)) {
+        return Err(format!("--minutes {m}: expected a positive number of minutes"));
+    }
+    // Seeds first..end (end excluded), counted without overflow.
+    let (first, end) = match args.seed {
+        Some(s) => (s, s.checked_add(1).ok_or("--seed: the largest seed is 18446744073709551614")?),
+        None if args.minutes.is_some() => (args.first, u64::MAX),
+        None => (args.first, args.first.checked_add(args.seeds).ok_or("--first + --seeds is past the last seed")?),
     };
+    let count = end - first;
     let deadline = args.minutes.map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     if !args.json {
@@ -197,10 +207,11 @@ pub fn run_chaos(args: &ChaosArgs) -> Result<(), String> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed.saturating_sub(first) >= count {
+                // fetch_update stops at `end` instead of wrapping past the last seed.
+                let Ok(seed) = next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| (s < end).then(|| s + 1))
+                else {
                     break;
-                }
+                };
                 if tx.send((seed, scenario.run(seed, None))).is_err() {
                     break;
                 }
@@ -225,7 +236,7 @@ pub fn run_chaos(args: &ChaosArgs) -> Result<(), String> {
         summary.add(outcome, None);
         if args.shrink && !outcome.violations.is_empty() {
             let out = PathBuf::from(format!("chaos-seed{seed}.shrunk.toml"));
-            shrink_to(&bar, &scenario, *seed, 300, &out, |p| format!("keel sim {p} --seed {seed}"))?;
+            shrink_to(&bar, args.json, &scenario, *seed, 300, &out, |p| format!("keel sim {p} --seed {seed}"))?;
         }
     }
     if !args.json && results.len() > 1 {
@@ -246,6 +257,15 @@ fn say(bar: &ProgressBar, line: impl AsRef<str>) {
         println!("{}", line.as_ref());
     } else {
         bar.println(line);
+    }
+}
+
+/// A remark (timeline written, shrinking): to stderr when stdout carries JSON.
+fn note(bar: &ProgressBar, json: bool, line: impl AsRef<str>) {
+    if json {
+        eprintln!("{}", line.as_ref());
+    } else {
+        say(bar, line);
     }
 }
 
@@ -300,20 +320,22 @@ fn report(bar: &ProgressBar, json: bool, seed: u64, o: &Outcome, determinism: Op
 
 fn shrink_to(
     bar: &ProgressBar,
+    json: bool,
     scenario: &Scenario,
     seed: u64,
     budget: usize,
     out: &Path,
     command: impl Fn(&str) -> String,
 ) -> Result<(), String> {
-    say(bar, format!("shrinking seed {seed} (at most {budget} runs)..."));
+    note(bar, json, format!("shrinking seed {seed} (at most {budget} runs)..."));
     let Some(shrunk) = keel_sim::shrink::shrink(scenario, seed, None, budget) else {
-        say(bar, "  the seed did not fail again: nothing to shrink");
+        note(bar, json, "  the seed did not fail again: nothing to shrink");
         return Ok(());
     };
     std::fs::write(out, shrunk.scenario.to_toml()).map_err(|e| format!("{}: {e}", out.display()))?;
-    say(
+    note(
         bar,
+        json,
         format!(
             "  still breaks {} with {} faults after {} runs: {}\n  reproduce: {}",
             shrunk.property,

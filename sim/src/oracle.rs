@@ -6,8 +6,9 @@
 //! run by the world after every step.
 
 use keel_kernel::errors::ErrorReason;
+use keel_kernel::proto::PlacementStrategy;
 use keel_kernel::resources::ResourceSet;
-use keel_kernel::{ActorId, ObjectId, TaskId, Time, WorkerId};
+use keel_kernel::{ActorId, NodeId, ObjectId, TaskId, Time, WorkerId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -150,14 +151,46 @@ impl Observer {
         }
     }
 
-    /// A placement group was reported placed on `nodes` for `bundles` bundles.
-    pub fn on_group_ready(&mut self, now: Time, group: usize, bundles: usize, placed: usize) {
-        if placed != bundles {
+    /// A placement group of `bundles` bundles was reported placed, bundle by bundle, on `nodes`:
+    /// every bundle placed, and the strategy's hard constraints kept.
+    pub fn on_group_ready(
+        &mut self,
+        now: Time,
+        group: usize,
+        bundles: usize,
+        strategy: PlacementStrategy,
+        nodes: &[NodeId],
+    ) {
+        if nodes.len() != bundles {
+            let placed = nodes.len();
             self.violate(
                 Property::AllOrNothing,
                 now,
                 format!("group {group} reported ready with {placed} of its {bundles} bundles placed"),
             );
+            return;
+        }
+        let distinct: BTreeSet<&NodeId> = nodes.iter().collect();
+        let broken = match strategy {
+            PlacementStrategy::StrictSpread => distinct.len() != nodes.len(),
+            PlacementStrategy::StrictPack => distinct.len() > 1,
+            PlacementStrategy::Pack | PlacementStrategy::Spread => false,
+        };
+        if broken {
+            self.violate(Property::AllOrNothing, now, format!("group {group} ({strategy:?}) placed on {nodes:?}"));
+        }
+    }
+
+    /// The driver read `object` with content digest `digest`: the content produced first.
+    pub fn on_read(&mut self, now: Time, object: ObjectId, digest: u64) {
+        if let Some(&(_, first)) = self.contents.get(&object) {
+            if first != digest {
+                self.violate(
+                    Property::SameContent,
+                    now,
+                    format!("the driver read {object} with digest {digest:016x}, produced as {first:016x}"),
+                );
+            }
         }
     }
 }
@@ -193,8 +226,16 @@ mod tests {
 
         o.check_host_load(Time(0), 0, &ResourceSet::cpus(2), &ResourceSet::cpus(3));
         assert!(o.violations().iter().any(|v| v.property == Property::NoOverCommit));
-        o.on_group_ready(Time(0), 0, 4, 3);
-        assert!(o.violations().iter().any(|v| v.property == Property::AllOrNothing));
+        let n = |i| NodeId(i);
+        o.on_group_ready(Time(0), 0, 2, PlacementStrategy::StrictSpread, &[n(1), n(2)]);
+        o.on_group_ready(Time(0), 0, 2, PlacementStrategy::StrictPack, &[n(3), n(3)]);
+        assert!(!o.violations().iter().any(|v| v.property == Property::AllOrNothing));
+        o.on_group_ready(Time(0), 0, 4, PlacementStrategy::Pack, &[n(1), n(2), n(3)]);
+        o.on_group_ready(Time(0), 1, 2, PlacementStrategy::StrictSpread, &[n(1), n(1)]);
+        o.on_group_ready(Time(0), 2, 2, PlacementStrategy::StrictPack, &[n(1), n(2)]);
+        assert_eq!(o.violations().iter().filter(|v| v.property == Property::AllOrNothing).count(), 3);
+        o.on_read(Time(0), obj, 44);
+        assert_eq!(o.violations().iter().filter(|v| v.property == Property::SameContent).count(), 2);
     }
 
     #[test]

@@ -612,6 +612,54 @@ impl Scenario {
         if self.seeds[0] >= self.seeds[1] {
             return bad("seeds", format!("[{}, {}] is empty: the end is exclusive", self.seeds[0], self.seeds[1]));
         }
+        // Bounds that keep time and amounts far from overflow (a day is 86,400,000 ms).
+        const MS_MAX: u64 = 1_000_000_000;
+        let t = &self.timing;
+        let times = [
+            ("timing.latency_ms", t.latency_ms),
+            ("timing.jitter_ms", t.jitter_ms),
+            ("timing.heartbeat_ms", t.heartbeat_ms),
+            ("timing.node_timeout_ms", t.node_timeout_ms),
+            ("timing.infeasible_grace_ms", t.infeasible_grace_ms),
+            ("timing.worker_start_ms", t.worker_start_ms),
+            ("timing.safety_ms", t.safety_ms),
+            ("timing.liveness_ms", t.liveness_ms),
+            ("workload.ms", self.workload.ms.unwrap_or(0)),
+        ];
+        if let Some((field, v)) = times.iter().find(|(_, v)| *v > MS_MAX) {
+            return bad(field, format!("{v} ms is more than {MS_MAX} ms"));
+        }
+        let amounts = [
+            ("cluster.cpus", self.cluster.cpus, 1_000_000),
+            ("cluster.gpus", self.cluster.gpus, 1_000_000),
+            ("cluster.memory_gb", self.cluster.memory_gb, 1_000_000),
+            ("cluster.store_mb", self.cluster.store_mb, 1 << 30),
+            ("timing.bandwidth_mb_s", t.bandwidth_mb_s, 1 << 30),
+            ("timing.max_lineage_mb", t.max_lineage_mb, 1 << 30),
+            ("workload.bytes", self.workload.bytes.unwrap_or(0), 1 << 40),
+        ];
+        if let Some((field, v, max)) = amounts.iter().find(|(_, v, max)| v > max) {
+            return bad(field, format!("{v} is more than {max}"));
+        }
+        let w = &self.workload;
+        let counts = [
+            ("workload.tasks", w.tasks),
+            ("workload.maps", w.maps),
+            ("workload.reduces", w.reduces),
+            ("workload.fan_in", w.fan_in),
+            ("workload.length", w.length),
+            ("workload.width", w.width),
+            ("workload.parents", w.parents),
+            ("workload.actors", w.actors),
+            ("workload.calls", w.calls),
+            ("workload.groups", w.groups),
+        ];
+        if let Some((field, Some(v))) = counts.iter().find(|(_, v)| v.is_some_and(|v| v > 10_000_000)) {
+            return bad(field, format!("{v} is more than the simulator takes (10,000,000)"));
+        }
+        if let Some(c) = w.cpus.filter(|c| *c > 1_000_000.0) {
+            return bad("workload.cpus", format!("{c} is more than 1,000,000"));
+        }
         if self.timing.bandwidth_mb_s == 0 {
             return bad("timing.bandwidth_mb_s", "must be above 0".into());
         }
@@ -626,6 +674,15 @@ impl Scenario {
         }
         for (i, spec) in self.faults.iter().enumerate() {
             let t = spec.to_timed(i)?;
+            let durations = [
+                ("ms", spec.ms),
+                ("restart_ms", spec.restart_ms),
+                ("extra_ms", spec.extra_ms),
+                ("jitter_ms", spec.jitter_ms),
+            ];
+            if let Some((f, Some(v))) = durations.iter().find(|(_, v)| v.is_some_and(|v| v > MS_MAX)) {
+                return bad(&format!("fault[{i}].{f}"), format!("{v} ms is more than {MS_MAX} ms"));
+            }
             if let Some(h) = t.fault.host().filter(|h| *h >= self.cluster.nodes) {
                 return bad(
                     &format!("fault[{i}].host"),
@@ -882,5 +939,10 @@ tasks = 4
         assert!(e.contains("line 8") && e.contains("invalid type"), "{e}");
         let e = parse(&format!("{SMALL}\n[timing]\nnode_timeout_ms = 50\n")).unwrap_err().to_string();
         assert!(e.contains("timing.node_timeout_ms"), "{e}");
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"pause\"\nhost = 1\nms = 99999999999\n"))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "story.toml: line 14: fault[0].ms: 99999999999 ms is more than 1000000000 ms");
+        let e = parse(&SMALL.replace("cpus = 2", "cpus = 9999999999")).unwrap_err().to_string();
+        assert!(e.contains("cluster.cpus"), "{e}");
     }
 }

@@ -150,8 +150,11 @@ enum Event {
     /// A message arrives at the driver.
     ToDriver(HeadToDriver),
     /// A machine's timer may be due.
-    HeadTimer,
+    HeadTimer {
+        at: Time,
+    },
     NodeTimer {
+        at: Time,
         host: usize,
         inc: u64,
     },
@@ -167,6 +170,14 @@ enum Event {
         inc: u64,
         worker: WorkerId,
         input: NodeInput,
+    },
+    /// The bytes of a transfer land in a host's store.
+    BytesArrive {
+        host: usize,
+        inc: u64,
+        object: ObjectId,
+        size: u64,
+        digest: u64,
     },
     /// The safety phase ends.
     SafetyEnd,
@@ -323,6 +334,11 @@ pub struct World {
     /// Refs inside each value produced (what the driver finds when it deserialises the value).
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
     trace_filter: Option<String>,
+    /// A kernel entry point panicked: the run stops.
+    crashed: bool,
+    /// Objects deleted by the step in progress, and those it reported evicted.
+    deleted_in_step: Vec<ObjectId>,
+    evicted_in_step: BTreeSet<ObjectId>,
     timeline: Vec<Span>,
     head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
@@ -428,6 +444,9 @@ impl World {
             functions: BTreeMap::new(),
             nested_of: BTreeMap::new(),
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
+            crashed: false,
+            deleted_in_step: Vec::new(),
+            evicted_in_step: BTreeSet::new(),
             timeline: Vec::new(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
@@ -459,7 +478,7 @@ impl World {
             self.now = self.now.max(next.at);
             self.counts.events += 1;
             self.handle(next.event);
-            if self.finished() {
+            if self.crashed || self.finished() {
                 break;
             }
         }
@@ -472,13 +491,26 @@ impl World {
             && (self.driver.released || self.driver.gone)
             && self.head.task_records() == 0
             && self.head.object_records() == 0
-            && self.hosts.iter().all(|h| !h.up || (h.store.is_empty() && h.workers.values().all(|w| w.actor.is_some())))
+            && self
+                .hosts
+                .iter()
+                .all(|h| !h.up || (h.store.is_empty() && h.workers.is_empty() && h.node.task_count() == 0))
     }
 
     fn finish(mut self, deadline: Time) -> Outcome {
         let unresolved: Vec<ObjectId> =
             self.driver.awaited.iter().filter(|(_, r)| r.is_none()).map(|(o, _)| *o).collect();
-        if !self.driver.gone && (!unresolved.is_empty() || self.driver.job.is_none()) {
+        if !self.driver.gone && !self.all_submitted() {
+            self.obs.violate(
+                Property::Liveness,
+                deadline,
+                format!(
+                    "no liveness: the driver submitted {} of its {} tasks by the end",
+                    self.driver.next_task,
+                    self.params.workload.tasks.len()
+                ),
+            );
+        } else if !self.driver.gone && (!unresolved.is_empty() || self.driver.job.is_none()) {
             let shown: Vec<String> = unresolved.iter().take(5).map(|o| o.to_string()).collect();
             self.obs.violate(
                 Property::Liveness,
@@ -547,6 +579,20 @@ impl World {
             failure_reasons,
             head,
             timeline: std::mem::take(&mut self.timeline),
+        }
+    }
+
+    /// Runs a kernel entry point; a panic (a kernel bug) becomes a violation and ends the run,
+    /// so that a chaos run reports the seed instead of losing the thread. False when it panicked.
+    fn guard(&mut self, what: &str, f: impl FnOnce(&mut World)) -> bool {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(()) => true,
+            Err(panic) => {
+                let detail = panic_text(&panic);
+                self.obs.violate(Property::KernelInvariant, self.now, format!("panic in {what}: {detail}"));
+                self.crashed = true;
+                false
+            }
         }
     }
 
@@ -648,34 +694,52 @@ impl World {
                 self.deliver_node(host, input);
             }
             Event::ToDriver(msg) => self.deliver_driver(msg),
-            Event::HeadTimer => {
+            Event::BytesArrive { host, inc, object, size, digest } => {
+                let h = &self.hosts[host];
+                if !h.up || h.inc != inc {
+                    return;
+                }
+                if h.paused_until > self.now {
+                    let at = h.paused_until;
+                    self.schedule(at, Event::BytesArrive { host, inc, object, size, digest });
+                    return;
+                }
+                self.hosts[host].store.insert(object, (size, digest));
+                self.deliver_node(host, NodeInput::ObjectSealed { object, size });
+            }
+            Event::HeadTimer { at } => {
+                if self.head_timer != Some(at) {
+                    return; // superseded by an earlier timer
+                }
                 self.head_timer = None;
                 if self.head.poll_timeout().is_some_and(|t| t <= self.now) {
                     self.log_ids(1, &[]);
                     let now = self.now;
-                    self.head.handle_timeout(now);
-                    self.after_head_step();
+                    if self.guard("head timeout", |w| w.head.handle_timeout(now)) {
+                        self.after_head_step();
+                    }
                 } else {
                     self.arm_head_timer();
                 }
             }
-            Event::NodeTimer { host, inc } => {
+            Event::NodeTimer { host, inc, at } => {
                 let h = &mut self.hosts[host];
-                if !h.up || h.inc != inc {
+                if !h.up || h.inc != inc || h.timer != Some(at) {
                     return;
                 }
                 h.timer = None;
                 if h.paused_until > self.now {
                     let at = h.paused_until;
                     h.timer = Some(at);
-                    self.schedule(at, Event::NodeTimer { host, inc });
+                    self.schedule(at, Event::NodeTimer { host, inc, at });
                     return;
                 }
                 let local = self.now + h.clock_offset;
                 if h.node.poll_timeout().is_some_and(|t| t <= local) {
                     self.log_ids(2, &[host as u64]);
-                    self.hosts[host].node.handle_timeout(local);
-                    self.after_node_step(host);
+                    if self.guard("node timeout", |w| w.hosts[host].node.handle_timeout(local)) {
+                        self.after_node_step(host);
+                    }
                 } else {
                     self.arm_node_timer(host);
                 }
@@ -812,8 +876,11 @@ impl World {
             HeadInput::DriverDisconnected(j) => self.log_ids(kind, &[j.0]),
         }
         let now = self.now;
-        let _ = self.head.handle_input(now, input);
-        self.after_head_step();
+        if self.guard("head input", |w| {
+            let _ = w.head.handle_input(now, input);
+        }) {
+            self.after_head_step();
+        }
     }
 
     fn after_head_step(&mut self) {
@@ -834,7 +901,7 @@ impl World {
         if let Some(t) = self.head.poll_timeout() {
             if self.head_timer.is_none_or(|armed| t < armed) {
                 self.head_timer = Some(t);
-                self.schedule(t, Event::HeadTimer);
+                self.schedule(t, Event::HeadTimer { at: t });
             }
         }
     }
@@ -910,8 +977,11 @@ impl World {
         self.trace(|| format!("host {host} <- {input:?}"));
         self.log_node_input(host, &input);
         let local = self.now + self.hosts[host].clock_offset;
-        let _ = self.hosts[host].node.handle_input(local, input);
-        self.after_node_step(host);
+        if self.guard("node input", |w| {
+            let _ = w.hosts[host].node.handle_input(local, input);
+        }) {
+            self.after_node_step(host);
+        }
     }
 
     fn log_node_input(&mut self, host: usize, input: &NodeInput) {
@@ -959,10 +1029,19 @@ impl World {
         while let Some(output) = self.hosts[host].node.poll_output() {
             self.perform_node(host, output);
             if !self.hosts[host].up {
-                return;
+                break;
             }
         }
-        self.arm_node_timer(host);
+        // Evicted secondary copies are losses the node reports, not frees.
+        for object in std::mem::take(&mut self.deleted_in_step) {
+            if !self.evicted_in_step.contains(&object) {
+                self.check_early_free(object);
+            }
+        }
+        self.evicted_in_step.clear();
+        if self.hosts[host].up {
+            self.arm_node_timer(host);
+        }
     }
 
     fn arm_node_timer(&mut self, host: usize) {
@@ -972,7 +1051,7 @@ impl World {
             if h.timer.is_none_or(|armed| t < armed) {
                 h.timer = Some(t);
                 let inc = h.inc;
-                self.schedule(t, Event::NodeTimer { host, inc });
+                self.schedule(t, Event::NodeTimer { host, inc, at: t });
             }
         }
     }
@@ -980,7 +1059,12 @@ impl World {
     fn perform_node(&mut self, host: usize, output: NodeOutput) {
         self.trace(|| format!("host {host} -> {output:?}"));
         match output {
-            NodeOutput::ToHead(msg) => self.send_to_head(host, msg),
+            NodeOutput::ToHead(msg) => {
+                if let NodeToHead::ObjectRemoved(object) = &msg {
+                    self.evicted_in_step.insert(*object);
+                }
+                self.send_to_head(host, msg)
+            }
             NodeOutput::ToPeer { node, msg } => {
                 let Some(from) = self.hosts[host].id else { return };
                 let Some(&peer) = self.by_node.get(&node) else { return };
@@ -1010,10 +1094,13 @@ impl World {
             NodeOutput::SendObject { object, to, .. } => self.transfer(host, object, to),
             NodeOutput::DeleteObject(object) => {
                 self.hosts[host].store.remove(&object);
-                self.check_early_free(object);
+                self.deleted_in_step.push(object);
             }
             NodeOutput::Reset => {
                 let h = &mut self.hosts[host];
+                // Reports still on their way to the old daemon's machine are for the old node.
+                h.inc += 1;
+                h.timer = None;
                 h.store.clear();
                 h.workers.clear();
                 if let Some(old) = h.id.take() {
@@ -1039,11 +1126,7 @@ impl World {
             Some((size, digest)) => {
                 // The bytes land when the transfer ends, if the peer is still the same daemon.
                 self.counts.messages += 1;
-                self.schedule(
-                    self.now + took,
-                    Event::ToNode { host: peer, inc, epoch: None, input: NodeInput::ObjectSealed { object, size } },
-                );
-                self.pending_bytes(peer, object, size, digest);
+                self.schedule(self.now + took, Event::BytesArrive { host: peer, inc, object, size, digest });
             }
             None => self.schedule(
                 self.now + took,
@@ -1051,13 +1134,6 @@ impl World {
             ),
         }
         self.local(host, took, NodeInput::SendEnded { object, to });
-    }
-
-    /// Bytes in flight to `peer` are written to its store when they arrive; the simulator writes
-    /// them at once and lets the node machine learn of them by `ObjectSealed` (a store entry no
-    /// machine knows of yet is invisible to everything but the byte count).
-    fn pending_bytes(&mut self, peer: usize, object: ObjectId, size: u64, digest: u64) {
-        self.hosts[peer].store.insert(object, (size, digest));
     }
 
     fn execute(&mut self, host: usize, worker: WorkerId, spec: Arc<TaskSpec>, attempt: u32, args: Vec<ExecArg>) {
@@ -1232,12 +1308,12 @@ impl World {
                 h.workers.clear();
                 h.timer = None;
                 if let Some(ms) = restart_ms {
-                    self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Restart(host)));
+                    self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Restart(host)));
                 }
             }
             Fault::Partition { host, ms, inbound, outbound } => {
                 // Healed by the end of the safety phase at the latest.
-                let until = (self.now + Duration(ms * MS)).min(Time(self.params.safety.0));
+                let until = (self.now + Duration(ms.saturating_mul(MS))).min(Time(self.params.safety.0));
                 let h = &mut self.hosts[host];
                 if inbound {
                     h.cut_in_until = h.cut_in_until.max(until);
@@ -1247,11 +1323,11 @@ impl World {
                 }
             }
             Fault::Clog { host, ms, extra_ms } => {
-                self.hosts[host].clog = Duration(extra_ms * MS);
-                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Clog(host)));
+                self.hosts[host].clog = Duration(extra_ms.saturating_mul(MS));
+                self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Clog(host)));
             }
             Fault::Pause { host, ms } => {
-                let until = self.now + Duration(ms * MS);
+                let until = (self.now + Duration(ms.saturating_mul(MS))).min(Time(self.params.safety.0));
                 let h = &mut self.hosts[host];
                 h.paused_until = h.paused_until.max(until);
             }
@@ -1269,14 +1345,17 @@ impl World {
                     self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: Some(137) });
                 }
             }
-            Fault::Hang { host, ms } => self.hosts[host].hang_next = Some(Duration(ms * MS)),
+            Fault::Hang { host, ms } => {
+                let left = self.params.safety.0.saturating_sub(self.now.0);
+                self.hosts[host].hang_next = Some(Duration(ms.saturating_mul(MS).min(left)));
+            }
             Fault::Duplicate { p, ms } => {
                 self.duplicate_p = p;
-                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Duplicate));
+                self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Duplicate));
             }
             Fault::Reorder { jitter_ms, ms } => {
-                self.reorder_jitter = Some(Duration(jitter_ms * MS));
-                self.schedule(self.now + Duration(ms * MS), Event::Heal(Heal::Reorder));
+                self.reorder_jitter = Some(Duration(jitter_ms.saturating_mul(MS)));
+                self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Reorder));
             }
             Fault::Disconnect { host } => {
                 if !self.hosts[host].up {
@@ -1471,7 +1550,7 @@ impl World {
         .min();
         self.params.workload = plan;
         if let Some(ms) = next_at {
-            let at = self.driver.started + Duration(ms * MS);
+            let at = self.driver.started + Duration(ms.saturating_mul(MS));
             self.wake_driver(at.max(self.now + Duration(MS)));
         }
         self.driver_maybe_release();
@@ -1515,6 +1594,13 @@ impl World {
                 };
                 match digest {
                     Some(d) => {
+                        if let ObjectData::Inline(bytes) = &data {
+                            if bytes.len() >= 8 {
+                                self.obs.on_read(self.now, object, d);
+                            }
+                        } else {
+                            self.obs.on_read(self.now, object, d);
+                        }
                         self.driver.awaited.insert(object, Some(Resolution::Ready(d)));
                         self.counts.ready += 1;
                         self.tamper_free_early(object);
@@ -1550,8 +1636,10 @@ impl World {
             }
             HeadToDriver::PlacementGroupReady { pg, nodes } => {
                 let group = pg.0 as usize - 1;
-                let bundles = self.params.workload.groups.get(group).map_or(0, |g| g.bundles as usize);
-                self.obs.on_group_ready(self.now, group, bundles, nodes.len());
+                if let Some(g) = self.params.workload.groups.get(group) {
+                    let (bundles, strategy) = (g.bundles as usize, g.strategy);
+                    self.obs.on_group_ready(self.now, group, bundles, strategy, &nodes);
+                }
             }
             _ => {}
         }
