@@ -81,6 +81,12 @@ pub enum Fault {
         /// Lasts this long.
         ms: u64,
     },
+    /// Swizzle-clogging (FoundationDB's): a random half of the hosts get their links clogged one
+    /// after another, then unclogged in another random order, over about `ms`.
+    Swizzle {
+        /// How long the swizzle lasts.
+        ms: u64,
+    },
     /// The connection between the host and the head breaks: messages in flight are lost and
     /// the host's daemon starts over, registering again as a new node.
     Disconnect {
@@ -106,7 +112,7 @@ impl Fault {
             | Fault::CrashWorker { host }
             | Fault::Hang { host, .. }
             | Fault::Disconnect { host } => Some(*host),
-            Fault::Duplicate { .. } | Fault::Reorder { .. } | Fault::DriverExit => None,
+            Fault::Duplicate { .. } | Fault::Reorder { .. } | Fault::Swizzle { .. } | Fault::DriverExit => None,
         }
     }
 
@@ -121,6 +127,7 @@ impl Fault {
             Fault::Hang { .. } => "hang",
             Fault::Duplicate { .. } => "duplicate",
             Fault::Reorder { .. } => "reorder",
+            Fault::Swizzle { .. } => "swizzle",
             Fault::Disconnect { .. } => "disconnect",
             Fault::DriverExit => "driver_exit",
         }
@@ -137,8 +144,18 @@ pub struct Timed {
 }
 
 /// The fault kinds swarm testing draws from.
-pub const SWARM_KINDS: [&str; 9] =
-    ["crash_node", "partition", "clog", "pause", "crash_worker", "hang", "duplicate", "reorder", "disconnect"];
+pub const SWARM_KINDS: [&str; 10] = [
+    "crash_node",
+    "partition",
+    "clog",
+    "pause",
+    "crash_worker",
+    "hang",
+    "duplicate",
+    "reorder",
+    "swizzle",
+    "disconnect",
+];
 
 /// Draws `count` faults over `0..until_ms` for a cluster of `hosts` hosts, from a mix that is
 /// itself drawn from the seed (swarm testing: each seed enables a random subset of `kinds`).
@@ -174,6 +191,7 @@ pub fn swarm(rng: &mut Rng, hosts: usize, count: usize, until_ms: u64, kinds: &[
             "hang" => Fault::Hang { host, ms: rng.between(100, 2000) },
             "duplicate" => Fault::Duplicate { p: 0.2, ms: rng.between(100, 2000) },
             "reorder" => Fault::Reorder { jitter_ms: rng.between(1, 50), ms: rng.between(100, 2000) },
+            "swizzle" => Fault::Swizzle { ms: rng.between(200, 2000) },
             "disconnect" => Fault::Disconnect { host },
             other => unreachable!("unknown swarm kind {other}: checked when the scenario is read"),
         };

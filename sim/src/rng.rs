@@ -22,6 +22,8 @@ pub enum Stream {
     Head = 5,
     /// The Nodes' seeds.
     Nodes = 6,
+    /// Choices made while a fault unfolds (which links a swizzle clogs, in which order).
+    Unfold = 7,
 }
 
 /// SplitMix64's finaliser.

@@ -392,6 +392,7 @@ impl WorkloadSpec {
 /// | `hang` | `host`, `ms` |
 /// | `duplicate` | `p`, `ms` |
 /// | `reorder` | `jitter_ms`, `ms` |
+/// | `swizzle` | `ms` |
 /// | `disconnect` | `host` |
 /// | `driver_exit` | |
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -427,7 +428,8 @@ pub struct FaultSpec {
     pub jitter_ms: Option<u64>,
 }
 
-const FAULT_KINDS: [(&str, &[&str]); 10] = [
+const FAULT_KINDS: [(&str, &[&str]); 11] = [
+    ("swizzle", &["ms"]),
     ("crash_node", &["host", "restart_ms"]),
     ("partition", &["host", "ms", "inbound", "outbound"]),
     ("clog", &["host", "ms", "extra_ms"]),
@@ -464,6 +466,7 @@ impl FaultSpec {
             Fault::Pause { ms, .. } | Fault::Hang { ms, .. } => f.ms = Some(ms),
             Fault::Duplicate { p, ms } => (f.p, f.ms) = (Some(p), Some(ms)),
             Fault::Reorder { jitter_ms, ms } => (f.jitter_ms, f.ms) = (Some(jitter_ms), Some(ms)),
+            Fault::Swizzle { ms } => f.ms = Some(ms),
             Fault::CrashWorker { .. } | Fault::Disconnect { .. } | Fault::DriverExit => {}
         }
         f
@@ -513,6 +516,7 @@ impl FaultSpec {
                 Fault::Duplicate { p, ms: need(self.ms, "ms")? }
             }
             "reorder" => Fault::Reorder { jitter_ms: need(self.jitter_ms, "jitter_ms")?, ms: need(self.ms, "ms")? },
+            "swizzle" => Fault::Swizzle { ms: need(self.ms, "ms")? },
             "disconnect" => Fault::Disconnect { host: host()? },
             "driver_exit" => Fault::DriverExit,
             other => unreachable!("kind {other} is listed in FAULT_KINDS"),

@@ -319,6 +319,7 @@ pub struct World {
     params: Params,
     net_rng: Rng,
     proc_rng: Rng,
+    unfold_rng: Rng,
     /// Last arrival time per directed link, to keep each link in order.
     last_arrival: BTreeMap<(Endpoint, Endpoint), Time>,
     duplicate_p: f64,
@@ -431,6 +432,7 @@ impl World {
             driver: Driver::default(),
             net_rng: Rng::new(params.seed, Stream::Network),
             proc_rng: Rng::new(params.seed, Stream::Process),
+            unfold_rng: Rng::new(params.seed, Stream::Unfold),
             params,
             last_arrival: BTreeMap::new(),
             duplicate_p: 0.0,
@@ -1330,6 +1332,26 @@ impl World {
                 let until = (self.now + Duration(ms.saturating_mul(MS))).min(Time(self.params.safety.0));
                 let h = &mut self.hosts[host];
                 h.paused_until = h.paused_until.max(until);
+            }
+            Fault::Swizzle { ms } => {
+                // Clog a random half of the hosts one by one, then unclog them in another order.
+                let n = self.hosts.len();
+                let mut chosen: Vec<usize> = (0..n).filter(|_| self.unfold_rng.chance(0.5)).collect();
+                if chosen.is_empty() {
+                    chosen.push(self.unfold_rng.below(n as u64) as usize);
+                }
+                for i in (1..chosen.len()).rev() {
+                    chosen.swap(i, self.unfold_rng.below(i as u64 + 1) as usize);
+                }
+                let span = ms.max(2);
+                let step = span / 2 / chosen.len() as u64;
+                for (i, &host) in chosen.iter().enumerate() {
+                    let start = i as u64 * step;
+                    let unclog = span / 2 + self.unfold_rng.below(span / 2);
+                    let extra_ms = self.unfold_rng.between(5, 100);
+                    let clog = Fault::Clog { host, ms: unclog.saturating_sub(start).max(1), extra_ms };
+                    self.schedule(self.now + Duration(start.saturating_mul(MS)), Event::Fault(clog));
+                }
             }
             Fault::CrashWorker { host } => {
                 let h = &self.hosts[host];

@@ -82,3 +82,29 @@ fn the_same_seed_gives_the_same_hash_and_other_seeds_other_hashes() {
     let hashes: std::collections::BTreeSet<String> = (0..8).map(|seed| s.run(seed, None).hash).collect();
     assert_eq!(hashes.len(), 8, "eight seeds, eight event logs");
 }
+
+#[test]
+fn a_swizzle_clogs_distinct_hosts_one_after_another() {
+    let text = BASE.replace(
+        "[[fault]]\nat_ms = 30\nkind = \"crash_worker\"\nhost = 0\n[[fault]]\nat_ms = 35\nkind = \"crash_worker\"\nhost = 1\n",
+        "[[fault]]\nat_ms = 10\nkind = \"swizzle\"\nms = 400\n",
+    );
+    let text = text.replace("nodes = 2", "nodes = 8");
+    let s = scenario(&text);
+    let mut clogged = Vec::new();
+    for seed in 0..4 {
+        let mut params = s.params(seed);
+        params.timeline = true;
+        let outcome = s.run_params(params);
+        assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
+        let clogs: Vec<(u64, usize)> =
+            outcome.timeline.iter().filter(|t| t.name.starts_with("Clog")).map(|t| (t.start, t.host)).collect();
+        assert!(!clogs.is_empty(), "seed {seed}: nothing was clogged");
+        assert!(clogs.windows(2).all(|w| w[0].0 < w[1].0), "seed {seed}: clogs start one after another");
+        let hosts: std::collections::BTreeSet<usize> = clogs.iter().map(|c| c.1).collect();
+        assert_eq!(hosts.len(), clogs.len(), "seed {seed}: each host is clogged once");
+        clogged.push(hosts);
+    }
+    clogged.dedup();
+    assert!(clogged.len() > 1, "the clogged hosts depend on the seed");
+}
