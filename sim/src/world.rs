@@ -132,7 +132,7 @@ enum Endpoint {
     Driver,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Event {
     /// A message arrives at the head.
     ToHead {
@@ -773,7 +773,7 @@ impl World {
 
     // ---- the network ----
 
-    fn send(&mut self, from: Endpoint, to: Endpoint, bytes: u64, make: impl Fn(&World) -> Event) {
+    fn send(&mut self, from: Endpoint, to: Endpoint, bytes: u64, event: Event) {
         self.counts.messages += 1;
         let host = match (from, to) {
             (Endpoint::Host(h), _) | (_, Endpoint::Host(h)) => Some(h),
@@ -805,11 +805,10 @@ impl World {
                 at
             }
         };
-        let event = make(self);
         let head_link = host.is_some() && !peer_link;
         if head_link && self.duplicate_p > 0.0 && self.net_rng.chance(self.duplicate_p) {
             self.counts.duplicated += 1;
-            let copy = make(self);
+            let copy = event.clone();
             let later = at + Duration(self.net_rng.below(2 * MS));
             self.schedule(later, copy);
         }
@@ -826,21 +825,17 @@ impl World {
             }
         }
         let size = message_size(&msg);
-        self.send(Endpoint::Host(host), Endpoint::Head, size, move |_| Event::ToHead {
-            from: Endpoint::Host(host),
-            epoch,
-            input: HeadInput::FromNode { node, msg: msg.clone() },
-        });
+        self.send(
+            Endpoint::Host(host),
+            Endpoint::Head,
+            size,
+            Event::ToHead { from: Endpoint::Host(host), epoch, input: HeadInput::FromNode { node, msg } },
+        );
     }
 
     fn send_to_node(&mut self, host: usize, input: NodeInput) {
         let (inc, epoch) = (self.hosts[host].inc, self.hosts[host].epoch);
-        self.send(Endpoint::Head, Endpoint::Host(host), 0, move |_| Event::ToNode {
-            host,
-            inc,
-            epoch: Some(epoch),
-            input: input.clone(),
-        });
+        self.send(Endpoint::Head, Endpoint::Host(host), 0, Event::ToNode { host, inc, epoch: Some(epoch), input });
     }
 
     /// A report from the host's own processes (no network).
@@ -963,7 +958,7 @@ impl World {
             }
             HeadOutput::ToDriver { msg, .. } => {
                 if !self.driver.gone {
-                    self.send(Endpoint::Head, Endpoint::Driver, 0, move |_| Event::ToDriver(msg.clone()));
+                    self.send(Endpoint::Head, Endpoint::Driver, 0, Event::ToDriver(msg));
                 }
             }
             // The dead node's daemon may still be running (a partition, a pause): the head's
@@ -987,11 +982,12 @@ impl World {
             labels: h.spec.labels.clone(),
         };
         let epoch = h.epoch;
-        self.send(Endpoint::Host(host), Endpoint::Head, 0, move |_| Event::ToHead {
-            from: Endpoint::Host(host),
-            epoch,
-            input: HeadInput::Connect { conn, hello: hello.clone() },
-        });
+        self.send(
+            Endpoint::Host(host),
+            Endpoint::Head,
+            0,
+            Event::ToHead { from: Endpoint::Host(host), epoch, input: HeadInput::Connect { conn, hello } },
+        );
     }
 
     fn deliver_node(&mut self, host: usize, input: NodeInput) {
@@ -1037,13 +1033,15 @@ impl World {
             NodeInput::ObjectSealed { object, size } => {
                 self.log_ids(26, &[h, object.task.0, u64::from(object.index), *size])
             }
-            other => {
-                let text = format!("{other:?}");
-                self.log_bytes(27, |b| {
-                    b.extend_from_slice(&h.to_le_bytes());
-                    b.extend_from_slice(text.as_bytes())
-                })
+            NodeInput::PullFailed { object, from } => {
+                self.log_ids(30, &[h, object.task.0, u64::from(object.index), from.0])
             }
+            NodeInput::SendEnded { object, to } => self.log_ids(31, &[h, object.task.0, u64::from(object.index), to.0]),
+            // The rest (workers' messages, start failures) by their bytes.
+            other => self.log_bytes(27, |b| {
+                b.extend_from_slice(&h.to_le_bytes());
+                postcard_into(b, other)
+            }),
         }
     }
 
@@ -1100,12 +1098,12 @@ impl World {
                 let Some(&peer) = self.by_node.get(&node) else { return };
                 let (inc, up) = (self.hosts[peer].inc, self.hosts[peer].up);
                 if up {
-                    self.send(Endpoint::Host(host), Endpoint::Host(peer), 0, move |_| Event::ToNode {
-                        host: peer,
-                        inc,
-                        epoch: None,
-                        input: NodeInput::FromPeer { from, msg: msg.clone() },
-                    });
+                    self.send(
+                        Endpoint::Host(host),
+                        Endpoint::Host(peer),
+                        0,
+                        Event::ToNode { host: peer, inc, epoch: None, input: NodeInput::FromPeer { from, msg } },
+                    );
                 }
             }
             NodeOutput::StartWorker { worker, .. } => {
@@ -1420,11 +1418,12 @@ impl World {
             Fault::DriverExit => {
                 if let Some(job) = self.driver.job.filter(|_| !self.driver.gone) {
                     self.driver.gone = true;
-                    self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
-                        from: Endpoint::Driver,
-                        epoch: 0,
-                        input: HeadInput::DriverDisconnected(job),
-                    });
+                    self.send(
+                        Endpoint::Driver,
+                        Endpoint::Head,
+                        0,
+                        Event::ToHead { from: Endpoint::Driver, epoch: 0, input: HeadInput::DriverDisconnected(job) },
+                    );
                 }
             }
         }
@@ -1467,14 +1466,19 @@ impl World {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
         self.conns.insert(conn, Endpoint::Driver);
-        self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
-            from: Endpoint::Driver,
-            epoch: 0,
-            input: HeadInput::Connect {
-                conn,
-                hello: Hello::RegisterJob { version: PROTOCOL_VERSION, name: "sim".into() },
+        self.send(
+            Endpoint::Driver,
+            Endpoint::Head,
+            0,
+            Event::ToHead {
+                from: Endpoint::Driver,
+                epoch: 0,
+                input: HeadInput::Connect {
+                    conn,
+                    hello: Hello::RegisterJob { version: PROTOCOL_VERSION, name: "sim".into() },
+                },
             },
-        });
+        );
     }
 
     fn wake_driver(&mut self, at: Time) {
@@ -1489,11 +1493,12 @@ impl World {
         if self.driver.gone {
             return;
         }
-        self.send(Endpoint::Driver, Endpoint::Head, 0, move |_| Event::ToHead {
-            from: Endpoint::Driver,
-            epoch: 0,
-            input: HeadInput::FromDriver { job, msg: msg.clone() },
-        });
+        self.send(
+            Endpoint::Driver,
+            Endpoint::Head,
+            0,
+            Event::ToHead { from: Endpoint::Driver, epoch: 0, input: HeadInput::FromDriver { job, msg } },
+        );
     }
 
     /// Submits whatever the plan has due by now, in plan order.
