@@ -9,7 +9,8 @@ use keel_kernel::errors::ErrorReason;
 use keel_kernel::proto::PlacementStrategy;
 use keel_kernel::resources::ResourceSet;
 use keel_kernel::{ActorId, NodeId, ObjectId, TaskId, Time, WorkerId};
-use std::collections::{BTreeMap, BTreeSet};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// Which property a violation breaks.
@@ -75,11 +76,12 @@ pub enum Resolution {
 #[derive(Debug, Default)]
 pub struct Observer {
     violations: Vec<Violation>,
-    executed: BTreeSet<(TaskId, u32)>,
+    // The three tables are looked up, never iterated: hashed.
+    executed: FxHashSet<(TaskId, u32)>,
     /// First content digest and size seen for each object.
-    contents: BTreeMap<ObjectId, (u64, u64)>,
+    contents: FxHashMap<ObjectId, (u64, u64)>,
     /// Last call sequence number run by each actor worker incarnation.
-    calls: BTreeMap<(usize, u64, WorkerId, ActorId), u64>,
+    calls: FxHashMap<(usize, u64, WorkerId, ActorId), u64>,
     /// Executions of attempts, for the report.
     pub executions: u64,
     /// Values rebuilt and found equal to the original.
