@@ -62,6 +62,7 @@ pub mod synthetic;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod time;
+pub mod vecset;
 
 pub use errors::{ActorDeath, ErrorReason, InputError, TaskFailure};
 pub use head::{Head, HeadConfig, HeadInput, HeadOutput};

@@ -235,9 +235,9 @@ pub struct LocalObject {
     /// A primary copy (a task return or a put made here) is never evicted, only freed.
     pub primary: bool,
     /// Tasks holding it as an argument; it cannot be evicted or deleted while any does.
-    pub pinned_by: std::collections::BTreeSet<TaskId>,
+    pub pinned_by: crate::vecset::VecSet<TaskId>,
     /// Transfers to peers in progress (one per `SendObject` not yet answered by `SendEnded`).
-    pub sends: std::collections::BTreeMap<NodeId, u32>,
+    pub sends: crate::vecset::VecMap<NodeId, u32>,
     /// The head freed it while it was pinned: deleted once the last pin goes.
     pub free_pending: bool,
     /// Logical time of its last use (least recently used copies are evicted first).

@@ -6,7 +6,7 @@ use super::Node;
 use crate::errors::{InputError, TaskFailure};
 use crate::ids::{ActorId, ObjectId, TaskId, WorkerId};
 use crate::proto::{DriverToHead, HeadToDriver, NodeToHead, TaskKind, TaskOutcome};
-use std::collections::BTreeSet;
+use crate::vecset::VecSet;
 
 impl Node {
     pub(super) fn on_worker_started(&mut self, worker: WorkerId) -> Result<(), InputError> {
@@ -92,8 +92,8 @@ impl Node {
             return Err(InputError::StaleAttempt { task, attempt, node: me });
         }
         if let TaskOutcome::Finished(values) = &outcome {
-            let expected: BTreeSet<_> = self.tasks[&task].spec.return_ids().collect();
-            let reported: BTreeSet<_> = values.iter().map(|v| v.object).collect();
+            let expected: VecSet<_> = self.tasks[&task].spec.return_ids().collect();
+            let reported: VecSet<_> = values.iter().map(|v| v.object).collect();
             if reported != expected || reported.len() != values.len() {
                 return Err(InputError::Malformed { what: format!("task {task} reported the wrong return values") });
             }

@@ -178,7 +178,8 @@ pub const REMEMBERED_ATTEMPTS: usize = 4096;
 #[derive(Clone, Debug, Default)]
 struct RecentAttempts {
     order: VecDeque<(TaskId, u32)>,
-    set: std::collections::BTreeSet<(TaskId, u32)>,
+    /// Looked up, never iterated.
+    set: rustc_hash::FxHashSet<(TaskId, u32)>,
 }
 
 impl RecentAttempts {

@@ -7,6 +7,7 @@
 
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::time::{Duration, Time};
+use crate::vecset::VecSet;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One object being pulled.
@@ -21,7 +22,7 @@ pub(crate) struct Pull {
     /// When the current try times out.
     pub(crate) deadline: Time,
     /// Tasks waiting for it as an argument.
-    pub(crate) waiters: BTreeSet<TaskId>,
+    pub(crate) waiters: VecSet<TaskId>,
     /// The head asked for a copy (`CopyObject`), so the pull goes on with no waiter.
     pub(crate) for_copy: bool,
 }
@@ -89,7 +90,7 @@ impl PullTable {
         assert!(!holders.is_empty(), "a pull needs a holder");
         assert!(!self.pulls.contains_key(&object), "{object} is already being pulled");
         let deadline = now + self.timeout;
-        let pull = Pull { size, holders, tries: 1, deadline, waiters: BTreeSet::new(), for_copy: false };
+        let pull = Pull { size, holders, tries: 1, deadline, waiters: VecSet::new(), for_copy: false };
         let first = pull.current();
         self.pulls.insert(object, pull);
         self.deadlines.insert((deadline, object));

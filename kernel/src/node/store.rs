@@ -7,7 +7,8 @@
 
 use super::io::LocalObject;
 use crate::ids::{NodeId, ObjectId, TaskId};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::vecset::{VecMap, VecSet};
+use std::collections::{BTreeMap, VecDeque};
 
 /// What [`ObjectTable::free`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +28,11 @@ pub(crate) struct ObjectTable {
     used_bytes: u64,
     tick: u64,
     objects: BTreeMap<ObjectId, LocalObject>,
-    /// `(last_used_tick, object)` for every object: the recency index.
-    lru: BTreeSet<(u64, ObjectId)>,
+    /// The recency index: `(tick, object)` for every use, oldest first. An entry is live while its
+    /// tick is the object's `last_used_tick`; older entries of the object are stale, skipped, and
+    /// dropped when they reach the front or outnumber the live ones. Ticks only grow, so live
+    /// entries are in the order a sorted `(last_used_tick, object)` set would list them.
+    lru: VecDeque<(u64, ObjectId)>,
 }
 
 impl ObjectTable {
@@ -36,7 +40,7 @@ impl ObjectTable {
     pub(crate) fn new(capacity_bytes: u64) -> ObjectTable {
         assert!(capacity_bytes > 0, "object store capacity must be positive");
         let table =
-            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: BTreeMap::new(), lru: BTreeSet::new() };
+            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: BTreeMap::new(), lru: VecDeque::new() };
         assert!(table.objects.is_empty());
         table
     }
@@ -72,11 +76,25 @@ impl ObjectTable {
     /// Marks `object` as just used.
     pub(crate) fn touch(&mut self, object: ObjectId) {
         let entry = self.objects.get_mut(&object).expect("touch of an object that is not local");
-        let removed = self.lru.remove(&(entry.last_used_tick, object));
-        assert!(removed, "recency index out of step for {object}");
         self.tick += 1;
         entry.last_used_tick = self.tick;
-        self.lru.insert((self.tick, object));
+        self.record_use(object);
+    }
+
+    /// Appends the recency entry of `object`'s use at the current tick; drops the stale entries
+    /// once they outnumber the live ones (amortised: each entry is dropped once).
+    fn record_use(&mut self, object: ObjectId) {
+        self.lru.push_back((self.tick, object));
+        if self.lru.len() > 2 * self.objects.len() + 32 {
+            let objects = &self.objects;
+            self.lru.retain(|(tick, o)| objects.get(o).is_some_and(|e| e.last_used_tick == *tick));
+            assert_eq!(self.lru.len(), self.objects.len(), "recency index out of step");
+        }
+    }
+
+    /// Whether a recency entry is the object's latest use.
+    fn is_live(&self, tick: u64, object: ObjectId) -> bool {
+        self.objects.get(&object).is_some_and(|e| e.last_used_tick == tick)
     }
 
     /// Whether a new secondary copy of `size_bytes` could be made to fit by evicting.
@@ -92,7 +110,15 @@ impl ObjectTable {
     pub(crate) fn make_room(&mut self, size_bytes: u64) -> Vec<ObjectId> {
         let mut evicted = Vec::new();
         while self.used_bytes.saturating_add(size_bytes) > self.capacity_bytes {
-            let victim = self.lru.iter().map(|(_, o)| *o).find(|o| self.objects[o].is_evictable());
+            while self.lru.front().is_some_and(|&(tick, o)| !self.is_live(tick, o)) {
+                self.lru.pop_front();
+            }
+            let victim = self
+                .lru
+                .iter()
+                .filter(|&&(tick, o)| self.is_live(tick, o) && self.objects[&o].is_evictable())
+                .map(|(_, o)| *o)
+                .next();
             let Some(victim) = victim else { break };
             self.remove(victim);
             evicted.push(victim);
@@ -118,13 +144,13 @@ impl ObjectTable {
         let entry = LocalObject {
             size: size_bytes,
             primary,
-            pinned_by: BTreeSet::new(),
-            sends: BTreeMap::new(),
+            pinned_by: VecSet::new(),
+            sends: VecMap::new(),
             free_pending: false,
             last_used_tick: self.tick,
         };
         self.objects.insert(object, entry);
-        self.lru.insert((self.tick, object));
+        self.record_use(object);
         self.used_bytes += size_bytes;
         assert!(self.objects.contains_key(&object));
         evicted
@@ -133,8 +159,6 @@ impl ObjectTable {
     fn remove(&mut self, object: ObjectId) {
         let entry = self.objects.remove(&object).expect("removing an object that is not local");
         assert!(!entry.is_pinned(), "removing pinned object {object}");
-        let removed = self.lru.remove(&(entry.last_used_tick, object));
-        assert!(removed, "recency index out of step for {object}");
         assert!(self.used_bytes >= entry.size);
         self.used_bytes -= entry.size;
     }
@@ -159,7 +183,7 @@ impl ObjectTable {
     pub(crate) fn begin_send(&mut self, object: ObjectId, to: NodeId) {
         let entry = self.objects.get_mut(&object).expect("sending an object that is not local");
         assert!(!entry.free_pending, "sending freed object {object}");
-        *entry.sends.entry(to).or_insert(0) += 1;
+        *entry.sends.get_or_insert_with(to, || 0) += 1;
         self.touch(object);
     }
 
@@ -199,10 +223,13 @@ impl ObjectTable {
 
     /// Panics if the table is inconsistent.
     pub(crate) fn check_invariants(&self) {
-        assert_eq!(self.lru.len(), self.objects.len(), "recency index size");
+        // Ticks are distinct and each object has one `last_used_tick`, so as many live entries as
+        // objects means every object has its entry.
+        assert!(self.lru.iter().zip(self.lru.iter().skip(1)).all(|(a, b)| a.0 < b.0), "recency index out of order");
+        let live = self.lru.iter().filter(|&&(tick, o)| self.is_live(tick, o)).count();
+        assert_eq!(live, self.objects.len(), "an object is missing from the recency index");
         let mut used_bytes = 0u64;
         for (object, entry) in &self.objects {
-            assert!(self.lru.contains(&(entry.last_used_tick, *object)), "{object} missing from recency index");
             assert!(entry.last_used_tick <= self.tick, "{object} used in the future");
             assert!(!entry.free_pending || entry.is_pinned(), "{object} freed but kept while unpinned");
             assert!(entry.sends.values().all(|c| *c > 0), "{object} has an empty send count");
@@ -230,6 +257,27 @@ mod tests {
         let evicted = t.insert(obj(4), 30, false);
         assert_eq!(evicted, vec![obj(3), obj(1)]);
         assert!(t.contains(obj(2)));
+        t.check_invariants();
+    }
+
+    #[test]
+    fn eviction_order_survives_the_recency_index_dropping_stale_entries() {
+        let mut t = ObjectTable::new(100);
+        for i in 1..=5 {
+            t.insert(obj(i), 10, false);
+        }
+        // Hundreds of uses leave stale entries behind, which the index drops as it grows.
+        for round in 0..100 {
+            for i in [3, 1, 5, 2, 4] {
+                t.touch(obj(i));
+                assert!(t.lru.len() <= 2 * 5 + 32 + 1, "round {round}: stale entries pile up");
+            }
+        }
+        t.remove(obj(5));
+        t.insert(obj(6), 10, false);
+        t.check_invariants();
+        // Last uses: 3, 1, 2, 4 in that order, then 6 new: evicted oldest first.
+        assert_eq!(t.insert(obj(7), 100, false), vec![obj(3), obj(1), obj(2), obj(4), obj(6)]);
         t.check_invariants();
     }
 

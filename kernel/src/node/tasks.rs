@@ -8,7 +8,8 @@ use crate::ids::{ObjectId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, NodeToHead, NodeToNode, TaskKind, TaskSpec};
 use crate::resources::Allocation;
 use crate::time::Time;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use crate::vecset::{VecMap, VecSet};
+use std::collections::VecDeque;
 
 /// One task attempt held by the node.
 #[derive(Clone, Debug)]
@@ -19,11 +20,11 @@ pub(crate) struct Task {
     /// GPU device indices of the allocation, in device order (the worker lease key, with the job).
     pub(crate) gpus: Vec<u32>,
     /// Where each by-reference argument is.
-    pub(crate) sources: BTreeMap<ObjectId, ArgSource>,
+    pub(crate) sources: VecMap<ObjectId, ArgSource>,
     /// By-reference arguments not yet local (each has a pull this task waits on).
-    pub(crate) missing: BTreeSet<ObjectId>,
+    pub(crate) missing: VecSet<ObjectId>,
     /// Local arguments this task pins.
-    pub(crate) pinned: BTreeSet<ObjectId>,
+    pub(crate) pinned: VecSet<ObjectId>,
     pub(crate) phase: TaskPhase,
     /// An unforced cancel arrived while it ran.
     pub(crate) cancel_requested: bool,
@@ -69,8 +70,8 @@ impl Node {
             attempt,
             gpus,
             sources,
-            missing: BTreeSet::new(),
-            pinned: BTreeSet::new(),
+            missing: VecSet::new(),
+            pinned: VecSet::new(),
             phase,
             cancel_requested: false,
         };
@@ -93,7 +94,7 @@ impl Node {
         allocation: &Allocation,
         args: Vec<(ObjectId, ArgSource)>,
         actor_worker: Option<WorkerId>,
-    ) -> Result<BTreeMap<ObjectId, ArgSource>, InputError> {
+    ) -> Result<VecMap<ObjectId, ArgSource>, InputError> {
         let malformed = |what: String| Err(InputError::Malformed { what });
         if self.tasks.contains_key(&spec.task) {
             return Err(InputError::DuplicateTask(spec.task));
@@ -113,14 +114,15 @@ impl Node {
             (_, Some(_)) => return malformed(format!("task {} is not a method but names a worker", spec.task)),
             (_, None) => {}
         }
-        let refs: BTreeSet<ObjectId> =
+        let refs: VecSet<ObjectId> =
             spec.args.iter().filter_map(|a| if let Arg::Ref(o) = a { Some(*o) } else { None }).collect();
-        let mut sources = BTreeMap::new();
-        for (object, source) in args {
-            if !refs.contains(&object) || sources.insert(object, source).is_some() {
-                return malformed(format!("task {}: unexpected or repeated argument source {object}", spec.task));
-            }
+        let mut args = args;
+        args.sort_by_key(|(object, _)| *object);
+        let repeated = args.windows(2).find(|pair| pair[0].0 == pair[1].0).map(|pair| pair[0].0);
+        if let Some(object) = repeated.or_else(|| args.iter().map(|(o, _)| *o).find(|o| !refs.contains(o))) {
+            return malformed(format!("task {}: unexpected or repeated argument source {object}", spec.task));
         }
+        let sources: VecMap<ObjectId, ArgSource> = VecMap::from_sorted(args);
         if sources.len() != refs.len() {
             return malformed(format!("task {}: a by-reference argument has no source", spec.task));
         }
@@ -128,7 +130,7 @@ impl Node {
     }
 
     /// The first argument that is neither inline, local, being pulled, nor held by another node.
-    fn unreachable_argument(&self, sources: &BTreeMap<ObjectId, ArgSource>) -> Option<ObjectId> {
+    fn unreachable_argument(&self, sources: &VecMap<ObjectId, ArgSource>) -> Option<ObjectId> {
         let me = self.node_id.expect("registered");
         sources.iter().find_map(|(object, source)| match source {
             ArgSource::Inline(_) => None,
@@ -289,7 +291,7 @@ impl Node {
     }
 
     /// Unpins a finished attempt's arguments, deleting those the head freed meanwhile.
-    pub(super) fn release_pins(&mut self, task: TaskId, pinned: &BTreeSet<ObjectId>) {
+    pub(super) fn release_pins(&mut self, task: TaskId, pinned: &VecSet<ObjectId>) {
         for object in pinned {
             if self.objects.unpin(*object, task) {
                 self.emit(NodeOutput::DeleteObject(*object));
