@@ -339,7 +339,7 @@ pub struct World {
     safety_over: bool,
     tamper_spent: bool,
     /// Functions by name, shared (`Arc<str>`) as a driver would keep them.
-    functions: BTreeMap<String, Function>,
+    functions: FxHashMap<String, Function>,
     /// Refs inside each value produced (what the driver finds when it deserialises the value).
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
     trace_filter: Option<String>,
@@ -452,7 +452,7 @@ impl World {
             buf: Vec::new(),
             safety_over: false,
             tamper_spent: false,
-            functions: BTreeMap::new(),
+            functions: FxHashMap::default(),
             nested_of: BTreeMap::new(),
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
             crashed: false,
@@ -875,7 +875,7 @@ impl World {
                     TaskOutcome::Finished(values) => {
                         for v in values {
                             ids.extend([v.object.task.0, u64::from(v.object.index), v.size]);
-                            ids.push(v.inline.as_deref().map_or(0, digest_bytes));
+                            ids.push(v.inline.as_deref().map_or(0, |b| digest_of_content(b) ^ b.len() as u64));
                             ids.extend(v.nested.iter().map(|o| o.task.0));
                         }
                     }
@@ -1186,7 +1186,8 @@ impl World {
         for (arg, exec) in spec.args.iter().zip(&args) {
             digests.push(match (arg, exec) {
                 (Arg::Value { data, .. }, _) => digest_bytes(data),
-                (_, ExecArg::Inline(bytes)) => digest_bytes(bytes),
+                // An inline value is `content` made from its digest.
+                (_, ExecArg::Inline(bytes)) => digest_of_content(bytes),
                 (_, ExecArg::Local { object, .. }) => self.hosts[host].store.get(object).map_or(0, |(_, d)| *d),
                 (_, ExecArg::Value) => 0,
             });
@@ -1308,7 +1309,12 @@ impl World {
     }
 
     fn function(&mut self, name: &str) -> Function {
-        self.functions.entry(name.to_string()).or_insert_with(|| Function::Named(name.into())).clone()
+        if let Some(function) = self.functions.get(name) {
+            return function.clone();
+        }
+        let function = Function::Named(name.into());
+        self.functions.insert(name.to_string(), function.clone());
+        function
     }
 
     fn close_span(&mut self, host: usize, inc: u64, worker: WorkerId, how: &'static str) {
@@ -1642,7 +1648,19 @@ impl World {
         if self.driver.gone {
             return;
         }
-        self.log_bytes(30, |b| postcard_into(b, &msg));
+        match &msg {
+            // The commonest message by identity: an inline value is fully determined by its
+            // length and its first eight bytes (its digest; see `content`).
+            HeadToDriver::ObjectReady { object, size, data } => {
+                let mut ids = vec![object.task.0, u64::from(object.index), *size];
+                match data {
+                    ObjectData::Inline(bytes) => ids.extend([bytes.len() as u64, digest_of_content(bytes)]),
+                    ObjectData::At(nodes) => ids.extend(nodes.iter().map(|n| n.0 | 1 << 63)),
+                }
+                self.log_ids(32, &ids);
+            }
+            other => self.log_bytes(30, |b| postcard_into(b, other)),
+        }
         match msg {
             HeadToDriver::ObjectReady { object, data, .. } => {
                 if !matches!(self.driver.awaited.get(&object), Some(None)) {
@@ -1802,15 +1820,20 @@ fn digest_bytes(bytes: &[u8]) -> u64 {
     mix64(h ^ bytes.len() as u64)
 }
 
-/// The bytes of an inline value: its digest, then filler derived from it.
+/// The bytes of an inline value: its digest, then filler derived from it (a Weyl sequence: the
+/// value is fully determined by its length and first eight bytes).
 fn content(digest: u64, size: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size as usize);
+    const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = vec![0u8; size as usize];
     let mut x = digest;
-    while (out.len() as u64) < size {
-        out.extend_from_slice(&x.to_le_bytes());
-        x = mix64(x);
+    let mut words = out.chunks_exact_mut(8);
+    for word in &mut words {
+        word.copy_from_slice(&x.to_le_bytes());
+        x = x.wrapping_add(STEP);
     }
-    out.truncate(size as usize);
+    let tail = words.into_remainder();
+    let n = tail.len();
+    tail.copy_from_slice(&x.to_le_bytes()[..n]);
     out
 }
 
