@@ -8,7 +8,8 @@
 use super::io::LocalObject;
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::vecset::{VecMap, VecSet};
-use std::collections::{BTreeMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 
 /// What [`ObjectTable::free`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +28,8 @@ pub(crate) struct ObjectTable {
     capacity_bytes: u64,
     used_bytes: u64,
     tick: u64,
-    objects: BTreeMap<ObjectId, LocalObject>,
+    /// Hashed: looked up by id on every use; listed (rarely) in id order by [`iter`](Self::iter).
+    objects: FxHashMap<ObjectId, LocalObject>,
     /// The recency index: `(tick, object)` for every use, oldest first. An entry is live while its
     /// tick is the object's `last_used_tick`; older entries of the object are stale, skipped, and
     /// dropped when they reach the front or outnumber the live ones. Ticks only grow, so live
@@ -40,7 +42,7 @@ impl ObjectTable {
     pub(crate) fn new(capacity_bytes: u64) -> ObjectTable {
         assert!(capacity_bytes > 0, "object store capacity must be positive");
         let table =
-            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: BTreeMap::new(), lru: VecDeque::new() };
+            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: FxHashMap::default(), lru: VecDeque::new() };
         assert!(table.objects.is_empty());
         table
     }
@@ -61,8 +63,11 @@ impl ObjectTable {
         self.objects.contains_key(&object)
     }
 
+    /// Every entry, in object id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ObjectId, &LocalObject)> {
-        self.objects.iter().map(|(o, e)| (*o, e))
+        let mut entries: Vec<(ObjectId, &LocalObject)> = self.objects.iter().map(|(o, e)| (*o, e)).collect();
+        entries.sort_unstable_by_key(|(o, _)| *o);
+        entries.into_iter()
     }
 
     pub(crate) fn used_bytes(&self) -> u64 {
