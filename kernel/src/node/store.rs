@@ -121,9 +121,7 @@ impl ObjectTable {
             let victim = self
                 .lru
                 .iter()
-                .filter(|&&(tick, o)| self.is_live(tick, o) && self.objects[&o].is_evictable())
-                .map(|(_, o)| *o)
-                .next();
+                .find_map(|&(tick, o)| (self.is_live(tick, o) && self.objects[&o].is_evictable()).then_some(o));
             let Some(victim) = victim else { break };
             self.remove(victim);
             evicted.push(victim);
