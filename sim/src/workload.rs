@@ -77,6 +77,11 @@ impl TaskPlan {
         }
     }
 
+    /// What the function name says: duration, value size, failure, children.
+    pub fn behaviour(&self) -> (u64, u64, bool, u32) {
+        (self.ms, self.bytes, self.fail, self.spawn)
+    }
+
     /// The function name that tells the simulated worker what to do.
     pub fn function(&self) -> String {
         let mut f = format!("ms={};bytes={}", self.ms, self.bytes);

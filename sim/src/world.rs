@@ -340,6 +340,8 @@ pub struct World {
     tamper_spent: bool,
     /// Functions by name, shared (`Arc<str>`) as a driver would keep them.
     functions: FxHashMap<String, Function>,
+    /// The same, by what a planned task does (no name to format for a shape seen before).
+    plan_functions: FxHashMap<(u64, u64, bool, u32), Function>,
     /// Refs inside each value produced (what the driver finds when it deserialises the value).
     nested_of: BTreeMap<ObjectId, Vec<ObjectId>>,
     trace_filter: Option<String>,
@@ -453,6 +455,7 @@ impl World {
             safety_over: false,
             tamper_spent: false,
             functions: FxHashMap::default(),
+            plan_functions: FxHashMap::default(),
             nested_of: BTreeMap::new(),
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
             crashed: false,
@@ -1570,7 +1573,15 @@ impl World {
         while let Some(t) = plan.tasks.get(self.driver.next_task).filter(|t| t.at_ms <= elapsed_ms) {
             let i = self.driver.next_task;
             let id = TaskId::child(TaskId::driver(job), 0, i as u64);
-            let mut spec = TaskSpec::calling(id, job, self.function(&t.function()));
+            let function = match self.plan_functions.get(&t.behaviour()) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.function(&t.function());
+                    self.plan_functions.insert(t.behaviour(), f.clone());
+                    f
+                }
+            };
+            let mut spec = TaskSpec::calling(id, job, function);
             spec.num_returns = t.returns;
             spec.max_retries = t.retries;
             spec.resources = cpu_hundredths(t.cpu_hundredths);
