@@ -106,6 +106,7 @@ use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use crate::proto::{HeadToNode, NodeToHead, NodeToNode};
 use crate::time::{Duration, Time};
 use pulls::PullTable;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
 use store::ObjectTable;
 use tasks::Task;
@@ -162,7 +163,8 @@ pub struct Node {
     workers: WorkerTable,
     objects: ObjectTable,
     pulls: PullTable,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Hashed: looked up by id; listed (rarely) sorted by id.
+    tasks: FxHashMap<TaskId, Task>,
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
     /// The attempts this node ended most recently: a `RunTask` for one of them is a copy of an
@@ -213,7 +215,7 @@ impl Node {
             draining: false,
             left: false,
             outputs: VecDeque::new(),
-            tasks: BTreeMap::new(),
+            tasks: FxHashMap::default(),
             actor_queues: BTreeMap::new(),
             ended: RecentAttempts::default(),
         };
@@ -312,11 +314,16 @@ impl Node {
 
     /// Task attempts executing in a worker: `(task, attempt, worker)`, by task id.
     pub fn running_tasks(&self) -> Vec<(TaskId, u32, WorkerId)> {
-        let running = self.tasks.iter().filter_map(|(id, t)| match t.phase {
-            TaskPhase::Running(w) => Some((*id, t.attempt, w)),
-            _ => None,
-        });
-        running.collect()
+        let mut running: Vec<_> = self
+            .tasks
+            .iter()
+            .filter_map(|(id, t)| match t.phase {
+                TaskPhase::Running(w) => Some((*id, t.attempt, w)),
+                _ => None,
+            })
+            .collect();
+        running.sort_unstable();
+        running
     }
 
     /// Where an attempt of `task` stands here, if the node has one.

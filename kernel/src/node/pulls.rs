@@ -8,7 +8,8 @@
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::time::{Duration, Time};
 use crate::vecset::VecSet;
-use std::collections::{BTreeMap, BTreeSet};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
 
 /// One object being pulled.
 #[derive(Clone, Debug)]
@@ -53,7 +54,8 @@ pub(crate) enum Advance {
 /// Every pull in progress.
 #[derive(Clone, Debug)]
 pub(crate) struct PullTable {
-    pulls: BTreeMap<ObjectId, Pull>,
+    /// Hashed: looked up by object; listed (rarely) in object order by [`iter`](Self::iter).
+    pulls: FxHashMap<ObjectId, Pull>,
     /// `(deadline, object)` for every pull.
     deadlines: BTreeSet<(Time, ObjectId)>,
     max_rounds: u32,
@@ -64,7 +66,7 @@ impl PullTable {
     pub(crate) fn new(max_rounds: u32, timeout: Duration) -> PullTable {
         assert!(max_rounds >= 1, "pull_max_attempts must be at least 1");
         assert!(timeout > Duration::ZERO, "pull_timeout must be positive");
-        PullTable { pulls: BTreeMap::new(), deadlines: BTreeSet::new(), max_rounds, timeout }
+        PullTable { pulls: FxHashMap::default(), deadlines: BTreeSet::new(), max_rounds, timeout }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -78,7 +80,9 @@ impl PullTable {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ObjectId, &Pull)> {
-        self.pulls.iter().map(|(o, p)| (*o, p))
+        let mut pulls: Vec<(ObjectId, &Pull)> = self.pulls.iter().map(|(o, p)| (*o, p)).collect();
+        pulls.sort_unstable_by_key(|(o, _)| *o);
+        pulls.into_iter()
     }
 
     pub(crate) fn len(&self) -> usize {
