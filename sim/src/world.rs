@@ -349,7 +349,7 @@ pub struct World {
     crashed: bool,
     /// Objects deleted by the step in progress, and those it reported evicted.
     deleted_in_step: Vec<ObjectId>,
-    evicted_in_step: BTreeSet<ObjectId>,
+    evicted_in_step: Vec<ObjectId>,
     timeline: Vec<Span>,
     head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
@@ -460,7 +460,7 @@ impl World {
             trace_filter: std::env::var("KEEL_SIM_TRACE").ok().filter(|s| !s.is_empty()),
             crashed: false,
             deleted_in_step: Vec::new(),
-            evicted_in_step: BTreeSet::new(),
+            evicted_in_step: Vec::new(),
             timeline: Vec::new(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
@@ -1073,10 +1073,16 @@ impl World {
             }
         }
         // Evicted secondary copies are losses the node reports, not frees.
-        for object in std::mem::take(&mut self.deleted_in_step) {
-            if !self.evicted_in_step.contains(&object) {
-                self.check_early_free(object);
+        // (Both lists keep their buffers from step to step.)
+        if !self.deleted_in_step.is_empty() {
+            let mut deleted = std::mem::take(&mut self.deleted_in_step);
+            for object in &deleted {
+                if !self.evicted_in_step.contains(object) {
+                    self.check_early_free(*object);
+                }
             }
+            deleted.clear();
+            self.deleted_in_step = deleted;
         }
         self.evicted_in_step.clear();
         if self.hosts[host].up {
@@ -1101,7 +1107,7 @@ impl World {
         match output {
             NodeOutput::ToHead(msg) => {
                 if let NodeToHead::ObjectRemoved(object) = &msg {
-                    self.evicted_in_step.insert(*object);
+                    self.evicted_in_step.push(*object);
                 }
                 self.send_to_head(host, msg)
             }
