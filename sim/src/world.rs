@@ -30,6 +30,7 @@ use keel_kernel::{
 };
 use rustc_hash::FxHashMap;
 use slab::Slab;
+use smallvec::{smallvec, SmallVec};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -873,7 +874,7 @@ impl World {
             }
             HeadInput::FromDriver { msg, .. } => self.log_bytes(kind, |b| postcard_into(b, msg)),
             HeadInput::FromNode { node, msg: NodeToHead::TaskEnded { task, attempt, outcome } } => {
-                let mut ids = vec![node.0, task.0, u64::from(*attempt)];
+                let mut ids: SmallVec<[u64; 16]> = smallvec![node.0, task.0, u64::from(*attempt)];
                 match outcome {
                     TaskOutcome::Finished(values) => {
                         for v in values {
@@ -1669,7 +1670,7 @@ impl World {
             // The commonest message by identity: an inline value is fully determined by its
             // length and its first eight bytes (its digest; see `content`).
             HeadToDriver::ObjectReady { object, size, data } => {
-                let mut ids = vec![object.task.0, u64::from(object.index), *size];
+                let mut ids: SmallVec<[u64; 16]> = smallvec![object.task.0, u64::from(object.index), *size];
                 match data {
                     ObjectData::Inline(bytes) => ids.extend([bytes.len() as u64, digest_of_content(bytes)]),
                     ObjectData::At(nodes) => ids.extend(nodes.iter().map(|n| n.0 | 1 << 63)),
