@@ -65,6 +65,14 @@ impl<T: Ord> VecSet<T> {
         self.0.binary_search_by(|e| e.borrow().cmp(value)).is_ok()
     }
 
+    /// The rank of `value` in the set (its index in ascending order), if present.
+    pub fn position<Q: Ord + ?Sized>(&self, value: &Q) -> Option<usize>
+    where
+        T: Borrow<Q>,
+    {
+        self.0.binary_search_by(|e| e.borrow().cmp(value)).ok()
+    }
+
     /// Whether the two sets share no value.
     pub fn is_disjoint(&self, other: &VecSet<T>) -> bool {
         let (mut a, mut b) = (self.0.iter().peekable(), other.0.iter().peekable());

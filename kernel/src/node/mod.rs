@@ -518,8 +518,11 @@ impl Node {
         }
         let max_idle = if self.draining { 0 } else { self.config.max_idle_workers };
         assert!(self.workers.idle_pool_len() <= max_idle, "too many idle workers");
-        for (id, task) in &self.tasks {
-            self.check_task(*id, task);
+        // In id order, so that a failed check names the same task on every build.
+        let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.check_task(id, &self.tasks[&id]);
         }
         self.check_workers_against_tasks();
         self.check_objects_against_tasks();

@@ -166,8 +166,8 @@ impl PullTable {
     /// Panics if the table is inconsistent.
     pub(crate) fn check_invariants(&self) {
         assert_eq!(self.deadlines.len(), self.pulls.len(), "deadline index size");
-        for (object, pull) in &self.pulls {
-            assert!(self.deadlines.contains(&(pull.deadline, *object)), "{object} missing from deadline index");
+        for (object, pull) in self.iter() {
+            assert!(self.deadlines.contains(&(pull.deadline, object)), "{object} missing from deadline index");
             assert!(pull.tries >= 1, "{object} pull never tried");
             assert!(pull.tries <= self.max_rounds * pull.holders.len() as u32, "{object} tried too often");
             assert!(pull.is_wanted(), "{object} pulled for nobody");

@@ -232,7 +232,7 @@ impl ObjectTable {
         let live = self.lru.iter().filter(|&&(tick, o)| self.is_live(tick, o)).count();
         assert_eq!(live, self.objects.len(), "an object is missing from the recency index");
         let mut used_bytes = 0u64;
-        for (object, entry) in &self.objects {
+        for (object, entry) in self.iter() {
             assert!(entry.last_used_tick <= self.tick, "{object} used in the future");
             assert!(!entry.free_pending || entry.is_pinned(), "{object} freed but kept while unpinned");
             assert!(entry.sends.values().all(|c| *c > 0), "{object} has an empty send count");

@@ -9,6 +9,7 @@ use crate::proto::{Arg, ArgSource, NodeToHead, NodeToNode, TaskKind, TaskSpec};
 use crate::resources::Allocation;
 use crate::time::Time;
 use crate::vecset::{VecMap, VecSet};
+use smallvec::{smallvec, SmallVec};
 use std::collections::VecDeque;
 
 /// One task attempt held by the node.
@@ -116,12 +117,16 @@ impl Node {
         }
         let refs: VecSet<ObjectId> =
             spec.args.iter().filter_map(|a| if let Arg::Ref(o) = a { Some(*o) } else { None }).collect();
-        let mut args = args;
-        args.sort_by_key(|(object, _)| *object);
-        let repeated = args.windows(2).find(|pair| pair[0].0 == pair[1].0).map(|pair| pair[0].0);
-        if let Some(object) = repeated.or_else(|| args.iter().map(|(o, _)| *o).find(|o| !refs.contains(o))) {
-            return malformed(format!("task {}: unexpected or repeated argument source {object}", spec.task));
+        // The first source, in message order, that names no argument or one already named.
+        let mut named: SmallVec<[bool; 8]> = smallvec![false; refs.len()];
+        for (object, _) in &args {
+            match refs.position(object) {
+                Some(i) if !named[i] => named[i] = true,
+                _ => return malformed(format!("task {}: unexpected or repeated argument source {object}", spec.task)),
+            }
         }
+        let mut args = args;
+        args.sort_unstable_by_key(|(object, _)| *object);
         let sources: VecMap<ObjectId, ArgSource> = VecMap::from_sorted(args);
         if sources.len() != refs.len() {
             return malformed(format!("task {}: a by-reference argument has no source", spec.task));

@@ -244,6 +244,28 @@ fn duplicate_run_task_is_refused() {
 }
 
 #[test]
+fn a_bad_argument_source_is_refused_naming_the_first_bad_one_in_message_order() {
+    let mut h = Harness::new();
+    let named = |err: InputError| match err {
+        InputError::Malformed { what } => what,
+        other => panic!("expected Malformed, got {other:?}"),
+    };
+    let spec = || task_with_refs(2, &[obj(1), obj(3)]);
+    // An unknown object before a repeated one: the unknown one is named.
+    let args = vec![(obj(9), at(8, &[5])), (obj(3), at(8, &[5])), (obj(3), at(8, &[5]))];
+    let what = named(h.refused(NodeInput::FromHead(run_task(spec(), 0, Allocation::default(), args, None))));
+    assert!(what.ends_with(&obj(9).to_string()), "{what}");
+    // A repeat before an unknown object: the repeated one is named.
+    let args = vec![(obj(3), at(8, &[5])), (obj(3), at(8, &[5])), (obj(0), at(8, &[5]))];
+    let what = named(h.refused(NodeInput::FromHead(run_task(spec(), 0, Allocation::default(), args, None))));
+    assert!(what.ends_with(&obj(3).to_string()), "{what}");
+    // Sources in any order are accepted when each argument has exactly one.
+    let args = vec![(obj(3), at(8, &[5])), (obj(1), at(8, &[5]))];
+    h.input(NodeInput::FromHead(run_task(spec(), 0, Allocation::default(), args, None)));
+    assert!(h.node.task_phase(TaskId(2)).is_some());
+}
+
+#[test]
 fn kill_actor_ends_its_running_method_and_kills_the_worker_quietly() {
     let mut h = Harness::new();
     let aw = h.run_on_new_worker(actor_creation(1, 7));
