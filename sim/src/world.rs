@@ -1677,7 +1677,7 @@ impl World {
                 }
                 self.log_ids(32, &ids);
             }
-            other => self.log_bytes(30, |b| postcard_into(b, other)),
+            other => self.log_bytes(33, |b| postcard_into(b, other)),
         }
         match msg {
             HeadToDriver::ObjectReady { object, data, .. } => {
