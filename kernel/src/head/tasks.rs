@@ -14,8 +14,9 @@ use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::{Allocation, ResourceSet};
+use crate::vecset::{VecMap, VecSet};
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Where a task is in its life, without the details.
@@ -521,15 +522,15 @@ impl Head {
 
     /// Argument bytes per node, most first (ties by node id), for locality-aware placement.
     fn argument_locality(&self, spec: &TaskSpec) -> Vec<(NodeId, u64)> {
-        let mut bytes: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut bytes: VecMap<NodeId, u64> = VecMap::new();
         for object in spec.args.iter().filter_map(arg_ref) {
             if let Some(record) = self.objects.get(object).filter(|r| r.inline.is_none()) {
                 for node in &record.locations {
-                    *bytes.entry(*node).or_default() += record.size;
+                    *bytes.get_or_insert_with(*node, || 0) += record.size;
                 }
             }
         }
-        let mut ranked: Vec<(NodeId, u64)> = bytes.into_iter().collect();
+        let mut ranked: Vec<(NodeId, u64)> = bytes.iter().map(|(n, b)| (*n, *b)).collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked
     }
@@ -562,7 +563,7 @@ impl Head {
     /// One source per distinct by-reference argument (a task may take the same object twice).
     fn argument_sources(&self, task: TaskId) -> Vec<(ObjectId, ArgSource)> {
         let spec = &self.tasks.get(task).expect("task").spec;
-        let mut seen = BTreeSet::new();
+        let mut seen = VecSet::new();
         spec.args
             .iter()
             .filter_map(arg_ref)
