@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cluster;
 mod sim;
 mod walkthrough;
 
@@ -32,6 +33,15 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run generated workloads under random faults, seed after seed (swarm testing).
     Chaos(sim::ChaosArgs),
+    Head(cluster::HeadArgs),
+    Node(cluster::NodeArgs),
+    Up(cluster::UpArgs),
+    Status(cluster::StatusArgs),
+    Submit(cluster::SubmitArgs),
+    Stop(cluster::StopArgs),
+    /// The worker process for command tasks; nodes start it.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +54,16 @@ fn main() -> std::process::ExitCode {
         Command::Walkthrough(args) => walkthrough::run(&args),
         Command::Sim(args) => sim::run_sim(&args),
         Command::Chaos(args) => sim::run_chaos(&args),
+        Command::Head(args) => cluster::run_head(&args),
+        Command::Node(args) => cluster::run_node(&args),
+        Command::Up(args) => cluster::run_up(&args),
+        Command::Status(args) => cluster::run_status(&args),
+        Command::Submit(args) => match cluster::run_submit(&args) {
+            Ok(code) => return std::process::ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Stop(args) => cluster::run_stop(&args),
+        Command::Worker => cluster::run_worker(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

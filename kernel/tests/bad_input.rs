@@ -431,3 +431,25 @@ fn a_queued_task_that_becomes_infeasible_when_the_only_big_node_dies_fails_after
         c.fetch(job, second_out)
     );
 }
+
+#[test]
+fn demand_reports_queued_and_infeasible_tasks_per_shape() {
+    let mut b = Bench::new();
+    b.node(2);
+    let job = b.job();
+    let two = |seq: u64| {
+        let mut spec = TaskSpec::new(TaskId::child(TaskId::driver(job), 0, seq), job, "f");
+        spec.resources = ResourceSet::cpus(2);
+        spec
+    };
+    for seq in 0..3 {
+        b.driver(job, DriverToHead::SubmitTask(std::sync::Arc::new(two(seq)))).0.unwrap();
+    }
+    let mut huge = TaskSpec::new(TaskId::child(TaskId::driver(job), 0, 9), job, "f");
+    huge.resources = ResourceSet::cpus(64);
+    b.driver(job, DriverToHead::SubmitTask(std::sync::Arc::new(huge))).0.unwrap();
+    let demand = b.head.demand();
+    // One two-CPU task runs; two wait; the 64-CPU task can never run here.
+    assert_eq!(demand.queued, vec![(ResourceSet::cpus(2), 2)]);
+    assert_eq!(demand.infeasible, vec![(ResourceSet::cpus(64), 1)]);
+}

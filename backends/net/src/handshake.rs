@@ -91,6 +91,11 @@ impl Token {
         (bytes.len() >= MIN_TOKEN_BYTES).then(|| Token(bytes.to_vec()))
     }
 
+    /// The secret's bytes (to hand to a child process through its environment).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// A fresh random token: 32 random bytes, hex-encoded.
     pub fn generate() -> Token {
         let mut raw = [0u8; 32];

@@ -156,8 +156,11 @@ impl<K: Clone + Send + 'static> Spawner<K> {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        // A worker must not outlive its daemon.
+        // A worker must not outlive its daemon; and it leads its own process group, so that when
+        // it dies the programs it started die with it (see below).
         cmd.kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
         let mut child = cmd.spawn().map_err(err)?;
         let pid = child.id().unwrap_or(0);
         let out = child.stdout.take().expect("piped");
@@ -178,6 +181,20 @@ impl<K: Clone + Send + 'static> Spawner<K> {
                         child.wait().await
                     }
                 }
+            };
+            let wait = async {
+                let status = wait.await;
+                // Whatever the process left running in its group dies too: it would hold the
+                // node's resources after the machine has given them back, and keep the output
+                // pipes open.
+                #[cfg(unix)]
+                if pid > 0 {
+                    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                }
+                status
             };
             let (status, _, _) = tokio::join!(wait, copy_out, copy_err);
             let status = status.map(ExitStatus::from).unwrap_or(ExitStatus::Unknown);
@@ -274,6 +291,20 @@ mod tests {
         let (_, _, status) = collect(&mut rx).await;
         assert_eq!(status, ExitStatus::Signal(9));
         assert_eq!(status.shell_code(), 137);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn programs_a_dead_process_started_die_with_it_and_do_not_hold_its_pipes() {
+        let dir = temp_dir("group");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spawner = Spawner::new(&dir, tx).unwrap();
+        // The shell leaves a long sleep behind that holds its stdout; the exit must still come now.
+        let started = std::time::Instant::now();
+        spawner.spawn(4u32, &sh("sleep 30 & echo started; exit 0", "w4")).unwrap();
+        let (out, _, status) = collect(&mut rx).await;
+        assert_eq!((out.as_slice(), status), (&b"started\n"[..], ExitStatus::Code(0)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the exit waited for the orphan");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -55,11 +55,12 @@ mod tasks;
 use crate::errors::InputError;
 use crate::ids::{ActorId, ConnId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use crate::proto::{DriverToHead, HeadToDriver, HeadToNode, Hello, NodeToHead, Welcome};
+use crate::resources::ResourceSet;
 use crate::time::{Duration, Time};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use scheduler::{ClusterView, SchedulerConfig};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use actors::ActorSummary;
 pub use tasks::TaskStateKind;
@@ -95,6 +96,15 @@ impl Default for HeadConfig {
             scheduler: SchedulerConfig::default(),
         }
     }
+}
+
+/// Unplaced demand, as [`Head::demand`] reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Tasks waiting for resources: (shape, count).
+    pub queued: Vec<(ResourceSet, u64)>,
+    /// Tasks no live node can ever run: (shape, count).
+    pub infeasible: Vec<(ResourceSet, u64)>,
 }
 
 /// Everything that can happen to the Head.
@@ -377,6 +387,18 @@ impl Head {
     /// Tasks waiting in the ready queues.
     pub fn queued_tasks(&self) -> usize {
         self.tasks.queued_len()
+    }
+
+    /// Demand the cluster has not placed: queued tasks and infeasible tasks, each as counts per
+    /// resource shape, in shape order (for `keel status` and the autoscaler's reports).
+    pub fn demand(&self) -> Demand {
+        let mut infeasible: BTreeMap<ResourceSet, u64> = BTreeMap::new();
+        for task in self.tasks.infeasible.keys() {
+            if let Some(record) = self.tasks.get(*task) {
+                *infeasible.entry(record.spec.resources.clone()).or_default() += 1;
+            }
+        }
+        Demand { queued: self.tasks.queued_shapes(), infeasible: infeasible.into_iter().collect() }
     }
 
     /// A summary of an actor.

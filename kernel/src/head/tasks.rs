@@ -283,6 +283,17 @@ impl TaskTable {
         self.queues.iter().map(|q| q.len()).sum()
     }
 
+    /// Queued tasks per resource shape (classes of equal resources merged), in shape order.
+    pub fn queued_shapes(&self) -> Vec<(ResourceSet, u64)> {
+        let mut shapes: BTreeMap<ResourceSet, u64> = BTreeMap::new();
+        for (class, queue) in self.queues.iter().enumerate() {
+            if !queue.is_empty() {
+                *shapes.entry(self.classes.keys[class].resources.clone()).or_default() += queue.len() as u64;
+            }
+        }
+        shapes.into_iter().collect()
+    }
+
     /// The first task queued in `class`.
     fn queue_front(&self, class: u32) -> Option<TaskId> {
         self.queues[class as usize].front().copied()

@@ -1,0 +1,165 @@
+//! A client of the head: operators' requests (`keel status`, `keel stop`) and a driver that runs
+//! one command task (`keel submit`).
+
+use crate::conn::{self};
+use crate::CommandResult;
+use keel_kernel::errors::ErrorReason;
+use keel_kernel::ids::{JobId, TaskId};
+use keel_kernel::proto::{
+    DriverToHead, Function, HeadToDriver, Hello, LabelConstraint, ObjectData, TaskSpec, Welcome, PROTOCOL_VERSION,
+};
+use keel_kernel::ResourceSet;
+use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, Register, ToHead};
+use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
+use std::sync::Arc;
+
+/// What went wrong talking to the head.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The head refused the request.
+    #[error("the head refused: {0}")]
+    Refused(String),
+    /// The head answered something unexpected.
+    #[error("unexpected answer from the head: {0}")]
+    Protocol(String),
+}
+
+async fn admin(addr: &str, token: &Token, request: AdminRequest) -> Result<FromHead, ClientError> {
+    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
+    writer.send(&Register::Admin(request)).await?;
+    Ok(reader.recv::<FromHead>("answer from the head").await?)
+}
+
+/// The cluster's state.
+pub async fn status(addr: &str, token: &Token) -> Result<ClusterStatus, ClientError> {
+    match admin(addr, token, AdminRequest::Status).await? {
+        FromHead::Status(s) => Ok(s),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// Stops the cluster: the head tells every node to stop, then exits.
+pub async fn stop(addr: &str, token: &Token) -> Result<(), ClientError> {
+    match admin(addr, token, AdminRequest::Stop).await? {
+        FromHead::Stopping => Ok(()),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// How to run a submitted command.
+#[derive(Clone, Debug)]
+pub struct SubmitOptions {
+    /// What it needs.
+    pub resources: ResourceSet,
+    /// Hard label constraints.
+    pub labels: Vec<LabelConstraint>,
+    /// Retries after a worker or node failure.
+    pub max_retries: u32,
+    /// The job's name.
+    pub name: String,
+}
+
+/// How a submitted command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// It ran to the end with this exit code.
+    Exited(i32),
+    /// The cluster could not run it; the reason says why.
+    Failed(ErrorReason),
+}
+
+/// A driver's connection: one job.
+pub struct Driver {
+    reader: keel_net::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: keel_net::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    job: JobId,
+    addr: String,
+}
+
+impl Driver {
+    /// Connects, proves the token and starts a job named `name`.
+    pub async fn connect(addr: &str, token: &Token, name: &str) -> Result<Driver, ClientError> {
+        let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
+        let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name: name.to_string() };
+        writer.send(&Register::Driver { hello, program: None }).await?;
+        let job = match reader.recv::<FromHead>("answer from the head").await? {
+            FromHead::Welcome(Welcome::JobRegistered(job)) => job,
+            FromHead::Welcome(Welcome::Refused(e)) => return Err(ClientError::Refused(e.to_string())),
+            other => return Err(ClientError::Protocol(format!("{other:?}"))),
+        };
+        Ok(Driver { reader, writer, job, addr: addr.to_string() })
+    }
+
+    /// The job's id.
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// The id of the driver's `seq`-th task.
+    pub fn task_id(&self, seq: u64) -> TaskId {
+        TaskId::child(TaskId::driver(self.job), 0, seq)
+    }
+
+    /// Sends a message to the head machine.
+    pub async fn send(&mut self, msg: DriverToHead) -> Result<(), ClientError> {
+        Ok(self.writer.send(&ToHead::Driver(msg)).await?)
+    }
+
+    /// The next frame from the head.
+    pub async fn recv(&mut self) -> Result<FromHead, ClientError> {
+        Ok(self.reader.recv::<FromHead>("message from the head").await?)
+    }
+
+    /// Ends the job.
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        self.send(DriverToHead::FinishJob).await
+    }
+}
+
+/// Runs `argv` as one command task and waits for it; `output` receives what it prints as it prints.
+pub async fn submit_command(
+    addr: &str,
+    token: &Token,
+    argv: Vec<String>,
+    options: SubmitOptions,
+    mut output: impl FnMut(&OutputChunk),
+) -> Result<SubmitOutcome, ClientError> {
+    let mut driver = Driver::connect(addr, token, &options.name).await?;
+    let mut spec = TaskSpec::calling(driver.task_id(0), driver.job(), Function::Command(argv));
+    spec.resources = options.resources;
+    spec.label_selector = options.labels;
+    spec.max_retries = options.max_retries;
+    let object = spec.return_ids().next().expect("one return");
+    driver.send(DriverToHead::SubmitTask(Arc::new(spec))).await?;
+    driver.send(DriverToHead::Subscribe(vec![object])).await?;
+    let outcome = loop {
+        match driver.recv().await? {
+            FromHead::Output(chunk) => output(&chunk),
+            FromHead::Driver(HeadToDriver::ObjectReady { object: o, data, .. }) if o == object => match data {
+                ObjectData::Inline(bytes) => {
+                    let result: CommandResult = keel_net::frame::decode(&bytes, "command result", &driver.addr)?;
+                    break SubmitOutcome::Exited(result.exit_code);
+                }
+                ObjectData::At(_) => return Err(ClientError::Protocol("a command's result was not inline".into())),
+            },
+            FromHead::Driver(HeadToDriver::ObjectFailed { object: o, reason }) if o == object => {
+                break SubmitOutcome::Failed(reason);
+            }
+            FromHead::Driver(HeadToDriver::Rejected { error }) => return Err(ClientError::Refused(error.to_string())),
+            FromHead::Stopping => return Err(ClientError::Refused("the cluster is stopping".into())),
+            _ => {}
+        }
+    };
+    // Output can trail the result by a moment (it travels from the worker's pipes, the result
+    // from its socket); take what arrives within 50 ms, then end the job.
+    while let Ok(Ok(msg)) = tokio::time::timeout(std::time::Duration::from_millis(50), driver.recv()).await {
+        if let FromHead::Output(chunk) = msg {
+            output(&chunk);
+        }
+    }
+    driver.finish().await?;
+    Ok(outcome)
+}

@@ -1,0 +1,702 @@
+//! The node daemon: hosts a Node machine.
+//!
+//! One task (the core) owns the machine. Around it:
+//! - the head link: dials the head with backoff, registers, and relays frames both ways. When it
+//!   is lost, or the head asks the node to register again, the core resets (kills its workers,
+//!   empties its store) and registers afresh: the head will have given the old node's work to
+//!   others, and a new registration gets a new node id;
+//! - the data port: peers connect to it to send object bytes and the node machines' messages;
+//! - the worker socket: worker processes connect back to it, prove the token, and say who they are;
+//! - worker processes, whose output is logged and streamed to the head for the task's submitter.
+
+use crate::conn::{self, Outbound};
+use crate::store::Store;
+use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+use keel_kernel::node::{NodeOutput, WorkerKind};
+use keel_kernel::proto::{Hello, Labels, NodeToNode, Welcome, PROTOCOL_VERSION};
+use keel_kernel::{Node, NodeConfig, NodeInput, ResourceSet, Time};
+use keel_net::backoff::Backoff;
+use keel_net::wire::{FromHead, FromWorker, OutputChunk, PeerFrame, Register, Stream, ToHead, ToWorker, WorkerProgram};
+use keel_net::{NetError, Token};
+use keel_process::{ExitStatus, ProcessEvent, ProcessHandle, ProcessSpec, Spawner};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Object bytes move between nodes in slices of this size.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The head's address.
+    pub head: String,
+    /// The cluster's secret.
+    pub token: Token,
+    /// What the node offers.
+    pub resources: ResourceSet,
+    /// Its labels.
+    pub labels: Labels,
+    /// Where peers connect (`host:port`; port 0 picks one).
+    pub data_listen: String,
+    /// Its private directory: logs, the worker socket.
+    pub work_dir: PathBuf,
+    /// Where object bytes live (a tmpfs by default).
+    pub store_dir: PathBuf,
+    /// The Node machine's settings.
+    pub config: NodeConfig,
+    /// What a worker for command-only jobs runs (`keel worker`).
+    pub command_worker: WorkerProgram,
+    /// The largest frame accepted.
+    pub max_frame: usize,
+}
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A socket or directory could not be set up.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The head refused the registration.
+    #[error("the head refused this node: {0}")]
+    Refused(String),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    data_addr: SocketAddr,
+    core: JoinHandle<Result<(), NodeError>>,
+}
+
+impl NodeHandle {
+    /// Where peers reach it.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// Waits until the node stops (the cluster stopped, or the head refused it).
+    pub async fn wait(self) -> Result<(), NodeError> {
+        self.core.await.unwrap_or(Ok(()))
+    }
+
+    /// Stops the node at once; its workers are killed.
+    pub fn abort(&self) {
+        self.core.abort();
+    }
+}
+
+enum Ev {
+    HeadUp(mpsc::UnboundedSender<Outbound<ToHead>>, u64),
+    Head(FromHead, u64),
+    HeadLost(u64),
+    Peer { from: NodeId, frame: PeerFrame },
+    PeerGone { from: NodeId },
+    PeerUnreachable { node: NodeId, pulls: Vec<ObjectId> },
+    WorkerHello { worker: WorkerId, tx: mpsc::UnboundedSender<Outbound<ToWorker>> },
+    Worker { worker: WorkerId, msg: FromWorker },
+    Process(ProcessEvent<WorkerId>),
+}
+
+/// Sets up the node's sockets and starts it.
+pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
+    let setup = |what: &str| {
+        let what = what.to_string();
+        move |source| NodeError::Setup { what, source }
+    };
+    std::fs::create_dir_all(&options.work_dir).map_err(setup("creating the node's directory"))?;
+    let store = Store::open(&options.store_dir).map_err(setup("opening the object store"))?;
+    let data = TcpListener::bind(&options.data_listen).await.map_err(setup("opening the data port"))?;
+    let data_addr = data.local_addr().map_err(setup("opening the data port"))?;
+    let socket_path = options.work_dir.join("worker.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let workers = UnixListener::bind(&socket_path).map_err(setup("opening the worker socket"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let spawner = Spawner::new(&options.work_dir.join("logs"), ptx).map_err(setup("creating the log directory"))?;
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = prx.recv().await {
+                if tx.send(Ev::Process(e)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::spawn(accept_peers(data, options.token.clone(), options.max_frame, tx.clone()));
+    tokio::spawn(accept_workers(workers, options.token.clone(), options.max_frame, tx.clone()));
+    let core = Core {
+        node: Node::new(options.config.clone()),
+        start: Instant::now(),
+        data_addr: data_addr.to_string(),
+        socket_path,
+        store,
+        spawner,
+        events: tx,
+        head: None,
+        link: 0,
+        id: None,
+        peers: BTreeMap::new(),
+        out: BTreeMap::new(),
+        incoming: BTreeMap::new(),
+        jobs: BTreeMap::new(),
+        workers: BTreeMap::new(),
+        options,
+    };
+    let core = tokio::spawn(core.run(rx));
+    Ok(NodeHandle { data_addr, core })
+}
+
+async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let token = token.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            let name = peer.to_string();
+            let (mut reader, _writer) = match conn::accept(r, w, &name, &token, max_frame).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(peer = %name, error = %e, "refused a data connection");
+                    return;
+                }
+            };
+            let from = match reader.recv::<PeerFrame>("peer hello").await {
+                Ok(PeerFrame::Hello { from }) => from,
+                Ok(_) => {
+                    tracing::warn!(peer = %name, "a data connection did not start with its hello; closed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, error = %e, "closing a data connection");
+                    return;
+                }
+            };
+            loop {
+                match reader.recv::<PeerFrame>("peer frame").await {
+                    Ok(frame) => {
+                        if events.send(Ev::Peer { from, frame }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if !e.is_clean_close() {
+                            tracing::warn!(peer = %name, error = %e, "closing a data connection");
+                        }
+                        let _ = events.send(Ev::PeerGone { from });
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn accept_workers(listener: UnixListener, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let token = token.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let (r, w) = stream.into_split();
+            let (mut reader, writer) = match conn::accept(r, w, "a worker", &token, max_frame).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused a worker connection");
+                    return;
+                }
+            };
+            let worker = match reader.recv::<FromWorker>("worker hello").await {
+                Ok(FromWorker::Hello { worker, .. }) => worker,
+                Ok(_) | Err(_) => {
+                    tracing::warn!("a worker connection did not start with its hello; closed");
+                    return;
+                }
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            conn::spawn_writer(writer, rx);
+            if events.send(Ev::WorkerHello { worker, tx }).is_err() {
+                return;
+            }
+            while let Ok(msg) = reader.recv::<FromWorker>("worker message").await {
+                if events.send(Ev::Worker { worker, msg }).is_err() {
+                    return;
+                }
+            }
+            // The process's exit is reported by the spawner; a closed socket alone says nothing more.
+        });
+    }
+}
+
+/// Dials the head until it answers, registers, and relays its frames. `link` tags this link's
+/// events so that the core ignores a link it has already replaced.
+async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: mpsc::UnboundedSender<Ev>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), u64::from(std::process::id()));
+    let (mut reader, writer) = loop {
+        match conn::dial(&options.head, &options.token, options.max_frame).await {
+            Ok(pair) => break pair,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(head = %options.head, error = %e, retry_ms = wait.as_millis() as u64, "cannot reach the head");
+                tokio::time::sleep(wait).await;
+                if events.is_closed() {
+                    return;
+                }
+            }
+        }
+    };
+    let hello = Hello::RegisterNode {
+        version: PROTOCOL_VERSION,
+        resources: options.resources.clone(),
+        labels: options.labels.clone(),
+    };
+    let register = Register::Node { hello, data_addr, host: hostname() };
+    let mut writer = writer;
+    if let Err(e) = writer.send(&register).await {
+        tracing::warn!(error = %e, "lost the head while registering");
+        let _ = events.send(Ev::HeadLost(link));
+        return;
+    }
+    let (typed_tx, typed_rx) = mpsc::unbounded_channel::<Outbound<ToHead>>();
+    conn::spawn_writer(writer, typed_rx);
+    if events.send(Ev::HeadUp(typed_tx, link)).is_err() {
+        return;
+    }
+    loop {
+        match reader.recv::<FromHead>("message from the head").await {
+            Ok(msg) => {
+                if events.send(Ev::Head(msg, link)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if !e.is_clean_close() {
+                    tracing::warn!(error = %e, "lost the head");
+                }
+                let _ = events.send(Ev::HeadLost(link));
+                return;
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// An outgoing data connection: dial, hello, then frames. Pulls it could not send are reported.
+async fn peer_link(
+    node: NodeId,
+    me: NodeId,
+    addr: String,
+    token: Token,
+    max_frame: usize,
+    mut rx: mpsc::UnboundedReceiver<Outbound<PeerFrame>>,
+    events: mpsc::UnboundedSender<Ev>,
+) {
+    let unsent_pulls = |rx: &mut mpsc::UnboundedReceiver<Outbound<PeerFrame>>| {
+        let mut pulls = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Frame(PeerFrame::Msg(NodeToNode::Pull { object })) = item {
+                pulls.push(object);
+            }
+        }
+        pulls
+    };
+    let (_reader, mut writer) = match conn::dial(&addr, &token, max_frame).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%node, %addr, error = %e, "cannot reach a peer");
+            rx.close();
+            let pulls = unsent_pulls(&mut rx);
+            let _ = events.send(Ev::PeerUnreachable { node, pulls });
+            return;
+        }
+    };
+    if writer.send(&PeerFrame::Hello { from: me }).await.is_err() {
+        let pulls = unsent_pulls(&mut rx);
+        let _ = events.send(Ev::PeerUnreachable { node, pulls });
+        return;
+    }
+    conn::spawn_writer(writer, rx);
+}
+
+struct WorkerEntry {
+    process: Option<ProcessHandle>,
+    tx: Option<mpsc::UnboundedSender<Outbound<ToWorker>>>,
+    job: JobId,
+    running: Option<(TaskId, u32)>,
+}
+
+struct Core {
+    node: Node,
+    start: Instant,
+    options: NodeOptions,
+    data_addr: String,
+    socket_path: PathBuf,
+    store: Store,
+    spawner: Spawner<WorkerId>,
+    events: mpsc::UnboundedSender<Ev>,
+    head: Option<mpsc::UnboundedSender<Outbound<ToHead>>>,
+    /// The current head link's tag.
+    link: u64,
+    id: Option<NodeId>,
+    peers: BTreeMap<NodeId, String>,
+    out: BTreeMap<NodeId, mpsc::UnboundedSender<Outbound<PeerFrame>>>,
+    /// Objects arriving from peers: sender and bytes so far.
+    incoming: BTreeMap<ObjectId, (NodeId, Vec<u8>)>,
+    jobs: BTreeMap<JobId, Option<WorkerProgram>>,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+}
+
+impl Core {
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_nanos() as u64)
+    }
+
+    fn connect(&mut self) {
+        self.link += 1;
+        tokio::spawn(head_link(self.options.clone(), self.data_addr.clone(), self.link, self.events.clone()));
+    }
+
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Ev>) -> Result<(), NodeError> {
+        self.connect();
+        loop {
+            let event = match self.node.poll_timeout() {
+                Some(t) => {
+                    let wait = Duration::from_nanos(t.0.saturating_sub(self.now().0));
+                    tokio::select! {
+                        e = events.recv() => e,
+                        _ = tokio::time::sleep(wait) => {
+                            let now = self.now();
+                            self.node.handle_timeout(now);
+                            self.drain();
+                            continue;
+                        }
+                    }
+                }
+                None => events.recv().await,
+            };
+            let Some(event) = event else { return Ok(()) };
+            if let Some(done) = self.on_event(event) {
+                self.kill_all();
+                return done;
+            }
+        }
+    }
+
+    fn input(&mut self, input: NodeInput) {
+        let now = self.now();
+        if let Err(e) = self.node.handle_input(now, input) {
+            tracing::warn!(error = %e, "the node machine refused an input");
+        }
+        self.drain();
+    }
+
+    fn send_to_head(&self, msg: ToHead) {
+        if let Some(h) = &self.head {
+            let _ = h.send(Outbound::Frame(msg));
+        }
+    }
+
+    /// Returns `Some` when the daemon must stop.
+    fn on_event(&mut self, event: Ev) -> Option<Result<(), NodeError>> {
+        match event {
+            Ev::HeadUp(tx, link) if link == self.link => self.head = Some(tx),
+            Ev::Head(msg, link) if link == self.link => return self.on_head(msg),
+            Ev::HeadLost(link) if link == self.link => {
+                tracing::warn!("lost the head; registering again");
+                self.reset();
+                self.connect();
+            }
+            Ev::HeadUp(..) | Ev::Head(..) | Ev::HeadLost(_) => {}
+            Ev::Peer { from, frame } => self.on_peer(from, frame),
+            Ev::PeerGone { from } => {
+                let lost: Vec<ObjectId> =
+                    self.incoming.iter().filter(|(_, (f, _))| *f == from).map(|(o, _)| *o).collect();
+                for object in lost {
+                    self.incoming.remove(&object);
+                    self.input(NodeInput::PullFailed { object, from });
+                }
+            }
+            Ev::PeerUnreachable { node, pulls } => {
+                self.out.remove(&node);
+                for object in pulls {
+                    self.input(NodeInput::PullFailed { object, from: node });
+                }
+            }
+            Ev::WorkerHello { worker, tx } => match self.workers.get_mut(&worker) {
+                Some(w) if w.tx.is_none() => {
+                    w.tx = Some(tx);
+                    self.input(NodeInput::WorkerStarted { worker });
+                }
+                _ => {
+                    tracing::warn!(%worker, "a process claimed a worker id this node did not start; closed");
+                    let _ = tx.send(Outbound::Close);
+                }
+            },
+            Ev::Worker { worker, msg } => match msg {
+                FromWorker::Done { task, attempt, outcome } => {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.running = None;
+                    }
+                    self.input(NodeInput::TaskDone { worker, task, attempt, outcome });
+                }
+                FromWorker::Submit(msg) => self.input(NodeInput::FromWorker { worker, msg }),
+                FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
+            },
+            Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),
+            Ev::Process(ProcessEvent::Exited { key, status }) => {
+                if self.workers.remove(&key).is_some() {
+                    let exit_code = match status {
+                        ExitStatus::Unknown => None,
+                        s => Some(s.shell_code()),
+                    };
+                    self.input(NodeInput::WorkerExited { worker: key, exit_code });
+                }
+            }
+        }
+        None
+    }
+
+    fn on_head(&mut self, msg: FromHead) -> Option<Result<(), NodeError>> {
+        match msg {
+            FromHead::Welcome(Welcome::NodeRegistered(id)) => {
+                tracing::info!(node = %id, data = %self.data_addr, "registered with the head");
+                self.id = Some(id);
+                self.input(NodeInput::Registered(id));
+            }
+            FromHead::Welcome(Welcome::Refused(e)) => return Some(Err(NodeError::Refused(e.to_string()))),
+            FromHead::Welcome(Welcome::JobRegistered(_)) => tracing::warn!("the head answered as if to a driver"),
+            FromHead::Node(msg) => self.input(NodeInput::FromHead(msg)),
+            FromHead::Peer { node, addr } => {
+                self.peers.insert(node, addr);
+            }
+            FromHead::Job { job, program } => {
+                self.jobs.insert(job, program);
+            }
+            FromHead::Stopping => {
+                tracing::info!("the cluster is stopping");
+                return Some(Ok(()));
+            }
+            FromHead::Driver(_) | FromHead::Output(_) | FromHead::Status(_) => {
+                tracing::warn!("the head sent a node a driver's message; ignored");
+            }
+        }
+        None
+    }
+
+    fn on_peer(&mut self, from: NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Msg(msg) => self.input(NodeInput::FromPeer { from, msg }),
+            PeerFrame::Chunk { object, offset, data, last } => {
+                let entry = self.incoming.entry(object).or_insert_with(|| (from, Vec::new()));
+                if entry.0 != from || entry.1.len() as u64 != offset {
+                    tracing::warn!(%object, %from, offset, "object bytes out of order; the pull fails");
+                    self.incoming.remove(&object);
+                    self.input(NodeInput::PullFailed { object, from });
+                    return;
+                }
+                entry.1.extend_from_slice(&data);
+                if last {
+                    let (_, bytes) = self.incoming.remove(&object).expect("just inserted");
+                    match self.store.put(object, &bytes) {
+                        Ok(()) => self.input(NodeInput::ObjectSealed { object, size: bytes.len() as u64 }),
+                        Err(e) => {
+                            tracing::warn!(%object, error = %e, "cannot store a pulled object");
+                            self.input(NodeInput::PullFailed { object, from });
+                        }
+                    }
+                }
+            }
+            PeerFrame::Abort { object } => {
+                self.incoming.remove(&object);
+                self.input(NodeInput::PullFailed { object, from });
+            }
+            PeerFrame::Hello { .. } => tracing::warn!(%from, "a peer said hello twice"),
+        }
+    }
+
+    fn on_output(&mut self, worker: WorkerId, stream: keel_process::Stream, data: Vec<u8>) {
+        let (Some(node), Some(w)) = (self.id, self.workers.get(&worker)) else { return };
+        let Some((task, attempt)) = w.running else {
+            tracing::debug!(%worker, bytes = data.len(), "output from an idle worker (logged only)");
+            return;
+        };
+        let stream = match stream {
+            keel_process::Stream::Stdout => Stream::Stdout,
+            keel_process::Stream::Stderr => Stream::Stderr,
+        };
+        self.send_to_head(ToHead::Output(OutputChunk { job: w.job, task, attempt, node, stream, data }));
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            self.perform(output);
+        }
+    }
+
+    fn perform(&mut self, output: NodeOutput) {
+        match output {
+            NodeOutput::ToHead(msg) => self.send_to_head(ToHead::Node(msg)),
+            NodeOutput::ToPeer { node, msg } => self.send_to_peer(node, PeerFrame::Msg(msg)),
+            NodeOutput::StartWorker { worker, job, kind, gpus } => self.start_worker(worker, job, kind, &gpus),
+            NodeOutput::Execute { worker, spec, attempt, args } => {
+                let store_dir = self.store.dir().display().to_string();
+                match self.workers.get_mut(&worker) {
+                    Some(w) => {
+                        w.running = Some((spec.task, attempt));
+                        if let Some(tx) = &w.tx {
+                            let _ = tx.send(Outbound::Frame(ToWorker::Execute { spec, attempt, args, store_dir }));
+                        }
+                    }
+                    None => tracing::warn!(%worker, "asked to run a task in a worker that is gone"),
+                }
+            }
+            NodeOutput::InterruptTask { worker, task, attempt } => {
+                self.send_to_worker(worker, ToWorker::Interrupt { task, attempt })
+            }
+            NodeOutput::KillWorker { worker } => {
+                if let Some(p) = self.workers.get_mut(&worker).and_then(|w| w.process.as_mut()) {
+                    p.kill();
+                }
+            }
+            NodeOutput::SendObject { object, to, .. } => self.send_object(object, to),
+            NodeOutput::DeleteObject(object) => self.store.delete(object),
+            NodeOutput::ToWorker { worker, msg } => self.send_to_worker(worker, ToWorker::Message(msg)),
+            NodeOutput::Reset => {
+                tracing::warn!("the head no longer knows this node; registering again");
+                self.reset();
+                if let Some(h) = self.head.take() {
+                    let _ = h.send(Outbound::Close);
+                }
+                self.connect();
+            }
+        }
+    }
+
+    fn send_to_worker(&self, worker: WorkerId, msg: ToWorker) {
+        if let Some(tx) = self.workers.get(&worker).and_then(|w| w.tx.as_ref()) {
+            let _ = tx.send(Outbound::Frame(msg));
+        }
+    }
+
+    fn send_to_peer(&mut self, node: NodeId, frame: PeerFrame) {
+        if !self.out.contains_key(&node) {
+            let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).cloned()) else {
+                tracing::warn!(%node, "no address for a peer");
+                if let PeerFrame::Msg(NodeToNode::Pull { object }) = frame {
+                    self.input(NodeInput::PullFailed { object, from: node });
+                }
+                return;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(peer_link(
+                node,
+                me,
+                addr,
+                self.options.token.clone(),
+                self.options.max_frame,
+                rx,
+                self.events.clone(),
+            ));
+            self.out.insert(node, tx);
+        }
+        let tx = &self.out[&node];
+        if tx.send(Outbound::Frame(frame)).is_err() {
+            self.out.remove(&node);
+        }
+    }
+
+    fn send_object(&mut self, object: ObjectId, to: NodeId) {
+        match self.store.get(object) {
+            Some(bytes) => {
+                let mut offset = 0;
+                loop {
+                    let end = (offset + CHUNK_BYTES).min(bytes.len());
+                    let last = end == bytes.len();
+                    let data = bytes[offset..end].to_vec();
+                    self.send_to_peer(to, PeerFrame::Chunk { object, offset: offset as u64, data, last });
+                    offset = end;
+                    if last {
+                        break;
+                    }
+                }
+            }
+            None => self.send_to_peer(to, PeerFrame::Abort { object }),
+        }
+        self.input(NodeInput::SendEnded { object, to });
+    }
+
+    fn start_worker(&mut self, worker: WorkerId, job: JobId, kind: WorkerKind, gpus: &[u32]) {
+        let program = self.jobs.get(&job).cloned().flatten().unwrap_or_else(|| self.options.command_worker.clone());
+        let mut env: BTreeMap<String, String> = program.env.iter().cloned().collect();
+        env.insert("KEEL_WORKER_SOCKET".into(), self.socket_path.display().to_string());
+        env.insert("KEEL_WORKER_ID".into(), worker.0.to_string());
+        env.insert("KEEL_JOB_ID".into(), job.0.to_string());
+        env.insert("KEEL_TOKEN".into(), String::from_utf8_lossy(self.options.token.as_bytes()).into_owned());
+        if let WorkerKind::Actor(actor) = kind {
+            env.insert("KEEL_ACTOR_ID".into(), actor.0.to_string());
+        }
+        if !gpus.is_empty() {
+            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+            env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(","));
+        }
+        let spec = ProcessSpec {
+            program: program.path.clone().into(),
+            args: program.args.clone(),
+            cwd: (!program.cwd.is_empty()).then(|| program.cwd.clone().into()),
+            env,
+            log_name: format!("worker-{}", worker.0),
+        };
+        match self.spawner.spawn(worker, &spec) {
+            Ok(handle) => {
+                tracing::debug!(%worker, pid = handle.pid(), %job, "worker started");
+                self.workers.insert(worker, WorkerEntry { process: Some(handle), tx: None, job, running: None });
+            }
+            Err(e) => {
+                tracing::warn!(%worker, error = %e, "cannot start a worker");
+                self.input(NodeInput::WorkerStartFailed { worker, message: e.to_string() });
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for (_, mut w) in std::mem::take(&mut self.workers) {
+            if let Some(p) = w.process.as_mut() {
+                p.kill();
+            }
+        }
+    }
+
+    /// Forgets everything: the next registration starts a new node.
+    fn reset(&mut self) {
+        self.kill_all();
+        if let Err(e) = self.store.clear() {
+            tracing::warn!(error = %e, "cannot empty the object store");
+        }
+        self.incoming.clear();
+        self.out.clear();
+        self.head = None;
+        self.id = None;
+        self.node = Node::new(self.options.config.clone());
+    }
+}
+
+impl From<NetError> for NodeError {
+    fn from(e: NetError) -> Self {
+        NodeError::Setup { what: "network".into(), source: std::io::Error::other(e.to_string()) }
+    }
+}

@@ -1,0 +1,401 @@
+//! The real cluster on loopback: a head and nodes as daemons (in this process, or as `keel`
+//! processes), worker processes, command tasks, bad peers and failures.
+
+use keel_daemon::client::{self, Driver, SubmitOptions, SubmitOutcome};
+use keel_daemon::head::{self, HeadHandle, HeadOptions};
+use keel_daemon::node::{self, NodeHandle, NodeOptions};
+use keel_kernel::errors::{ErrorReason, TaskFailure};
+use keel_kernel::proto::{DriverToHead, Function, HeadToDriver, Labels, TaskSpec};
+use keel_kernel::{NodeConfig, ResourceSet};
+use keel_net::wire::{FromHead, WorkerProgram};
+use keel_net::{NetError, Token};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+fn token() -> Token {
+    Token::from_bytes(b"a-test-cluster-token-0123456789").unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-cluster-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A head and nodes in this process; their workers are `keel worker` processes.
+struct Local {
+    head: HeadHandle,
+    nodes: Vec<NodeHandle>,
+    dir: PathBuf,
+}
+
+impl Local {
+    async fn start(name: &str, nodes: usize, tweak: impl FnOnce(&mut HeadOptions)) -> Local {
+        let dir = scratch(name);
+        let mut options = HeadOptions::new("127.0.0.1:0", token());
+        tweak(&mut options);
+        let head = head::start(options).await.unwrap();
+        let mut handles = Vec::new();
+        for i in 0..nodes {
+            let options = NodeOptions {
+                head: head.addr().to_string(),
+                token: token(),
+                resources: ResourceSet::cpus(1),
+                labels: Labels::new(),
+                data_listen: "127.0.0.1:0".into(),
+                work_dir: dir.join(format!("node-{i}")),
+                store_dir: dir.join(format!("store-{i}")),
+                config: NodeConfig::default(),
+                command_worker: WorkerProgram {
+                    path: KEEL.into(),
+                    args: vec!["worker".into()],
+                    cwd: String::new(),
+                    env: Vec::new(),
+                },
+                max_frame: keel_net::DEFAULT_MAX_FRAME,
+            };
+            handles.push(node::start(options).await.unwrap());
+        }
+        let local = Local { head, nodes: handles, dir };
+        local.wait_for_nodes(nodes).await;
+        local
+    }
+
+    fn addr(&self) -> String {
+        self.head.addr().to_string()
+    }
+
+    async fn wait_for_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client::status(&self.addr(), &token()).await.unwrap();
+            if status.nodes.len() == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} nodes registered", status.nodes.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn submit(&self, argv: &[&str]) -> (SubmitOutcome, Vec<u8>) {
+        let mut out = Vec::new();
+        let options =
+            SubmitOptions { resources: ResourceSet::cpus(1), labels: Vec::new(), max_retries: 3, name: "test".into() };
+        let argv = argv.iter().map(|s| s.to_string()).collect();
+        let outcome = client::submit_command(&self.addr(), &token(), argv, options, |c| out.extend_from_slice(&c.data))
+            .await
+            .unwrap();
+        (outcome, out)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.abort();
+        }
+        self.head.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_task_streams_its_output_and_returns_its_exit_code() {
+    let cluster = Local::start("exit-code", 2, |_| {}).await;
+    let (outcome, out) = cluster.submit(&["sh", "-c", "echo hello; echo to-stderr >&2; exit 7"]).await;
+    assert_eq!(outcome, SubmitOutcome::Exited(7));
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("hello\n") && text.contains("to-stderr\n"), "{text:?}");
+    let (outcome, _) = cluster.submit(&["true"]).await;
+    assert_eq!(outcome, SubmitOutcome::Exited(0));
+    let status = client::status(&cluster.addr(), &token()).await.unwrap();
+    assert_eq!(status.tasks_finished, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_function_name_fails_the_task_with_a_clear_error() {
+    let cluster = Local::start("unknown-fn", 1, |_| {}).await;
+    let mut driver = Driver::connect(&cluster.addr(), &token(), "unknown").await.unwrap();
+    let spec = TaskSpec::calling(driver.task_id(0), driver.job(), Function::Named("no_such_function".into()));
+    let object = spec.return_ids().next().unwrap();
+    driver.send(DriverToHead::SubmitTask(Arc::new(spec))).await.unwrap();
+    driver.send(DriverToHead::Subscribe(vec![object])).await.unwrap();
+    let reason = loop {
+        if let FromHead::Driver(HeadToDriver::ObjectFailed { reason, .. }) = driver.recv().await.unwrap() {
+            break reason;
+        }
+    };
+    match &reason {
+        ErrorReason::TaskFailed { failure: TaskFailure::UnknownFunction { name }, .. } => {
+            assert_eq!(name, "no_such_function")
+        }
+        other => panic!("expected an unknown-function failure, got {other:?}"),
+    }
+    assert!(reason.to_string().contains("\"no_such_function\" is not registered"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_request_fails_fast_naming_what_no_node_has() {
+    let cluster = Local::start("infeasible", 1, |o| {
+        o.config.infeasible_grace = keel_kernel::Duration::from_millis(200);
+    })
+    .await;
+    let options =
+        SubmitOptions { resources: ResourceSet::cpus(64), labels: Vec::new(), max_retries: 0, name: "big".into() };
+    let started = Instant::now();
+    let outcome =
+        client::submit_command(&cluster.addr(), &token(), vec!["true".into()], options, |_| {}).await.unwrap();
+    match outcome {
+        SubmitOutcome::Failed(reason @ ErrorReason::Infeasible { .. }) => {
+            assert!(reason.to_string().contains("CPU: 64"), "{reason}")
+        }
+        other => panic!("expected infeasible, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_and_the_cluster_keeps_serving() {
+    let cluster = Local::start("token", 1, |_| {}).await;
+    let wrong = Token::from_bytes(b"not-the-cluster-token-at-all!!").unwrap();
+    let err = client::status(&cluster.addr(), &wrong).await.unwrap_err();
+    assert!(err.to_string().contains("wrong token"), "{err}");
+    let err = Driver::connect(&cluster.addr(), &wrong, "intruder").await.err().expect("refused");
+    assert!(matches!(err, client::ClientError::Net(NetError::Handshake { .. })), "{err}");
+    assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
+}
+
+async fn send_raw(addr: &str, bytes: &[u8]) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    // The peer closes the connection: reading ends.
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_close_only_that_connection() {
+    let cluster = Local::start("garbage", 2, |o| o.max_frame = 1 << 20).await;
+    let data = cluster.nodes[0].data_addr().to_string();
+    for addr in [cluster.addr(), data] {
+        // Garbage instead of a handshake.
+        send_raw(&addr, b"GET / HTTP/1.1\r\nHost: keel\r\n\r\n").await;
+        // A length prefix of 3 GiB.
+        send_raw(&addr, &(3u32 << 30).to_le_bytes()).await;
+    }
+    // An authenticated driver that then sends an oversized frame, and one that sends garbage.
+    for bad in [vec![0xff; 16], vec![]] {
+        let (_r, mut w) = keel_daemon::conn::dial(&cluster.addr(), &token(), 4 << 20).await.unwrap();
+        // The head may close before the whole frame is written: a failed write is expected.
+        if bad.is_empty() {
+            let _ = w.send(&vec![0u8; 2 << 20]).await;
+        } else {
+            let _ = w.feed_bytes(bad.into()).await;
+            let _ = w.flush().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = client::status(&cluster.addr(), &token()).await.unwrap();
+    assert_eq!(status.nodes.len(), 2);
+    assert_eq!(
+        cluster.submit(&["sh", "-c", "echo still fine"]).await,
+        (SubmitOutcome::Exited(0), b"still fine\n".to_vec())
+    );
+}
+
+/// A `keel` process whose stdout lines can be read; killed on drop.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], home: &Path) -> Proc {
+        let mut child = Command::new(KEEL)
+            .args(args)
+            .env("KEEL_HOME", home)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc { child, lines: rx }
+    }
+
+    fn line(&self, timeout: Duration) -> String {
+        self.lines.recv_timeout(timeout).expect("a line of output")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `keel head` and three `keel node` processes.
+struct Processes {
+    head: Proc,
+    nodes: Vec<(Proc, PathBuf)>,
+    home: PathBuf,
+    addr: String,
+}
+
+impl Processes {
+    fn start(name: &str) -> Processes {
+        let home = scratch(name);
+        let state = home.join("head");
+        let head = Proc::spawn(
+            &["head", "--port", "0", "--state-dir", state.to_str().unwrap(), "--node-timeout-ms", "2500"],
+            &home,
+        );
+        let first = head.line(Duration::from_secs(20));
+        let addr = first.rsplit_once(" on ").unwrap().1.split(' ').next().unwrap().to_string();
+        let token_file = state.join("token");
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let dir = home.join(format!("node-{i}"));
+            let p = Proc::spawn(
+                &[
+                    "node",
+                    "--head",
+                    &addr,
+                    "--token-file",
+                    token_file.to_str().unwrap(),
+                    "--cpus",
+                    "1",
+                    "--work-dir",
+                    dir.to_str().unwrap(),
+                ],
+                &home,
+            );
+            nodes.push((p, dir));
+        }
+        let processes = Processes { head, nodes, home, addr };
+        processes.wait_for_nodes(3);
+        processes
+    }
+
+    fn token(&self) -> Token {
+        Token::load(&self.home.join("head").join("token")).unwrap()
+    }
+
+    fn wait_for_nodes(&self, n: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let count = rt.block_on(client::status(&self.addr, &self.token())).map(|s| s.nodes.len()).unwrap_or(0);
+            if count >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} of {n} nodes registered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn submit(&self, script: &str) -> Proc {
+        let token_file = self.home.join("head").join("token");
+        Proc::spawn(
+            &[
+                "submit",
+                "--address",
+                &self.addr,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            &self.home,
+        )
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = self.head.child.kill();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn wait_exit(p: &mut Proc, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "the process did not end in {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_killed_mid_task_is_declared_dead_and_the_task_finishes_elsewhere() {
+    let mut cluster = Processes::start("kill-node");
+    // The task says which node runs it (its worker's socket is in the node's directory), then works.
+    let mut submit = cluster.submit("echo $KEEL_WORKER_SOCKET; sleep 2; echo finished");
+    let socket = submit.line(Duration::from_secs(20));
+    let victim =
+        cluster.nodes.iter().position(|(_, dir)| socket.starts_with(dir.to_str().unwrap())).expect("a node ran it");
+    let (mut proc, _) = cluster.nodes.remove(victim);
+    proc.child.kill().unwrap(); // SIGKILL: no goodbye to the head
+    let _ = proc.child.wait();
+    // The second attempt runs on another node and prints its socket, then finishes.
+    let again = submit.line(Duration::from_secs(30));
+    assert_ne!(again, socket, "the retry ran on the dead node");
+    assert_eq!(submit.line(Duration::from_secs(30)), "finished");
+    assert_eq!(wait_exit(&mut submit, Duration::from_secs(10)), 0);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = rt.block_on(client::status(&cluster.addr, &cluster.token())).unwrap();
+    assert_eq!((status.nodes.len(), status.nodes_lost), (2, 1));
+}
+
+#[test]
+fn a_killed_worker_process_is_retried_and_the_retry_succeeds() {
+    let cluster = Processes::start("kill-worker");
+    let mark = cluster.home.join("first-attempt-ran");
+    // The first attempt kills its own worker process ($PPID is `keel worker`); the retry finishes.
+    let script = format!(
+        "if [ ! -e {m} ]; then touch {m}; echo first; kill -9 $PPID; sleep 5; fi; echo second",
+        m = mark.display()
+    );
+    let mut submit = cluster.submit(&script);
+    assert_eq!(submit.line(Duration::from_secs(20)), "first");
+    assert_eq!(submit.line(Duration::from_secs(20)), "second");
+    assert_eq!(wait_exit(&mut submit, Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn keel_stop_ends_the_head_and_its_nodes() {
+    let mut cluster = Processes::start("stop");
+    let token_file = cluster.home.join("head").join("token");
+    let out = Command::new(KEEL)
+        .args(["stop", "--address", &cluster.addr, "--token-file", token_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(wait_exit(&mut cluster.head, Duration::from_secs(10)), 0);
+    for (p, _) in &mut cluster.nodes {
+        assert_eq!(wait_exit(p, Duration::from_secs(10)), 0);
+    }
+    let _ = std::io::stdout().flush();
+}
