@@ -65,7 +65,10 @@ pub struct HeadArgs {
     /// The cluster token file (created with a fresh token when missing).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// A directory for the head's state (its address file, and the token when no --token-file).
+    /// A directory for the head's state: its journal of every input (fsync'd in batches before
+    /// any decision leaves), its address file, and the token when no --token-file. A head
+    /// restarted with the same directory replays the journal and carries on: jobs, tasks and
+    /// objects it had accepted are not lost. Without it, nothing survives a restart.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Declare a node dead after this long without a heartbeat.
@@ -292,6 +295,7 @@ pub fn run_head(args: &HeadArgs) -> Result<(), String> {
     let token = token_at(&token_file, true)?;
     let mut options = HeadOptions::new(format!("{}:{}", args.bind, args.port), token);
     options.config.node_timeout = keel_kernel::Duration::from_millis(args.node_timeout_ms);
+    options.journal = args.state_dir.as_ref().map(|d| d.join("head.journal"));
     runtime()?.block_on(async {
         let head = head::start(options).await.map_err(|e| e.to_string())?;
         let addr = head.addr().to_string();

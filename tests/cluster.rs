@@ -298,35 +298,36 @@ impl Processes {
     }
 
     fn wait_for_nodes(&self, n: usize) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let count = rt.block_on(client::status(&self.addr, &self.token())).map(|s| s.nodes.len()).unwrap_or(0);
-            if count >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{count} of {n} nodes registered");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_nodes(&self.addr, &self.home, n);
     }
 
     fn submit(&self, script: &str) -> Proc {
-        let token_file = self.home.join("head").join("token");
-        Proc::spawn(
-            &[
-                "submit",
-                "--address",
-                &self.addr,
-                "--token-file",
-                token_file.to_str().unwrap(),
-                "--",
-                "sh",
-                "-c",
-                script,
-            ],
-            &self.home,
-        )
+        submit(&self.addr, &self.home, script)
     }
+}
+
+/// Waits until `n` nodes are registered with the head whose state is in `home/head`.
+fn wait_for_nodes(addr: &str, home: &Path, n: usize) {
+    let token = Token::load(&home.join("head").join("token")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = rt.block_on(client::status(addr, &token)).map(|s| s.nodes.len()).unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{count} of {n} nodes registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `keel submit -- sh -c SCRIPT` against that head.
+fn submit(addr: &str, home: &Path, script: &str) -> Proc {
+    let token_file = home.join("head").join("token");
+    Proc::spawn(
+        &["submit", "--address", addr, "--token-file", token_file.to_str().unwrap(), "--", "sh", "-c", script],
+        home,
+    )
 }
 
 impl Drop for Processes {
@@ -382,6 +383,62 @@ fn a_killed_worker_process_is_retried_and_the_retry_succeeds() {
     assert_eq!(submit.line(Duration::from_secs(20)), "first");
     assert_eq!(submit.line(Duration::from_secs(20)), "second");
     assert_eq!(wait_exit(&mut submit, Duration::from_secs(10)), 0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_head_restarted_mid_task_replays_its_journal_and_the_task_still_finishes() {
+    let home = scratch("head-restart");
+    let state = home.join("head");
+    let port = free_port().to_string();
+    let head_args =
+        ["head", "--port", port.as_str(), "--state-dir", state.to_str().unwrap(), "--node-timeout-ms", "2500"];
+    let mut head = Proc::spawn(&head_args, &home);
+    let addr = head.line(Duration::from_secs(20)).rsplit_once(" on ").unwrap().1.split(' ').next().unwrap().to_string();
+    let token_file = state.join("token");
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let dir = home.join(format!("node-{i}"));
+        let args = [
+            "node",
+            "--head",
+            &addr,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--work-dir",
+            dir.to_str().unwrap(),
+        ];
+        nodes.push(Proc::spawn(&args, &home));
+    }
+    wait_for_nodes(&addr, &home, 2);
+    let mut submit = submit(&addr, &home, "echo started; sleep 2; echo finished");
+    assert_eq!(submit.line(Duration::from_secs(20)), "started");
+    // kill -9 the head while the task runs, and start it again on the same port and directory.
+    head.child.kill().unwrap();
+    let _ = head.child.wait();
+    let head = Proc::spawn(&head_args, &home);
+    assert!(head.line(Duration::from_secs(20)).contains(&addr));
+    // The nodes register again as new nodes; the old ones are declared dead, and the task, which
+    // the journal kept, runs again and finishes. The submitter reconnects and gets its result.
+    let mut saw_finished = false;
+    while let Ok(line) = submit.lines.recv_timeout(Duration::from_secs(40)) {
+        if line == "finished" {
+            saw_finished = true;
+            break;
+        }
+    }
+    assert!(saw_finished, "the task never finished after the head restarted");
+    assert_eq!(wait_exit(&mut submit, Duration::from_secs(20)), 0);
+    let token = Token::load(&token_file).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = rt.block_on(client::status(&addr, &token)).unwrap();
+    assert_eq!((status.tasks_submitted, status.tasks_finished), (1, 1), "{status:?}");
+    assert!(status.nodes_lost >= 2, "the old nodes were not declared dead: {status:?}");
+    drop((head, nodes));
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 #[test]

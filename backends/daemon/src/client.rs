@@ -3,12 +3,13 @@
 
 use crate::conn::{self};
 use crate::CommandResult;
-use keel_kernel::errors::ErrorReason;
+use keel_kernel::errors::{ErrorReason, InputError};
 use keel_kernel::ids::{JobId, TaskId};
 use keel_kernel::proto::{
     DriverToHead, Function, HeadToDriver, Hello, LabelConstraint, ObjectData, TaskSpec, Welcome, PROTOCOL_VERSION,
 };
 use keel_kernel::ResourceSet;
+use keel_net::backoff::Backoff;
 use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, Register, ToHead};
 use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
 use std::sync::Arc;
@@ -82,9 +83,18 @@ pub struct Driver {
 impl Driver {
     /// Connects, proves the token and starts a job named `name`.
     pub async fn connect(addr: &str, token: &Token, name: &str) -> Result<Driver, ClientError> {
+        Driver::register(addr, token, name, None).await
+    }
+
+    /// Connects again and takes up `job` (after the connection or the head was lost).
+    pub async fn resume(addr: &str, token: &Token, job: JobId) -> Result<Driver, ClientError> {
+        Driver::register(addr, token, "", Some(job)).await
+    }
+
+    async fn register(addr: &str, token: &Token, name: &str, resume: Option<JobId>) -> Result<Driver, ClientError> {
         let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
         let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name: name.to_string() };
-        writer.send(&Register::Driver { hello, program: None }).await?;
+        writer.send(&Register::Driver { hello, program: None, resume }).await?;
         let job = match reader.recv::<FromHead>("answer from the head").await? {
             FromHead::Welcome(Welcome::JobRegistered(job)) => job,
             FromHead::Welcome(Welcome::Refused(e)) => return Err(ClientError::Refused(e.to_string())),
@@ -119,7 +129,12 @@ impl Driver {
     }
 }
 
-/// Runs `argv` as one command task and waits for it; `output` receives what it prints as it prints.
+/// How long a submitter keeps trying to reach a head that went away.
+pub const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `argv` as one command task and waits for it; `output` receives what it prints as it
+/// prints. If the connection to the head is lost (the head restarted), it reconnects, takes up
+/// its job again, and asks again for the task (a duplicate is refused harmlessly) and its result.
 pub async fn submit_command(
     addr: &str,
     token: &Token,
@@ -132,26 +147,40 @@ pub async fn submit_command(
     spec.resources = options.resources;
     spec.label_selector = options.labels;
     spec.max_retries = options.max_retries;
+    let spec = Arc::new(spec);
     let object = spec.return_ids().next().expect("one return");
-    driver.send(DriverToHead::SubmitTask(Arc::new(spec))).await?;
-    driver.send(DriverToHead::Subscribe(vec![object])).await?;
-    let outcome = loop {
-        match driver.recv().await? {
-            FromHead::Output(chunk) => output(&chunk),
-            FromHead::Driver(HeadToDriver::ObjectReady { object: o, data, .. }) if o == object => match data {
-                ObjectData::Inline(bytes) => {
-                    let result: CommandResult = keel_net::frame::decode(&bytes, "command result", &driver.addr)?;
-                    break SubmitOutcome::Exited(result.exit_code);
+    let outcome = 'session: loop {
+        let asked = async {
+            driver.send(DriverToHead::SubmitTask(spec.clone())).await?;
+            driver.send(DriverToHead::Subscribe(vec![object])).await
+        };
+        let mut lost = asked.await.err();
+        while lost.is_none() {
+            match driver.recv().await {
+                Ok(FromHead::Output(chunk)) => output(&chunk),
+                Ok(FromHead::Driver(HeadToDriver::ObjectReady { object: o, data, .. })) if o == object => match data {
+                    ObjectData::Inline(bytes) => {
+                        let result: CommandResult = keel_net::frame::decode(&bytes, "command result", &driver.addr)?;
+                        break 'session SubmitOutcome::Exited(result.exit_code);
+                    }
+                    ObjectData::At(_) => return Err(ClientError::Protocol("a command's result was not inline".into())),
+                },
+                Ok(FromHead::Driver(HeadToDriver::ObjectFailed { object: o, reason })) if o == object => {
+                    break 'session SubmitOutcome::Failed(reason);
                 }
-                ObjectData::At(_) => return Err(ClientError::Protocol("a command's result was not inline".into())),
-            },
-            FromHead::Driver(HeadToDriver::ObjectFailed { object: o, reason }) if o == object => {
-                break SubmitOutcome::Failed(reason);
+                // Asked again after a reconnection: the head already has it.
+                Ok(FromHead::Driver(HeadToDriver::Rejected { error: InputError::DuplicateTask(_) })) => {}
+                Ok(FromHead::Driver(HeadToDriver::Rejected { error })) => {
+                    return Err(ClientError::Refused(error.to_string()))
+                }
+                Ok(FromHead::Stopping) => return Err(ClientError::Refused("the cluster is stopping".into())),
+                Ok(_) => {}
+                Err(e) => lost = Some(e),
             }
-            FromHead::Driver(HeadToDriver::Rejected { error }) => return Err(ClientError::Refused(error.to_string())),
-            FromHead::Stopping => return Err(ClientError::Refused("the cluster is stopping".into())),
-            _ => {}
         }
+        let job = driver.job();
+        tracing::warn!(error = %lost.expect("lost"), "lost the head; reconnecting");
+        driver = reconnect(addr, token, job).await?;
     };
     // Output can trail the result by a moment (it travels from the worker's pipes, the result
     // from its socket); take what arrives within 50 ms, then end the job.
@@ -162,4 +191,20 @@ pub async fn submit_command(
     }
     driver.finish().await?;
     Ok(outcome)
+}
+
+/// Tries to resume `job` until it works or [`RECONNECT_FOR`] has passed.
+async fn reconnect(addr: &str, token: &Token, job: JobId) -> Result<Driver, ClientError> {
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2), job.0);
+    loop {
+        match Driver::resume(addr, token, job).await {
+            Ok(d) => return Ok(d),
+            Err(ClientError::Net(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the head is not back yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

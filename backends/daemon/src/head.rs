@@ -7,14 +7,16 @@
 //! closed with a logged reason; nothing else is affected.
 
 use crate::conn::{self, Outbound};
+use crate::journal::{Entry, Journal, JournalError};
 use keel_kernel::head::HeadOutput;
 use keel_kernel::ids::{ConnId, JobId, NodeId};
 use keel_kernel::proto::{DriverToHead, Hello, Welcome};
-use keel_kernel::{Head, HeadConfig, HeadInput, Time};
+use keel_kernel::{Head, HeadConfig, HeadInput, InputError, Time};
 use keel_net::wire::{AdminRequest, ClusterStatus, Demand, FromHead, NodeStatus, Register, ToHead, WorkerProgram};
 use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,12 +35,20 @@ pub struct HeadOptions {
     pub config: HeadConfig,
     /// The largest frame accepted from an authenticated peer.
     pub max_frame: usize,
+    /// The journal (see [`crate::journal`]); a restarted head replays it. None: nothing survives a restart.
+    pub journal: Option<PathBuf>,
 }
 
 impl HeadOptions {
     /// Defaults: the machine's defaults and a 64 MiB frame limit.
     pub fn new(listen: impl Into<String>, token: Token) -> HeadOptions {
-        HeadOptions { listen: listen.into(), token, config: HeadConfig::default(), max_frame: DEFAULT_MAX_FRAME }
+        HeadOptions {
+            listen: listen.into(),
+            token,
+            config: HeadConfig::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+            journal: None,
+        }
     }
 }
 
@@ -54,6 +64,9 @@ pub enum HeadError {
         #[source]
         source: std::io::Error,
     },
+    /// The journal cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// A running head.
@@ -90,12 +103,26 @@ enum CoreEvent {
 
 /// Binds the listening socket and starts the head; returns once it accepts connections.
 pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
+    let mut core = Core::new(options.config.clone());
+    let mut first_conn = 1;
+    if let Some(path) = &options.journal {
+        let (journal, recovered) = Journal::open(path)?;
+        if recovered.torn_tail_bytes > 0 {
+            tracing::warn!(path = %path.display(), bytes = recovered.torn_tail_bytes, "dropped a record cut short by a crash");
+        }
+        let n = recovered.entries.len();
+        first_conn = core.replay(recovered.entries) + 1;
+        if n > 0 {
+            tracing::info!(path = %path.display(), records = n, "replayed the journal");
+        }
+        core.journal = Some(journal);
+    }
     let listener = TcpListener::bind(&options.listen)
         .await
         .map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let next_conn = Arc::new(AtomicU64::new(1));
+    let next_conn = Arc::new(AtomicU64::new(first_conn));
     let token = options.token.clone();
     let max_frame = options.max_frame;
     let accept = tokio::spawn(async move {
@@ -112,7 +139,6 @@ pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
             }
         }
     });
-    let core = Core::new(options.config);
     let core = tokio::spawn(core.run(events_rx));
     tracing::info!(%addr, "head listening");
     Ok(HeadHandle { addr, core, accept })
@@ -201,6 +227,11 @@ struct Core {
     drivers: BTreeMap<JobId, ConnId>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
     stopping: bool,
+    journal: Option<Journal>,
+    /// Machine time when this process started (after a replay, where the journal ended).
+    base: Time,
+    /// Frames waiting for the journal to be synced.
+    pending: Vec<(ConnId, Outbound<FromHead>)>,
 }
 
 impl Core {
@@ -213,12 +244,15 @@ impl Core {
             drivers: BTreeMap::new(),
             jobs: BTreeMap::new(),
             stopping: false,
+            journal: None,
+            base: Time::ZERO,
+            pending: Vec::new(),
         }
     }
 
     /// The machine's clock: nanoseconds since the head started, never going back.
     fn now(&self) -> Time {
-        Time(self.start.elapsed().as_nanos() as u64).max(self.head.now())
+        Time(self.base.0 + self.start.elapsed().as_nanos() as u64).max(self.head.now())
     }
 
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<CoreEvent>) {
@@ -231,8 +265,13 @@ impl Core {
                         e = events.recv() => e,
                         _ = tokio::time::sleep(wait) => {
                             let now = self.now();
+                            self.record(&Entry::Timeout { now });
                             self.head.handle_timeout(now);
                             self.drain();
+                            if let Err(e) = self.release() {
+                                tracing::error!(error = %e, "the journal failed; the head stops");
+                                return;
+                            }
                             continue;
                         }
                     }
@@ -245,6 +284,10 @@ impl Core {
             while let Ok(event) = events.try_recv() {
                 self.on_event(event);
             }
+            if let Err(e) = self.release() {
+                tracing::error!(error = %e, "the journal failed; the head stops");
+                return;
+            }
             if self.stopping {
                 // Let the writers flush the goodbyes.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -256,23 +299,89 @@ impl Core {
 
     fn input(&mut self, input: HeadInput) {
         let now = self.now();
+        if self.journal.is_some() {
+            self.record(&Entry::Input { now, input: input.clone() });
+        }
         if let Err(e) = self.head.handle_input(now, input) {
             tracing::warn!(error = %e, "the head refused an input");
         }
         self.drain();
     }
 
-    fn send(&self, conn: ConnId, frame: FromHead) {
-        if let Some(c) = self.conns.get(&conn) {
-            let _ = c.tx.send(Outbound::Frame(frame));
-        }
+    /// Queues a frame; it leaves once the journal holds what caused it (see [`Core::release`]).
+    fn send(&mut self, conn: ConnId, frame: FromHead) {
+        self.pending.push((conn, Outbound::Frame(frame)));
     }
 
     fn close(&mut self, conn: ConnId, why: &str) {
         if let Some(c) = self.conns.get(&conn) {
             tracing::warn!(peer = %c.peer, reason = why, "closing the connection");
-            let _ = c.tx.send(Outbound::Close);
+            self.pending.push((conn, Outbound::Close));
         }
+    }
+
+    /// Makes the batch's journal records durable, then sends what the batch produced.
+    fn release(&mut self) -> Result<(), JournalError> {
+        if let Some(j) = self.journal.as_mut() {
+            j.sync()?;
+        }
+        for (conn, item) in self.pending.drain(..) {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.tx.send(item);
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, entry: &Entry) {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.append(entry) {
+                tracing::error!(error = %e, "cannot write the journal; a restart would lose this input");
+            }
+        }
+    }
+
+    /// Feeds a journal's records to the fresh machine; returns the highest connection id seen.
+    fn replay(&mut self, entries: Vec<Entry>) -> u64 {
+        let mut max_conn = 0;
+        let mut last = Time::ZERO;
+        for entry in entries {
+            match entry {
+                Entry::Input { now, input } => {
+                    if let HeadInput::Connect { conn, .. } = &input {
+                        max_conn = max_conn.max(conn.0);
+                    }
+                    let _ = self.head.handle_input(now, input);
+                    last = now;
+                }
+                Entry::Timeout { now } => {
+                    self.head.handle_timeout(now);
+                    last = now;
+                }
+                Entry::Program { job, program } => {
+                    self.jobs.insert(job, program);
+                }
+            }
+            while self.head.poll_output().is_some() {}
+        }
+        // The clock goes on from where the journal ends.
+        self.base = Time(last.0 + 1_000_000);
+        max_conn
+    }
+
+    /// A driver takes up its job again on a new connection.
+    fn resume_job(&mut self, conn: ConnId, peer: String, tx: mpsc::UnboundedSender<Outbound<FromHead>>, job: JobId) {
+        if self.head.job_name(job).is_none() || self.drivers.contains_key(&job) {
+            let why = if self.drivers.contains_key(&job) { "already has a driver" } else { "is not running" };
+            tracing::warn!(%peer, %job, why, "refused to resume a job");
+            let _ = tx.send(Outbound::Frame(FromHead::Welcome(Welcome::Refused(InputError::UnknownJob(job)))));
+            let _ = tx.send(Outbound::Close);
+            return;
+        }
+        tracing::info!(%peer, %job, "driver resumed its job");
+        self.conns.insert(conn, ConnState { tx, peer, role: Role::Driver(job) });
+        self.drivers.insert(job, conn);
+        self.send(conn, FromHead::Welcome(Welcome::JobRegistered(job)));
     }
 
     fn on_event(&mut self, event: CoreEvent) {
@@ -287,10 +396,14 @@ impl Core {
                         }
                         (Role::PendingNode { addr: data_addr, host }, Some(hello))
                     }
-                    Register::Driver { hello, program } => {
+                    Register::Driver { hello, program, resume } => {
                         if !matches!(hello, Hello::RegisterJob { .. }) {
                             let _ = tx.send(Outbound::Close);
                             tracing::warn!(%peer, "a driver registration carried a node's hello; closed");
+                            return;
+                        }
+                        if let Some(job) = resume {
+                            self.resume_job(conn, peer, tx, job);
                             return;
                         }
                         (Role::PendingDriver { program }, Some(hello))
@@ -404,8 +517,10 @@ impl Core {
                     Welcome::NodeRegistered(node) => self.introduce_node(node),
                     Welcome::JobRegistered(job) => {
                         let program = self.jobs.get(&job).cloned().flatten();
-                        for n in self.nodes.values() {
-                            self.send(n.conn, FromHead::Job { job, program: program.clone() });
+                        self.record(&Entry::Program { job, program: program.clone() });
+                        let conns: Vec<ConnId> = self.nodes.values().map(|n| n.conn).collect();
+                        for c in conns {
+                            self.send(c, FromHead::Job { job, program: program.clone() });
                         }
                     }
                     Welcome::Refused(e) => {
@@ -436,16 +551,20 @@ impl Core {
     fn introduce_node(&mut self, node: NodeId) {
         let Some(entry) = self.nodes.get(&node) else { return };
         let (conn, addr) = (entry.conn, entry.addr.clone());
+        let mut frames = Vec::new();
         for (&other, e) in &self.nodes {
             if other != node {
-                self.send(conn, FromHead::Peer { node: other, addr: e.addr.clone() });
-                self.send(e.conn, FromHead::Peer { node, addr: addr.clone() });
+                frames.push((conn, FromHead::Peer { node: other, addr: e.addr.clone() }));
+                frames.push((e.conn, FromHead::Peer { node, addr: addr.clone() }));
             }
         }
         for (&job, program) in &self.jobs {
             if self.drivers.contains_key(&job) {
-                self.send(conn, FromHead::Job { job, program: program.clone() });
+                frames.push((conn, FromHead::Job { job, program: program.clone() }));
             }
+        }
+        for (conn, frame) in frames {
+            self.send(conn, frame);
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod conn;
 pub mod head;
+pub mod journal;
 pub mod node;
 pub mod store;
 pub mod worker;

@@ -36,6 +36,9 @@ pub enum Register {
         hello: Hello,
         /// What the job's workers run; `None` for jobs of command tasks only.
         program: Option<WorkerProgram>,
+        /// Take up this job again after the connection was lost (the head restarted, say)
+        /// instead of starting a new one; `hello` is then only checked for its version.
+        resume: Option<JobId>,
     },
     /// An operator's request (`keel status`, `keel stop`); answered once, then the connection ends.
     Admin(AdminRequest),
