@@ -10,15 +10,17 @@
 //! - worker processes, whose output is logged and streamed to the head for the task's submitter.
 
 use crate::conn::{self, Outbound};
-use crate::store::Store;
+use keel_kernel::errors::TaskFailure;
 use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use keel_kernel::node::{NodeOutput, WorkerKind};
 use keel_kernel::proto::{Hello, Labels, NodeToNode, Welcome, PROTOCOL_VERSION};
+use keel_kernel::proto::{ReturnValue, TaskOutcome};
 use keel_kernel::{Node, NodeConfig, NodeInput, ResourceSet, Time};
 use keel_net::backoff::Backoff;
 use keel_net::wire::{FromHead, FromWorker, OutputChunk, PeerFrame, Register, Stream, ToHead, ToWorker, WorkerProgram};
 use keel_net::{NetError, Token};
 use keel_process::{ExitStatus, ProcessEvent, ProcessHandle, ProcessSpec, Spawner};
+use keel_shm::{Creating, ShmStore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +107,7 @@ enum Ev {
     WorkerHello { worker: WorkerId, tx: mpsc::UnboundedSender<Outbound<ToWorker>> },
     Worker { worker: WorkerId, msg: FromWorker },
     Process(ProcessEvent<WorkerId>),
+    SendEnded { object: ObjectId, to: NodeId },
 }
 
 /// Sets up the node's sockets and starts it.
@@ -114,7 +117,9 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
         move |source| NodeError::Setup { what, source }
     };
     std::fs::create_dir_all(&options.work_dir).map_err(setup("creating the node's directory"))?;
-    let store = Store::open(&options.store_dir).map_err(setup("opening the object store"))?;
+    let store = ShmStore::open(&options.store_dir, options.config.object_store_capacity_bytes).map_err(|e| {
+        NodeError::Setup { what: "opening the object store".into(), source: std::io::Error::other(e.to_string()) }
+    })?;
     let data = TcpListener::bind(&options.data_listen).await.map_err(setup("opening the data port"))?;
     let data_addr = data.local_addr().map_err(setup("opening the data port"))?;
     let socket_path = options.work_dir.join("worker.sock");
@@ -346,7 +351,7 @@ struct Core {
     options: NodeOptions,
     data_addr: String,
     socket_path: PathBuf,
-    store: Store,
+    store: ShmStore,
     spawner: Spawner<WorkerId>,
     events: mpsc::UnboundedSender<Ev>,
     head: Option<mpsc::UnboundedSender<Outbound<ToHead>>>,
@@ -355,8 +360,8 @@ struct Core {
     id: Option<NodeId>,
     peers: BTreeMap<NodeId, String>,
     out: BTreeMap<NodeId, mpsc::UnboundedSender<Outbound<PeerFrame>>>,
-    /// Objects arriving from peers: sender and bytes so far.
-    incoming: BTreeMap<ObjectId, (NodeId, Vec<u8>)>,
+    /// Objects arriving from peers: sender, the object being written, bytes written so far.
+    incoming: BTreeMap<ObjectId, (NodeId, Creating, u64)>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
     workers: BTreeMap<WorkerId, WorkerEntry>,
 }
@@ -425,9 +430,9 @@ impl Core {
             Ev::Peer { from, frame } => self.on_peer(from, frame),
             Ev::PeerGone { from } => {
                 let lost: Vec<ObjectId> =
-                    self.incoming.iter().filter(|(_, (f, _))| *f == from).map(|(o, _)| *o).collect();
+                    self.incoming.iter().filter(|(_, (f, _, _))| *f == from).map(|(o, _)| *o).collect();
                 for object in lost {
-                    self.incoming.remove(&object);
+                    self.abort_incoming(object);
                     self.input(NodeInput::PullFailed { object, from });
                 }
             }
@@ -452,12 +457,14 @@ impl Core {
                     if let Some(w) = self.workers.get_mut(&worker) {
                         w.running = None;
                     }
+                    let outcome = self.adopt_returns(outcome);
                     self.input(NodeInput::TaskDone { worker, task, attempt, outcome });
                 }
                 FromWorker::Submit(msg) => self.input(NodeInput::FromWorker { worker, msg }),
                 FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
             },
             Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),
+            Ev::SendEnded { object, to } => self.input(NodeInput::SendEnded { object, to }),
             Ev::Process(ProcessEvent::Exited { key, status }) => {
                 if self.workers.remove(&key).is_some() {
                     let exit_code = match status {
@@ -501,28 +508,48 @@ impl Core {
     fn on_peer(&mut self, from: NodeId, frame: PeerFrame) {
         match frame {
             PeerFrame::Msg(msg) => self.input(NodeInput::FromPeer { from, msg }),
-            PeerFrame::Chunk { object, offset, data, last } => {
-                let entry = self.incoming.entry(object).or_insert_with(|| (from, Vec::new()));
-                if entry.0 != from || entry.1.len() as u64 != offset {
-                    tracing::warn!(%object, %from, offset, "object bytes out of order; the pull fails");
-                    self.incoming.remove(&object);
+            PeerFrame::Chunk { object, total, offset, data, last } => {
+                if !self.incoming.contains_key(&object) {
+                    if offset != 0 {
+                        tracing::warn!(%object, %from, offset, "object bytes without their start; the pull fails");
+                        self.input(NodeInput::PullFailed { object, from });
+                        return;
+                    }
+                    match self.store.create(object, total) {
+                        Ok(c) => {
+                            self.incoming.insert(object, (from, c, 0));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%object, error = %e, "cannot store a pulled object");
+                            self.input(NodeInput::PullFailed { object, from });
+                            return;
+                        }
+                    }
+                }
+                let (sender, creating, written) = self.incoming.get_mut(&object).expect("just inserted");
+                let end = offset.saturating_add(data.len() as u64);
+                if *sender != from || *written != offset || end > creating.size() || (last && end != creating.size()) {
+                    tracing::warn!(%object, %from, offset, "object bytes out of order or of the wrong size; the pull fails");
+                    self.abort_incoming(object);
                     self.input(NodeInput::PullFailed { object, from });
                     return;
                 }
-                entry.1.extend_from_slice(&data);
+                creating.bytes_mut()[offset as usize..end as usize].copy_from_slice(&data);
+                *written = end;
                 if last {
-                    let (_, bytes) = self.incoming.remove(&object).expect("just inserted");
-                    match self.store.put(object, &bytes) {
-                        Ok(()) => self.input(NodeInput::ObjectSealed { object, size: bytes.len() as u64 }),
+                    let (_, creating, _) = self.incoming.remove(&object).expect("present");
+                    let size = creating.size();
+                    match self.store.seal(creating) {
+                        Ok(_) => self.input(NodeInput::ObjectSealed { object, size }),
                         Err(e) => {
-                            tracing::warn!(%object, error = %e, "cannot store a pulled object");
+                            tracing::warn!(%object, error = %e, "cannot seal a pulled object");
                             self.input(NodeInput::PullFailed { object, from });
                         }
                     }
                 }
             }
             PeerFrame::Abort { object } => {
-                self.incoming.remove(&object);
+                self.abort_incoming(object);
                 self.input(NodeInput::PullFailed { object, from });
             }
             PeerFrame::Hello { .. } => tracing::warn!(%from, "a peer said hello twice"),
@@ -593,51 +620,99 @@ impl Core {
         }
     }
 
-    fn send_to_peer(&mut self, node: NodeId, frame: PeerFrame) {
-        if !self.out.contains_key(&node) {
-            let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).cloned()) else {
-                tracing::warn!(%node, "no address for a peer");
-                if let PeerFrame::Msg(NodeToNode::Pull { object }) = frame {
-                    self.input(NodeInput::PullFailed { object, from: node });
-                }
-                return;
-            };
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(peer_link(
-                node,
-                me,
-                addr,
-                self.options.token.clone(),
-                self.options.max_frame,
-                rx,
-                self.events.clone(),
-            ));
-            self.out.insert(node, tx);
+    /// The channel to a peer's data port, dialling it first if needed; `None` when its address
+    /// is unknown.
+    fn peer_channel(&mut self, node: NodeId) -> Option<mpsc::UnboundedSender<Outbound<PeerFrame>>> {
+        if let Some(tx) = self.out.get(&node).filter(|tx| !tx.is_closed()) {
+            return Some(tx.clone());
         }
-        let tx = &self.out[&node];
-        if tx.send(Outbound::Frame(frame)).is_err() {
+        let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).cloned()) else {
+            tracing::warn!(%node, "no address for a peer");
+            return None;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (token, max_frame, events) = (self.options.token.clone(), self.options.max_frame, self.events.clone());
+        tokio::spawn(peer_link(node, me, addr, token, max_frame, rx, events));
+        self.out.insert(node, tx.clone());
+        Some(tx)
+    }
+
+    fn send_to_peer(&mut self, node: NodeId, frame: PeerFrame) {
+        let pull = match &frame {
+            PeerFrame::Msg(NodeToNode::Pull { object }) => Some(*object),
+            _ => None,
+        };
+        let sent = self.peer_channel(node).is_some_and(|tx| tx.send(Outbound::Frame(frame)).is_ok());
+        if !sent {
             self.out.remove(&node);
+            if let Some(object) = pull {
+                self.input(NodeInput::PullFailed { object, from: node });
+            }
         }
     }
 
+    /// Streams a sealed object to a peer in chunks, off the core: the bytes are read from the
+    /// store's mapping by a task of their own, and the end of the send comes back as an event.
     fn send_object(&mut self, object: ObjectId, to: NodeId) {
-        match self.store.get(object) {
-            Some(bytes) => {
-                let mut offset = 0;
-                loop {
-                    let end = (offset + CHUNK_BYTES).min(bytes.len());
-                    let last = end == bytes.len();
-                    let data = bytes[offset..end].to_vec();
-                    self.send_to_peer(to, PeerFrame::Chunk { object, offset: offset as u64, data, last });
-                    offset = end;
-                    if last {
-                        break;
+        let Some(view) = self.store.get(object) else {
+            self.send_to_peer(to, PeerFrame::Abort { object });
+            self.input(NodeInput::SendEnded { object, to });
+            return;
+        };
+        let Some(tx) = self.peer_channel(to) else {
+            self.input(NodeInput::SendEnded { object, to });
+            return;
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let total = view.len() as u64;
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + CHUNK_BYTES).min(view.len());
+                let last = end == view.len();
+                let data = view[offset..end].to_vec();
+                if tx
+                    .send(Outbound::Frame(PeerFrame::Chunk { object, total, offset: offset as u64, data, last }))
+                    .is_err()
+                {
+                    break;
+                }
+                offset = end;
+                if last {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let _ = events.send(Ev::SendEnded { object, to });
+        });
+    }
+
+    fn abort_incoming(&mut self, object: ObjectId) {
+        if let Some((_, creating, _)) = self.incoming.remove(&object) {
+            self.store.abort(creating);
+        }
+    }
+
+    /// A worker sealed its large return values in the store's directory itself: take them in.
+    /// A value that is not there as reported fails the attempt with the reason.
+    fn adopt_returns(&mut self, outcome: TaskOutcome) -> TaskOutcome {
+        let TaskOutcome::Finished(values) = outcome else { return outcome };
+        for ReturnValue { object, size, inline, .. } in &values {
+            if inline.is_none() {
+                if let Err(e) = self.store.adopt(*object, *size) {
+                    tracing::warn!(%object, error = %e, "a worker's value is not in the store");
+                    for ReturnValue { object, inline, .. } in &values {
+                        if inline.is_none() {
+                            self.store.delete(*object);
+                        }
                     }
+                    return TaskOutcome::Failed(TaskFailure::Application {
+                        message: format!("the worker's return value could not be stored: {e}"),
+                    });
                 }
             }
-            None => self.send_to_peer(to, PeerFrame::Abort { object }),
         }
-        self.input(NodeInput::SendEnded { object, to });
+        TaskOutcome::Finished(values)
     }
 
     fn start_worker(&mut self, worker: WorkerId, job: JobId, kind: WorkerKind, gpus: &[u32]) {
@@ -684,10 +759,10 @@ impl Core {
     /// Forgets everything: the next registration starts a new node.
     fn reset(&mut self) {
         self.kill_all();
-        if let Err(e) = self.store.clear() {
-            tracing::warn!(error = %e, "cannot empty the object store");
+        for object in self.incoming.keys().copied().collect::<Vec<_>>() {
+            self.abort_incoming(object);
         }
-        self.incoming.clear();
+        self.store.clear();
         self.out.clear();
         self.head = None;
         self.id = None;

@@ -197,6 +197,8 @@ pub enum PeerFrame {
     Chunk {
         /// The object.
         object: ObjectId,
+        /// The object's whole size.
+        total: u64,
         /// Where the slice starts.
         offset: u64,
         /// The bytes (at most the sender's chunk size).

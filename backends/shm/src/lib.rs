@@ -1,0 +1,378 @@
+//! A node's object store in shared memory.
+//!
+//! Each sealed object is one file in the store's directory (a tmpfs such as `/dev/shm`, so the
+//! bytes live in memory). A writer creates the object at its final size, fills a writable mapping
+//! and seals it; sealing renames the file into place, so a reader never sees a partial object.
+//! Readers, the daemon and the worker processes of the same node alike, map the file read-only:
+//! a read copies nothing. Deleting an object that a reader still maps is safe: the pages stay
+//! until the last mapping goes.
+//!
+//! The store enforces its capacity (a create that does not fit is refused with the numbers); what
+//! to keep, evict or free is the node machine's decision, never the store's.
+
+use keel_kernel::ObjectId;
+use memmap2::{Mmap, MmapMut};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why the store refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not enough room.
+    #[error("the object store is full: {object} needs {needed} bytes, {free} of {capacity} are free")]
+    Full {
+        /// The object.
+        object: ObjectId,
+        /// Its size.
+        needed: u64,
+        /// Free bytes.
+        free: u64,
+        /// The capacity.
+        capacity: u64,
+    },
+    /// The object is already sealed or being written.
+    #[error("object {0} already exists in the store")]
+    Exists(ObjectId),
+    /// A file that should hold an object does not match what was reported.
+    #[error("object {object} in the store has {found} bytes, not the {expected} reported")]
+    SizeMismatch {
+        /// The object.
+        object: ObjectId,
+        /// The size reported.
+        expected: u64,
+        /// The size found.
+        found: u64,
+    },
+    /// The file system failed.
+    #[error("object store {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A read-only view of a sealed object's bytes.
+#[derive(Debug)]
+pub enum View {
+    /// A zero-length object (a file of zero bytes cannot be mapped).
+    Empty,
+    /// The mapped file.
+    Mapped(Mmap),
+}
+
+impl Deref for View {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            View::Empty => &[],
+            View::Mapped(m) => m,
+        }
+    }
+}
+
+/// Maps the sealed object `object` of the store in `dir` (for worker processes, which know the
+/// directory but not the store).
+pub fn map(dir: &Path, object: ObjectId) -> Result<View, StoreError> {
+    let path = path_of(dir, object);
+    let file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    map_file(&file, &path)
+}
+
+fn map_file(file: &File, path: &Path) -> Result<View, StoreError> {
+    let len = file.metadata().map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?.len();
+    if len == 0 {
+        return Ok(View::Empty);
+    }
+    // SAFETY: sealed objects are never written again: writers use a temporary name and rename.
+    let map = unsafe { Mmap::map(file) }.map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+    Ok(View::Mapped(map))
+}
+
+/// The file of a sealed object.
+pub fn path_of(dir: &Path, object: ObjectId) -> PathBuf {
+    dir.join(format!("{}-{}", object.task.0, object.index))
+}
+
+/// Where an object is written before it is sealed.
+pub fn partial_path_of(dir: &Path, object: ObjectId) -> PathBuf {
+    dir.join(format!(".{}-{}.partial", object.task.0, object.index))
+}
+
+/// An object being written.
+pub struct Creating {
+    object: ObjectId,
+    size: u64,
+    file: File,
+    map: Option<MmapMut>,
+}
+
+impl Creating {
+    /// The object.
+    pub fn object(&self) -> ObjectId {
+        self.object
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The bytes to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self.map.as_mut() {
+            Some(m) => m,
+            None => &mut [],
+        }
+    }
+}
+
+struct Held {
+    size: u64,
+    view: Arc<View>,
+}
+
+/// The store of one node.
+pub struct ShmStore {
+    dir: PathBuf,
+    capacity: u64,
+    /// Sealed bytes plus bytes reserved by objects being written.
+    used: u64,
+    sealed: BTreeMap<ObjectId, Held>,
+    creating: BTreeMap<ObjectId, u64>,
+}
+
+impl ShmStore {
+    /// A store in `dir` holding at most `capacity` bytes. The directory is emptied first: a
+    /// restarted daemon's old objects are not its own any more.
+    pub fn open(dir: &Path, capacity: u64) -> Result<ShmStore, StoreError> {
+        let io = |source| StoreError::Io { path: dir.to_path_buf(), source };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        Ok(ShmStore { dir: dir.to_path_buf(), capacity, used: 0, sealed: BTreeMap::new(), creating: BTreeMap::new() })
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes sealed or reserved.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Its capacity.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Sealed objects.
+    pub fn len(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Whether nothing is sealed.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty()
+    }
+
+    /// Whether `object` is sealed here.
+    pub fn contains(&self, object: ObjectId) -> bool {
+        self.sealed.contains_key(&object)
+    }
+
+    fn reserve(&mut self, object: ObjectId, size: u64) -> Result<(), StoreError> {
+        if self.sealed.contains_key(&object) || self.creating.contains_key(&object) {
+            return Err(StoreError::Exists(object));
+        }
+        let free = self.capacity.saturating_sub(self.used);
+        if size > free {
+            return Err(StoreError::Full { object, needed: size, free, capacity: self.capacity });
+        }
+        self.used += size;
+        self.creating.insert(object, size);
+        Ok(())
+    }
+
+    /// Starts writing `object` of `size` bytes (reserving them).
+    pub fn create(&mut self, object: ObjectId, size: u64) -> Result<Creating, StoreError> {
+        self.reserve(object, size)?;
+        let path = partial_path_of(&self.dir, object);
+        let made = (|| {
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+            file.set_len(size)?;
+            // SAFETY: the partial file is this writer's alone until it is sealed.
+            let map = if size == 0 { None } else { Some(unsafe { MmapMut::map_mut(&file) }?) };
+            Ok::<_, io::Error>(Creating { object, size, file, map })
+        })();
+        made.map_err(|source| {
+            self.unreserve(object);
+            let _ = std::fs::remove_file(&path);
+            StoreError::Io { path, source }
+        })
+    }
+
+    fn unreserve(&mut self, object: ObjectId) {
+        if let Some(size) = self.creating.remove(&object) {
+            self.used -= size;
+        }
+    }
+
+    /// Seals a written object: from now on it is readable and immutable.
+    pub fn seal(&mut self, creating: Creating) -> Result<Arc<View>, StoreError> {
+        let Creating { object, size, file, map } = creating;
+        drop(map);
+        let from = partial_path_of(&self.dir, object);
+        let to = path_of(&self.dir, object);
+        if let Err(source) = std::fs::rename(&from, &to) {
+            self.unreserve(object);
+            let _ = std::fs::remove_file(&from);
+            return Err(StoreError::Io { path: to, source });
+        }
+        self.creating.remove(&object);
+        let view = Arc::new(map_file(&file, &to)?);
+        self.sealed.insert(object, Held { size, view: view.clone() });
+        Ok(view)
+    }
+
+    /// Gives up an object being written.
+    pub fn abort(&mut self, creating: Creating) {
+        let object = creating.object;
+        drop(creating);
+        self.unreserve(object);
+        let _ = std::fs::remove_file(partial_path_of(&self.dir, object));
+    }
+
+    /// Writes and seals `bytes` as `object`.
+    pub fn put(&mut self, object: ObjectId, bytes: &[u8]) -> Result<Arc<View>, StoreError> {
+        let mut c = self.create(object, bytes.len() as u64)?;
+        c.bytes_mut().copy_from_slice(bytes);
+        self.seal(c)
+    }
+
+    /// Takes in an object another process (a worker of this node) wrote and sealed in the
+    /// directory, checking it holds `size` bytes.
+    pub fn adopt(&mut self, object: ObjectId, size: u64) -> Result<Arc<View>, StoreError> {
+        let path = path_of(&self.dir, object);
+        let file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        let found = file.metadata().map_err(|source| StoreError::Io { path: path.clone(), source })?.len();
+        if found != size {
+            return Err(StoreError::SizeMismatch { object, expected: size, found });
+        }
+        self.reserve(object, size)?;
+        self.creating.remove(&object);
+        let view = Arc::new(map_file(&file, &path)?);
+        self.sealed.insert(object, Held { size, view: view.clone() });
+        Ok(view)
+    }
+
+    /// The bytes of a sealed object, without copying them.
+    pub fn get(&self, object: ObjectId) -> Option<Arc<View>> {
+        self.sealed.get(&object).map(|h| h.view.clone())
+    }
+
+    /// Deletes a sealed object (readers that still map it keep their view).
+    pub fn delete(&mut self, object: ObjectId) {
+        if let Some(held) = self.sealed.remove(&object) {
+            self.used -= held.size;
+            let _ = std::fs::remove_file(path_of(&self.dir, object));
+        }
+    }
+
+    /// Deletes everything, sealed or being written.
+    pub fn clear(&mut self) {
+        let objects: Vec<ObjectId> = self.sealed.keys().copied().collect();
+        for o in objects {
+            self.delete(o);
+        }
+        for (o, _) in std::mem::take(&mut self.creating) {
+            let _ = std::fs::remove_file(partial_path_of(&self.dir, o));
+        }
+        self.used = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_kernel::TaskId;
+
+    fn store(name: &str, capacity: u64) -> ShmStore {
+        let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        ShmStore::open(&base.join(format!("keel-shm-test-{name}-{}", std::process::id())), capacity).unwrap()
+    }
+
+    fn o(i: u32) -> ObjectId {
+        ObjectId::for_return(TaskId(42), i)
+    }
+
+    #[test]
+    fn a_sealed_object_reads_back_through_the_store_and_through_a_second_mapping() {
+        let mut s = store("seal", 1 << 20);
+        let mut c = s.create(o(1), 5).unwrap();
+        assert!(s.get(o(1)).is_none(), "readable before it was sealed");
+        c.bytes_mut().copy_from_slice(b"hello");
+        s.seal(c).unwrap();
+        assert_eq!(&**s.get(o(1)).unwrap(), b"hello");
+        assert_eq!(&*map(s.dir(), o(1)).unwrap(), b"hello");
+        assert_eq!(s.used(), 5);
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn creates_beyond_capacity_are_refused_with_the_numbers_and_deletes_free_room() {
+        let mut s = store("cap", 10);
+        s.put(o(1), &[1; 8]).unwrap();
+        let err = s.create(o(2), 4).err().expect("full");
+        assert!(err.to_string().contains("needs 4 bytes, 2 of 10 are free"), "{err}");
+        s.delete(o(1));
+        s.put(o(2), &[2; 4]).unwrap();
+        assert_eq!((s.used(), s.len()), (4, 1));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_reader_keeps_its_view_after_the_object_is_deleted() {
+        let mut s = store("del", 1 << 20);
+        s.put(o(1), b"still here").unwrap();
+        let view = s.get(o(1)).unwrap();
+        s.delete(o(1));
+        assert!(s.get(o(1)).is_none());
+        assert_eq!(&**view, b"still here");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn an_aborted_write_releases_its_reservation_and_leaves_no_file() {
+        let mut s = store("abort", 100);
+        let c = s.create(o(1), 60).unwrap();
+        assert_eq!(s.used(), 60);
+        s.abort(c);
+        assert_eq!(s.used(), 0);
+        assert_eq!(std::fs::read_dir(s.dir()).unwrap().count(), 0);
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn adopting_a_file_written_elsewhere_checks_its_size_and_empty_objects_work() {
+        let mut s = store("adopt", 100);
+        std::fs::write(path_of(s.dir(), o(1)), b"abc").unwrap();
+        let err = s.adopt(o(1), 4).expect_err("size mismatch");
+        assert!(matches!(err, StoreError::SizeMismatch { expected: 4, found: 3, .. }), "{err}");
+        assert_eq!(&**s.adopt(o(1), 3).unwrap(), b"abc");
+        s.put(o(2), b"").unwrap();
+        assert_eq!(s.get(o(2)).unwrap().len(), 0);
+        assert!(matches!(s.put(o(2), b"x"), Err(StoreError::Exists(_))));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+}
