@@ -12,7 +12,9 @@ use keel_kernel::head::HeadOutput;
 use keel_kernel::ids::{ConnId, JobId, NodeId};
 use keel_kernel::proto::{DriverToHead, Hello, Welcome};
 use keel_kernel::{Head, HeadConfig, HeadInput, InputError, Time};
-use keel_net::wire::{AdminRequest, ClusterStatus, Demand, FromHead, NodeStatus, Register, ToHead, WorkerProgram};
+use keel_net::wire::{
+    AdminRequest, ClusterStatus, Demand, FromHead, NodeStatus, PeerInfo, Register, ToHead, WorkerProgram,
+};
 use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -200,7 +202,7 @@ fn log_close(peer: &str, e: &NetError) {
 }
 
 enum Role {
-    PendingNode { addr: String, host: String },
+    PendingNode { addr: String, host: String, store_dir: String },
     Node(NodeId),
     PendingDriver { program: Option<WorkerProgram> },
     Driver(JobId),
@@ -215,8 +217,7 @@ struct ConnState {
 
 struct NodeEntry {
     conn: ConnId,
-    addr: String,
-    host: String,
+    info: PeerInfo,
 }
 
 struct Core {
@@ -302,8 +303,13 @@ impl Core {
         if self.journal.is_some() {
             self.record(&Entry::Input { now, input: input.clone() });
         }
+        let what = tracing::enabled!(tracing::Level::WARN).then(|| {
+            let mut text = format!("{input:?}");
+            text.truncate(300);
+            text
+        });
         if let Err(e) = self.head.handle_input(now, input) {
-            tracing::warn!(error = %e, "the head refused an input");
+            tracing::warn!(error = %e, input = what.unwrap_or_default(), "the head refused an input");
         }
         self.drain();
     }
@@ -382,19 +388,28 @@ impl Core {
         self.conns.insert(conn, ConnState { tx, peer, role: Role::Driver(job) });
         self.drivers.insert(job, conn);
         self.send(conn, FromHead::Welcome(Welcome::JobRegistered(job)));
+        self.introduce_nodes_to(conn);
+    }
+
+    /// A driver learns where every node is (to read objects from them).
+    fn introduce_nodes_to(&mut self, conn: ConnId) {
+        let infos: Vec<PeerInfo> = self.nodes.values().map(|n| n.info.clone()).collect();
+        for info in infos {
+            self.send(conn, FromHead::Peer(info));
+        }
     }
 
     fn on_event(&mut self, event: CoreEvent) {
         match event {
             CoreEvent::Register { conn, peer, register, tx } => {
                 let (role, hello) = match register {
-                    Register::Node { hello, data_addr, host } => {
+                    Register::Node { hello, data_addr, host, store_dir } => {
                         if !matches!(hello, Hello::RegisterNode { .. }) {
                             let _ = tx.send(Outbound::Close);
                             tracing::warn!(%peer, "a node registration carried a driver's hello; closed");
                             return;
                         }
-                        (Role::PendingNode { addr: data_addr, host }, Some(hello))
+                        (Role::PendingNode { addr: data_addr, host, store_dir }, Some(hello))
                     }
                     Register::Driver { hello, program, resume } => {
                         if !matches!(hello, Hello::RegisterJob { .. }) {
@@ -497,10 +512,10 @@ impl Core {
                 let Some(c) = self.conns.get_mut(&conn) else { return };
                 let role = std::mem::replace(&mut c.role, Role::Admin);
                 c.role = match (&msg, role) {
-                    (Welcome::NodeRegistered(node), Role::PendingNode { addr, host }) => {
+                    (Welcome::NodeRegistered(node), Role::PendingNode { addr, host, store_dir }) => {
                         let node = *node;
                         tracing::info!(%node, %addr, %host, "node registered");
-                        self.nodes.insert(node, NodeEntry { conn, addr: addr.clone(), host });
+                        self.nodes.insert(node, NodeEntry { conn, info: PeerInfo { node, addr, host, store_dir } });
                         Role::Node(node)
                     }
                     (Welcome::JobRegistered(job), Role::PendingDriver { program }) => {
@@ -516,6 +531,7 @@ impl Core {
                 match msg {
                     Welcome::NodeRegistered(node) => self.introduce_node(node),
                     Welcome::JobRegistered(job) => {
+                        self.introduce_nodes_to(conn);
                         let program = self.jobs.get(&job).cloned().flatten();
                         self.record(&Entry::Program { job, program: program.clone() });
                         let conns: Vec<ConnId> = self.nodes.values().map(|n| n.conn).collect();
@@ -547,16 +563,20 @@ impl Core {
         }
     }
 
-    /// A new node learns every peer's data address and every job's program; the others learn its address.
+    /// A new node learns where every peer is and every job's program; the other nodes and the
+    /// drivers learn where it is.
     fn introduce_node(&mut self, node: NodeId) {
         let Some(entry) = self.nodes.get(&node) else { return };
-        let (conn, addr) = (entry.conn, entry.addr.clone());
+        let (conn, info) = (entry.conn, entry.info.clone());
         let mut frames = Vec::new();
         for (&other, e) in &self.nodes {
             if other != node {
-                frames.push((conn, FromHead::Peer { node: other, addr: e.addr.clone() }));
-                frames.push((e.conn, FromHead::Peer { node, addr: addr.clone() }));
+                frames.push((conn, FromHead::Peer(e.info.clone())));
+                frames.push((e.conn, FromHead::Peer(info.clone())));
             }
+        }
+        for &driver in self.drivers.values() {
+            frames.push((driver, FromHead::Peer(info.clone())));
         }
         for (&job, program) in &self.jobs {
             if self.drivers.contains_key(&job) {
@@ -583,8 +603,8 @@ impl Core {
                     let entry = self.nodes.get(&id);
                     NodeStatus {
                         id,
-                        addr: entry.map(|e| e.addr.clone()).unwrap_or_default(),
-                        host: entry.map(|e| e.host.clone()).unwrap_or_default(),
+                        addr: entry.map(|e| e.info.addr.clone()).unwrap_or_default(),
+                        host: entry.map(|e| e.info.host.clone()).unwrap_or_default(),
                         total: n.pool.total().clone(),
                         available: n.pool.available().clone(),
                         labels: n.labels.clone(),

@@ -13,11 +13,13 @@ use crate::conn::{self, Outbound};
 use keel_kernel::errors::TaskFailure;
 use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use keel_kernel::node::{NodeOutput, WorkerKind};
+use keel_kernel::proto::{DriverToHead, ReturnValue, TaskOutcome};
 use keel_kernel::proto::{Hello, Labels, NodeToNode, Welcome, PROTOCOL_VERSION};
-use keel_kernel::proto::{ReturnValue, TaskOutcome};
 use keel_kernel::{Node, NodeConfig, NodeInput, ResourceSet, Time};
 use keel_net::backoff::Backoff;
-use keel_net::wire::{FromHead, FromWorker, OutputChunk, PeerFrame, Register, Stream, ToHead, ToWorker, WorkerProgram};
+use keel_net::wire::{
+    FromHead, FromWorker, OutputChunk, PeerFrame, PeerInfo, Register, Stream, ToHead, ToWorker, WorkerProgram,
+};
 use keel_net::{NetError, Token};
 use keel_process::{ExitStatus, ProcessEvent, ProcessHandle, ProcessSpec, Spawner};
 use keel_shm::{Creating, ShmStore};
@@ -108,6 +110,7 @@ enum Ev {
     Worker { worker: WorkerId, msg: FromWorker },
     Process(ProcessEvent<WorkerId>),
     SendEnded { object: ObjectId, to: NodeId },
+    Fetch { object: ObjectId, tx: mpsc::UnboundedSender<Outbound<PeerFrame>> },
 }
 
 /// Sets up the node's sockets and starts it.
@@ -171,7 +174,7 @@ async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, eve
             let _ = stream.set_nodelay(true);
             let (r, w) = stream.into_split();
             let name = peer.to_string();
-            let (mut reader, _writer) = match conn::accept(r, w, &name, &token, max_frame).await {
+            let (mut reader, writer) = match conn::accept(r, w, &name, &token, max_frame).await {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(peer = %name, error = %e, "refused a data connection");
@@ -180,6 +183,15 @@ async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, eve
             };
             let from = match reader.recv::<PeerFrame>("peer hello").await {
                 Ok(PeerFrame::Hello { from }) => from,
+                Ok(PeerFrame::Fetch { object }) => {
+                    // A client reading an object: answer on this connection, then it is done.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    conn::spawn_writer(writer, rx);
+                    let _ = events.send(Ev::Fetch { object, tx });
+                    // Keep reading until the client goes, so its close is noticed.
+                    while reader.recv_bytes().await.is_ok() {}
+                    return;
+                }
                 Ok(_) => {
                     tracing::warn!(peer = %name, "a data connection did not start with its hello; closed");
                     return;
@@ -267,7 +279,8 @@ async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: m
         resources: options.resources.clone(),
         labels: options.labels.clone(),
     };
-    let register = Register::Node { hello, data_addr, host: hostname() };
+    let store_dir = options.store_dir.display().to_string();
+    let register = Register::Node { hello, data_addr, host: hostname(), store_dir };
     let mut writer = writer;
     if let Err(e) = writer.send(&register).await {
         tracing::warn!(error = %e, "lost the head while registering");
@@ -297,7 +310,41 @@ async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: m
     }
 }
 
-fn hostname() -> String {
+/// Streams a sealed object's bytes as chunks into a connection's queue, then reports the end of
+/// the send (for a peer) or closes the connection (for a client's fetch).
+async fn stream_object(
+    object: ObjectId,
+    view: std::sync::Arc<keel_shm::View>,
+    tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
+    done: Option<(mpsc::UnboundedSender<Ev>, NodeId)>,
+) {
+    let total = view.len() as u64;
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + CHUNK_BYTES).min(view.len());
+        let last = end == view.len();
+        let data = view[offset..end].to_vec();
+        if tx.send(Outbound::Frame(PeerFrame::Chunk { object, total, offset: offset as u64, data, last })).is_err() {
+            break;
+        }
+        offset = end;
+        if last {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    match done {
+        Some((events, to)) => {
+            let _ = events.send(Ev::SendEnded { object, to });
+        }
+        None => {
+            let _ = tx.send(Outbound::Close);
+        }
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
@@ -358,7 +405,7 @@ struct Core {
     /// The current head link's tag.
     link: u64,
     id: Option<NodeId>,
-    peers: BTreeMap<NodeId, String>,
+    peers: BTreeMap<NodeId, PeerInfo>,
     out: BTreeMap<NodeId, mpsc::UnboundedSender<Outbound<PeerFrame>>>,
     /// Objects arriving from peers: sender, the object being written, bytes written so far.
     incoming: BTreeMap<ObjectId, (NodeId, Creating, u64)>,
@@ -444,6 +491,9 @@ impl Core {
             }
             Ev::WorkerHello { worker, tx } => match self.workers.get_mut(&worker) {
                 Some(w) if w.tx.is_none() => {
+                    for info in self.peers.values() {
+                        let _ = tx.send(Outbound::Frame(ToWorker::Peer(info.clone())));
+                    }
                     w.tx = Some(tx);
                     self.input(NodeInput::WorkerStarted { worker });
                 }
@@ -460,11 +510,30 @@ impl Core {
                     let outcome = self.adopt_returns(outcome);
                     self.input(NodeInput::TaskDone { worker, task, attempt, outcome });
                 }
-                FromWorker::Submit(msg) => self.input(NodeInput::FromWorker { worker, msg }),
+                FromWorker::Submit(msg) => {
+                    // A large put is sealed in the store's directory by the worker: take it in first.
+                    if let DriverToHead::Put { object, size, inline: None, node: Some(n), .. } = &msg {
+                        if Some(*n) == self.id {
+                            if let Err(e) = self.store.adopt(*object, *size) {
+                                tracing::warn!(%object, error = %e, "a worker's put is not in the store");
+                            }
+                        }
+                    }
+                    self.input(NodeInput::FromWorker { worker, msg })
+                }
                 FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
             },
             Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),
             Ev::SendEnded { object, to } => self.input(NodeInput::SendEnded { object, to }),
+            Ev::Fetch { object, tx } => match self.store.get(object) {
+                Some(view) => {
+                    tokio::spawn(stream_object(object, view, tx, None));
+                }
+                None => {
+                    let _ = tx.send(Outbound::Frame(PeerFrame::Abort { object }));
+                    let _ = tx.send(Outbound::Close);
+                }
+            },
             Ev::Process(ProcessEvent::Exited { key, status }) => {
                 if self.workers.remove(&key).is_some() {
                     let exit_code = match status {
@@ -488,8 +557,13 @@ impl Core {
             FromHead::Welcome(Welcome::Refused(e)) => return Some(Err(NodeError::Refused(e.to_string()))),
             FromHead::Welcome(Welcome::JobRegistered(_)) => tracing::warn!("the head answered as if to a driver"),
             FromHead::Node(msg) => self.input(NodeInput::FromHead(msg)),
-            FromHead::Peer { node, addr } => {
-                self.peers.insert(node, addr);
+            FromHead::Peer(info) => {
+                for w in self.workers.values() {
+                    if let Some(tx) = &w.tx {
+                        let _ = tx.send(Outbound::Frame(ToWorker::Peer(info.clone())));
+                    }
+                }
+                self.peers.insert(info.node, info);
             }
             FromHead::Job { job, program } => {
                 self.jobs.insert(job, program);
@@ -552,7 +626,9 @@ impl Core {
                 self.abort_incoming(object);
                 self.input(NodeInput::PullFailed { object, from });
             }
-            PeerFrame::Hello { .. } => tracing::warn!(%from, "a peer said hello twice"),
+            PeerFrame::Hello { .. } | PeerFrame::Fetch { .. } => {
+                tracing::warn!(%from, "a peer sent a frame only a connection's first may be; ignored")
+            }
         }
     }
 
@@ -626,7 +702,7 @@ impl Core {
         if let Some(tx) = self.out.get(&node).filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
-        let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).cloned()) else {
+        let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).map(|p| p.addr.clone())) else {
             tracing::warn!(%node, "no address for a peer");
             return None;
         };
@@ -663,28 +739,8 @@ impl Core {
             self.input(NodeInput::SendEnded { object, to });
             return;
         };
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let total = view.len() as u64;
-            let mut offset = 0usize;
-            loop {
-                let end = (offset + CHUNK_BYTES).min(view.len());
-                let last = end == view.len();
-                let data = view[offset..end].to_vec();
-                if tx
-                    .send(Outbound::Frame(PeerFrame::Chunk { object, total, offset: offset as u64, data, last }))
-                    .is_err()
-                {
-                    break;
-                }
-                offset = end;
-                if last {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            let _ = events.send(Ev::SendEnded { object, to });
-        });
+        let done = (self.events.clone(), to);
+        tokio::spawn(stream_object(object, view, tx, Some(done)));
     }
 
     fn abort_incoming(&mut self, object: ObjectId) {
@@ -721,6 +777,10 @@ impl Core {
         env.insert("KEEL_WORKER_SOCKET".into(), self.socket_path.display().to_string());
         env.insert("KEEL_WORKER_ID".into(), worker.0.to_string());
         env.insert("KEEL_JOB_ID".into(), job.0.to_string());
+        env.insert("KEEL_STORE_DIR".into(), self.store.dir().display().to_string());
+        if let Some(id) = self.id {
+            env.insert("KEEL_NODE_ID".into(), id.0.to_string());
+        }
         env.insert("KEEL_TOKEN".into(), String::from_utf8_lossy(self.options.token.as_bytes()).into_owned());
         if let WorkerKind::Actor(actor) = kind {
             env.insert("KEEL_ACTOR_ID".into(), actor.0.to_string());

@@ -95,7 +95,7 @@ pub async fn run_command_worker() -> Result<(), WorkerError> {
                 let outcome = execute(&spec, &mut reader, attempt).await?;
                 writer.send(&FromWorker::Done { task: spec.task, attempt, outcome }).await?;
             }
-            ToWorker::Interrupt { .. } | ToWorker::Message(_) => {}
+            ToWorker::Interrupt { .. } | ToWorker::Message(_) | ToWorker::Peer(_) => {}
         }
     }
 }

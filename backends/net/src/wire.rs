@@ -27,8 +27,10 @@ pub enum Register {
         hello: Hello,
         /// Where other nodes connect to fetch objects.
         data_addr: String,
-        /// The machine's host name (informational).
+        /// The machine's host name.
         host: String,
+        /// The node's object store directory: clients on the same machine map objects from it.
+        store_dir: String,
     },
     /// A driver starts a job.
     Driver {
@@ -86,13 +88,8 @@ pub enum FromHead {
     Node(HeadToNode),
     /// The head machine's message to a driver.
     Driver(HeadToDriver),
-    /// Where a node's data port is (sent to nodes as nodes join).
-    Peer {
-        /// The node.
-        node: NodeId,
-        /// Its data address.
-        addr: String,
-    },
+    /// Where a node is (sent to nodes and drivers as nodes join).
+    Peer(PeerInfo),
     /// What a job's workers run (sent to nodes as jobs start).
     Job {
         /// The job.
@@ -106,6 +103,19 @@ pub enum FromHead {
     Status(ClusterStatus),
     /// The cluster is stopping: a node exits, a driver's job ends.
     Stopping,
+}
+
+/// Where a node's objects can be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The node.
+    pub node: NodeId,
+    /// Its data address.
+    pub addr: String,
+    /// Its machine's host name.
+    pub host: String,
+    /// Its object store directory (readable from the same machine).
+    pub store_dir: String,
 }
 
 /// Which stream a task wrote to.
@@ -211,6 +221,12 @@ pub enum PeerFrame {
         /// The object.
         object: ObjectId,
     },
+    /// A client (a driver) asks for an object's bytes; the node answers with chunks or an abort.
+    /// It may be the first frame instead of `Hello`.
+    Fetch {
+        /// The object.
+        object: ObjectId,
+    },
 }
 
 /// Frames from a worker process to its node.
@@ -252,6 +268,8 @@ pub enum ToWorker {
     },
     /// The head's answer to something the running task submitted.
     Message(HeadToDriver),
+    /// Where a node is, so that the running task can read values held there.
+    Peer(PeerInfo),
     /// Stop the running attempt if it can be stopped.
     Interrupt {
         /// The task.

@@ -106,6 +106,15 @@ pub fn partial_path_of(dir: &Path, object: ObjectId) -> PathBuf {
     dir.join(format!(".{}-{}.partial", object.task.0, object.index))
 }
 
+/// Writes and seals `object` in the store directory `dir` from another process than the one
+/// that owns the store (a worker); the owner then [`ShmStore::adopt`]s it.
+pub fn write_sealed(dir: &Path, object: ObjectId, bytes: &[u8]) -> Result<(), StoreError> {
+    let partial = partial_path_of(dir, object);
+    let path = path_of(dir, object);
+    std::fs::write(&partial, bytes).map_err(|source| StoreError::Io { path: partial.clone(), source })?;
+    std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })
+}
+
 /// An object being written.
 pub struct Creating {
     object: ObjectId,

@@ -1,0 +1,387 @@
+//! The connection's core: one task owns the link to the head (a driver's TCP connection, or a
+//! worker's socket to its node) and the table of awaited objects. User threads talk to it through
+//! a channel and wait on one-shot answers, so every call on [`super::Keel`] is a plain blocking
+//! call that needs no async runtime of the user's.
+
+use super::{Error, IdSpace, Inner, Keel, Result};
+use keel_daemon::conn::{self, Outbound};
+use keel_kernel::errors::{ErrorReason, InputError};
+use keel_kernel::ids::{NodeId, ObjectId, TaskId};
+use keel_kernel::proto::{DriverToHead, HeadToDriver, Hello, ObjectData, Welcome, PROTOCOL_VERSION};
+use keel_net::wire::{FromHead, PeerFrame, PeerInfo, Register, ToHead, WorkerProgram};
+use keel_net::{Token, DEFAULT_MAX_FRAME};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// What became of an awaited object.
+#[derive(Clone, Debug)]
+pub(crate) enum Resolution {
+    Ready(ObjectData),
+    Failed(ErrorReason),
+    /// The head refused to tell (it does not know the object).
+    Refused(String),
+}
+
+pub(crate) enum Incoming {
+    Msg(HeadToDriver),
+    Peer(PeerInfo),
+    Lost(String),
+}
+
+enum Cmd {
+    Send(DriverToHead),
+    Subscribe { object: ObjectId, reply: oneshot::Sender<Result<Resolution, String>> },
+    Forget(ObjectId),
+    Finish(oneshot::Sender<()>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// What user threads share with the core.
+pub(crate) struct Shared {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    handle: tokio::runtime::Handle,
+    peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
+    token: Token,
+}
+
+/// A value's bytes: owned, or mapped from a store on this machine.
+pub(crate) enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(keel_shm::View),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+fn lost() -> Error {
+    Error::Connection("the connection to the cluster is closed".into())
+}
+
+impl Shared {
+    /// Starts the core on `handle`: `incoming` brings what the head says, `out` sends to it.
+    pub fn start(
+        handle: tokio::runtime::Handle,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
+        out: Box<dyn Fn(DriverToHead) -> bool + Send>,
+        token: Token,
+    ) -> Arc<Shared> {
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let peers = Arc::new(Mutex::new(BTreeMap::new()));
+        handle.spawn(run(rx, incoming, out, peers.clone()));
+        Arc::new(Shared { cmds, handle, peers, token })
+    }
+
+    pub fn send(&self, msg: DriverToHead) -> Result<()> {
+        self.cmds.send(Cmd::Send(msg)).map_err(|_| lost())
+    }
+
+    /// Asks to be told what becomes of `object`.
+    pub fn subscribe(&self, object: ObjectId) -> Result<oneshot::Receiver<Resolution>> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Subscribe { object, reply }).map_err(|_| lost())?;
+        let (tx, out) = oneshot::channel();
+        self.handle.spawn(async move {
+            if let Ok(Ok(r)) = rx.await {
+                let _ = tx.send(r);
+            }
+        });
+        Ok(out)
+    }
+
+    /// Waits for `object` (a blocking call; not from inside an async task).
+    pub fn resolve(&self, object: ObjectId) -> Result<Resolution> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Subscribe { object, reply }).map_err(|_| lost())?;
+        match rx.blocking_recv() {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(why)) => Err(Error::Connection(why)),
+            Err(_) => Err(lost()),
+        }
+    }
+
+    /// Returns once everything sent before has been handed to the link (a blocking call).
+    pub fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Barrier(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+    }
+
+    pub fn forget(&self, object: ObjectId) {
+        let _ = self.cmds.send(Cmd::Forget(object));
+    }
+
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(fut);
+    }
+
+    pub fn add_peer(&self, info: PeerInfo) {
+        if let Ok(mut p) = self.peers.lock() {
+            p.insert(info.node, info);
+        }
+    }
+
+    /// Ends the job and waits (briefly) until the message has left.
+    pub fn finish(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Finish(tx)).is_ok() {
+            let _ = std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _ = self
+                        .handle
+                        .block_on(async { tokio::time::timeout(std::time::Duration::from_millis(500), rx).await });
+                })
+                .join()
+            });
+        }
+    }
+
+    /// Reads a value held by `nodes`: mapped from the store when a holder is on this machine,
+    /// fetched over a holder's data port otherwise.
+    pub fn read(&self, object: ObjectId, nodes: &[NodeId], host: &str) -> Result<Bytes> {
+        let peers: Vec<PeerInfo> = {
+            let p = self.peers.lock().map_err(|_| lost())?;
+            nodes.iter().filter_map(|n| p.get(n).cloned()).collect()
+        };
+        let mut problems = Vec::new();
+        for p in peers.iter().filter(|p| p.host == host) {
+            match keel_shm::map(Path::new(&p.store_dir), object) {
+                Ok(view) => return Ok(Bytes::Mapped(view)),
+                Err(e) => problems.push(format!("{}: {e}", p.node)),
+            }
+        }
+        for p in &peers {
+            let fetched = std::thread::scope(|s| {
+                s.spawn(|| self.handle.block_on(fetch(&p.addr, &self.token, object))).join().expect("fetch thread")
+            });
+            match fetched {
+                Ok(bytes) => return Ok(Bytes::Owned(bytes)),
+                Err(e) => problems.push(format!("{} at {}: {e}", p.node, p.addr)),
+            }
+        }
+        if peers.is_empty() {
+            problems.push(format!("no address known for {nodes:?}"));
+        }
+        Err(Error::Unreadable { object, detail: problems.join("; ") })
+    }
+}
+
+/// Fetches an object's bytes from a node's data port.
+async fn fetch(addr: &str, token: &Token, object: ObjectId) -> Result<Vec<u8>, String> {
+    let (mut r, mut w) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await.map_err(|e| e.to_string())?;
+    w.send(&PeerFrame::Fetch { object }).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    loop {
+        match r.recv::<PeerFrame>("object chunk").await.map_err(|e| e.to_string())? {
+            PeerFrame::Chunk { object: o, total, offset, data, last } if o == object => {
+                if offset != bytes.len() as u64 {
+                    return Err(format!("chunk at {offset} after {} bytes", bytes.len()));
+                }
+                if bytes.is_empty() {
+                    bytes.reserve(total as usize);
+                }
+                bytes.extend_from_slice(&data);
+                if last {
+                    return Ok(bytes);
+                }
+            }
+            PeerFrame::Abort { .. } => return Err("the node no longer holds it".into()),
+            other => return Err(format!("unexpected frame {other:?}")),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Awaited {
+    resolution: Option<Resolution>,
+    waiters: Vec<oneshot::Sender<Result<Resolution, String>>>,
+    subscribed: bool,
+}
+
+async fn run(
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    out: Box<dyn Fn(DriverToHead) -> bool + Send>,
+    peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
+) {
+    let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
+    let mut gone: Option<String> = None;
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return };
+                match cmd {
+                    Cmd::Send(msg) => {
+                        out(msg);
+                    }
+                    Cmd::Subscribe { object, reply } => {
+                        let entry = objects.entry(object).or_default();
+                        if let Some(r) = &entry.resolution {
+                            let _ = reply.send(Ok(r.clone()));
+                        } else if let Some(why) = &gone {
+                            let _ = reply.send(Err(why.clone()));
+                        } else {
+                            entry.waiters.push(reply);
+                            if !entry.subscribed {
+                                entry.subscribed = true;
+                                out(DriverToHead::Subscribe(vec![object]));
+                            }
+                        }
+                    }
+                    Cmd::Forget(object) => {
+                        objects.remove(&object);
+                    }
+                    Cmd::Finish(done) => {
+                        out(DriverToHead::FinishJob);
+                        let _ = done.send(());
+                    }
+                    Cmd::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            msg = incoming.recv(), if gone.is_none() => {
+                let msg = msg.unwrap_or_else(|| Incoming::Lost("the connection to the cluster closed".into()));
+                match msg {
+                    Incoming::Msg(HeadToDriver::ObjectReady { object, data, .. }) => {
+                        resolve(&mut objects, object, Resolution::Ready(data));
+                    }
+                    Incoming::Msg(HeadToDriver::ObjectFailed { object, reason }) => {
+                        resolve(&mut objects, object, Resolution::Failed(reason));
+                    }
+                    Incoming::Msg(HeadToDriver::Rejected { error }) => {
+                        // A refused subscription ends the wait for that object.
+                        if let InputError::UnknownObject(object) = &error {
+                            if objects.get(object).is_some_and(|a| !a.waiters.is_empty()) {
+                                let r = Resolution::Refused(error.to_string());
+                                resolve(&mut objects, *object, r);
+                                continue;
+                            }
+                        }
+                        tracing::warn!(%error, "the head refused a request");
+                    }
+                    Incoming::Msg(_) => {}
+                    Incoming::Peer(info) => {
+                        if let Ok(mut p) = peers.lock() {
+                            p.insert(info.node, info);
+                        }
+                    }
+                    Incoming::Lost(why) => {
+                        for (_, a) in objects.iter_mut() {
+                            for w in a.waiters.drain(..) {
+                                let _ = w.send(Err(why.clone()));
+                            }
+                        }
+                        gone = Some(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
+    if let Some(a) = objects.get_mut(&object) {
+        for w in a.waiters.drain(..) {
+            let _ = w.send(Ok(r.clone()));
+        }
+        a.resolution = Some(r);
+    }
+}
+
+fn keel_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("KEEL_HOME") {
+        return home.into();
+    }
+    std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".keel")
+}
+
+/// Connects a driver: to `KEEL_ADDRESS`, or to a local cluster started in this process.
+pub(crate) fn connect_driver() -> Result<Keel> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("keel")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setup(format!("cannot start the runtime: {e}")))?;
+    let (addr, token, embedded) = match std::env::var("KEEL_ADDRESS") {
+        Ok(addr) => {
+            let file = std::env::var_os("KEEL_TOKEN_FILE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| keel_home().join("token"));
+            let token = Token::load(&file).map_err(|e| Error::Setup(e.to_string()))?;
+            (addr, token, None)
+        }
+        Err(_) => {
+            let (addr, token, embedded) = runtime.block_on(super::local::start())?;
+            (addr, token, Some(embedded))
+        }
+    };
+    let exe = std::env::current_exe().map_err(|e| Error::Setup(format!("cannot find this program: {e}")))?;
+    let program = WorkerProgram {
+        path: exe.display().to_string(),
+        args: std::env::args().skip(1).collect(),
+        cwd: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        env: Vec::new(),
+    };
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (mut reader, writer, job) = runtime.block_on(async {
+        let (mut reader, mut writer) =
+            conn::dial(&addr, &token, DEFAULT_MAX_FRAME).await.map_err(|e| Error::Connection(e.to_string()))?;
+        let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name };
+        writer
+            .send(&Register::Driver { hello, program: Some(program), resume: None })
+            .await
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        match reader.recv::<FromHead>("answer from the head").await.map_err(|e| Error::Connection(e.to_string()))? {
+            FromHead::Welcome(Welcome::JobRegistered(job)) => Ok((reader, writer, job)),
+            FromHead::Welcome(Welcome::Refused(e)) => Err(Error::Refused(e.to_string())),
+            other => Err(Error::Connection(format!("unexpected answer {other:?}"))),
+        }
+    })?;
+    let _guard = runtime.enter();
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    conn::spawn_writer(writer, wrx);
+    let (itx, irx) = mpsc::unbounded_channel();
+    runtime.spawn(async move {
+        loop {
+            let incoming = match reader.recv::<FromHead>("message from the head").await {
+                Ok(FromHead::Driver(m)) => Incoming::Msg(m),
+                Ok(FromHead::Peer(info)) => Incoming::Peer(info),
+                Ok(FromHead::Stopping) => Incoming::Lost("the cluster is stopping".into()),
+                Ok(_) => continue,
+                Err(e) => Incoming::Lost(e.to_string()),
+            };
+            let end = matches!(incoming, Incoming::Lost(_));
+            if itx.send(incoming).is_err() || end {
+                return;
+            }
+        }
+    });
+    let out = Box::new(move |m: DriverToHead| wtx.send(Outbound::Frame(ToHead::Driver(m))).is_ok());
+    let shared = Shared::start(runtime.handle().clone(), irx, out, token);
+    drop(_guard);
+    let ids = IdSpace { parent: TaskId::driver(job), attempt: 0, is_driver: true, next_task: 0, next_put: 0 };
+    let inner = Inner {
+        shared,
+        job,
+        ids: Mutex::new(ids),
+        handles: Mutex::new(HashMap::new()),
+        host: keel_daemon::node::hostname(),
+        local_node: None,
+        runtime: Some(runtime),
+        embedded: Mutex::new(embedded),
+    };
+    Ok(Keel { inner: Arc::new(inner) })
+}

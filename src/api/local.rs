@@ -1,0 +1,72 @@
+//! The embedded default: a head and one node in this process, when no cluster address is given.
+
+use super::{Error, Result};
+use keel_daemon::head::{self, HeadHandle, HeadOptions};
+use keel_daemon::node::{self, NodeHandle, NodeOptions};
+use keel_kernel::proto::Labels;
+use keel_kernel::{NodeConfig, ResourceSet};
+use keel_net::wire::WorkerProgram;
+use keel_net::{Token, DEFAULT_MAX_FRAME};
+use std::path::PathBuf;
+
+/// A local cluster living as long as the driver.
+pub(crate) struct Embedded {
+    head: HeadHandle,
+    node: NodeHandle,
+    dirs: Vec<PathBuf>,
+}
+
+impl Embedded {
+    /// Stops the node (its workers are killed) and the head, and removes their directories.
+    pub fn stop(self) {
+        self.node.abort();
+        self.head.abort();
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Starts a head and a node with this machine's cores; returns the head's address and token.
+pub(crate) async fn start() -> Result<(String, Token, Embedded)> {
+    let token = Token::generate();
+    let head =
+        head::start(HeadOptions::new("127.0.0.1:0", token.clone())).await.map_err(|e| Error::Setup(e.to_string()))?;
+    let addr = head.addr().to_string();
+    let pid = std::process::id();
+    let work = std::env::temp_dir().join(format!("keel-embedded-{pid}"));
+    let shm = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let store = shm.join(format!("keel-embedded-{pid}"));
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let exe = std::env::current_exe().map_err(|e| Error::Setup(e.to_string()))?;
+    let options = NodeOptions {
+        head: addr.clone(),
+        token: token.clone(),
+        resources: ResourceSet::cpus(cores),
+        labels: Labels::new(),
+        data_listen: "127.0.0.1:0".into(),
+        work_dir: work.clone(),
+        store_dir: store.clone(),
+        config: NodeConfig::default(),
+        command_worker: WorkerProgram {
+            path: exe.display().to_string(),
+            args: Vec::new(),
+            cwd: String::new(),
+            env: Vec::new(),
+        },
+        max_frame: DEFAULT_MAX_FRAME,
+    };
+    let node = node::start(options).await.map_err(|e| Error::Setup(e.to_string()))?;
+    // The node registers in a few milliseconds; wait for it so that the first task has somewhere to go.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match keel_daemon::client::status(&addr, &token).await {
+            Ok(s) if !s.nodes.is_empty() => break,
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(Error::Setup("the embedded node did not register within 10 s".into()))
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+        }
+    }
+    Ok((addr, token, Embedded { head, node, dirs: vec![work, store] }))
+}

@@ -1,0 +1,484 @@
+//! The API's types: [`Keel`], [`ObjectRef`], [`Remote`], [`TaskOptions`], [`Error`].
+
+mod core;
+mod local;
+mod worker;
+
+use self::core::{Resolution, Shared};
+use keel_kernel::errors::ErrorReason;
+use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
+use keel_kernel::proto::{Arg, DriverToHead, Function, LabelConstraint, ObjectData, SchedulingStrategy, TaskSpec};
+use keel_kernel::ResourceSet;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+/// Values up to this size travel inline with the messages (the head's default limit).
+pub const INLINE_MAX_BYTES: usize = 100 * 1024;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The task (or the object) failed; the cluster says why.
+    #[error("{0}")]
+    Task(ErrorReason),
+    /// The head refused a request.
+    #[error("the head refused the request: {0}")]
+    Refused(String),
+    /// The connection to the cluster failed.
+    #[error("cluster connection: {0}")]
+    Connection(String),
+    /// A value's bytes are not a `T`.
+    #[error("object {object} does not decode as the type asked for: {detail}")]
+    Decode {
+        /// The object.
+        object: ObjectId,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// A value could not be read from any node that holds it.
+    #[error("object {object} could not be read from any holder: {detail}")]
+    Unreadable {
+        /// The object.
+        object: ObjectId,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The setup is wrong (environment, token, embedded cluster).
+    #[error("{0}")]
+    Setup(String),
+    /// A value is too large for where it is put.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a task runs.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    /// What it needs (one CPU by default).
+    pub resources: ResourceSet,
+    /// Where it may run.
+    pub strategy: SchedulingStrategy,
+    /// Hard label constraints on its node.
+    pub labels: Vec<LabelConstraint>,
+    /// Retries after its worker or node dies.
+    pub max_retries: u32,
+    /// Whether an error the function returns is retried too.
+    pub retry_exceptions: bool,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            resources: ResourceSet::cpus(1),
+            strategy: SchedulingStrategy::Default,
+            labels: Vec::new(),
+            max_retries: TaskSpec::DEFAULT_MAX_RETRIES,
+            retry_exceptions: false,
+        }
+    }
+}
+
+/// Whose ids new tasks and puts take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IdSpace {
+    /// The submitter: the driver, or the running task.
+    pub parent: TaskId,
+    pub attempt: u32,
+    pub is_driver: bool,
+    pub next_task: u64,
+    pub next_put: u32,
+}
+
+pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    pub job: JobId,
+    pub ids: Mutex<IdSpace>,
+    pub handles: Mutex<HashMap<ObjectId, usize>>,
+    pub host: String,
+    /// In a worker: this node and its store, for large puts.
+    pub local_node: Option<(NodeId, std::path::PathBuf)>,
+    pub runtime: Option<tokio::runtime::Runtime>,
+    pub embedded: Mutex<Option<local::Embedded>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.ids.lock().map(|i| i.is_driver).unwrap_or(false) {
+            self.shared.finish();
+        }
+        if let Some(e) = self.embedded.lock().ok().and_then(|mut e| e.take()) {
+            e.stop();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A connection to a cluster: submit tasks, put and get values.
+#[derive(Clone)]
+pub struct Keel {
+    pub(crate) inner: Arc<Inner>,
+}
+
+static CURRENT: OnceLock<Mutex<Weak<Inner>>> = OnceLock::new();
+
+/// The process's `Keel`: the driver's after [`init`], or, inside a task, the worker's (for
+/// nested calls). `None` before `init` or after the driver dropped it.
+pub fn current() -> Option<Keel> {
+    CURRENT.get()?.lock().ok()?.upgrade().map(|inner| Keel { inner })
+}
+
+fn set_current(keel: &Keel) {
+    let cell = CURRENT.get_or_init(|| Mutex::new(Weak::new()));
+    if let Ok(mut w) = cell.lock() {
+        *w = Arc::downgrade(&keel.inner);
+    }
+}
+
+/// Connects to the cluster at `KEEL_ADDRESS` (with the token in `KEEL_TOKEN_FILE`, or in the
+/// Keel home), or, when it is unset, starts a local cluster in this process: a head and one node
+/// with this machine's cores, whose workers are this same binary.
+///
+/// `functions` are the remote functions this binary offers. When a node starts the binary as a
+/// worker (it sets `KEEL_WORKER_SOCKET`), `init` serves tasks and never returns; call it first
+/// thing in `main`, before anything that should only happen in the driver.
+pub fn init(functions: &[&'static dyn Registered]) -> Result<Keel> {
+    if std::env::var_os("KEEL_WORKER_SOCKET").is_some() {
+        worker::run(functions);
+    }
+    let keel = core::connect_driver()?;
+    set_current(&keel);
+    Ok(keel)
+}
+
+impl Keel {
+    /// The job this driver runs.
+    pub fn job(&self) -> JobId {
+        self.inner.job
+    }
+
+    fn next_task_id(&self) -> TaskId {
+        let mut ids = self.inner.ids.lock().expect("ids");
+        let id = TaskId::child(ids.parent, ids.attempt, ids.next_task);
+        ids.next_task += 1;
+        id
+    }
+
+    fn next_put_id(&self) -> ObjectId {
+        let mut ids = self.inner.ids.lock().expect("ids");
+        let seq = ids.next_put;
+        ids.next_put += 1;
+        if ids.is_driver {
+            ObjectId::for_put(ids.parent, seq)
+        } else {
+            ObjectId::for_task_put(ids.parent, ids.attempt, seq)
+        }
+    }
+
+    pub(crate) fn send(&self, msg: DriverToHead) -> Result<()> {
+        self.inner.shared.send(msg)
+    }
+
+    /// A handle on `object`, counted locally; the head hears when the last one goes.
+    pub(crate) fn handle<T>(&self, object: ObjectId) -> ObjectRef<T> {
+        *self.inner.handles.lock().expect("handles").entry(object).or_insert(0) += 1;
+        ObjectRef { handle: Handle { object, keel: self.clone() }, _t: PhantomData }
+    }
+
+    /// Submits a task calling the function named `name` with already-built arguments.
+    pub(crate) fn submit(&self, name: &'static str, args: Vec<Arg>, options: &TaskOptions) -> Result<ObjectId> {
+        let mut spec = TaskSpec::calling(self.next_task_id(), self.inner.job, Function::Named(name.into()));
+        spec.args = args;
+        spec.resources = options.resources.clone();
+        spec.strategy = options.strategy.clone();
+        spec.label_selector = options.labels.clone();
+        spec.max_retries = options.max_retries;
+        spec.retry_exceptions = options.retry_exceptions;
+        let object = spec.return_ids().next().expect("one return");
+        self.send(DriverToHead::SubmitTask(Arc::new(spec)))?;
+        Ok(object)
+    }
+
+    /// Stores `value` in the cluster and returns a reference to it.
+    pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+        let bytes =
+            postcard::to_allocvec(value).map_err(|e| Error::Setup(format!("cannot serialise the value: {e}")))?;
+        let object = self.next_put_id();
+        let size = bytes.len() as u64;
+        let msg = if bytes.len() <= INLINE_MAX_BYTES {
+            DriverToHead::Put { object, size, inline: Some(bytes), node: None, nested: Vec::new() }
+        } else if let Some((node, dir)) = &self.inner.local_node {
+            keel_shm::write_sealed(dir, object, &bytes).map_err(|e| Error::Setup(e.to_string()))?;
+            DriverToHead::Put { object, size, inline: None, node: Some(*node), nested: Vec::new() }
+        } else {
+            return Err(Error::TooLarge(format!(
+                "a driver puts values of at most {INLINE_MAX_BYTES} bytes (this one has {size}); \
+                 return larger values from a task instead"
+            )));
+        };
+        self.send(msg)?;
+        Ok(self.handle(object))
+    }
+
+    /// Waits for the value of `r`.
+    pub fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T> {
+        let resolution = self.inner.shared.resolve(r.id())?;
+        self.decode(r.id(), resolution)
+    }
+
+    /// Waits for every value, in order; the first failure is returned.
+    pub fn get_all<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+        let waits: Vec<_> = refs.iter().map(|r| self.inner.shared.subscribe(r.id())).collect::<Result<_>>()?;
+        refs.iter()
+            .zip(waits)
+            .map(|(r, w)| {
+                let resolution =
+                    w.blocking_recv().map_err(|_| Error::Connection("the cluster connection closed".into()))?;
+                self.decode(r.id(), resolution)
+            })
+            .collect()
+    }
+
+    /// Waits until `n` of `refs` are resolved (ready or failed) or `timeout` passes; returns the
+    /// indices of the resolved ones and of the others, each in order.
+    pub fn wait<T>(&self, refs: &[ObjectRef<T>], n: usize, timeout: Duration) -> Result<(Vec<usize>, Vec<usize>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, r) in refs.iter().enumerate() {
+            let w = self.inner.shared.subscribe(r.id())?;
+            let tx = tx.clone();
+            self.inner.shared.spawn(async move {
+                if w.await.is_ok() {
+                    let _ = tx.send(i);
+                }
+            });
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut ready = Vec::new();
+        while ready.len() < n.min(refs.len()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(i) => ready.push(i),
+                Err(_) => break,
+            }
+        }
+        // Whatever else resolved meanwhile counts too.
+        while let Ok(i) = rx.try_recv() {
+            ready.push(i);
+        }
+        ready.sort_unstable();
+        let rest = (0..refs.len()).filter(|i| ready.binary_search(i).is_err()).collect();
+        Ok((ready, rest))
+    }
+
+    /// Cancels the task that produces `r`; `force` kills its worker if it is running.
+    pub fn cancel<T>(&self, r: &ObjectRef<T>, force: bool) -> Result<()> {
+        self.send(DriverToHead::Cancel { task: r.id().task, force, recursive: true })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, object: ObjectId, resolution: Resolution) -> Result<T> {
+        let decode = |bytes: &[u8]| {
+            postcard::from_bytes::<T>(bytes).map_err(|e| Error::Decode { object, detail: e.to_string() })
+        };
+        match resolution {
+            Resolution::Failed(reason) => Err(Error::Task(reason)),
+            Resolution::Refused(why) => Err(Error::Refused(why)),
+            Resolution::Ready(ObjectData::Inline(bytes)) => decode(&bytes),
+            Resolution::Ready(ObjectData::At(nodes)) => {
+                let bytes = self.inner.shared.read(object, &nodes, &self.inner.host)?;
+                decode(&bytes)
+            }
+        }
+    }
+}
+
+/// A reference to a value in the cluster (a task's result or a put). Cloning is cheap; when the
+/// last clone in this process is dropped, the cluster may free the value.
+pub struct ObjectRef<T> {
+    handle: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.handle.object
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({:?})", self.handle.object)
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        self.handle.keel.handle(self.handle.object)
+    }
+}
+
+/// One counted handle on an object, whatever its type.
+pub struct Handle {
+    object: ObjectId,
+    keel: Keel,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let last = {
+            let Ok(mut handles) = self.keel.inner.handles.lock() else { return };
+            match handles.get_mut(&self.object) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    handles.remove(&self.object);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.keel.send(DriverToHead::RemoveRef(self.object));
+            self.keel.inner.shared.forget(self.object);
+        }
+    }
+}
+
+/// A function callable as a task, registered by name in the binary.
+pub struct Remote<A, R> {
+    name: &'static str,
+    f: fn(A) -> R,
+}
+
+/// Declares a remote function: `name` must be unique in the binary; `f` takes its arguments as
+/// one tuple.
+pub const fn remote<A, R>(name: &'static str, f: fn(A) -> R) -> Remote<A, R> {
+    Remote { name, f }
+}
+
+impl<A: Args, R: Serialize + DeserializeOwned> Remote<A, R> {
+    /// The function's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Runs the function as a task with default options; returns a reference to its result.
+    pub fn call(&self, keel: &Keel, args: impl IntoArgs<A>) -> Result<ObjectRef<R>> {
+        self.call_with(keel, args, &TaskOptions::default())
+    }
+
+    /// Runs the function as a task with `options`.
+    pub fn call_with(&self, keel: &Keel, args: impl IntoArgs<A>, options: &TaskOptions) -> Result<ObjectRef<R>> {
+        let mut keep = Vec::new();
+        let args = args.into_args(&mut keep)?;
+        let object = keel.submit(self.name, args, options)?;
+        drop(keep);
+        Ok(keel.handle(object))
+    }
+}
+
+/// A remote function as the worker side sees it: a name, and bytes in, bytes out.
+pub trait Registered: Sync {
+    /// Its name.
+    fn name(&self) -> &'static str;
+    /// Decodes the arguments, runs the function, encodes the result.
+    fn invoke(&self, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String>;
+}
+
+impl<A: Args, R: Serialize> Registered for Remote<A, R> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn invoke(&self, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+        let args = A::decode(args)?;
+        let result = (self.f)(args);
+        postcard::to_allocvec(&result).map_err(|e| format!("cannot serialise the result: {e}"))
+    }
+}
+
+/// A tuple of argument types.
+pub trait Args: Sized {
+    /// Decodes the tuple from each argument's bytes.
+    fn decode(parts: &[&[u8]]) -> std::result::Result<Self, String>;
+}
+
+/// What can be passed where a `T` argument is expected: a `T`, or a reference to one.
+pub trait ArgFor<T> {
+    /// The task argument. A reference given by value is kept in `keep` until the task is
+    /// submitted, so that the cluster hears of the task before it hears the handle is gone.
+    fn into_arg(self, keep: &mut Vec<Handle>) -> Result<Arg>;
+}
+
+impl<T: Serialize> ArgFor<T> for T {
+    fn into_arg(self, _: &mut Vec<Handle>) -> Result<Arg> {
+        let data =
+            postcard::to_allocvec(&self).map_err(|e| Error::Setup(format!("cannot serialise an argument: {e}")))?;
+        Ok(Arg::Value { data, nested: Vec::new() })
+    }
+}
+
+impl<T> ArgFor<T> for &ObjectRef<T> {
+    fn into_arg(self, _: &mut Vec<Handle>) -> Result<Arg> {
+        Ok(Arg::Ref(self.id()))
+    }
+}
+
+impl<T> ArgFor<T> for ObjectRef<T> {
+    fn into_arg(self, keep: &mut Vec<Handle>) -> Result<Arg> {
+        let object = self.id();
+        keep.push(self.handle);
+        Ok(Arg::Ref(object))
+    }
+}
+
+/// A tuple of arguments matching the tuple of types `A`.
+pub trait IntoArgs<A> {
+    /// The task arguments (handles given by value go into `keep`).
+    fn into_args(self, keep: &mut Vec<Handle>) -> Result<Vec<Arg>>;
+}
+
+macro_rules! tuples {
+    ($( ($($t:ident $x:ident $i:tt),*) )*) => {$(
+        impl<$($t: DeserializeOwned),*> Args for ($($t,)*) {
+            #[allow(unused_variables)]
+            fn decode(parts: &[&[u8]]) -> std::result::Result<Self, String> {
+                let indices: &[usize] = &[$($i),*];
+                let expected = indices.len();
+                if parts.len() != expected {
+                    return Err(format!("expected {expected} arguments, got {}", parts.len()));
+                }
+                Ok(($(postcard::from_bytes::<$t>(parts[$i]).map_err(|e| format!("argument {}: {e}", $i))?,)*))
+            }
+        }
+
+        impl<$($t, $x: ArgFor<$t>),*> IntoArgs<($($t,)*)> for ($($x,)*) {
+            #[allow(non_snake_case, unused_variables)]
+            fn into_args(self, keep: &mut Vec<Handle>) -> Result<Vec<Arg>> {
+                let ($($x,)*) = self;
+                Ok(vec![$($x.into_arg(keep)?),*])
+            }
+        }
+    )*};
+}
+
+tuples! {
+    ()
+    (T0 X0 0)
+    (T0 X0 0, T1 X1 1)
+    (T0 X0 0, T1 X1 1, T2 X2 2)
+    (T0 X0 0, T1 X1 1, T2 X2 2, T3 X3 3)
+    (T0 X0 0, T1 X1 1, T2 X2 2, T3 X3 3, T4 X4 4)
+    (T0 X0 0, T1 X1 1, T2 X2 2, T3 X3 3, T4 X4 4, T5 X5 5)
+}

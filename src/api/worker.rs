@@ -1,0 +1,189 @@
+//! Worker mode: a node started this binary to run tasks. `init` lands here and never returns.
+
+use super::core::{Incoming, Shared};
+use super::{Error, IdSpace, Inner, Keel, Registered, Result, INLINE_MAX_BYTES};
+use keel_daemon::conn::{self, Outbound};
+use keel_daemon::worker::{WorkerEnv, WorkerLink};
+use keel_kernel::errors::TaskFailure;
+use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
+use keel_kernel::node::ExecArg;
+use keel_kernel::proto::{Arg, DriverToHead, Function, ReturnValue, TaskOutcome, TaskSpec};
+use keel_net::wire::{FromWorker, PeerInfo, ToWorker};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+struct Execute {
+    spec: Arc<TaskSpec>,
+    attempt: u32,
+    args: Vec<ExecArg>,
+    store_dir: String,
+}
+
+/// Serves tasks until the node closes the socket, then exits the process.
+pub(crate) fn run(functions: &[&'static dyn Registered]) -> ! {
+    let code = match serve(functions) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("keel worker: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn env_u64(name: &str) -> Result<u64> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Setup(format!("{name} is missing or not a number (a node sets it for its workers)")))
+}
+
+fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
+    let env = WorkerEnv::from_env().map_err(|e| Error::Setup(e.to_string()))?;
+    let node = NodeId(env_u64("KEEL_NODE_ID")?);
+    let job = JobId(env_u64("KEEL_JOB_ID")?);
+    let store_dir =
+        PathBuf::from(std::env::var("KEEL_STORE_DIR").map_err(|_| Error::Setup("KEEL_STORE_DIR is missing".into()))?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keel-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setup(format!("cannot start the runtime: {e}")))?;
+    let WorkerLink { mut reader, writer } =
+        runtime.block_on(WorkerLink::connect(&env)).map_err(|e| Error::Connection(e.to_string()))?;
+    let guard = runtime.enter();
+    let (wtx, wrx) = mpsc::unbounded_channel::<Outbound<FromWorker>>();
+    conn::spawn_writer(writer, wrx);
+    let (exec_tx, exec_rx) = std::sync::mpsc::channel::<Execute>();
+    let (itx, irx) = mpsc::unbounded_channel();
+    runtime.spawn(async move {
+        loop {
+            match reader.recv::<ToWorker>("message to a worker").await {
+                Ok(ToWorker::Execute { spec, attempt, args, store_dir }) => {
+                    if exec_tx.send(Execute { spec, attempt, args, store_dir }).is_err() {
+                        return;
+                    }
+                }
+                Ok(ToWorker::Message(m)) => {
+                    let _ = itx.send(Incoming::Msg(m));
+                }
+                Ok(ToWorker::Peer(info)) => {
+                    let _ = itx.send(Incoming::Peer(info));
+                }
+                // A running function cannot be stopped from outside; a forced cancel kills the process.
+                Ok(ToWorker::Interrupt { .. }) => {}
+                Err(e) => {
+                    let _ = itx.send(Incoming::Lost(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let submit_tx = wtx.clone();
+    let out = Box::new(move |m: DriverToHead| submit_tx.send(Outbound::Frame(FromWorker::Submit(m))).is_ok());
+    let shared = Shared::start(runtime.handle().clone(), irx, out, env.token.clone());
+    drop(guard);
+    let host = keel_daemon::node::hostname();
+    shared.add_peer(PeerInfo {
+        node,
+        addr: String::new(),
+        host: host.clone(),
+        store_dir: store_dir.display().to_string(),
+    });
+    let ids = IdSpace { parent: TaskId(0), attempt: 0, is_driver: false, next_task: 0, next_put: 0 };
+    let keel = Keel {
+        inner: Arc::new(Inner {
+            shared,
+            job,
+            ids: Mutex::new(ids),
+            handles: Mutex::new(HashMap::new()),
+            host,
+            local_node: Some((node, store_dir)),
+            runtime: Some(runtime),
+            embedded: Mutex::new(None),
+        }),
+    };
+    super::set_current(&keel);
+    let registry: HashMap<&str, &'static dyn Registered> = functions.iter().map(|f| (f.name(), *f)).collect();
+    while let Ok(exec) = exec_rx.recv() {
+        *keel.inner.ids.lock().expect("ids") =
+            IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
+        let outcome = execute(&registry, &exec);
+        // What the function sent (its submissions, the handles it dropped) goes before its end.
+        keel.inner.shared.barrier();
+        let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
+        if wtx.send(Outbound::Frame(done)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn failed(message: String) -> TaskOutcome {
+    TaskOutcome::Failed(TaskFailure::Application { message })
+}
+
+fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute) -> TaskOutcome {
+    let spec = &exec.spec;
+    let function = match &spec.function {
+        Function::Named(name) => match registry.get(&**name) {
+            Some(f) => *f,
+            None => return TaskOutcome::Failed(TaskFailure::UnknownFunction { name: name.to_string() }),
+        },
+        Function::Command(_) => {
+            return failed("command tasks run in `keel worker`, not in a program's own workers".into())
+        }
+    };
+    if spec.num_returns != 1 {
+        return failed(format!("a remote function returns one value, not {}", spec.num_returns));
+    }
+    let dir = Path::new(&exec.store_dir);
+    let mut mapped = Vec::new();
+    for exec_arg in &exec.args {
+        if let ExecArg::Local { object, .. } = exec_arg {
+            match keel_shm::map(dir, *object) {
+                Ok(view) => mapped.push(view),
+                Err(_) => return TaskOutcome::Failed(TaskFailure::ArgumentUnavailable { object: *object }),
+            }
+        }
+    }
+    let mut views = mapped.iter();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(spec.args.len());
+    for (arg, exec_arg) in spec.args.iter().zip(&exec.args) {
+        parts.push(match (arg, exec_arg) {
+            (Arg::Value { data, .. }, _) => data,
+            (_, ExecArg::Inline(bytes)) => bytes,
+            (_, ExecArg::Local { .. }) => views.next().expect("one view per local argument"),
+            (Arg::Ref(object), ExecArg::Value) => {
+                return TaskOutcome::Failed(TaskFailure::ArgumentUnavailable { object: *object })
+            }
+        });
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| function.invoke(&parts)));
+    drop(parts);
+    drop(mapped);
+    let bytes = match result {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(message)) => return failed(message),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            return failed(format!("the function panicked: {text}"));
+        }
+    };
+    let object = ObjectId::for_return(spec.task, 1);
+    let size = bytes.len() as u64;
+    if bytes.len() <= INLINE_MAX_BYTES {
+        return TaskOutcome::Finished(vec![ReturnValue { object, size, inline: Some(bytes), nested: Vec::new() }]);
+    }
+    match keel_shm::write_sealed(dir, object, &bytes) {
+        Ok(()) => TaskOutcome::Finished(vec![ReturnValue { object, size, inline: None, nested: Vec::new() }]),
+        Err(e) => failed(format!("cannot store the result: {e}")),
+    }
+}

@@ -1,0 +1,218 @@
+//! The Rust API end to end. This test binary is its own worker program: a node starts it again
+//! with `KEEL_WORKER_SOCKET` set, and `keel::init` then serves the functions below.
+//!
+//! Part one runs against a cluster of a head and two one-CPU nodes (daemons in this process, the
+//! address in `KEEL_ADDRESS`); part two against the embedded default (no address).
+
+use keel::{remote, Error, ErrorReason, Keel, Remote, TaskFailure, TaskOptions};
+use keel_daemon::head::{self, HeadOptions};
+use keel_daemon::node::{self, NodeOptions};
+use keel_kernel::proto::{Labels, SchedulingStrategy};
+use keel_kernel::{NodeConfig, NodeId, ResourceSet};
+use keel_net::wire::WorkerProgram;
+use keel_net::Token;
+use std::time::{Duration, Instant};
+
+static SQUARE: Remote<(u64,), u64> = remote("square", |(x,)| x * x);
+static ADD: Remote<(u64, u64), u64> = remote("add", |(a, b)| a + b);
+static BLOB: Remote<(usize, u8), Vec<u8>> = remote("blob", |(len, fill)| vec![fill; len]);
+static CHECKSUM: Remote<(Vec<u8>,), u64> = remote("checksum", |(bytes,)| bytes.iter().map(|&b| u64::from(b)).sum());
+static SLEEP_MS: Remote<(u64,), u64> = remote("sleep_ms", |(ms,)| {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+});
+static PANICS: Remote<(), u64> = remote("panics", |()| panic!("deliberately"));
+static SUM_OF_SQUARES: Remote<(u64,), u64> = remote("sum_of_squares", |(n,)| {
+    // A nested call: a task submitting tasks through the worker's own handle.
+    let keel = keel::current().expect("a worker has a current handle");
+    let refs: Vec<_> = (1..=n).map(|i| SQUARE.call(&keel, (i,)).expect("submit")).collect();
+    keel.get_all(&refs).expect("results").iter().sum()
+});
+/// Declared but not registered with `init`: calling it must fail with a clear error.
+static NOT_REGISTERED: Remote<(), u64> = remote("not_registered", |()| 0);
+
+const FUNCTIONS: &[&dyn keel::Registered] = &[&SQUARE, &ADD, &BLOB, &CHECKSUM, &SLEEP_MS, &PANICS, &SUM_OF_SQUARES];
+
+fn check(name: &str, f: impl FnOnce()) {
+    let started = Instant::now();
+    f();
+    println!("test {name} ... ok ({:.2} s)", started.elapsed().as_secs_f64());
+}
+
+fn values_and_references_flow_between_tasks(keel: &Keel) {
+    let a = SQUARE.call(keel, (3,)).unwrap();
+    let b = SQUARE.call(keel, (4,)).unwrap();
+    let sum = ADD.call(keel, (&a, &b)).unwrap();
+    assert_eq!(keel.get(&sum).unwrap(), 25);
+    let mixed = ADD.call(keel, (a, 100)).unwrap();
+    assert_eq!(keel.get(&mixed).unwrap(), 109);
+    let many: Vec<_> = (0..40).map(|i| SQUARE.call(keel, (i,)).unwrap()).collect();
+    assert_eq!(keel.get_all(&many).unwrap(), (0..40).map(|i| i * i).collect::<Vec<u64>>());
+}
+
+fn a_large_value_moves_between_nodes_and_reaches_the_driver(keel: &Keel, nodes: &[NodeId]) {
+    let on = |node: NodeId| TaskOptions {
+        strategy: SchedulingStrategy::NodeAffinity { node, soft: false },
+        ..TaskOptions::default()
+    };
+    // 3 MiB made on the first node (stored in its shared memory, not inline)...
+    let blob = BLOB.call_with(keel, (3 << 20, 7u8), &on(nodes[0])).unwrap();
+    // ...read by a task on the second node (pulled over the data port in chunks)...
+    let sum = CHECKSUM.call_with(keel, (&blob,), &on(nodes[1])).unwrap();
+    assert_eq!(keel.get(&sum).unwrap(), 7 * (3 << 20) as u64);
+    // ...and by the driver (mapped from a store on this machine).
+    let bytes = keel.get(&blob).unwrap();
+    assert_eq!((bytes.len(), bytes[0], bytes[bytes.len() - 1]), (3 << 20, 7, 7));
+}
+
+fn a_panicking_function_fails_its_task_with_the_message(keel: &Keel) {
+    let r = PANICS.call(keel, ()).unwrap();
+    match keel.get(&r) {
+        Err(Error::Task(ErrorReason::TaskFailed { failure: TaskFailure::Application { message }, .. })) => {
+            assert!(message.contains("deliberately"), "{message}")
+        }
+        other => panic!("expected an application failure, got {other:?}"),
+    }
+}
+
+fn an_unregistered_function_fails_with_its_name(keel: &Keel) {
+    let r = NOT_REGISTERED.call(keel, ()).unwrap();
+    match keel.get(&r) {
+        Err(Error::Task(ErrorReason::TaskFailed { failure: TaskFailure::UnknownFunction { name }, .. })) => {
+            assert_eq!(name, "not_registered")
+        }
+        other => panic!("expected an unknown function, got {other:?}"),
+    }
+}
+
+fn puts_round_trip_and_an_oversized_driver_put_is_refused(keel: &Keel) {
+    let r = keel.put(&vec![1u32, 2, 3]).unwrap();
+    assert_eq!(keel.get(&r).unwrap(), vec![1, 2, 3]);
+    let s = ADD.call(keel, (keel.put(&40u64).unwrap(), 2)).unwrap();
+    assert_eq!(keel.get(&s).unwrap(), 42);
+    let err = keel.put(&vec![0u8; 1 << 20]).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+}
+
+fn wait_returns_the_first_finished_and_leaves_the_rest(keel: &Keel) {
+    let refs = vec![
+        SLEEP_MS.call(keel, (10,)).unwrap(),
+        SLEEP_MS.call(keel, (3_000,)).unwrap(),
+        SLEEP_MS.call(keel, (20,)).unwrap(),
+    ];
+    let (ready, rest) = keel.wait(&refs, 2, Duration::from_secs(2)).unwrap();
+    assert_eq!((ready, rest), (vec![0, 2], vec![1]));
+    let (ready, _) = keel.wait(&refs, 3, Duration::from_millis(10)).unwrap();
+    assert!(ready.len() < 3, "the slow task cannot have finished");
+    // Cancelling the slow one (killing its worker) fails it with the reason, and frees its CPU.
+    keel.cancel(&refs[1], true).unwrap();
+    match keel.get(&refs[1]) {
+        Err(Error::Task(ErrorReason::Cancelled { .. })) => {}
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+}
+
+fn a_task_can_submit_tasks_and_wait_for_them(keel: &Keel) {
+    let r = SUM_OF_SQUARES.call(keel, (5,)).unwrap();
+    assert_eq!(keel.get(&r).unwrap(), 1 + 4 + 9 + 16 + 25);
+}
+
+fn an_impossible_request_is_reported_as_infeasible(keel: &Keel) {
+    let options = TaskOptions { resources: ResourceSet::cpus(64), ..TaskOptions::default() };
+    let r = SQUARE.call_with(keel, (2,), &options).unwrap();
+    match keel.get(&r) {
+        Err(Error::Task(reason @ ErrorReason::Infeasible { .. })) => assert!(reason.to_string().contains("CPU: 64")),
+        other => panic!("expected infeasible, got {other:?}"),
+    }
+}
+
+fn main() {
+    if std::env::var_os("KEEL_WORKER_SOCKET").is_some() {
+        keel::init(FUNCTIONS).expect("worker");
+        unreachable!("init serves tasks in a worker");
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let dir = std::env::temp_dir().join(format!("keel-api-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let token = Token::generate();
+    let token_file = dir.join("token");
+    token.save(&token_file).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (head, nodes) = rt.block_on(async {
+        let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
+        options.config.infeasible_grace = keel_kernel::Duration::from_millis(200);
+        let head = head::start(options).await.unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let options = NodeOptions {
+                head: head.addr().to_string(),
+                token: token.clone(),
+                resources: ResourceSet::cpus(1),
+                labels: Labels::new(),
+                data_listen: "127.0.0.1:0".into(),
+                work_dir: dir.join(format!("node-{i}")),
+                store_dir: dir.join(format!("store-{i}")),
+                config: NodeConfig::default(),
+                command_worker: WorkerProgram {
+                    path: "/bin/false".into(),
+                    args: vec![],
+                    cwd: String::new(),
+                    env: vec![],
+                },
+                max_frame: keel_net::DEFAULT_MAX_FRAME,
+            };
+            nodes.push(node::start(options).await.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ids = loop {
+            let status = keel_daemon::client::status(&head.addr().to_string(), &token).await.unwrap();
+            if status.nodes.len() == 2 {
+                break status.nodes.iter().map(|n| n.id).collect::<Vec<_>>();
+            }
+            assert!(Instant::now() < deadline, "the nodes did not register");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        (head, (nodes, ids))
+    });
+    let (node_handles, node_ids) = nodes;
+    std::env::set_var("KEEL_ADDRESS", head.addr().to_string());
+    std::env::set_var("KEEL_TOKEN_FILE", &token_file);
+    let keel = keel::init(FUNCTIONS).unwrap();
+    check("values_and_references_flow_between_tasks", || values_and_references_flow_between_tasks(&keel));
+    check("a_large_value_moves_between_nodes_and_reaches_the_driver", || {
+        a_large_value_moves_between_nodes_and_reaches_the_driver(&keel, &node_ids)
+    });
+    check("a_panicking_function_fails_its_task_with_the_message", || {
+        a_panicking_function_fails_its_task_with_the_message(&keel)
+    });
+    check("an_unregistered_function_fails_with_its_name", || an_unregistered_function_fails_with_its_name(&keel));
+    check("puts_round_trip_and_an_oversized_driver_put_is_refused", || {
+        puts_round_trip_and_an_oversized_driver_put_is_refused(&keel)
+    });
+    check("wait_returns_the_first_finished_and_leaves_the_rest", || {
+        wait_returns_the_first_finished_and_leaves_the_rest(&keel)
+    });
+    check("a_task_can_submit_tasks_and_wait_for_them", || a_task_can_submit_tasks_and_wait_for_them(&keel));
+    check("an_impossible_request_is_reported_as_infeasible", || an_impossible_request_is_reported_as_infeasible(&keel));
+    drop(keel);
+    for n in &node_handles {
+        n.abort();
+    }
+    head.abort();
+    drop(rt);
+
+    // The embedded default: no address, a cluster in this process.
+    std::env::remove_var("KEEL_ADDRESS");
+    check("the_embedded_default_starts_a_cluster_and_runs_tasks", || {
+        let started = Instant::now();
+        let keel = keel::init(FUNCTIONS).unwrap();
+        let r = SQUARE.call(&keel, (12,)).unwrap();
+        assert_eq!(keel.get(&r).unwrap(), 144);
+        println!("    first result {:.1} ms after init", started.elapsed().as_secs_f64() * 1000.0);
+        values_and_references_flow_between_tasks(&keel);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
