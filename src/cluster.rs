@@ -464,6 +464,8 @@ fn status_json(s: &ClusterStatus) -> serde_json::Value {
         "tasks_finished": s.tasks_finished,
         "tasks_failed": s.tasks_failed,
         "nodes_lost": s.nodes_lost,
+        "retries": s.retries,
+        "reconstructions": s.reconstructions,
         "uptime_s": s.uptime_s,
     })
 }
@@ -496,8 +498,8 @@ fn print_status(addr: &str, s: &ClusterStatus) {
     demand("tasks queued", &s.queued);
     demand("tasks infeasible", &s.infeasible);
     println!(
-        "tasks: {} submitted, {} finished, {} failed; {} nodes lost",
-        s.tasks_submitted, s.tasks_finished, s.tasks_failed, s.nodes_lost
+        "tasks: {} submitted, {} finished, {} failed, {} retried, {} rebuilt; {} nodes lost",
+        s.tasks_submitted, s.tasks_finished, s.tasks_failed, s.retries, s.reconstructions, s.nodes_lost
     );
 }
 

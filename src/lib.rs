@@ -25,9 +25,10 @@
 mod api;
 
 pub use api::{
-    current, init, remote, ArgFor, Args, Error, Handle, IntoArgs, Keel, ObjectRef, Registered, Remote, Result,
-    TaskOptions,
+    actor, current, init, method, remote, ActorClass, ActorHandle, ActorOptions, ActorState, ArgFor, Args, Error,
+    Handle, IntoArgs, Keel, Method, ObjectRef, PlacementGroup, Registered, Remote, Result, TaskOptions,
 };
 pub use keel_kernel::errors::{ErrorReason, TaskFailure};
-pub use keel_kernel::proto::{LabelConstraint, SchedulingStrategy};
+pub use keel_kernel::proto::{LabelConstraint, PlacementStrategy, SchedulingStrategy};
+pub use keel_kernel::{ActorId, NodeId, ObjectId, PlacementGroupId};
 pub use keel_kernel::{Amount, ResourceSet};

@@ -4,7 +4,10 @@
 //! Part one runs against a cluster of a head and two one-CPU nodes (daemons in this process, the
 //! address in `KEEL_ADDRESS`); part two against the embedded default (no address).
 
-use keel::{remote, Error, ErrorReason, Keel, Remote, TaskFailure, TaskOptions};
+use keel::{
+    actor, method, remote, ActorClass, ActorOptions, Error, ErrorReason, Keel, Method, PlacementStrategy, Remote,
+    TaskFailure, TaskOptions,
+};
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
 use keel_kernel::proto::{Labels, SchedulingStrategy};
@@ -28,10 +31,42 @@ static SUM_OF_SQUARES: Remote<(u64,), u64> = remote("sum_of_squares", |(n,)| {
     let refs: Vec<_> = (1..=n).map(|i| SQUARE.call(&keel, (i,)).expect("submit")).collect();
     keel.get_all(&refs).expect("results").iter().sum()
 });
+/// An actor: a running total, and the calls it saw in order.
+struct Counter {
+    total: i64,
+    seen: Vec<i64>,
+}
+static COUNTER: ActorClass<Counter, (i64,)> = actor("Counter", |(start,)| Counter { total: start, seen: Vec::new() });
+static COUNTER_ADD: Method<Counter, (i64,), i64> = method("Counter.add", |c, (x,)| {
+    c.total += x;
+    c.seen.push(x);
+    c.total
+});
+static COUNTER_SEEN: Method<Counter, (), Vec<i64>> = method("Counter.seen", |c, ()| c.seen.clone());
+static WHERE: Remote<(), u64> = remote("where", |()| std::env::var("KEEL_NODE_ID").unwrap().parse().unwrap());
+const PART: usize = 1 << 20;
+static PART_OF: Remote<(u64,), Vec<u8>> =
+    remote("part_of", |(i,)| (0..PART + i as usize).map(|j| (j as u64 * (i + 1)) as u8).collect());
+static LEN2: Remote<(Vec<u8>, Vec<u8>), u64> = remote("len2", |(a, b)| (a.len() + b.len()) as u64);
+
 /// Declared but not registered with `init`: calling it must fail with a clear error.
 static NOT_REGISTERED: Remote<(), u64> = remote("not_registered", |()| 0);
 
-const FUNCTIONS: &[&dyn keel::Registered] = &[&SQUARE, &ADD, &BLOB, &CHECKSUM, &SLEEP_MS, &PANICS, &SUM_OF_SQUARES];
+const FUNCTIONS: &[&dyn keel::Registered] = &[
+    &SQUARE,
+    &ADD,
+    &BLOB,
+    &CHECKSUM,
+    &SLEEP_MS,
+    &PANICS,
+    &SUM_OF_SQUARES,
+    &COUNTER,
+    &COUNTER_ADD,
+    &COUNTER_SEEN,
+    &WHERE,
+    &PART_OF,
+    &LEN2,
+];
 
 fn check(name: &str, f: impl FnOnce()) {
     let started = Instant::now();
@@ -126,6 +161,60 @@ fn an_impossible_request_is_reported_as_infeasible(keel: &Keel) {
     }
 }
 
+fn an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed(keel: &Keel) {
+    let options = ActorOptions { name: Some("the-counter".into()), ..ActorOptions::default() };
+    let counter = COUNTER.create_with(keel, (10,), &options).unwrap();
+    keel.get(counter.ready()).unwrap();
+    let calls: Vec<_> = (1..=20).map(|x| COUNTER_ADD.call(keel, &counter, (x,)).unwrap()).collect();
+    let totals = keel.get_all(&calls).unwrap();
+    assert_eq!(totals.last(), Some(&(10 + 210)));
+    let seen = keel.get(&COUNTER_SEEN.call(keel, &counter, ()).unwrap()).unwrap();
+    assert_eq!(seen, (1..=20).collect::<Vec<i64>>(), "calls ran out of order");
+    let found = keel.get_actor::<Counter>("", "the-counter").unwrap().expect("found by name");
+    assert_eq!(found.id(), counter.id());
+    assert_eq!(keel.get(&COUNTER_ADD.call(keel, &found, (1,)).unwrap()).unwrap(), 221);
+    assert!(keel.get_actor::<Counter>("", "no-such-actor").unwrap().is_none());
+    keel.kill(&counter, true).unwrap();
+    match keel.get(&COUNTER_ADD.call(keel, &counter, (1,)).unwrap()) {
+        Err(Error::Task(ErrorReason::ActorDied { .. })) => {}
+        other => panic!("expected the actor to be dead, got {other:?}"),
+    }
+}
+
+fn a_placement_group_reserves_bundles_on_distinct_nodes_and_runs_tasks_in_them(keel: &Keel) {
+    let bundles = vec![ResourceSet::cpus(1), ResourceSet::cpus(1)];
+    let pg = keel.placement_group(bundles, PlacementStrategy::StrictSpread, Duration::from_secs(10)).unwrap();
+    let a = WHERE.call_with(keel, (), &pg.bundle(Some(0))).unwrap();
+    let b = WHERE.call_with(keel, (), &pg.bundle(Some(1))).unwrap();
+    let (a, b) = (keel.get(&a).unwrap(), keel.get(&b).unwrap());
+    assert_ne!(a, b, "strict spread put both bundles on one node");
+    keel.remove_placement_group(&pg).unwrap();
+    // Three one-CPU bundles on distinct nodes cannot exist on two nodes.
+    let bundles = vec![ResourceSet::cpus(1); 3];
+    match keel.placement_group(bundles, PlacementStrategy::StrictSpread, Duration::from_secs(10)) {
+        Err(Error::Task(reason)) => assert!(reason.to_string().contains("infeasible"), "{reason}"),
+        other => panic!("expected an infeasible group, got {other:?}"),
+    }
+}
+
+fn values_lost_with_a_node_are_rebuilt_from_lineage(keel: &Keel, nodes: &[NodeId], kill: impl FnOnce()) {
+    let on = |node: NodeId| TaskOptions {
+        strategy: SchedulingStrategy::NodeAffinity { node, soft: true },
+        ..TaskOptions::default()
+    };
+    let parts: Vec<_> = (0..4).map(|i| PART_OF.call_with(keel, (i,), &on(nodes[i as usize % 2])).unwrap()).collect();
+    let (ready, _) = keel.wait(&parts, 4, Duration::from_secs(30)).unwrap();
+    assert_eq!(ready.len(), 4);
+    // The first node dies with two of the parts; the reduces need them.
+    kill();
+    let a = LEN2.call(keel, (&parts[0], &parts[1])).unwrap();
+    let b = LEN2.call(keel, (&parts[2], &parts[3])).unwrap();
+    assert_eq!(keel.get(&a).unwrap(), (2 * PART + 1) as u64);
+    assert_eq!(keel.get(&b).unwrap(), (2 * PART + 5) as u64);
+    let bytes = keel.get(&parts[0]).unwrap();
+    assert_eq!(bytes.len(), PART, "a rebuilt value differs");
+}
+
 fn main() {
     if std::env::var_os("KEEL_WORKER_SOCKET").is_some() {
         keel::init(FUNCTIONS).expect("worker");
@@ -144,6 +233,7 @@ fn main() {
     let (head, nodes) = rt.block_on(async {
         let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
         options.config.infeasible_grace = keel_kernel::Duration::from_millis(200);
+        options.config.node_timeout = keel_kernel::Duration::from_millis(1500);
         let head = head::start(options).await.unwrap();
         let mut nodes = Vec::new();
         for i in 0..2 {
@@ -197,6 +287,15 @@ fn main() {
     });
     check("a_task_can_submit_tasks_and_wait_for_them", || a_task_can_submit_tasks_and_wait_for_them(&keel));
     check("an_impossible_request_is_reported_as_infeasible", || an_impossible_request_is_reported_as_infeasible(&keel));
+    check("an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed", || {
+        an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed(&keel)
+    });
+    check("a_placement_group_reserves_bundles_on_distinct_nodes_and_runs_tasks_in_them", || {
+        a_placement_group_reserves_bundles_on_distinct_nodes_and_runs_tasks_in_them(&keel)
+    });
+    check("values_lost_with_a_node_are_rebuilt_from_lineage", || {
+        values_lost_with_a_node_are_rebuilt_from_lineage(&keel, &node_ids, || node_handles[0].abort())
+    });
     drop(keel);
     for n in &node_handles {
         n.abort();

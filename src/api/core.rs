@@ -6,7 +6,7 @@
 use super::{Error, IdSpace, Inner, Keel, Result};
 use keel_daemon::conn::{self, Outbound};
 use keel_kernel::errors::{ErrorReason, InputError};
-use keel_kernel::ids::{NodeId, ObjectId, TaskId};
+use keel_kernel::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use keel_kernel::proto::{DriverToHead, HeadToDriver, Hello, ObjectData, Welcome, PROTOCOL_VERSION};
 use keel_net::wire::{FromHead, PeerFrame, PeerInfo, Register, ToHead, WorkerProgram};
 use keel_net::{Token, DEFAULT_MAX_FRAME};
@@ -37,7 +37,12 @@ enum Cmd {
     Forget(ObjectId),
     Finish(oneshot::Sender<()>),
     Barrier(oneshot::Sender<()>),
+    Named { namespace: String, name: String, reply: oneshot::Sender<Option<ActorId>> },
+    Group { pg: PlacementGroupId, reply: oneshot::Sender<GroupOutcome> },
 }
+
+/// What became of a placement group: the node of each bundle, or why it failed.
+pub(crate) type GroupOutcome = std::result::Result<Vec<NodeId>, ErrorReason>;
 
 /// What user threads share with the core.
 pub(crate) struct Shared {
@@ -116,6 +121,31 @@ impl Shared {
         if self.cmds.send(Cmd::Barrier(tx)).is_ok() {
             let _ = rx.blocking_recv();
         }
+    }
+
+    /// Asks the head for the actor named `name`.
+    pub fn named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorId>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Named { namespace: namespace.to_string(), name: name.to_string(), reply };
+        self.cmds.send(cmd).map_err(|_| lost())?;
+        rx.blocking_recv().map_err(|_| lost())
+    }
+
+    /// Prepares to hear what becomes of placement group `pg` (call before creating it).
+    pub fn await_group(&self, pg: PlacementGroupId) -> Result<oneshot::Receiver<GroupOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Group { pg, reply }).map_err(|_| lost())?;
+        Ok(rx)
+    }
+
+    /// Waits for `rx` at most `timeout`; `None` when the time ran out.
+    pub fn block_for<T: Send>(&self, rx: oneshot::Receiver<T>, timeout: std::time::Duration) -> Result<Option<T>> {
+        std::thread::scope(|s| {
+            s.spawn(|| self.handle.block_on(async { tokio::time::timeout(timeout, rx).await }))
+                .join()
+                .expect("waiting thread")
+        })
+        .map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
     }
 
     pub fn forget(&self, object: ObjectId) {
@@ -216,6 +246,8 @@ async fn run(
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
 ) {
     let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
+    let mut named: HashMap<(String, String), Vec<oneshot::Sender<Option<ActorId>>>> = HashMap::new();
+    let mut groups: HashMap<PlacementGroupId, oneshot::Sender<GroupOutcome>> = HashMap::new();
     let mut gone: Option<String> = None;
     loop {
         tokio::select! {
@@ -249,6 +281,16 @@ async fn run(
                     Cmd::Barrier(done) => {
                         let _ = done.send(());
                     }
+                    Cmd::Named { namespace, name, reply } => {
+                        let waiting = named.entry((namespace.clone(), name.clone())).or_default();
+                        waiting.push(reply);
+                        if waiting.len() == 1 {
+                            out(DriverToHead::GetNamedActor { namespace, name });
+                        }
+                    }
+                    Cmd::Group { pg, reply } => {
+                        groups.insert(pg, reply);
+                    }
                 }
             }
             msg = incoming.recv(), if gone.is_none() => {
@@ -271,6 +313,21 @@ async fn run(
                         }
                         tracing::warn!(%error, "the head refused a request");
                     }
+                    Incoming::Msg(HeadToDriver::NamedActor { namespace, name, actor }) => {
+                        for w in named.remove(&(namespace, name)).unwrap_or_default() {
+                            let _ = w.send(actor);
+                        }
+                    }
+                    Incoming::Msg(HeadToDriver::PlacementGroupReady { pg, nodes }) => {
+                        if let Some(w) = groups.remove(&pg) {
+                            let _ = w.send(Ok(nodes));
+                        }
+                    }
+                    Incoming::Msg(HeadToDriver::PlacementGroupFailed { pg, reason }) => {
+                        if let Some(w) = groups.remove(&pg) {
+                            let _ = w.send(Err(reason));
+                        }
+                    }
                     Incoming::Msg(_) => {}
                     Incoming::Peer(info) => {
                         if let Ok(mut p) = peers.lock() {
@@ -283,6 +340,8 @@ async fn run(
                                 let _ = w.send(Err(why.clone()));
                             }
                         }
+                        named.clear();
+                        groups.clear();
                         gone = Some(why);
                     }
                 }
@@ -378,6 +437,7 @@ pub(crate) fn connect_driver() -> Result<Keel> {
         job,
         ids: Mutex::new(ids),
         handles: Mutex::new(HashMap::new()),
+        actor_seqs: Mutex::new(HashMap::new()),
         host: keel_daemon::node::hostname(),
         local_node: None,
         runtime: Some(runtime),

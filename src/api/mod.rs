@@ -6,8 +6,11 @@ mod worker;
 
 use self::core::{Resolution, Shared};
 use keel_kernel::errors::ErrorReason;
-use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
-use keel_kernel::proto::{Arg, DriverToHead, Function, LabelConstraint, ObjectData, SchedulingStrategy, TaskSpec};
+use keel_kernel::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId};
+use keel_kernel::proto::{
+    Arg, DriverToHead, Function, LabelConstraint, ObjectData, PlacementGroupSpec, PlacementStrategy,
+    SchedulingStrategy, TaskKind, TaskSpec,
+};
 use keel_kernel::ResourceSet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -101,6 +104,8 @@ pub(crate) struct Inner {
     pub job: JobId,
     pub ids: Mutex<IdSpace>,
     pub handles: Mutex<HashMap<ObjectId, usize>>,
+    /// The next call's sequence number, per actor this process calls.
+    pub actor_seqs: Mutex<HashMap<ActorId, u64>>,
     pub host: String,
     /// In a worker: this node and its store, for large puts.
     pub local_node: Option<(NodeId, std::path::PathBuf)>,
@@ -279,6 +284,59 @@ impl Keel {
         Ok((ready, rest))
     }
 
+    /// Kills an actor; with `no_restart` false it may restart if its budget allows.
+    pub fn kill<S>(&self, actor: &ActorHandle<S>, no_restart: bool) -> Result<()> {
+        self.send(DriverToHead::KillActor { actor: actor.id, no_restart })
+    }
+
+    /// Finds a live actor by name (in `namespace`, or `"default"` when empty).
+    pub fn get_actor<S>(&self, namespace: &str, name: &str) -> Result<Option<ActorHandle<S>>> {
+        let namespace = if namespace.is_empty() { "default" } else { namespace };
+        let Some(actor) = self.inner.shared.named_actor(namespace, name)? else { return Ok(None) };
+        // The creation value of an actor found by name belongs to its creator; this handle only
+        // names the actor.
+        let created = ObjectId::for_return(TaskId(actor.0), 1);
+        *self.inner.handles.lock().expect("handles").entry(created).or_insert(0) += 1;
+        self.send(DriverToHead::AddRef(created))?;
+        Ok(Some(ActorHandle {
+            id: actor,
+            created: ObjectRef { handle: Handle { object: created, keel: self.clone() }, _t: PhantomData },
+            _s: PhantomData,
+        }))
+    }
+
+    /// Reserves `bundles` together, laid out by `strategy`, and waits until the reservation is
+    /// made (or fails with the reason, or `timeout` passes).
+    pub fn placement_group(
+        &self,
+        bundles: Vec<ResourceSet>,
+        strategy: PlacementStrategy,
+        timeout: Duration,
+    ) -> Result<PlacementGroup> {
+        let seq = {
+            let mut ids = self.inner.ids.lock().expect("ids");
+            ids.next_task += 1;
+            TaskId::child(ids.parent, ids.attempt, ids.next_task - 1)
+        };
+        let pg = PlacementGroupId(seq.0);
+        let n = bundles.len();
+        let waiting = self.inner.shared.await_group(pg)?;
+        self.send(DriverToHead::CreatePlacementGroup {
+            pg,
+            spec: PlacementGroupSpec { bundles, strategy, name: None, detached: false },
+        })?;
+        match self.inner.shared.block_for(waiting, timeout)? {
+            Some(Ok(_nodes)) => Ok(PlacementGroup { id: pg, bundles: n }),
+            Some(Err(reason)) => Err(Error::Task(reason)),
+            None => Err(Error::Refused(format!("placement group {pg} was not reserved within {timeout:?}"))),
+        }
+    }
+
+    /// Removes a placement group: its bundles are freed and the tasks inside it are killed.
+    pub fn remove_placement_group(&self, pg: &PlacementGroup) -> Result<()> {
+        self.send(DriverToHead::RemovePlacementGroup(pg.id))
+    }
+
     /// Cancels the task that produces `r`; `force` kills its worker if it is running.
     pub fn cancel<T>(&self, r: &ObjectRef<T>, force: bool) -> Result<()> {
         self.send(DriverToHead::Cancel { task: r.id().task, force, recursive: true })
@@ -388,12 +446,20 @@ impl<A: Args, R: Serialize + DeserializeOwned> Remote<A, R> {
     }
 }
 
-/// A remote function as the worker side sees it: a name, and bytes in, bytes out.
+/// The state of the actor a worker hosts, if any.
+pub type ActorState = Option<Box<dyn std::any::Any + Send>>;
+
+/// A remote function, actor class or actor method as the worker side sees it: a name, and bytes
+/// in, bytes out.
 pub trait Registered: Sync {
     /// Its name.
     fn name(&self) -> &'static str;
-    /// Decodes the arguments, runs the function, encodes the result.
-    fn invoke(&self, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String>;
+    /// Decodes the arguments, runs the code (on the worker's actor, for a method), encodes the result.
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String>;
+}
+
+fn encode<R: Serialize>(result: &R) -> std::result::Result<Vec<u8>, String> {
+    postcard::to_allocvec(result).map_err(|e| format!("cannot serialise the result: {e}"))
 }
 
 impl<A: Args, R: Serialize> Registered for Remote<A, R> {
@@ -401,10 +467,178 @@ impl<A: Args, R: Serialize> Registered for Remote<A, R> {
         self.name
     }
 
-    fn invoke(&self, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
-        let args = A::decode(args)?;
-        let result = (self.f)(args);
-        postcard::to_allocvec(&result).map_err(|e| format!("cannot serialise the result: {e}"))
+    fn invoke(&self, _: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+        encode(&(self.f)(A::decode(args)?))
+    }
+}
+
+/// An actor class: a name and a constructor. Register it with [`init`] like a function.
+pub struct ActorClass<S, A> {
+    name: &'static str,
+    new: fn(A) -> S,
+}
+
+/// Declares an actor class: `name` must be unique in the binary; `new` builds the state from a
+/// tuple of arguments.
+pub const fn actor<S, A>(name: &'static str, new: fn(A) -> S) -> ActorClass<S, A> {
+    ActorClass { name, new }
+}
+
+/// A method of an actor class. Register it with [`init`] like a function.
+pub struct Method<S, A, R> {
+    name: &'static str,
+    f: fn(&mut S, A) -> R,
+}
+
+/// Declares a method: `name` must be unique in the binary (say `"Counter.add"`).
+pub const fn method<S, A, R>(name: &'static str, f: fn(&mut S, A) -> R) -> Method<S, A, R> {
+    Method { name, f }
+}
+
+impl<S: Send + 'static, A: Args> Registered for ActorClass<S, A> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+        *actor = Some(Box::new((self.new)(A::decode(args)?)));
+        encode(&())
+    }
+}
+
+impl<S: 'static, A: Args, R: Serialize> Registered for Method<S, A, R> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+        let state = actor
+            .as_mut()
+            .and_then(|a| a.downcast_mut::<S>())
+            .ok_or_else(|| format!("{} called on a worker that does not host an actor of its class", self.name))?;
+        encode(&(self.f)(state, A::decode(args)?))
+    }
+}
+
+/// A live actor: calls through it run, in the order this process makes them, on the actor's
+/// dedicated worker.
+pub struct ActorHandle<S> {
+    id: ActorId,
+    created: ObjectRef<()>,
+    _s: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for ActorHandle<S> {
+    fn clone(&self) -> Self {
+        ActorHandle { id: self.id, created: self.created.clone(), _s: PhantomData }
+    }
+}
+
+impl<S> ActorHandle<S> {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.id
+    }
+
+    /// A reference that resolves when the constructor has run (or fails with why it could not).
+    pub fn ready(&self) -> &ObjectRef<()> {
+        &self.created
+    }
+}
+
+/// How an actor lives.
+#[derive(Clone, Debug, Default)]
+pub struct ActorOptions {
+    /// A name (unique in its namespace) under which [`Keel::get_actor`] finds it.
+    pub name: Option<String>,
+    /// The namespace of the name (`"default"` when empty).
+    pub namespace: String,
+    /// A detached actor outlives its creator's job; it lives until killed.
+    pub detached: bool,
+    /// Restarts after its worker or node dies.
+    pub max_restarts: u32,
+    /// Retries of a call that was running when the actor died.
+    pub max_task_retries: u32,
+    /// What its worker holds while it lives (nothing by default).
+    pub resources: ResourceSet,
+    /// Where it may run.
+    pub strategy: SchedulingStrategy,
+}
+
+impl<S: Send + 'static, A: Args> ActorClass<S, A> {
+    /// Starts an actor with default options.
+    pub fn create(&self, keel: &Keel, args: impl IntoArgs<A>) -> Result<ActorHandle<S>> {
+        self.create_with(keel, args, &ActorOptions::default())
+    }
+
+    /// Starts an actor.
+    pub fn create_with(&self, keel: &Keel, args: impl IntoArgs<A>, options: &ActorOptions) -> Result<ActorHandle<S>> {
+        let mut keep = Vec::new();
+        let args = args.into_args(&mut keep)?;
+        let task = keel.next_task_id();
+        let actor = ActorId(task.0);
+        let mut spec = TaskSpec::calling(task, keel.inner.job, Function::Named(self.name.into()));
+        spec.args = args;
+        spec.kind = TaskKind::ActorCreation(actor);
+        spec.resources = options.resources.clone();
+        spec.strategy = options.strategy.clone();
+        spec.max_retries = options.max_restarts;
+        let kernel_options = keel_kernel::proto::ActorOptions {
+            name: options.name.clone(),
+            namespace: if options.namespace.is_empty() { "default".into() } else { options.namespace.clone() },
+            detached: options.detached,
+            max_restarts: options.max_restarts,
+            max_task_retries: options.max_task_retries,
+        };
+        let created = spec.return_ids().next().expect("one return");
+        keel.send(DriverToHead::CreateActor { options: kernel_options, creation: Arc::new(spec) })?;
+        drop(keep);
+        Ok(ActorHandle { id: actor, created: keel.handle(created), _s: PhantomData })
+    }
+}
+
+impl<S, A: Args, R: Serialize + DeserializeOwned> Method<S, A, R> {
+    /// Calls the method on `actor`; calls from this process run in the order they are made.
+    pub fn call(&self, keel: &Keel, actor: &ActorHandle<S>, args: impl IntoArgs<A>) -> Result<ObjectRef<R>> {
+        let mut keep = Vec::new();
+        let args = args.into_args(&mut keep)?;
+        let seq = {
+            let mut seqs = keel.inner.actor_seqs.lock().expect("seqs");
+            let next = seqs.entry(actor.id).or_insert(0);
+            *next += 1;
+            *next - 1
+        };
+        let mut spec = TaskSpec::calling(keel.next_task_id(), keel.inner.job, Function::Named(self.name.into()));
+        spec.args = args;
+        spec.kind = TaskKind::ActorMethod { actor: actor.id, seq };
+        spec.resources = ResourceSet::default();
+        let object = spec.return_ids().next().expect("one return");
+        keel.send(DriverToHead::SubmitTask(Arc::new(spec)))?;
+        drop(keep);
+        Ok(keel.handle(object))
+    }
+}
+
+/// A placement group: bundles of resources reserved together (see [`Keel::placement_group`]).
+#[derive(Clone, Debug)]
+pub struct PlacementGroup {
+    id: PlacementGroupId,
+    bundles: usize,
+}
+
+impl PlacementGroup {
+    /// Its id.
+    pub fn id(&self) -> PlacementGroupId {
+        self.id
+    }
+
+    /// Options that run a task in bundle `bundle` (or in any bundle that fits, with `None`).
+    pub fn bundle(&self, bundle: Option<usize>) -> TaskOptions {
+        let bundle = bundle.map(|b| {
+            assert!(b < self.bundles, "bundle {b} of a group of {}", self.bundles);
+            b as u32
+        });
+        TaskOptions { strategy: SchedulingStrategy::PlacementGroup { pg: self.id, bundle }, ..TaskOptions::default() }
     }
 }
 

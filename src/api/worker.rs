@@ -1,7 +1,7 @@
 //! Worker mode: a node started this binary to run tasks. `init` lands here and never returns.
 
 use super::core::{Incoming, Shared};
-use super::{Error, IdSpace, Inner, Keel, Registered, Result, INLINE_MAX_BYTES};
+use super::{ActorState, Error, IdSpace, Inner, Keel, Registered, Result, INLINE_MAX_BYTES};
 use keel_daemon::conn::{self, Outbound};
 use keel_daemon::worker::{WorkerEnv, WorkerLink};
 use keel_kernel::errors::TaskFailure;
@@ -100,6 +100,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
             job,
             ids: Mutex::new(ids),
             handles: Mutex::new(HashMap::new()),
+            actor_seqs: Mutex::new(HashMap::new()),
             host,
             local_node: Some((node, store_dir)),
             runtime: Some(runtime),
@@ -108,10 +109,12 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     };
     super::set_current(&keel);
     let registry: HashMap<&str, &'static dyn Registered> = functions.iter().map(|f| (f.name(), *f)).collect();
+    // The actor this worker hosts, once its constructor ran.
+    let mut actor: ActorState = None;
     while let Ok(exec) = exec_rx.recv() {
         *keel.inner.ids.lock().expect("ids") =
             IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
-        let outcome = execute(&registry, &exec);
+        let outcome = execute(&registry, &exec, &mut actor);
         // What the function sent (its submissions, the handles it dropped) goes before its end.
         keel.inner.shared.barrier();
         let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
@@ -126,7 +129,7 @@ fn failed(message: String) -> TaskOutcome {
     TaskOutcome::Failed(TaskFailure::Application { message })
 }
 
-fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute) -> TaskOutcome {
+fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute, actor: &mut ActorState) -> TaskOutcome {
     let spec = &exec.spec;
     let function = match &spec.function {
         Function::Named(name) => match registry.get(&**name) {
@@ -162,7 +165,7 @@ fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute) ->
             }
         });
     }
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| function.invoke(&parts)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| function.invoke(actor, &parts)));
     drop(parts);
     drop(mapped);
     let bytes = match result {

@@ -622,6 +622,8 @@ impl Core {
             tasks_finished: stats.tasks_finished,
             tasks_failed: stats.tasks_failed,
             nodes_lost: stats.nodes_lost,
+            retries: stats.retries,
+            reconstructions: stats.reconstructions,
             uptime_s: self.start.elapsed().as_secs_f64(),
         }
     }

@@ -80,6 +80,7 @@ pub enum NodeError {
 pub struct NodeHandle {
     data_addr: SocketAddr,
     core: JoinHandle<Result<(), NodeError>>,
+    listeners: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -93,9 +94,12 @@ impl NodeHandle {
         self.core.await.unwrap_or(Ok(()))
     }
 
-    /// Stops the node at once; its workers are killed.
+    /// Stops the node at once, as a crash would: its workers are killed and its connections close.
     pub fn abort(&self) {
         self.core.abort();
+        for l in &self.listeners {
+            l.abort();
+        }
     }
 }
 
@@ -106,6 +110,7 @@ enum Ev {
     Peer { from: NodeId, frame: PeerFrame },
     PeerGone { from: NodeId },
     PeerUnreachable { node: NodeId, pulls: Vec<ObjectId> },
+    PeerLinkDown { node: NodeId, link: u64 },
     WorkerHello { worker: WorkerId, tx: mpsc::UnboundedSender<Outbound<ToWorker>> },
     Worker { worker: WorkerId, msg: FromWorker },
     Process(ProcessEvent<WorkerId>),
@@ -141,8 +146,10 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
             }
         });
     }
-    tokio::spawn(accept_peers(data, options.token.clone(), options.max_frame, tx.clone()));
-    tokio::spawn(accept_workers(workers, options.token.clone(), options.max_frame, tx.clone()));
+    let listeners = vec![
+        tokio::spawn(accept_peers(data, options.token.clone(), options.max_frame, tx.clone())),
+        tokio::spawn(accept_workers(workers, options.token.clone(), options.max_frame, tx.clone())),
+    ];
     let core = Core {
         node: Node::new(options.config.clone()),
         start: Instant::now(),
@@ -153,16 +160,18 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
         events: tx,
         head: None,
         link: 0,
+        link_task: None,
         id: None,
         peers: BTreeMap::new(),
         out: BTreeMap::new(),
+        next_peer_link: 0,
         incoming: BTreeMap::new(),
         jobs: BTreeMap::new(),
         workers: BTreeMap::new(),
         options,
     };
     let core = tokio::spawn(core.run(rx));
-    Ok(NodeHandle { data_addr, core })
+    Ok(NodeHandle { data_addr, core, listeners })
 }
 
 async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>) {
@@ -189,8 +198,12 @@ async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, eve
                     conn::spawn_writer(writer, rx);
                     let _ = events.send(Ev::Fetch { object, tx });
                     // Keep reading until the client goes, so its close is noticed.
-                    while reader.recv_bytes().await.is_ok() {}
-                    return;
+                    loop {
+                        tokio::select! {
+                            r = reader.recv_bytes() => if r.is_err() { return },
+                            _ = events.closed() => return,
+                        }
+                    }
                 }
                 Ok(_) => {
                     tracing::warn!(peer = %name, "a data connection did not start with its hello; closed");
@@ -202,7 +215,11 @@ async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, eve
                 }
             };
             loop {
-                match reader.recv::<PeerFrame>("peer frame").await {
+                let frame = tokio::select! {
+                    f = reader.recv::<PeerFrame>("peer frame") => f,
+                    _ = events.closed() => return,
+                };
+                match frame {
                     Ok(frame) => {
                         if events.send(Ev::Peer { from, frame }).is_err() {
                             return;
@@ -247,7 +264,12 @@ async fn accept_workers(listener: UnixListener, token: Token, max_frame: usize, 
             if events.send(Ev::WorkerHello { worker, tx }).is_err() {
                 return;
             }
-            while let Ok(msg) = reader.recv::<FromWorker>("worker message").await {
+            loop {
+                let msg = tokio::select! {
+                    m = reader.recv::<FromWorker>("worker message") => m,
+                    _ = events.closed() => return,
+                };
+                let Ok(msg) = msg else { return };
                 if events.send(Ev::Worker { worker, msg }).is_err() {
                     return;
                 }
@@ -349,8 +371,10 @@ pub fn hostname() -> String {
 }
 
 /// An outgoing data connection: dial, hello, then frames. Pulls it could not send are reported.
+#[allow(clippy::too_many_arguments)]
 async fn peer_link(
     node: NodeId,
+    link: u64,
     me: NodeId,
     addr: String,
     token: Token,
@@ -367,7 +391,7 @@ async fn peer_link(
         }
         pulls
     };
-    let (_reader, mut writer) = match conn::dial(&addr, &token, max_frame).await {
+    let (mut reader, mut writer) = match conn::dial(&addr, &token, max_frame).await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(%node, %addr, error = %e, "cannot reach a peer");
@@ -383,6 +407,15 @@ async fn peer_link(
         return;
     }
     conn::spawn_writer(writer, rx);
+    // The peer never writes on this connection: reading only notices when it ends (the peer died
+    // or closed it), so that pulls sent on it fail at once instead of timing out.
+    loop {
+        tokio::select! {
+            r = reader.recv_bytes() => if r.is_err() { break },
+            _ = events.closed() => return,
+        }
+    }
+    let _ = events.send(Ev::PeerLinkDown { node, link });
 }
 
 struct WorkerEntry {
@@ -404,9 +437,12 @@ struct Core {
     head: Option<mpsc::UnboundedSender<Outbound<ToHead>>>,
     /// The current head link's tag.
     link: u64,
+    link_task: Option<JoinHandle<()>>,
     id: Option<NodeId>,
     peers: BTreeMap<NodeId, PeerInfo>,
-    out: BTreeMap<NodeId, mpsc::UnboundedSender<Outbound<PeerFrame>>>,
+    /// Outgoing data connections: the queue and the link's tag.
+    out: BTreeMap<NodeId, (mpsc::UnboundedSender<Outbound<PeerFrame>>, u64)>,
+    next_peer_link: u64,
     /// Objects arriving from peers: sender, the object being written, bytes written so far.
     incoming: BTreeMap<ObjectId, (NodeId, Creating, u64)>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
@@ -420,7 +456,12 @@ impl Core {
 
     fn connect(&mut self) {
         self.link += 1;
-        tokio::spawn(head_link(self.options.clone(), self.data_addr.clone(), self.link, self.events.clone()));
+        if let Some(old) = self.link_task.take() {
+            old.abort();
+        }
+        let link =
+            tokio::spawn(head_link(self.options.clone(), self.data_addr.clone(), self.link, self.events.clone()));
+        self.link_task = Some(link);
     }
 
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Ev>) -> Result<(), NodeError> {
@@ -487,6 +528,17 @@ impl Core {
                 self.out.remove(&node);
                 for object in pulls {
                     self.input(NodeInput::PullFailed { object, from: node });
+                }
+            }
+            Ev::PeerLinkDown { node, link } => {
+                // Only the link in use: an older one may end after its replacement started.
+                if self.out.get(&node).is_some_and(|(_, l)| *l == link) {
+                    self.out.remove(&node);
+                    tracing::debug!(%node, "the connection to a peer ended");
+                    // Whatever was asked of it on that connection will not be answered.
+                    for object in self.node.pulls_from(node) {
+                        self.input(NodeInput::PullFailed { object, from: node });
+                    }
                 }
             }
             Ev::WorkerHello { worker, tx } => match self.workers.get_mut(&worker) {
@@ -699,7 +751,7 @@ impl Core {
     /// The channel to a peer's data port, dialling it first if needed; `None` when its address
     /// is unknown.
     fn peer_channel(&mut self, node: NodeId) -> Option<mpsc::UnboundedSender<Outbound<PeerFrame>>> {
-        if let Some(tx) = self.out.get(&node).filter(|tx| !tx.is_closed()) {
+        if let Some((tx, _)) = self.out.get(&node).filter(|(tx, _)| !tx.is_closed()) {
             return Some(tx.clone());
         }
         let (Some(me), Some(addr)) = (self.id, self.peers.get(&node).map(|p| p.addr.clone())) else {
@@ -708,8 +760,10 @@ impl Core {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (token, max_frame, events) = (self.options.token.clone(), self.options.max_frame, self.events.clone());
-        tokio::spawn(peer_link(node, me, addr, token, max_frame, rx, events));
-        self.out.insert(node, tx.clone());
+        self.next_peer_link += 1;
+        let link = self.next_peer_link;
+        tokio::spawn(peer_link(node, link, me, addr, token, max_frame, rx, events));
+        self.out.insert(node, (tx.clone(), link));
         Some(tx)
     }
 
@@ -827,6 +881,16 @@ impl Core {
         self.head = None;
         self.id = None;
         self.node = Node::new(self.options.config.clone());
+    }
+}
+
+impl Drop for Core {
+    /// The core ends (the node stops or is aborted): its head link goes, and its workers die.
+    fn drop(&mut self) {
+        if let Some(link) = self.link_task.take() {
+            link.abort();
+        }
+        self.kill_all();
     }
 }
 

@@ -163,6 +163,10 @@ pub struct ClusterStatus {
     pub tasks_failed: u64,
     /// Nodes declared dead since the head started.
     pub nodes_lost: u64,
+    /// Attempts retried after a worker or node failure.
+    pub retries: u64,
+    /// Tasks run again to rebuild lost values.
+    pub reconstructions: u64,
     /// Seconds since the head started.
     pub uptime_s: f64,
 }

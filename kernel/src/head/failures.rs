@@ -7,9 +7,34 @@ use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::proto::{HeadToNode, TaskKind};
 
+/// How many times in a row a task may find an argument unfetchable before it spends its retries.
+pub const MAX_ARGUMENT_FAILURES: u8 = 8;
+
 impl Head {
     /// An attempt failed: retry within the budget, or fail the task for good.
+    ///
+    /// An argument that could not be fetched says little about the task: usually its holder has
+    /// just died and the failure detector has not noticed yet. Such an attempt is tried again
+    /// after a pause that grows with each failure (a quarter of the node timeout per failure),
+    /// without spending the task's retries, so that the holder is declared dead meanwhile and the
+    /// argument rebuilt from lineage; only after [`MAX_ARGUMENT_FAILURES`] does it count.
     pub(super) fn on_attempt_failed(&mut self, task: TaskId, failure: TaskFailure) {
+        let record = self.tasks.get_mut(task).expect("task");
+        if matches!(failure, TaskFailure::ArgumentUnavailable { .. })
+            && matches!(record.spec.kind, TaskKind::Normal)
+            && !record.cancel_requested
+            && record.argument_failures < MAX_ARGUMENT_FAILURES
+        {
+            record.argument_failures += 1;
+            record.attempt += 1;
+            record.state = TaskState::WaitingDeps { missing: 0 };
+            let (attempt, failures) = (record.attempt, u64::from(record.argument_failures));
+            self.stats.retries += 1;
+            let pause = crate::time::Duration((self.config.node_timeout.0 / 4).max(1_000_000) * failures);
+            let at = self.now + pause;
+            self.set_timer(at, super::Timer::RetryArguments(task, attempt));
+            return;
+        }
         let record = self.tasks.get(task).expect("task");
         let retryable = !record.cancel_requested
             && (failure.is_system() || (record.spec.retry_exceptions && !matches!(failure, TaskFailure::Cancelled)));
@@ -60,6 +85,15 @@ impl Head {
             self.fail_task_for(task, failure);
         } else {
             self.fail_task(task, ErrorReason::NodeLost { task, node });
+        }
+    }
+
+    /// The pause after an argument failure is over: resolve the task's arguments again (a lost
+    /// one is rebuilt, or waited for) unless the task moved on meanwhile.
+    pub(super) fn on_argument_retry(&mut self, task: TaskId, attempt: u32) {
+        let Some(record) = self.tasks.get(task) else { return };
+        if record.attempt == attempt && matches!(record.state, TaskState::WaitingDeps { missing: 0 }) {
+            self.resolve_dependencies(task);
         }
     }
 

@@ -179,6 +179,8 @@ enum Timer {
     Infeasible(TaskId),
     /// Fail the placement group if it is still infeasible.
     PlacementGroupInfeasible(PlacementGroupId),
+    /// Try again a task whose attempt could not fetch an argument.
+    RetryArguments(TaskId, u32),
 }
 
 /// Counters for reports and benchmarks.
@@ -294,6 +296,7 @@ impl Head {
             match timer {
                 Timer::Infeasible(task) => self.on_infeasible_timeout(task),
                 Timer::PlacementGroupInfeasible(pg) => self.on_pg_infeasible_timeout(pg),
+                Timer::RetryArguments(task, attempt) => self.on_argument_retry(task, attempt),
             }
         }
         self.schedule_pending();

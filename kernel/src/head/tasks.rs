@@ -77,6 +77,9 @@ pub(super) struct TaskRecord {
     pub state: TaskState,
     pub attempt: u32,
     pub retries_left: u32,
+    /// Attempts that ended because an argument could not be fetched; they wait and try again
+    /// without spending retries, up to [`super::failures::MAX_ARGUMENT_FAILURES`].
+    pub argument_failures: u8,
     pub cancel_requested: bool,
     /// Return objects whose records still exist.
     pub live_returns: u32,
@@ -399,6 +402,7 @@ impl Head {
             state: TaskState::WaitingDeps { missing: 0 },
             attempt: 0,
             retries_left,
+            argument_failures: 0,
             cancel_requested: false,
             lineage_bytes: 0,
             class: None,

@@ -387,6 +387,15 @@ impl Node {
         })
     }
 
+    /// The objects whose pull is waiting on `holder` now, in id order (a host that lost its
+    /// connection to `holder` reports each as a failed pull).
+    pub fn pulls_from(&self, holder: NodeId) -> Vec<ObjectId> {
+        let mut objects: Vec<ObjectId> =
+            self.pulls.iter().filter(|(_, p)| p.current() == holder).map(|(o, _)| o).collect();
+        objects.sort_unstable();
+        objects
+    }
+
     /// How many pulls are in progress.
     pub fn pull_count(&self) -> usize {
         self.pulls.len()
