@@ -495,3 +495,32 @@ fn an_argument_that_cannot_be_rebuilt_fails_with_retries_exhausted() {
     assert_eq!(object, a);
     assert_eq!(*cause, ErrorReason::RetriesExhausted { object: a, task: a.task, attempts: 1 });
 }
+
+#[test]
+fn an_argument_lost_with_its_holder_is_waited_for_and_rebuilt_without_spending_retries() {
+    // Pulls give up fast (100 ms), long before the head declares the holder dead (10 s).
+    let node_config =
+        NodeConfig { pull_timeout: Duration::from_millis(100), pull_max_attempts: 1, ..NodeConfig::default() };
+    let mut c = Cluster::new(HeadConfig::default(), node_config, Duration::from_millis(1));
+    for _ in 0..2 {
+        c.add_host(ResourceSet::cpus(2), proto::Labels::new());
+    }
+    run(&mut c, Duration::from_millis(10));
+    let job = c.start_job("argument-wait");
+    let (n0, n1) = (c.node_id(0), c.node_id(1));
+    let a = submit_out(&mut c, job, soft_on(task(job, 0, BIG), n0));
+    run(&mut c, Duration::from_millis(50));
+    assert_eq!(c.head.object_locations(a), vec![n0]);
+    // The holder dies; the head does not know yet when the consumer, with no retries, is placed.
+    c.crash_host(0);
+    let mut user = hard_on(task(job, 1, "ms=1"), n1);
+    user.max_retries = 0;
+    user.args.push(Arg::Ref(a));
+    let b = submit_out(&mut c, job, user);
+    run(&mut c, Duration::from_secs(30));
+    assert!(c.head.object_ready(b), "the consumer failed: {:?}", c.head.object_error(b));
+    assert!(c.head.stats().retries >= 2, "the consumer's fetch never failed: {:?}", c.head.stats());
+    assert_eq!(c.head.stats().nodes_lost, 1);
+    assert_eq!(c.head.stats().reconstructions, 1, "the lost argument was rebuilt");
+    c.check_invariants();
+}
