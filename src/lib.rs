@@ -1,19 +1,24 @@
 //! Keel's Rust API: remote functions, object references, and a cluster to run them on.
 //!
 //! ```no_run
-//! use keel::{remote, Remote};
+//! use keel::{actor, method, remote, ActorClass, Method, Remote};
 //!
 //! static SQUARE: Remote<(u64,), u64> = remote("square", |(x,)| x * x);
 //! static ADD: Remote<(u64, u64), u64> = remote("add", |(a, b)| a + b);
 //!
+//! struct Counter { total: i64 }
+//! static COUNTER: ActorClass<Counter, (i64,)> = actor("Counter", |(start,)| Counter { total: start });
+//! static INCR: Method<Counter, (i64,), i64> = method("Counter.incr", |c, (x,)| { c.total += x; c.total });
+//!
 //! fn main() -> keel::Result<()> {
-//!     // Connects to $KEEL_ADDRESS, or starts a local cluster in this process. When a node starts
-//!     // this same binary as a worker, `init` runs the worker and never returns.
-//!     let keel = keel::init(&[&SQUARE, &ADD])?;
-//!     let a = SQUARE.call(&keel, (3,))?;           // an ObjectRef<u64>; the task runs somewhere
-//!     let b = SQUARE.call(&keel, (4,))?;
-//!     let sum = ADD.call(&keel, (&a, &b))?;        // arguments may be values or references
+//!     // Connects to $KEEL_ADDRESS, or starts a head and a node in this process. A node runs this
+//!     // same binary as its worker: then `init` serves tasks and never returns.
+//!     let keel = keel::init(&[&SQUARE, &ADD, &COUNTER, &INCR])?;
+//!     let (a, b) = (SQUARE.call(&keel, (3,))?, SQUARE.call(&keel, (4,))?);
+//!     let sum = ADD.call(&keel, (&a, &b))?;            // arguments: values or references
 //!     assert_eq!(keel.get(&sum)?, 25);
+//!     let counter = COUNTER.create(&keel, (10,))?;
+//!     assert_eq!(keel.get(&INCR.call(&keel, &counter, (5,))?)?, 15);
 //!     Ok(())
 //! }
 //! ```
