@@ -172,12 +172,14 @@ async fn a_wrong_token_is_refused_and_the_cluster_keeps_serving() {
     assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
 }
 
+/// Sends `bytes` and checks that the peer closes the connection (reading reaches its end).
 async fn send_raw(addr: &str, bytes: &[u8]) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;
-    // The peer closes the connection: reading ends.
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf);
+    let closed = tokio::time::timeout(Duration::from_secs(5), read).await;
+    assert!(closed.is_ok(), "{addr} kept the connection open after {} bad bytes", bytes.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,9 +376,10 @@ fn a_node_killed_mid_task_is_declared_dead_and_the_task_finishes_elsewhere() {
 fn a_killed_worker_process_is_retried_and_the_retry_succeeds() {
     let cluster = Processes::start("kill-worker");
     let mark = cluster.home.join("first-attempt-ran");
-    // The first attempt kills its own worker process ($PPID is `keel worker`); the retry finishes.
+    // The first attempt kills its own worker process ($PPID is `keel worker`), once its first line
+    // has had time to travel; the retry finishes.
     let script = format!(
-        "if [ ! -e {m} ]; then touch {m}; echo first; kill -9 $PPID; sleep 5; fi; echo second",
+        "if [ ! -e {m} ]; then touch {m}; echo first; sleep 0.5; kill -9 $PPID; sleep 5; fi; echo second",
         m = mark.display()
     );
     let mut submit = cluster.submit(&script);

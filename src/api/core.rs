@@ -35,6 +35,7 @@ enum Cmd {
     Send(DriverToHead),
     Subscribe { object: ObjectId, reply: oneshot::Sender<Result<Resolution, String>> },
     Forget(ObjectId),
+    Invalidate(ObjectId),
     Finish(oneshot::Sender<()>),
     Barrier(oneshot::Sender<()>),
     Named { namespace: String, name: String, reply: oneshot::Sender<Option<ActorId>> },
@@ -148,6 +149,11 @@ impl Shared {
         .map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
     }
 
+    /// Forgets what the head said of `object`, so that the next wait asks it again.
+    pub fn invalidate(&self, object: ObjectId) {
+        let _ = self.cmds.send(Cmd::Invalidate(object));
+    }
+
     pub fn forget(&self, object: ObjectId) {
         let _ = self.cmds.send(Cmd::Forget(object));
     }
@@ -219,7 +225,8 @@ async fn fetch(addr: &str, token: &Token, object: ObjectId) -> Result<Vec<u8>, S
                     return Err(format!("chunk at {offset} after {} bytes", bytes.len()));
                 }
                 if bytes.is_empty() {
-                    bytes.reserve(total as usize);
+                    // The size is the peer's word: reserve up front only within reason.
+                    bytes.reserve(total.min(64 << 20) as usize);
                 }
                 bytes.extend_from_slice(&data);
                 if last {
@@ -273,6 +280,12 @@ async fn run(
                     }
                     Cmd::Forget(object) => {
                         objects.remove(&object);
+                    }
+                    Cmd::Invalidate(object) => {
+                        if let Some(a) = objects.get_mut(&object) {
+                            a.resolution = None;
+                            a.subscribed = false;
+                        }
                     }
                     Cmd::Finish(done) => {
                         out(DriverToHead::FinishJob);

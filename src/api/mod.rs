@@ -296,8 +296,16 @@ impl Keel {
         // The creation value of an actor found by name belongs to its creator; this handle only
         // names the actor.
         let created = ObjectId::for_return(TaskId(actor.0), 1);
-        *self.inner.handles.lock().expect("handles").entry(created).or_insert(0) += 1;
-        self.send(DriverToHead::AddRef(created))?;
+        let first = {
+            let mut handles = self.inner.handles.lock().expect("handles");
+            let n = handles.entry(created).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        // The head counts one handle per holder: only the first local one is announced.
+        if first {
+            self.send(DriverToHead::AddRef(created))?;
+        }
         Ok(Some(ActorHandle {
             id: actor,
             created: ObjectRef { handle: Handle { object: created, keel: self.clone() }, _t: PhantomData },
@@ -351,8 +359,24 @@ impl Keel {
             Resolution::Refused(why) => Err(Error::Refused(why)),
             Resolution::Ready(ObjectData::Inline(bytes)) => decode(&bytes),
             Resolution::Ready(ObjectData::At(nodes)) => {
-                let bytes = self.inner.shared.read(object, &nodes, &self.inner.host)?;
-                decode(&bytes)
+                match self.inner.shared.read(object, &nodes, &self.inner.host) {
+                    Ok(bytes) => decode(&bytes),
+                    Err(first) => {
+                        // The holders known when it was ready are gone: ask the head again (it
+                        // answers once the value is rebuilt or found elsewhere), then read again.
+                        self.inner.shared.invalidate(object);
+                        match self.inner.shared.resolve(object)? {
+                            Resolution::Ready(ObjectData::At(nodes)) => {
+                                let bytes =
+                                    self.inner.shared.read(object, &nodes, &self.inner.host).map_err(|_| first)?;
+                                decode(&bytes)
+                            }
+                            Resolution::Ready(ObjectData::Inline(bytes)) => decode(&bytes),
+                            Resolution::Failed(reason) => Err(Error::Task(reason)),
+                            Resolution::Refused(why) => Err(Error::Refused(why)),
+                        }
+                    }
+                }
             }
         }
     }

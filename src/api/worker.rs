@@ -114,6 +114,8 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     while let Ok(exec) = exec_rx.recv() {
         *keel.inner.ids.lock().expect("ids") =
             IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
+        // The head orders actor calls per calling task: each task numbers its calls from 0.
+        keel.inner.actor_seqs.lock().expect("seqs").clear();
         let outcome = execute(&registry, &exec, &mut actor);
         // What the function sent (its submissions, the handles it dropped) goes before its end.
         keel.inner.shared.barrier();

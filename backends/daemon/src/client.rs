@@ -182,13 +182,8 @@ pub async fn submit_command(
         tracing::warn!(error = %lost.expect("lost"), "lost the head; reconnecting");
         driver = reconnect(addr, token, job).await?;
     };
-    // Output can trail the result by a moment (it travels from the worker's pipes, the result
-    // from its socket); take what arrives within 50 ms, then end the job.
-    while let Ok(Ok(msg)) = tokio::time::timeout(std::time::Duration::from_millis(50), driver.recv()).await {
-        if let FromHead::Output(chunk) = msg {
-            output(&chunk);
-        }
-    }
+    // A command's output all comes before its result (the worker sends it first, and every hop
+    // keeps the order), so the job can end now.
     driver.finish().await?;
     Ok(outcome)
 }

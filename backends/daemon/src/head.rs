@@ -224,7 +224,10 @@ struct Core {
     head: Head,
     start: Instant,
     conns: BTreeMap<ConnId, ConnState>,
+    /// Live nodes, as peers and drivers learn of them.
     nodes: BTreeMap<NodeId, NodeEntry>,
+    /// The connection of every node that has one, dead or alive in the machine's eyes.
+    routes: BTreeMap<NodeId, ConnId>,
     drivers: BTreeMap<JobId, ConnId>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
     stopping: bool,
@@ -233,6 +236,8 @@ struct Core {
     base: Time,
     /// Frames waiting for the journal to be synced.
     pending: Vec<(ConnId, Outbound<FromHead>)>,
+    /// The first journal append of this batch that failed.
+    journal_failed: Option<JournalError>,
 }
 
 impl Core {
@@ -242,12 +247,14 @@ impl Core {
             start: Instant::now(),
             conns: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            routes: BTreeMap::new(),
             drivers: BTreeMap::new(),
             jobs: BTreeMap::new(),
             stopping: false,
             journal: None,
             base: Time::ZERO,
             pending: Vec::new(),
+            journal_failed: None,
         }
     }
 
@@ -328,6 +335,9 @@ impl Core {
 
     /// Makes the batch's journal records durable, then sends what the batch produced.
     fn release(&mut self) -> Result<(), JournalError> {
+        if let Some(e) = self.journal_failed.take() {
+            return Err(e);
+        }
         if let Some(j) = self.journal.as_mut() {
             j.sync()?;
         }
@@ -339,10 +349,13 @@ impl Core {
         Ok(())
     }
 
+    /// Appends to the journal. A failed append poisons the batch: [`Core::release`] then
+    /// reports it and the head stops, rather than send outputs a restart would not know of.
     fn record(&mut self, entry: &Entry) {
         if let Some(j) = self.journal.as_mut() {
             if let Err(e) = j.append(entry) {
-                tracing::error!(error = %e, "cannot write the journal; a restart would lose this input");
+                tracing::error!(error = %e, "cannot write the journal");
+                self.journal_failed.get_or_insert(e);
             }
         }
     }
@@ -377,7 +390,7 @@ impl Core {
 
     /// A driver takes up its job again on a new connection.
     fn resume_job(&mut self, conn: ConnId, peer: String, tx: mpsc::UnboundedSender<Outbound<FromHead>>, job: JobId) {
-        if self.head.job_name(job).is_none() || self.drivers.contains_key(&job) {
+        if !self.head.job_running(job) || self.drivers.contains_key(&job) {
             let why = if self.drivers.contains_key(&job) { "already has a driver" } else { "is not running" };
             tracing::warn!(%peer, %job, why, "refused to resume a job");
             let _ = tx.send(Outbound::Frame(FromHead::Welcome(Welcome::Refused(InputError::UnknownJob(job)))));
@@ -491,7 +504,8 @@ impl Core {
                         self.input(HeadInput::DriverDisconnected(job));
                     }
                     // The machine decides when the node is dead (heartbeats stop); only the route goes.
-                    Role::Node(node) if self.nodes.get(&node).is_some_and(|n| n.conn == conn) => {
+                    Role::Node(node) if self.routes.get(&node) == Some(&conn) => {
+                        self.routes.remove(&node);
                         tracing::info!(%node, "node connection closed");
                     }
                     _ => {}
@@ -516,6 +530,7 @@ impl Core {
                         let node = *node;
                         tracing::info!(%node, %addr, %host, "node registered");
                         self.nodes.insert(node, NodeEntry { conn, info: PeerInfo { node, addr, host, store_dir } });
+                        self.routes.insert(node, conn);
                         Role::Node(node)
                     }
                     (Welcome::JobRegistered(job), Role::PendingDriver { program }) => {
@@ -545,9 +560,11 @@ impl Core {
                     }
                 }
             }
+            // A node declared dead is still reachable while its connection lasts: that is how
+            // it hears it must register again.
             HeadOutput::ToNode { node, msg } => {
-                if let Some(n) = self.nodes.get(&node) {
-                    self.send(n.conn, FromHead::Node(msg));
+                if let Some(&conn) = self.routes.get(&node) {
+                    self.send(conn, FromHead::Node(msg));
                 }
             }
             HeadOutput::ToDriver { job, msg } => {

@@ -128,6 +128,11 @@ impl Journal {
         if torn_tail_bytes > 0 && !bytes.is_empty() {
             file.set_len(good_len).map_err(io_err)?;
             file.seek(SeekFrom::End(0)).map_err(io_err)?;
+            if good_len < MAGIC.len() as u64 {
+                // Even the header was cut short: write it again.
+                file.write_all(MAGIC).map_err(io_err)?;
+                file.sync_data().map_err(io_err)?;
+            }
         }
         let records = entries.len() as u64;
         let journal = Journal { path: path.to_path_buf(), out: BufWriter::new(file), dirty: false, records };
@@ -196,7 +201,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Entry>, u64), JournalErro
             record: inputs.len() as u64,
             detail,
         };
-        if len > MAX_RECORD {
+        // A crash can leave the file's end filled with zeros (the length grew, the data did not
+        // land): that is a torn tail too. Checked only when a record looks wrong.
+        let zeros_to_end = || rest.iter().all(|&b| b == 0);
+        if len == 0 || len > MAX_RECORD {
+            if zeros_to_end() {
+                return Ok((inputs, at as u64));
+            }
             return Err(corrupt(format!("a record of {len} bytes")));
         }
         let end = 8 + len as usize;
@@ -206,7 +217,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Entry>, u64), JournalErro
         }
         let body = &rest[8..end];
         if crc32fast::hash(body) != crc {
-            if at + end == bytes.len() {
+            if at + end == bytes.len() || zeros_to_end() {
                 // The last record, half written: a torn tail, not corruption.
                 return Ok((inputs, at as u64));
             }
@@ -271,6 +282,33 @@ mod tests {
         drop(j);
         let (_, rec) = Journal::open(&path).unwrap();
         assert_eq!(rec.entries, vec![input(1), input(3)]);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_zero_filled_tail_and_a_cut_header_are_torn_tails_and_the_journal_goes_on() {
+        let path = temp("zeros");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&input(1)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 40]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut j, rec) = Journal::open(&path).unwrap();
+        assert_eq!((rec.entries, rec.torn_tail_bytes), (vec![input(1)], 40));
+        j.append(&input(2)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        assert_eq!(Journal::open(&path).unwrap().1.entries, vec![input(1), input(2)]);
+        // A file holding part of the header only: it starts afresh, header included.
+        std::fs::write(&path, &MAGIC[..3]).unwrap();
+        let (mut j, rec) = Journal::open(&path).unwrap();
+        assert!(rec.entries.is_empty());
+        j.append(&input(3)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        assert_eq!(Journal::open(&path).unwrap().1.entries, vec![input(3)]);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

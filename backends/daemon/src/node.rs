@@ -81,6 +81,7 @@ pub struct NodeHandle {
     data_addr: SocketAddr,
     core: JoinHandle<Result<(), NodeError>>,
     listeners: Vec<JoinHandle<()>>,
+    store_dir: PathBuf,
 }
 
 impl NodeHandle {
@@ -94,12 +95,14 @@ impl NodeHandle {
         self.core.await.unwrap_or(Ok(()))
     }
 
-    /// Stops the node at once, as a crash would: its workers are killed and its connections close.
+    /// Stops the node at once, as a crash would: its workers are killed, its connections close
+    /// and its objects are gone.
     pub fn abort(&self) {
         self.core.abort();
         for l in &self.listeners {
             l.abort();
         }
+        let _ = std::fs::remove_dir_all(&self.store_dir);
     }
 }
 
@@ -150,6 +153,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
         tokio::spawn(accept_peers(data, options.token.clone(), options.max_frame, tx.clone())),
         tokio::spawn(accept_workers(workers, options.token.clone(), options.max_frame, tx.clone())),
     ];
+    let store_dir = options.store_dir.clone();
     let core = Core {
         node: Node::new(options.config.clone()),
         start: Instant::now(),
@@ -171,7 +175,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
         options,
     };
     let core = tokio::spawn(core.run(rx));
-    Ok(NodeHandle { data_addr, core, listeners })
+    Ok(NodeHandle { data_addr, core, listeners, store_dir })
 }
 
 async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>) {
@@ -568,10 +572,17 @@ impl Core {
                         if Some(*n) == self.id {
                             if let Err(e) = self.store.adopt(*object, *size) {
                                 tracing::warn!(%object, error = %e, "a worker's put is not in the store");
+                                let _ = std::fs::remove_file(keel_shm::path_of(self.store.dir(), *object));
                             }
                         }
                     }
                     self.input(NodeInput::FromWorker { worker, msg })
+                }
+                FromWorker::Output { task, attempt, stream, data } => {
+                    if let (Some(node), Some(w)) = (self.id, self.workers.get(&worker)) {
+                        let chunk = OutputChunk { job: w.job, task, attempt, node, stream, data };
+                        self.send_to_head(ToHead::Output(chunk));
+                    }
                 }
                 FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
             },
@@ -811,6 +822,7 @@ impl Core {
             if inline.is_none() {
                 if let Err(e) = self.store.adopt(*object, *size) {
                     tracing::warn!(%object, error = %e, "a worker's value is not in the store");
+                    let _ = std::fs::remove_file(keel_shm::path_of(self.store.dir(), *object));
                     for ReturnValue { object, inline, .. } in &values {
                         if inline.is_none() {
                             self.store.delete(*object);

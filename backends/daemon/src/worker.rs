@@ -7,9 +7,11 @@ use crate::CommandResult;
 use keel_kernel::errors::TaskFailure;
 use keel_kernel::ids::{ObjectId, WorkerId};
 use keel_kernel::proto::{Function, ReturnValue, TaskOutcome, TaskSpec};
-use keel_net::wire::{FromWorker, ToWorker};
+use keel_net::wire::{FromWorker, Stream, ToWorker};
 use keel_net::{FrameReader, FrameWriter, NetError, Token, DEFAULT_MAX_FRAME};
+use std::process::Stdio;
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
 /// Why the worker could not run.
@@ -92,7 +94,7 @@ pub async fn run_command_worker() -> Result<(), WorkerError> {
         };
         match msg {
             ToWorker::Execute { spec, attempt, .. } => {
-                let outcome = execute(&spec, &mut reader, attempt).await?;
+                let outcome = execute(&spec, &mut reader, &mut writer, attempt).await?;
                 writer.send(&FromWorker::Done { task: spec.task, attempt, outcome }).await?;
             }
             ToWorker::Interrupt { .. } | ToWorker::Message(_) | ToWorker::Peer(_) => {}
@@ -105,9 +107,12 @@ fn failure(message: String) -> TaskOutcome {
 }
 
 /// Runs one command task, stopping it if the node interrupts this attempt.
+/// Runs one command task, stopping it if the node interrupts this attempt. Its output is read
+/// here and sent to the node before the attempt's end, so that none of it can trail the result.
 async fn execute(
     spec: &Arc<TaskSpec>,
     reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
+    writer: &mut FrameWriter<tokio::net::unix::OwnedWriteHalf>,
     attempt: u32,
 ) -> Result<TaskOutcome, WorkerError> {
     let argv = match &spec.function {
@@ -120,13 +125,58 @@ async fn execute(
     if spec.num_returns != 1 {
         return Ok(failure(format!("a command task returns one value (its exit code), not {}", spec.num_returns)));
     }
-    let mut child = match tokio::process::Command::new(&argv[0]).args(&argv[1..]).kill_on_drop(true).spawn() {
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command.args(&argv[1..]).kill_on_drop(true).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Its own process group: whatever it leaves behind is killed with it, so its pipes close.
+    command.process_group(0);
+    // And it dies with this worker: a worker killed under it must not leave it running.
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of this process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return Ok(failure(format!("cannot start {}: {e}", argv[0]))),
     };
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let (mut out_open, mut err_open) = (true, true);
+    let (mut out_buf, mut err_buf) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    let mut status: Option<Result<std::process::ExitStatus, String>> = None;
+    let task = spec.task;
     let status = loop {
+        if let Some(s) = &status {
+            if !out_open && !err_open {
+                break s.clone();
+            }
+        }
         tokio::select! {
-            status = child.wait() => break status,
+            s = child.wait(), if status.is_none() => {
+                // Anything it left running in its group goes too, so that the pipes reach their end.
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) on a process group; no memory is involved.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                status = Some(s.map_err(|e| e.to_string()));
+            }
+            n = out.read(&mut out_buf), if out_open => match n {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => {
+                    let data = out_buf[..n].to_vec();
+                    writer.send(&FromWorker::Output { task, attempt, stream: Stream::Stdout, data }).await?;
+                }
+            },
+            n = err.read(&mut err_buf), if err_open => match n {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => {
+                    let data = err_buf[..n].to_vec();
+                    writer.send(&FromWorker::Output { task, attempt, stream: Stream::Stderr, data }).await?;
+                }
+            },
             msg = reader.recv::<ToWorker>("message to a worker") => match msg {
                 Ok(ToWorker::Interrupt { task, attempt: a }) if task == spec.task && a == attempt => {
                     let _ = child.start_kill();

@@ -254,6 +254,17 @@ pub enum FromWorker {
     },
     /// The running task submits work or talks to the head (it is a submitter too).
     Submit(DriverToHead),
+    /// Output the running attempt printed; it all comes before the attempt's `Done`.
+    Output {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
 
 /// Frames from a node to one of its worker processes.

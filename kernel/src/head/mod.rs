@@ -404,6 +404,11 @@ impl Head {
         Demand { queued: self.tasks.queued_shapes(), infeasible: infeasible.into_iter().collect() }
     }
 
+    /// Whether `job` is running (registered and not finished).
+    pub fn job_running(&self, job: JobId) -> bool {
+        self.jobs.is_running(job)
+    }
+
     /// A summary of an actor.
     pub fn actor(&self, actor: ActorId) -> Option<ActorSummary> {
         self.actors.summary(actor)
