@@ -388,6 +388,26 @@ fn a_killed_worker_process_is_retried_and_the_retry_succeeds() {
     assert_eq!(wait_exit(&mut submit, Duration::from_secs(10)), 0);
 }
 
+#[test]
+fn a_node_paused_past_its_timeout_is_declared_dead_and_registers_again_when_it_resumes() {
+    let cluster = Processes::start("pause-node");
+    let pid = cluster.nodes[0].0.child.id() as i32;
+    // SAFETY: signals to a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(client::status(&cluster.addr, &cluster.token())).unwrap().nodes_lost == 0 {
+        assert!(Instant::now() < deadline, "the paused node was never declared dead");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // It hears it is unknown, resets, and joins again under a new id: three live nodes again.
+    cluster.wait_for_nodes(3);
+    let status = rt.block_on(client::status(&cluster.addr, &cluster.token())).unwrap();
+    assert_eq!((status.nodes.len(), status.nodes_lost), (3, 1));
+    assert!(status.nodes.iter().any(|n| n.id.0 > 3), "no node registered under a new id: {status:?}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
