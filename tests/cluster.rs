@@ -408,6 +408,46 @@ fn a_node_paused_past_its_timeout_is_declared_dead_and_registers_again_when_it_r
     assert!(status.nodes.iter().any(|n| n.id.0 > 3), "no node registered under a new id: {status:?}");
 }
 
+#[test]
+fn a_map_reduce_on_a_head_and_three_node_processes_gives_the_right_answer() {
+    let cluster = Processes::start("wordcount");
+    // Seven files whose word counts are known: file i holds i+1 "alpha", 2 "beta", and "gamma{i}".
+    let texts = cluster.home.join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    let files: Vec<String> = (0..7)
+        .map(|i| {
+            let path = texts.join(format!("f{i}.txt"));
+            let text = format!("{} beta beta gamma{i}\n", vec!["alpha"; i + 1].join(" "));
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    // The driver is the wordcount example; the nodes run it again as their workers.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().and_then(Path::parent).unwrap().join("examples").join("wordcount");
+    assert!(example.exists(), "{} is missing (cargo test builds the examples)", example.display());
+    let out = Command::new(&example)
+        .args(&files)
+        .env("KEEL_ADDRESS", &cluster.addr)
+        .env("KEEL_TOKEN_FILE", cluster.home.join("head").join("token"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("7 files, 9 distinct words"), "{stdout}");
+    let count = |word: &str| {
+        stdout.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let n = parts.next()?.parse::<u64>().ok()?;
+            (parts.next()? == word).then_some(n)
+        })
+    };
+    assert_eq!((count("alpha"), count("beta"), count("gamma3")), (Some(28), Some(14), Some(1)), "{stdout}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = rt.block_on(client::status(&cluster.addr, &cluster.token())).unwrap();
+    assert_eq!(status.tasks_finished, 7 + 6, "seven maps and six pairwise merges: {status:?}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
