@@ -443,6 +443,11 @@ fn a_map_reduce_on_a_head_and_three_node_processes_gives_the_right_answer() {
         })
     };
     assert_eq!((count("alpha"), count("beta"), count("gamma3")), (Some(28), Some(14), Some(1)), "{stdout}");
+    // What each map task printed on its node reached the driver.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for f in &files {
+        assert!(stderr.contains(&format!("counted {f}: ")), "no output from the task on {f}: {stderr}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let status = rt.block_on(client::status(&cluster.addr, &cluster.token())).unwrap();
     assert_eq!(status.tasks_finished, 7 + 6, "seven maps and six pairwise merges: {status:?}");

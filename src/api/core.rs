@@ -432,6 +432,15 @@ pub(crate) fn connect_driver() -> Result<Keel> {
                 Ok(FromHead::Driver(m)) => Incoming::Msg(m),
                 Ok(FromHead::Peer(info)) => Incoming::Peer(info),
                 Ok(FromHead::Stopping) => Incoming::Lost("the cluster is stopping".into()),
+                // What the job's tasks print appears in the driver's own output, as it comes.
+                Ok(FromHead::Output(chunk)) => {
+                    use std::io::Write;
+                    let _ = match chunk.stream {
+                        keel_net::wire::Stream::Stdout => std::io::stdout().write_all(&chunk.data),
+                        keel_net::wire::Stream::Stderr => std::io::stderr().write_all(&chunk.data),
+                    };
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => Incoming::Lost(e.to_string()),
             };

@@ -1,5 +1,6 @@
 //! The API's types: [`Keel`], [`ObjectRef`], [`Remote`], [`TaskOptions`], [`Error`].
 
+mod capture;
 mod core;
 mod local;
 mod worker;

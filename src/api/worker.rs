@@ -82,6 +82,12 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
             }
         }
     });
+    let current: super::capture::Current = Arc::new(Mutex::new(None));
+    let output_tx = wtx.clone();
+    let capture = super::capture::Capture::start(current.clone(), move |frame| {
+        let _ = output_tx.send(Outbound::Frame(frame));
+    })
+    .map_err(|e| Error::Setup(format!("cannot capture the worker's output: {e}")))?;
     let submit_tx = wtx.clone();
     let out = Box::new(move |m: DriverToHead| submit_tx.send(Outbound::Frame(FromWorker::Submit(m))).is_ok());
     let shared = Shared::start(runtime.handle().clone(), irx, out, env.token.clone());
@@ -116,7 +122,11 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
             IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
         // The head orders actor calls per calling task: each task numbers its calls from 0.
         keel.inner.actor_seqs.lock().expect("seqs").clear();
+        *current.lock().expect("current") = Some((exec.spec.task, exec.attempt));
         let outcome = execute(&registry, &exec, &mut actor);
+        // Everything it printed goes before its end.
+        capture.sync();
+        *current.lock().expect("current") = None;
         // What the function sent (its submissions, the handles it dropped) goes before its end.
         keel.inner.shared.barrier();
         let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };

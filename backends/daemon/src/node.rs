@@ -11,14 +11,14 @@
 
 use crate::conn::{self, Outbound};
 use keel_kernel::errors::TaskFailure;
-use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+use keel_kernel::ids::{JobId, NodeId, ObjectId, WorkerId};
 use keel_kernel::node::{NodeOutput, WorkerKind};
 use keel_kernel::proto::{DriverToHead, ReturnValue, TaskOutcome};
 use keel_kernel::proto::{Hello, Labels, NodeToNode, Welcome, PROTOCOL_VERSION};
 use keel_kernel::{Node, NodeConfig, NodeInput, ResourceSet, Time};
 use keel_net::backoff::Backoff;
 use keel_net::wire::{
-    FromHead, FromWorker, OutputChunk, PeerFrame, PeerInfo, Register, Stream, ToHead, ToWorker, WorkerProgram,
+    FromHead, FromWorker, OutputChunk, PeerFrame, PeerInfo, Register, ToHead, ToWorker, WorkerProgram,
 };
 use keel_net::{NetError, Token};
 use keel_process::{ExitStatus, ProcessEvent, ProcessHandle, ProcessSpec, Spawner};
@@ -426,7 +426,6 @@ struct WorkerEntry {
     process: Option<ProcessHandle>,
     tx: Option<mpsc::UnboundedSender<Outbound<ToWorker>>>,
     job: JobId,
-    running: Option<(TaskId, u32)>,
 }
 
 struct Core {
@@ -560,9 +559,6 @@ impl Core {
             },
             Ev::Worker { worker, msg } => match msg {
                 FromWorker::Done { task, attempt, outcome } => {
-                    if let Some(w) = self.workers.get_mut(&worker) {
-                        w.running = None;
-                    }
                     let outcome = self.adopt_returns(outcome);
                     self.input(NodeInput::TaskDone { worker, task, attempt, outcome });
                 }
@@ -695,17 +691,11 @@ impl Core {
         }
     }
 
+    /// A worker process wrote to its own standard output or error. It is in the worker's log
+    /// file already; what its tasks print reaches their submitters through the worker itself
+    /// (`FromWorker::Output`, ordered before the attempt's end), so nothing more is done here.
     fn on_output(&mut self, worker: WorkerId, stream: keel_process::Stream, data: Vec<u8>) {
-        let (Some(node), Some(w)) = (self.id, self.workers.get(&worker)) else { return };
-        let Some((task, attempt)) = w.running else {
-            tracing::debug!(%worker, bytes = data.len(), "output from an idle worker (logged only)");
-            return;
-        };
-        let stream = match stream {
-            keel_process::Stream::Stdout => Stream::Stdout,
-            keel_process::Stream::Stderr => Stream::Stderr,
-        };
-        self.send_to_head(ToHead::Output(OutputChunk { job: w.job, task, attempt, node, stream, data }));
+        tracing::trace!(%worker, ?stream, bytes = data.len(), "worker output (logged)");
     }
 
     fn drain(&mut self) {
@@ -723,7 +713,6 @@ impl Core {
                 let store_dir = self.store.dir().display().to_string();
                 match self.workers.get_mut(&worker) {
                     Some(w) => {
-                        w.running = Some((spec.task, attempt));
                         if let Some(tx) = &w.tx {
                             let _ = tx.send(Outbound::Frame(ToWorker::Execute { spec, attempt, args, store_dir }));
                         }
@@ -865,7 +854,7 @@ impl Core {
         match self.spawner.spawn(worker, &spec) {
             Ok(handle) => {
                 tracing::debug!(%worker, pid = handle.pid(), %job, "worker started");
-                self.workers.insert(worker, WorkerEntry { process: Some(handle), tx: None, job, running: None });
+                self.workers.insert(worker, WorkerEntry { process: Some(handle), tx: None, job });
             }
             Err(e) => {
                 tracing::warn!(%worker, error = %e, "cannot start a worker");
