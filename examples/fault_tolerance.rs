@@ -11,7 +11,7 @@
 use keel::{remote, Remote, TaskOptions};
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
-use keel_kernel::proto::{Labels, SchedulingStrategy};
+use keel_kernel::proto::SchedulingStrategy;
 use keel_kernel::{Duration, NodeConfig, ResourceSet};
 use keel_net::wire::WorkerProgram;
 use keel_net::Token;
@@ -50,21 +50,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut nodes = Vec::new();
         for i in 0..3 {
             let config = NodeConfig { heartbeat_period: Duration::from_millis(250), ..NodeConfig::default() };
-            nodes.push(
-                node::start(NodeOptions {
-                    head: head.addr().to_string(),
-                    token: token.clone(),
-                    resources: ResourceSet::cpus(1),
-                    labels: Labels::new(),
-                    data_listen: "127.0.0.1:0".into(),
-                    work_dir: dir.join(format!("node-{i}")),
-                    store_dir: dir.join(format!("store-{i}")),
-                    config,
-                    command_worker: WorkerProgram { path: exe.clone(), args: vec![], cwd: String::new(), env: vec![] },
-                    max_frame: keel_net::DEFAULT_MAX_FRAME,
-                })
-                .await?,
-            );
+            let (work, store) = (dir.join(format!("node-{i}")), dir.join(format!("store-{i}")));
+            let worker = WorkerProgram::new(exe.clone(), Vec::new());
+            let options = NodeOptions {
+                config,
+                ..NodeOptions::new(head.addr().to_string(), token.clone(), ResourceSet::cpus(1), work, store, worker)
+            };
+            nodes.push(node::start(options).await?);
         }
         let ids = loop {
             let s = keel_daemon::client::status(&head.addr().to_string(), &token).await?;

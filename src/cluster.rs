@@ -383,18 +383,9 @@ pub fn run_up(args: &UpArgs) -> Result<(), String> {
         let addr = head.addr().to_string();
         let mut nodes = Vec::new();
         for i in 0..args.nodes {
-            let options = NodeOptions {
-                head: addr.clone(),
-                token: token.clone(),
-                resources: ResourceSet { cpu: Amount::from_f64(cpus).ok_or("bad --cpus")?, ..ResourceSet::default() },
-                labels: Labels::new(),
-                data_listen: "127.0.0.1:0".into(),
-                work_dir: run_dir.join(format!("node-{i}")),
-                store_dir: store_root.join(format!("node-{i}")),
-                config: NodeConfig::default(),
-                command_worker: worker.clone(),
-                max_frame: DEFAULT_MAX_FRAME,
-            };
+            let resources = ResourceSet { cpu: Amount::from_f64(cpus).ok_or("bad --cpus")?, ..ResourceSet::default() };
+            let (work, store) = (run_dir.join(format!("node-{i}")), store_root.join(format!("node-{i}")));
+            let options = NodeOptions::new(&addr, token.clone(), resources, work, store, worker.clone());
             nodes.push(node::start(options).await.map_err(|e| e.to_string())?);
         }
         write_address(&home, &addr)?;

@@ -10,7 +10,7 @@ use keel::{
 };
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
-use keel_kernel::proto::{Labels, SchedulingStrategy};
+use keel_kernel::proto::SchedulingStrategy;
 use keel_kernel::{NodeConfig, NodeId, ResourceSet};
 use keel_net::wire::WorkerProgram;
 use keel_net::Token;
@@ -237,22 +237,14 @@ fn main() {
         let head = head::start(options).await.unwrap();
         let mut nodes = Vec::new();
         for i in 0..2 {
+            let (work, store) = (dir.join(format!("node-{i}")), dir.join(format!("store-{i}")));
+            let worker = WorkerProgram::new("/bin/false", Vec::new());
             let options = NodeOptions {
-                head: head.addr().to_string(),
-                token: token.clone(),
-                resources: ResourceSet::cpus(1),
-                labels: Labels::new(),
-                data_listen: "127.0.0.1:0".into(),
-                work_dir: dir.join(format!("node-{i}")),
-                store_dir: dir.join(format!("store-{i}")),
-                config: NodeConfig::default(),
-                command_worker: WorkerProgram {
-                    path: "/bin/false".into(),
-                    args: vec![],
-                    cwd: String::new(),
-                    env: vec![],
+                config: NodeConfig {
+                    heartbeat_period: keel_kernel::Duration::from_millis(250),
+                    ..NodeConfig::default()
                 },
-                max_frame: keel_net::DEFAULT_MAX_FRAME,
+                ..NodeOptions::new(head.addr().to_string(), token.clone(), ResourceSet::cpus(1), work, store, worker)
             };
             nodes.push(node::start(options).await.unwrap());
         }

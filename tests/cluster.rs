@@ -5,8 +5,8 @@ use keel_daemon::client::{self, Driver, SubmitOptions, SubmitOutcome};
 use keel_daemon::head::{self, HeadHandle, HeadOptions};
 use keel_daemon::node::{self, NodeHandle, NodeOptions};
 use keel_kernel::errors::{ErrorReason, TaskFailure};
-use keel_kernel::proto::{DriverToHead, Function, HeadToDriver, Labels, TaskSpec};
-use keel_kernel::{NodeConfig, ResourceSet};
+use keel_kernel::proto::{DriverToHead, Function, HeadToDriver, TaskSpec};
+use keel_kernel::ResourceSet;
 use keel_net::wire::{FromHead, WorkerProgram};
 use keel_net::{NetError, Token};
 use std::io::{BufRead, BufReader, Write};
@@ -44,23 +44,9 @@ impl Local {
         let head = head::start(options).await.unwrap();
         let mut handles = Vec::new();
         for i in 0..nodes {
-            let options = NodeOptions {
-                head: head.addr().to_string(),
-                token: token(),
-                resources: ResourceSet::cpus(1),
-                labels: Labels::new(),
-                data_listen: "127.0.0.1:0".into(),
-                work_dir: dir.join(format!("node-{i}")),
-                store_dir: dir.join(format!("store-{i}")),
-                config: NodeConfig::default(),
-                command_worker: WorkerProgram {
-                    path: KEEL.into(),
-                    args: vec!["worker".into()],
-                    cwd: String::new(),
-                    env: Vec::new(),
-                },
-                max_frame: keel_net::DEFAULT_MAX_FRAME,
-            };
+            let (work, store) = (dir.join(format!("node-{i}")), dir.join(format!("store-{i}")));
+            let worker = WorkerProgram::new(KEEL, vec!["worker".into()]);
+            let options = NodeOptions::new(head.addr().to_string(), token(), ResourceSet::cpus(1), work, store, worker);
             handles.push(node::start(options).await.unwrap());
         }
         let local = Local { head, nodes: handles, dir };

@@ -55,7 +55,9 @@ impl Capture {
         Ok(Capture { pipes, marks })
     }
 
-    /// Returns once everything printed so far has been forwarded (or after a second).
+    /// Returns once everything printed so far has been forwarded (or after ten seconds, should a
+    /// reader be stuck: a loaded machine can starve a thread for a while, and a late line is
+    /// worse than a short wait).
     pub fn sync(&self) {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
@@ -64,7 +66,7 @@ impl Capture {
             unsafe { libc::write(fd, MARK.as_ptr().cast(), MARK.len()) };
         }
         for _ in 0..2 {
-            if self.marks.recv_timeout(Duration::from_secs(1)).is_err() {
+            if self.marks.recv_timeout(Duration::from_secs(10)).is_err() {
                 return;
             }
         }

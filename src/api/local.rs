@@ -3,10 +3,9 @@
 use super::{Error, Result};
 use keel_daemon::head::{self, HeadHandle, HeadOptions};
 use keel_daemon::node::{self, NodeHandle, NodeOptions};
-use keel_kernel::proto::Labels;
-use keel_kernel::{NodeConfig, ResourceSet};
+use keel_kernel::ResourceSet;
 use keel_net::wire::WorkerProgram;
-use keel_net::{Token, DEFAULT_MAX_FRAME};
+use keel_net::Token;
 use std::path::PathBuf;
 
 /// A local cluster living as long as the driver.
@@ -39,23 +38,8 @@ pub(crate) async fn start() -> Result<(String, Token, Embedded)> {
     let store = shm.join(format!("keel-embedded-{pid}"));
     let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let exe = std::env::current_exe().map_err(|e| Error::Setup(e.to_string()))?;
-    let options = NodeOptions {
-        head: addr.clone(),
-        token: token.clone(),
-        resources: ResourceSet::cpus(cores),
-        labels: Labels::new(),
-        data_listen: "127.0.0.1:0".into(),
-        work_dir: work.clone(),
-        store_dir: store.clone(),
-        config: NodeConfig::default(),
-        command_worker: WorkerProgram {
-            path: exe.display().to_string(),
-            args: Vec::new(),
-            cwd: String::new(),
-            env: Vec::new(),
-        },
-        max_frame: DEFAULT_MAX_FRAME,
-    };
+    let worker = WorkerProgram::new(exe.display().to_string(), Vec::new());
+    let options = NodeOptions::new(&addr, token.clone(), ResourceSet::cpus(cores), work.clone(), store.clone(), worker);
     let node = node::start(options).await.map_err(|e| Error::Setup(e.to_string()))?;
     // The node registers in a few milliseconds; wait for it so that the first task has somewhere to go.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

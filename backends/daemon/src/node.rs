@@ -59,6 +59,32 @@ pub struct NodeOptions {
     pub max_frame: usize,
 }
 
+impl NodeOptions {
+    /// A node on this machine: peers reach it on a free loopback port; no labels; the machine's
+    /// default settings; frames up to the default limit.
+    pub fn new(
+        head: impl Into<String>,
+        token: Token,
+        resources: ResourceSet,
+        work_dir: PathBuf,
+        store_dir: PathBuf,
+        command_worker: WorkerProgram,
+    ) -> NodeOptions {
+        NodeOptions {
+            head: head.into(),
+            token,
+            resources,
+            labels: Labels::new(),
+            data_listen: "127.0.0.1:0".into(),
+            work_dir,
+            store_dir,
+            config: NodeConfig::default(),
+            command_worker,
+            max_frame: keel_net::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

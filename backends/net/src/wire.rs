@@ -59,6 +59,13 @@ pub struct WorkerProgram {
     pub env: Vec<(String, String)>,
 }
 
+impl WorkerProgram {
+    /// `path` with `args`, in the starting process's directory and environment.
+    pub fn new(path: impl Into<String>, args: Vec<String>) -> WorkerProgram {
+        WorkerProgram { path: path.into(), args, cwd: String::new(), env: Vec::new() }
+    }
+}
+
 /// What an operator asks the head.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminRequest {
