@@ -215,6 +215,51 @@ fn values_lost_with_a_node_are_rebuilt_from_lineage(keel: &Keel, nodes: &[NodeId
     assert_eq!(bytes.len(), PART, "a rebuilt value differs");
 }
 
+fn a_driver_survives_a_head_restart_and_gets_its_results(
+    dir: &std::path::Path,
+    token: &Token,
+    token_file: &std::path::Path,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
+    options.config.node_timeout = keel_kernel::Duration::from_millis(1500);
+    options.journal = Some(dir.join("restart").join("head.journal"));
+    let head = rt.block_on(head::start(options.clone())).unwrap();
+    let addr = head.addr().to_string();
+    options.listen = addr.clone();
+    let (work, store) = (dir.join("restart").join("node"), dir.join("restart").join("store"));
+    let node = rt
+        .block_on(node::start(NodeOptions {
+            config: NodeConfig { heartbeat_period: keel_kernel::Duration::from_millis(250), ..NodeConfig::default() },
+            ..NodeOptions::new(
+                &addr,
+                token.clone(),
+                ResourceSet::cpus(2),
+                work,
+                store,
+                WorkerProgram::new("/bin/false", vec![]),
+            )
+        }))
+        .unwrap();
+    std::env::set_var("KEEL_ADDRESS", &addr);
+    std::env::set_var("KEEL_TOKEN_FILE", token_file);
+    let keel = keel::init(FUNCTIONS).unwrap();
+    let before = SQUARE.call(&keel, (9,)).unwrap();
+    assert_eq!(keel.get(&before).unwrap(), 81);
+    let slow = SLEEP_MS.call(&keel, (1_000,)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    head.abort();
+    std::thread::sleep(Duration::from_millis(200));
+    let head = rt.block_on(head::start(options)).unwrap();
+    // The task the journal kept runs again on the node, which registered anew.
+    assert_eq!(keel.get(&slow).unwrap(), 1_000);
+    let after = ADD.call(&keel, (&before, 1)).unwrap();
+    assert_eq!(keel.get(&after).unwrap(), 82);
+    drop(keel);
+    node.abort();
+    head.abort();
+}
+
 fn main() {
     if std::env::var_os("KEEL_WORKER_SOCKET").is_some() {
         keel::init(FUNCTIONS).expect("worker");
@@ -294,6 +339,12 @@ fn main() {
     }
     head.abort();
     drop(rt);
+
+    // A head with a journal, killed and started again on the same address while a task runs: the
+    // driver reconnects, takes up its job again, and gets its result.
+    check("a_driver_survives_a_head_restart_and_gets_its_results", || {
+        a_driver_survives_a_head_restart_and_gets_its_results(&dir, &token, &token_file)
+    });
 
     // The embedded default: no address, a cluster in this process.
     std::env::remove_var("KEEL_ADDRESS");

@@ -4,7 +4,7 @@
 //! call that needs no async runtime of the user's.
 
 use super::{Error, IdSpace, Inner, Keel, Result};
-use keel_daemon::conn::{self, Outbound};
+use keel_daemon::conn;
 use keel_kernel::errors::{ErrorReason, InputError};
 use keel_kernel::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use keel_kernel::proto::{DriverToHead, HeadToDriver, Hello, ObjectData, Welcome, PROTOCOL_VERSION};
@@ -28,6 +28,8 @@ pub(crate) enum Resolution {
 pub(crate) enum Incoming {
     Msg(HeadToDriver),
     Peer(PeerInfo),
+    /// The link to the head broke and was made again (the head may have restarted).
+    Reconnected,
     Lost(String),
 }
 
@@ -253,6 +255,12 @@ async fn run(
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
 ) {
     let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
+    // Submissions and puts whose value is still wanted, in the order they were sent: after a
+    // reconnection they are sent again (the head refuses what it already has), in case the head
+    // lost them with the batch it had not yet made durable.
+    let mut resend: Vec<(ObjectId, DriverToHead)> = Vec::new();
+    // The keys of `resend` still wanted (entries of others are dropped lazily).
+    let mut wanted: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
     let mut named: HashMap<(String, String), Vec<oneshot::Sender<Option<ActorId>>>> = HashMap::new();
     let mut groups: HashMap<PlacementGroupId, oneshot::Sender<GroupOutcome>> = HashMap::new();
     let mut gone: Option<String> = None;
@@ -262,6 +270,19 @@ async fn run(
                 let Some(cmd) = cmd else { return };
                 match cmd {
                     Cmd::Send(msg) => {
+                        let key = match &msg {
+                            DriverToHead::SubmitTask(spec) => spec.return_ids().next(),
+                            DriverToHead::CreateActor { creation, .. } => creation.return_ids().next(),
+                            DriverToHead::Put { object, .. } => Some(*object),
+                            _ => None,
+                        };
+                        if let Some(key) = key {
+                            wanted.insert(key);
+                            resend.push((key, msg.clone()));
+                            if resend.len() > 2 * wanted.len() + 64 {
+                                resend.retain(|(k, _)| wanted.contains(k));
+                            }
+                        }
                         out(msg);
                     }
                     Cmd::Subscribe { object, reply } => {
@@ -280,6 +301,7 @@ async fn run(
                     }
                     Cmd::Forget(object) => {
                         objects.remove(&object);
+                        wanted.remove(&object);
                     }
                     Cmd::Invalidate(object) => {
                         if let Some(a) = objects.get_mut(&object) {
@@ -310,10 +332,28 @@ async fn run(
                 let msg = msg.unwrap_or_else(|| Incoming::Lost("the connection to the cluster closed".into()));
                 match msg {
                     Incoming::Msg(HeadToDriver::ObjectReady { object, data, .. }) => {
+                        wanted.remove(&object);
                         resolve(&mut objects, object, Resolution::Ready(data));
                     }
                     Incoming::Msg(HeadToDriver::ObjectFailed { object, reason }) => {
+                        wanted.remove(&object);
                         resolve(&mut objects, object, Resolution::Failed(reason));
+                    }
+                    // Sent again after a reconnection, and the head had it: nothing is wrong.
+                    Incoming::Msg(HeadToDriver::Rejected {
+                        error: InputError::DuplicateTask(_) | InputError::DuplicateObject(_),
+                    }) => {}
+                    Incoming::Reconnected => {
+                        resend.retain(|(k, _)| wanted.contains(k));
+                        for (_, msg) in &resend {
+                            out(msg.clone());
+                        }
+                        let mut waited: Vec<ObjectId> =
+                            objects.iter().filter(|(_, a)| a.resolution.is_none() && a.subscribed).map(|(o, _)| *o).collect();
+                        waited.sort_unstable();
+                        if !waited.is_empty() {
+                            out(DriverToHead::Subscribe(waited));
+                        }
                     }
                     Incoming::Msg(HeadToDriver::Rejected { error }) => {
                         // A refused subscription ends the wait for that object.
@@ -379,6 +419,126 @@ fn keel_home() -> std::path::PathBuf {
     std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".keel")
 }
 
+type HeadReader = keel_net::FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type HeadWriter = keel_net::FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+enum Registration {
+    Refused(String),
+    Failed(String),
+}
+
+/// Dials the head and registers a driver (a new job, or `resume` an existing one).
+async fn register_driver(
+    addr: &str,
+    token: &Token,
+    hello: Hello,
+    program: Option<WorkerProgram>,
+    resume: Option<keel_kernel::JobId>,
+) -> Result<(HeadReader, HeadWriter, keel_kernel::JobId), Registration> {
+    let failed = |e: keel_net::NetError| Registration::Failed(e.to_string());
+    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await.map_err(failed)?;
+    writer.send(&Register::Driver { hello, program, resume }).await.map_err(failed)?;
+    match reader.recv::<FromHead>("answer from the head").await.map_err(failed)? {
+        FromHead::Welcome(Welcome::JobRegistered(job)) => Ok((reader, writer, job)),
+        FromHead::Welcome(Welcome::Refused(e)) => Err(Registration::Refused(e.to_string())),
+        other => Err(Registration::Failed(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Writes the driver's frames to the current connection; frames written to a connection that
+/// broke are lost (the core sends what matters again after the reconnection).
+async fn forward(
+    mut frames: mpsc::UnboundedReceiver<ToHead>,
+    mut writers: mpsc::UnboundedReceiver<HeadWriter>,
+    mut writer: HeadWriter,
+) {
+    loop {
+        tokio::select! {
+            frame = frames.recv() => {
+                let Some(frame) = frame else { return };
+                let mut ok = writer.feed(&frame).await.is_ok();
+                while let (true, Ok(next)) = (ok, frames.try_recv()) {
+                    ok = writer.feed(&next).await.is_ok();
+                }
+                let _ = writer.flush().await;
+            }
+            next = writers.recv() => {
+                let Some(next) = next else { return };
+                writer = next;
+            }
+        }
+    }
+}
+
+/// Reads the head's frames; when the connection breaks (the head restarted, say), reconnects and
+/// resumes the job for up to [`keel_daemon::client::RECONNECT_FOR`].
+async fn read_head(
+    mut reader: HeadReader,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    writers: mpsc::UnboundedSender<HeadWriter>,
+    addr: String,
+    token: Token,
+    hello: Hello,
+    job: keel_kernel::JobId,
+) {
+    loop {
+        let lost = match reader.recv::<FromHead>("message from the head").await {
+            Ok(FromHead::Driver(m)) => {
+                if incoming.send(Incoming::Msg(m)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(FromHead::Peer(info)) => {
+                let _ = incoming.send(Incoming::Peer(info));
+                continue;
+            }
+            Ok(FromHead::Stopping) => {
+                let _ = incoming.send(Incoming::Lost("the cluster is stopping".into()));
+                return;
+            }
+            // What the job's tasks print appears in the driver's own output, as it comes.
+            Ok(FromHead::Output(chunk)) => {
+                use std::io::Write;
+                let _ = match chunk.stream {
+                    keel_net::wire::Stream::Stdout => std::io::stdout().write_all(&chunk.data),
+                    keel_net::wire::Stream::Stderr => std::io::stderr().write_all(&chunk.data),
+                };
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %lost, "lost the head; reconnecting");
+        let deadline = tokio::time::Instant::now() + keel_daemon::client::RECONNECT_FOR;
+        let mut backoff = keel_net::backoff::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+            job.0,
+        );
+        loop {
+            if incoming.is_closed() {
+                return;
+            }
+            match register_driver(&addr, &token, hello.clone(), None, Some(job)).await {
+                Ok((r, w, _)) => {
+                    reader = r;
+                    let _ = writers.send(w);
+                    let _ = incoming.send(Incoming::Reconnected);
+                    break;
+                }
+                Err(Registration::Failed(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(Registration::Refused(why) | Registration::Failed(why)) => {
+                    let _ = incoming.send(Incoming::Lost(format!("{lost}; then {why}")));
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Connects a driver: to `KEEL_ADDRESS`, or to a local cluster started in this process.
 pub(crate) fn connect_driver() -> Result<Keel> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -408,49 +568,21 @@ pub(crate) fn connect_driver() -> Result<Keel> {
         env: Vec::new(),
     };
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (mut reader, writer, job) = runtime.block_on(async {
-        let (mut reader, mut writer) =
-            conn::dial(&addr, &token, DEFAULT_MAX_FRAME).await.map_err(|e| Error::Connection(e.to_string()))?;
-        let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name };
-        writer
-            .send(&Register::Driver { hello, program: Some(program), resume: None })
-            .await
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        match reader.recv::<FromHead>("answer from the head").await.map_err(|e| Error::Connection(e.to_string()))? {
-            FromHead::Welcome(Welcome::JobRegistered(job)) => Ok((reader, writer, job)),
-            FromHead::Welcome(Welcome::Refused(e)) => Err(Error::Refused(e.to_string())),
-            other => Err(Error::Connection(format!("unexpected answer {other:?}"))),
-        }
-    })?;
+    let hello = Hello::RegisterJob { version: PROTOCOL_VERSION, name };
+    let (reader, writer, job) =
+        runtime.block_on(register_driver(&addr, &token, hello.clone(), Some(program), None)).map_err(|e| match e {
+            Registration::Refused(why) => Error::Refused(why),
+            Registration::Failed(why) => Error::Connection(why),
+        })?;
     let _guard = runtime.enter();
-    let (wtx, wrx) = mpsc::unbounded_channel();
-    conn::spawn_writer(writer, wrx);
+    // Frames to the head go through one queue whatever the connection: a forwarder writes them to
+    // the current connection, and the reader hands it a new one after a reconnection.
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel::<ToHead>();
+    let (writers_tx, writers_rx) = mpsc::unbounded_channel();
+    runtime.spawn(forward(frames_rx, writers_rx, writer));
     let (itx, irx) = mpsc::unbounded_channel();
-    runtime.spawn(async move {
-        loop {
-            let incoming = match reader.recv::<FromHead>("message from the head").await {
-                Ok(FromHead::Driver(m)) => Incoming::Msg(m),
-                Ok(FromHead::Peer(info)) => Incoming::Peer(info),
-                Ok(FromHead::Stopping) => Incoming::Lost("the cluster is stopping".into()),
-                // What the job's tasks print appears in the driver's own output, as it comes.
-                Ok(FromHead::Output(chunk)) => {
-                    use std::io::Write;
-                    let _ = match chunk.stream {
-                        keel_net::wire::Stream::Stdout => std::io::stdout().write_all(&chunk.data),
-                        keel_net::wire::Stream::Stderr => std::io::stderr().write_all(&chunk.data),
-                    };
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(e) => Incoming::Lost(e.to_string()),
-            };
-            let end = matches!(incoming, Incoming::Lost(_));
-            if itx.send(incoming).is_err() || end {
-                return;
-            }
-        }
-    });
-    let out = Box::new(move |m: DriverToHead| wtx.send(Outbound::Frame(ToHead::Driver(m))).is_ok());
+    runtime.spawn(read_head(reader, itx, writers_tx, addr.clone(), token.clone(), hello, job));
+    let out = Box::new(move |m: DriverToHead| frames_tx.send(ToHead::Driver(m)).is_ok());
     let shared = Shared::start(runtime.handle().clone(), irx, out, token);
     drop(_guard);
     let ids = IdSpace { parent: TaskId::driver(job), attempt: 0, is_driver: true, next_task: 0, next_put: 0 };

@@ -178,7 +178,12 @@ async fn serve(
         return;
     }
     let why = loop {
-        match reader.recv::<ToHead>("message to the head").await {
+        // A head that stopped (or was aborted) closes its connections.
+        let frame = tokio::select! {
+            f = reader.recv::<ToHead>("message to the head") => f,
+            _ = events.closed() => return,
+        };
+        match frame {
             Ok(msg) => {
                 if events.send(CoreEvent::Frame { conn, msg }).is_err() {
                     return;
