@@ -445,28 +445,35 @@ async fn register_driver(
     }
 }
 
+/// What the forwarder writes: frames, and the connection to write them to from then on. Both
+/// travel on one queue, so that every frame sent after a reconnection goes to the new connection.
+enum Link {
+    Frame(ToHead),
+    Writer(HeadWriter),
+}
+
 /// Writes the driver's frames to the current connection; frames written to a connection that
 /// broke are lost (the core sends what matters again after the reconnection).
-async fn forward(
-    mut frames: mpsc::UnboundedReceiver<ToHead>,
-    mut writers: mpsc::UnboundedReceiver<HeadWriter>,
-    mut writer: HeadWriter,
-) {
-    loop {
-        tokio::select! {
-            frame = frames.recv() => {
-                let Some(frame) = frame else { return };
-                let mut ok = writer.feed(&frame).await.is_ok();
-                while let (true, Ok(next)) = (ok, frames.try_recv()) {
-                    ok = writer.feed(&next).await.is_ok();
+async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: HeadWriter) {
+    while let Some(first) = links.recv().await {
+        let mut next = Some(first);
+        let mut ok = true;
+        while let Some(item) = next.take() {
+            match item {
+                Link::Frame(frame) => {
+                    if ok {
+                        ok = writer.feed(&frame).await.is_ok();
+                    }
                 }
-                let _ = writer.flush().await;
+                Link::Writer(w) => {
+                    let _ = writer.flush().await;
+                    writer = w;
+                    ok = true;
+                }
             }
-            next = writers.recv() => {
-                let Some(next) = next else { return };
-                writer = next;
-            }
+            next = links.try_recv().ok();
         }
+        let _ = writer.flush().await;
     }
 }
 
@@ -475,7 +482,7 @@ async fn forward(
 async fn read_head(
     mut reader: HeadReader,
     incoming: mpsc::UnboundedSender<Incoming>,
-    writers: mpsc::UnboundedSender<HeadWriter>,
+    links: mpsc::UnboundedSender<Link>,
     addr: String,
     token: Token,
     hello: Hello,
@@ -523,7 +530,8 @@ async fn read_head(
             match register_driver(&addr, &token, hello.clone(), None, Some(job)).await {
                 Ok((r, w, _)) => {
                     reader = r;
-                    let _ = writers.send(w);
+                    // The new connection first, then the news: what the core sends again goes to it.
+                    let _ = links.send(Link::Writer(w));
                     let _ = incoming.send(Incoming::Reconnected);
                     break;
                 }
@@ -577,12 +585,11 @@ pub(crate) fn connect_driver() -> Result<Keel> {
     let _guard = runtime.enter();
     // Frames to the head go through one queue whatever the connection: a forwarder writes them to
     // the current connection, and the reader hands it a new one after a reconnection.
-    let (frames_tx, frames_rx) = mpsc::unbounded_channel::<ToHead>();
-    let (writers_tx, writers_rx) = mpsc::unbounded_channel();
-    runtime.spawn(forward(frames_rx, writers_rx, writer));
+    let (links_tx, links_rx) = mpsc::unbounded_channel::<Link>();
+    runtime.spawn(forward(links_rx, writer));
     let (itx, irx) = mpsc::unbounded_channel();
-    runtime.spawn(read_head(reader, itx, writers_tx, addr.clone(), token.clone(), hello, job));
-    let out = Box::new(move |m: DriverToHead| frames_tx.send(ToHead::Driver(m)).is_ok());
+    runtime.spawn(read_head(reader, itx, links_tx.clone(), addr.clone(), token.clone(), hello, job));
+    let out = Box::new(move |m: DriverToHead| links_tx.send(Link::Frame(ToHead::Driver(m))).is_ok());
     let shared = Shared::start(runtime.handle().clone(), irx, out, token);
     drop(_guard);
     let ids = IdSpace { parent: TaskId::driver(job), attempt: 0, is_driver: true, next_task: 0, next_put: 0 };

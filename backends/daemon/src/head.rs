@@ -388,6 +388,9 @@ impl Core {
             }
             while self.head.poll_output().is_some() {}
         }
+        // Only running jobs keep their programs (the journal holds those of ended jobs too).
+        let head = &self.head;
+        self.jobs.retain(|job, _| head.job_running(*job));
         // The clock goes on from where the journal ends.
         self.base = Time(last.0 + 1_000_000);
         max_conn
@@ -506,6 +509,7 @@ impl Core {
                 match c.role {
                     Role::Driver(job) => {
                         self.drivers.remove(&job);
+                        self.jobs.remove(&job);
                         self.input(HeadInput::DriverDisconnected(job));
                     }
                     // The machine decides when the node is dead (heartbeats stop); only the route goes.
@@ -600,10 +604,10 @@ impl Core {
         for &driver in self.drivers.values() {
             frames.push((driver, FromHead::Peer(info.clone())));
         }
+        // Every running job, its driver connected or not: after a head restart a node may join
+        // before the drivers are back, and their tasks need their programs.
         for (&job, program) in &self.jobs {
-            if self.drivers.contains_key(&job) {
-                frames.push((conn, FromHead::Job { job, program: program.clone() }));
-            }
+            frames.push((conn, FromHead::Job { job, program: program.clone() }));
         }
         for (conn, frame) in frames {
             self.send(conn, frame);
