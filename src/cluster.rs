@@ -6,7 +6,7 @@
 //! `--token-file`, else `KEEL_TOKEN_FILE`, else `token` in the Keel home (created by the first
 //! `keel head` or `keel up` when missing, readable by its owner only).
 
-use keel_daemon::client::{self, SubmitOptions, SubmitOutcome};
+use keel_daemon::client::{self, keel_home, SubmitOptions, SubmitOutcome};
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
 use keel_kernel::proto::{LabelConstraint, Labels};
@@ -170,14 +170,6 @@ pub struct SubmitArgs {
 pub struct StopArgs {
     #[command(flatten)]
     connect: Connect,
-}
-
-fn keel_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("KEEL_HOME") {
-        return home.into();
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    home.join(".keel")
 }
 
 /// Loads the token, or creates it when `create` and the file is missing.

@@ -141,14 +141,15 @@ impl Shared {
         Ok(rx)
     }
 
+    /// Runs `fut` to its end on the core's runtime from a user's thread. A thread of its own
+    /// does the waiting, so that this works even when the caller is inside some async runtime.
+    fn block<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
+        std::thread::scope(|s| s.spawn(|| self.handle.block_on(fut)).join().expect("the waiting thread panicked"))
+    }
+
     /// Waits for `rx` at most `timeout`; `None` when the time ran out.
     pub fn block_for<T: Send>(&self, rx: oneshot::Receiver<T>, timeout: std::time::Duration) -> Result<Option<T>> {
-        std::thread::scope(|s| {
-            s.spawn(|| self.handle.block_on(async { tokio::time::timeout(timeout, rx).await }))
-                .join()
-                .expect("waiting thread")
-        })
-        .map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
+        self.block(tokio::time::timeout(timeout, rx)).map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
     }
 
     /// Forgets what the head said of `object`, so that the next wait asks it again.
@@ -174,14 +175,7 @@ impl Shared {
     pub fn finish(&self) {
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(Cmd::Finish(tx)).is_ok() {
-            let _ = std::thread::scope(|s| {
-                s.spawn(|| {
-                    let _ = self
-                        .handle
-                        .block_on(async { tokio::time::timeout(std::time::Duration::from_millis(500), rx).await });
-                })
-                .join()
-            });
+            let _ = self.block_for(rx, std::time::Duration::from_millis(500));
         }
     }
 
@@ -200,9 +194,7 @@ impl Shared {
             }
         }
         for p in &peers {
-            let fetched = std::thread::scope(|s| {
-                s.spawn(|| self.handle.block_on(fetch(&p.addr, &self.token, object))).join().expect("fetch thread")
-            });
+            let fetched = self.block(fetch(&p.addr, &self.token, object));
             match fetched {
                 Ok(bytes) => return Ok(Bytes::Owned(bytes)),
                 Err(e) => problems.push(format!("{} at {}: {e}", p.node, p.addr)),
@@ -412,13 +404,6 @@ fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolu
     }
 }
 
-fn keel_home() -> std::path::PathBuf {
-    if let Some(home) = std::env::var_os("KEEL_HOME") {
-        return home.into();
-    }
-    std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".keel")
-}
-
 type HeadReader = keel_net::FrameReader<tokio::net::tcp::OwnedReadHalf>;
 type HeadWriter = keel_net::FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
 
@@ -559,7 +544,7 @@ pub(crate) fn connect_driver() -> Result<Keel> {
         Ok(addr) => {
             let file = std::env::var_os("KEEL_TOKEN_FILE")
                 .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| keel_home().join("token"));
+                .unwrap_or_else(|| keel_daemon::client::keel_home().join("token"));
             let token = Token::load(&file).map_err(|e| Error::Setup(e.to_string()))?;
             (addr, token, None)
         }

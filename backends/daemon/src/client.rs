@@ -14,6 +14,15 @@ use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, Registe
 use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
 use std::sync::Arc;
 
+/// The Keel home: `KEEL_HOME`, else `~/.keel`. `keel head` and `keel up` write the cluster's
+/// address and token there; clients read them from there when not told otherwise.
+pub fn keel_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("KEEL_HOME") {
+        return home.into();
+    }
+    std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".keel")
+}
+
 /// What went wrong talking to the head.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
