@@ -149,7 +149,9 @@ impl Shared {
 
     /// Waits for `rx` at most `timeout`; `None` when the time ran out.
     pub fn block_for<T: Send>(&self, rx: oneshot::Receiver<T>, timeout: std::time::Duration) -> Result<Option<T>> {
-        self.block(tokio::time::timeout(timeout, rx)).map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
+        // The timer is made inside the runtime: a tokio timer needs one when it is created.
+        let waited = self.block(async move { tokio::time::timeout(timeout, rx).await });
+        waited.map_or(Ok(None), |r| r.map(Some).map_err(|_| lost()))
     }
 
     /// Forgets what the head said of `object`, so that the next wait asks it again.
