@@ -97,12 +97,20 @@ pub struct NodeArgs {
     /// Labels: KEY=VALUE, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The address peers reach this node's data port at.
+    /// The address the data port listens on (0.0.0.0: every interface).
     #[arg(long, default_value = "127.0.0.1")]
     bind: String,
     /// The data port (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     data_port: u16,
+    /// The address peers are told to dial for the data port (HOST:PORT). Default: the listening
+    /// address, or, when listening on 0.0.0.0, this machine's address on the route to the head.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Seconds the head may say nothing (it sends a keepalive every second) before this node
+    /// gives the connection up and registers again.
+    #[arg(long, default_value_t = 10)]
+    head_silence_s: u64,
     /// The node's directory (logs, worker socket). Default: a fresh one under the Keel home.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
@@ -322,6 +330,8 @@ fn node_options(args: &NodeArgs) -> Result<NodeOptions, String> {
         resources,
         labels,
         data_listen: format!("{}:{}", args.bind, args.data_port),
+        data_advertise: args.advertise.clone(),
+        head_silence: std::time::Duration::from_secs(args.head_silence_s.max(2)),
         work_dir,
         store_dir,
         config,

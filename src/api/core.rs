@@ -426,7 +426,11 @@ async fn register_driver(
     let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await.map_err(failed)?;
     writer.send(&Register::Driver { hello, program, resume }).await.map_err(failed)?;
     match reader.recv::<FromHead>("answer from the head").await.map_err(failed)? {
-        FromHead::Welcome(Welcome::JobRegistered(job)) => Ok((reader, writer, job)),
+        FromHead::Welcome(Welcome::JobRegistered(job)) => {
+            // The head sends keepalives to drivers: silence means it is gone, and we reconnect.
+            reader.set_silence_limit(Some(keel_daemon::node::DEFAULT_HEAD_SILENCE));
+            Ok((reader, writer, job))
+        }
         FromHead::Welcome(Welcome::Refused(e)) => Err(Registration::Refused(e.to_string())),
         other => Err(Registration::Failed(format!("unexpected answer {other:?}"))),
     }

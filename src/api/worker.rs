@@ -56,7 +56,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         runtime.block_on(WorkerLink::connect(&env)).map_err(|e| Error::Connection(e.to_string()))?;
     let guard = runtime.enter();
     let (wtx, wrx) = mpsc::unbounded_channel::<Outbound<FromWorker>>();
-    conn::spawn_writer(writer, wrx);
+    conn::spawn_writer(writer, wrx, None);
     let (exec_tx, exec_rx) = std::sync::mpsc::channel::<Execute>();
     let (itx, irx) = mpsc::unbounded_channel();
     runtime.spawn(async move {

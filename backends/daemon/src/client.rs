@@ -11,7 +11,7 @@ use keel_kernel::proto::{
 use keel_kernel::ResourceSet;
 use keel_net::backoff::Backoff;
 use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, Register, ToHead};
-use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
+use keel_net::{NetError, Tcp, Token, Transport, DEFAULT_MAX_FRAME};
 use std::sync::Arc;
 
 /// The Keel home: `KEEL_HOME`, else `~/.keel`. `keel head` and `keel up` write the cluster's
@@ -37,15 +37,25 @@ pub enum ClientError {
     Protocol(String),
 }
 
-async fn admin(addr: &str, token: &Token, request: AdminRequest) -> Result<FromHead, ClientError> {
-    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
+async fn admin<T: Transport>(
+    transport: &T,
+    addr: &str,
+    token: &Token,
+    request: AdminRequest,
+) -> Result<FromHead, ClientError> {
+    let (mut reader, mut writer, _) = conn::dial_on(transport, addr, token, DEFAULT_MAX_FRAME).await?;
     writer.send(&Register::Admin(request)).await?;
     Ok(reader.recv::<FromHead>("answer from the head").await?)
 }
 
 /// The cluster's state.
 pub async fn status(addr: &str, token: &Token) -> Result<ClusterStatus, ClientError> {
-    match admin(addr, token, AdminRequest::Status).await? {
+    status_on(&Tcp, addr, token).await
+}
+
+/// [`status`] over another transport.
+pub async fn status_on<T: Transport>(transport: &T, addr: &str, token: &Token) -> Result<ClusterStatus, ClientError> {
+    match admin(transport, addr, token, AdminRequest::Status).await? {
         FromHead::Status(s) => Ok(s),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
@@ -53,7 +63,7 @@ pub async fn status(addr: &str, token: &Token) -> Result<ClusterStatus, ClientEr
 
 /// Stops the cluster: the head tells every node to stop, then exits.
 pub async fn stop(addr: &str, token: &Token) -> Result<(), ClientError> {
-    match admin(addr, token, AdminRequest::Stop).await? {
+    match admin(&Tcp, addr, token, AdminRequest::Stop).await? {
         FromHead::Stopping => Ok(()),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
@@ -109,6 +119,8 @@ impl Driver {
             FromHead::Welcome(Welcome::Refused(e)) => return Err(ClientError::Refused(e.to_string())),
             other => return Err(ClientError::Protocol(format!("{other:?}"))),
         };
+        // The head sends keepalives to drivers: silence means it is gone, and the driver reconnects.
+        reader.set_silence_limit(Some(crate::node::DEFAULT_HEAD_SILENCE));
         Ok(Driver { reader, writer, job, addr: addr.to_string() })
     }
 

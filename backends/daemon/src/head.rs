@@ -15,16 +15,15 @@ use keel_kernel::{Head, HeadConfig, HeadInput, InputError, Time};
 use keel_net::wire::{
     AdminRequest, ClusterStatus, Demand, FromHead, NodeStatus, PeerInfo, Register, ToHead, WorkerProgram,
 };
-use keel_net::{NetError, Token, DEFAULT_MAX_FRAME};
+use keel_net::{Connection, Listener, NetError, Tcp, Token, Transport, DEFAULT_MAX_FRAME, KEEPALIVE_EVERY};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How to run a head.
 #[derive(Clone, Debug)]
@@ -105,6 +104,11 @@ enum CoreEvent {
 
 /// Binds the listening socket and starts the head; returns once it accepts connections.
 pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
+    start_on(options, Tcp).await
+}
+
+/// [`start`] over another transport (turmoil's simulated network, in tests).
+pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Result<HeadHandle, HeadError> {
     let mut core = Core::new(options.config.clone());
     let mut first_conn = 1;
     if let Some(path) = &options.journal {
@@ -119,7 +123,8 @@ pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
         }
         core.journal = Some(journal);
     }
-    let listener = TcpListener::bind(&options.listen)
+    let listener = transport
+        .bind(&options.listen)
         .await
         .map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
@@ -127,12 +132,16 @@ pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
     let next_conn = Arc::new(AtomicU64::new(first_conn));
     let token = options.token.clone();
     let max_frame = options.max_frame;
+    // A node's connection on which nothing arrived for a node timeout is closed: the machine
+    // declares the node dead then anyway, and the node registers again when it can.
+    let node_silence = std::time::Duration::from_nanos(options.config.node_timeout.0);
     let accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
-                    tokio::spawn(serve(stream, peer, conn, token.clone(), max_frame, events_tx.clone()));
+                    let limits = Limits { max_frame, node_silence };
+                    tokio::spawn(serve(stream, peer, conn, token.clone(), limits, events_tx.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -146,19 +155,29 @@ pub async fn start(options: HeadOptions) -> Result<HeadHandle, HeadError> {
     Ok(HeadHandle { addr, core, accept })
 }
 
-/// One connection: handshake, registration, then frames to the core until it ends.
-async fn serve(
-    stream: TcpStream,
+#[derive(Clone, Copy)]
+struct Limits {
+    max_frame: usize,
+    node_silence: std::time::Duration,
+}
+
+/// One connection: handshake, registration, then frames to the core until it ends. The head
+/// sends keepalives to nodes and drivers (so that they notice a head that vanished), and closes
+/// a node's connection that falls silent.
+async fn serve<R, W>(
+    stream: Connection<R, W>,
     peer: SocketAddr,
     conn: ConnId,
     token: Token,
-    max_frame: usize,
+    limits: Limits,
     events: mpsc::UnboundedSender<CoreEvent>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+) where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let peer_name = peer.to_string();
-    let (mut reader, writer) = match conn::accept(r, w, &peer_name, &token, max_frame).await {
+    let (mut reader, writer) = match conn::accept(stream.read, stream.write, &peer_name, &token, limits.max_frame).await
+    {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(peer = %peer_name, error = %e, "refused a connection");
@@ -172,8 +191,16 @@ async fn serve(
             return;
         }
     };
+    let keepalive = match register {
+        Register::Node { .. } => {
+            reader.set_silence_limit(Some(limits.node_silence));
+            Some(KEEPALIVE_EVERY)
+        }
+        Register::Driver { .. } => Some(KEEPALIVE_EVERY),
+        Register::Admin(_) => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
-    conn::spawn_writer(writer, rx);
+    conn::spawn_writer(writer, rx, keepalive);
     if events.send(CoreEvent::Register { conn, peer: peer_name.clone(), register, tx }).is_err() {
         return;
     }

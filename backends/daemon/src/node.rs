@@ -20,19 +20,23 @@ use keel_net::backoff::Backoff;
 use keel_net::wire::{
     FromHead, FromWorker, OutputChunk, PeerFrame, PeerInfo, Register, ToHead, ToWorker, WorkerProgram,
 };
-use keel_net::{NetError, Token};
+use keel_net::{Listener, NetError, Tcp, Token, Transport, KEEPALIVE_EVERY};
 use keel_process::{ExitStatus, ProcessEvent, ProcessHandle, ProcessSpec, Spawner};
 use keel_shm::{Creating, ShmStore};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UnixListener};
+use std::time::Duration;
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Object bytes move between nodes in slices of this size.
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// How long a node waits on a silent head by default (twice the head's default node timeout).
+pub const DEFAULT_HEAD_SILENCE: Duration = Duration::from_secs(10);
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -47,6 +51,12 @@ pub struct NodeOptions {
     pub labels: Labels,
     /// Where peers connect (`host:port`; port 0 picks one).
     pub data_listen: String,
+    /// The address peers are told to dial (`host:port`). None: the listening address, or, when
+    /// that is a wildcard (`0.0.0.0`), this machine's address on the route to the head.
+    pub data_advertise: Option<String>,
+    /// How long the head may say nothing (not even a keepalive) before the node gives the
+    /// connection up and registers again.
+    pub head_silence: Duration,
     /// Its private directory: logs, the worker socket.
     pub work_dir: PathBuf,
     /// Where object bytes live (a tmpfs by default).
@@ -76,6 +86,8 @@ impl NodeOptions {
             resources,
             labels: Labels::new(),
             data_listen: "127.0.0.1:0".into(),
+            data_advertise: None,
+            head_silence: DEFAULT_HEAD_SILENCE,
             work_dir,
             store_dir,
             config: NodeConfig::default(),
@@ -149,6 +161,11 @@ enum Ev {
 
 /// Sets up the node's sockets and starts it.
 pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
+    start_on(options, Tcp).await
+}
+
+/// [`start`] over another transport (turmoil's simulated network, in tests).
+pub async fn start_on<T: Transport>(options: NodeOptions, transport: T) -> Result<NodeHandle, NodeError> {
     let setup = |what: &str| {
         let what = what.to_string();
         move |source| NodeError::Setup { what, source }
@@ -157,7 +174,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
     let store = ShmStore::open(&options.store_dir, options.config.object_store_capacity_bytes).map_err(|e| {
         NodeError::Setup { what: "opening the object store".into(), source: std::io::Error::other(e.to_string()) }
     })?;
-    let data = TcpListener::bind(&options.data_listen).await.map_err(setup("opening the data port"))?;
+    let data = transport.bind(&options.data_listen).await.map_err(setup("opening the data port"))?;
     let data_addr = data.local_addr().map_err(setup("opening the data port"))?;
     let socket_path = options.work_dir.join("worker.sock");
     let _ = std::fs::remove_file(&socket_path);
@@ -183,7 +200,8 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
     let core = Core {
         node: Node::new(options.config.clone()),
         start: Instant::now(),
-        data_addr: data_addr.to_string(),
+        data_addr,
+        transport,
         socket_path,
         store,
         spawner,
@@ -204,16 +222,19 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
     Ok(NodeHandle { data_addr, core, listeners, store_dir })
 }
 
-async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>) {
+async fn accept_peers<L>(listener: L, token: Token, max_frame: usize, events: mpsc::UnboundedSender<Ev>)
+where
+    L: Listener,
+    L::Read: tokio::io::AsyncRead + Unpin + Send + 'static,
+    L::Write: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let token = token.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
             let name = peer.to_string();
-            let (mut reader, writer) = match conn::accept(r, w, &name, &token, max_frame).await {
+            let (mut reader, writer) = match conn::accept(stream.read, stream.write, &name, &token, max_frame).await {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(peer = %name, error = %e, "refused a data connection");
@@ -225,7 +246,7 @@ async fn accept_peers(listener: TcpListener, token: Token, max_frame: usize, eve
                 Ok(PeerFrame::Fetch { object }) => {
                     // A client reading an object: answer on this connection, then it is done.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    conn::spawn_writer(writer, rx);
+                    conn::spawn_writer(writer, rx, None);
                     let _ = events.send(Ev::Fetch { object, tx });
                     // Keep reading until the client goes, so its close is noticed.
                     loop {
@@ -290,7 +311,7 @@ async fn accept_workers(listener: UnixListener, token: Token, max_frame: usize, 
                 }
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            conn::spawn_writer(writer, rx);
+            conn::spawn_writer(writer, rx, None);
             if events.send(Ev::WorkerHello { worker, tx }).is_err() {
                 return;
             }
@@ -310,11 +331,18 @@ async fn accept_workers(listener: UnixListener, token: Token, max_frame: usize, 
 }
 
 /// Dials the head until it answers, registers, and relays its frames. `link` tags this link's
-/// events so that the core ignores a link it has already replaced.
-async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: mpsc::UnboundedSender<Ev>) {
+/// events so that the core ignores a link it has already replaced. A head silent for
+/// `options.head_silence` (gone without closing, or cut off) counts as lost.
+async fn head_link<T: Transport>(
+    transport: T,
+    options: NodeOptions,
+    data_addr: SocketAddr,
+    link: u64,
+    events: mpsc::UnboundedSender<Ev>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), u64::from(std::process::id()));
-    let (mut reader, writer) = loop {
-        match conn::dial(&options.head, &options.token, options.max_frame).await {
+    let (mut reader, writer, local) = loop {
+        match conn::dial_on(&transport, &options.head, &options.token, options.max_frame).await {
             Ok(pair) => break pair,
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -325,6 +353,12 @@ async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: m
                 }
             }
         }
+    };
+    reader.set_silence_limit(Some(options.head_silence));
+    let data_addr = match &options.data_advertise {
+        Some(addr) => addr.clone(),
+        None if data_addr.ip().is_unspecified() => SocketAddr::new(local.ip(), data_addr.port()).to_string(),
+        None => data_addr.to_string(),
     };
     let hello = Hello::RegisterNode {
         version: PROTOCOL_VERSION,
@@ -340,7 +374,7 @@ async fn head_link(options: NodeOptions, data_addr: String, link: u64, events: m
         return;
     }
     let (typed_tx, typed_rx) = mpsc::unbounded_channel::<Outbound<ToHead>>();
-    conn::spawn_writer(writer, typed_rx);
+    conn::spawn_writer(writer, typed_rx, Some(KEEPALIVE_EVERY));
     if events.send(Ev::HeadUp(typed_tx, link)).is_err() {
         return;
     }
@@ -402,7 +436,8 @@ pub fn hostname() -> String {
 
 /// An outgoing data connection: dial, hello, then frames. Pulls it could not send are reported.
 #[allow(clippy::too_many_arguments)]
-async fn peer_link(
+async fn peer_link<T: Transport>(
+    transport: T,
     node: NodeId,
     link: u64,
     me: NodeId,
@@ -421,8 +456,8 @@ async fn peer_link(
         }
         pulls
     };
-    let (mut reader, mut writer) = match conn::dial(&addr, &token, max_frame).await {
-        Ok(pair) => pair,
+    let (mut reader, mut writer) = match conn::dial_on(&transport, &addr, &token, max_frame).await {
+        Ok((r, w, _)) => (r, w),
         Err(e) => {
             tracing::warn!(%node, %addr, error = %e, "cannot reach a peer");
             rx.close();
@@ -436,7 +471,7 @@ async fn peer_link(
         let _ = events.send(Ev::PeerUnreachable { node, pulls });
         return;
     }
-    conn::spawn_writer(writer, rx);
+    conn::spawn_writer(writer, rx, None);
     // The peer never writes on this connection: reading only notices when it ends (the peer died
     // or closed it), so that pulls sent on it fail at once instead of timing out.
     loop {
@@ -454,11 +489,12 @@ struct WorkerEntry {
     job: JobId,
 }
 
-struct Core {
+struct Core<T: Transport> {
     node: Node,
+    transport: T,
     start: Instant,
     options: NodeOptions,
-    data_addr: String,
+    data_addr: SocketAddr,
     socket_path: PathBuf,
     store: ShmStore,
     spawner: Spawner<WorkerId>,
@@ -478,7 +514,7 @@ struct Core {
     workers: BTreeMap<WorkerId, WorkerEntry>,
 }
 
-impl Core {
+impl<T: Transport> Core<T> {
     fn now(&self) -> Time {
         Time(self.start.elapsed().as_nanos() as u64)
     }
@@ -488,8 +524,13 @@ impl Core {
         if let Some(old) = self.link_task.take() {
             old.abort();
         }
-        let link =
-            tokio::spawn(head_link(self.options.clone(), self.data_addr.clone(), self.link, self.events.clone()));
+        let link = tokio::spawn(head_link(
+            self.transport.clone(),
+            self.options.clone(),
+            self.data_addr,
+            self.link,
+            self.events.clone(),
+        ));
         self.link_task = Some(link);
     }
 
@@ -788,7 +829,7 @@ impl Core {
         let (token, max_frame, events) = (self.options.token.clone(), self.options.max_frame, self.events.clone());
         self.next_peer_link += 1;
         let link = self.next_peer_link;
-        tokio::spawn(peer_link(node, link, me, addr, token, max_frame, rx, events));
+        tokio::spawn(peer_link(self.transport.clone(), node, link, me, addr, token, max_frame, rx, events));
         self.out.insert(node, (tx.clone(), link));
         Some(tx)
     }
@@ -911,7 +952,7 @@ impl Core {
     }
 }
 
-impl Drop for Core {
+impl<T: Transport> Drop for Core<T> {
     /// The core ends (the node stops or is aborted): its head link goes, and its workers die.
     fn drop(&mut self) {
         if let Some(link) = self.link_task.take() {

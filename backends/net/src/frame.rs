@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
@@ -94,12 +95,20 @@ impl Encoder<Bytes> for FrameCodec {
 pub struct FrameReader<R> {
     inner: FramedRead<R, FrameCodec>,
     peer: String,
+    silence: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Frames from `io`, refusing any over `max` bytes. `peer` names the other end in errors.
     pub fn new(io: R, max: usize, peer: impl Into<String>) -> FrameReader<R> {
-        FrameReader { inner: FramedRead::new(io, FrameCodec::new(max)), peer: peer.into() }
+        FrameReader { inner: FramedRead::new(io, FrameCodec::new(max)), peer: peer.into(), silence: None }
+    }
+
+    /// Ends the connection with [`NetError::Timeout`] when nothing at all (not even a keepalive,
+    /// see [`FrameWriter::keepalive`]) arrives for `limit`: the peer died without closing, or the
+    /// network between us is cut. Only for peers that send keepalives.
+    pub fn set_silence_limit(&mut self, limit: Option<Duration>) {
+        self.silence = limit;
     }
 
     /// Changes the frame limit (raised once the handshake has authenticated the peer).
@@ -112,9 +121,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.peer
     }
 
-    /// The next frame's raw bytes; `Err(Closed)` at the end of the stream.
+    /// The next frame's raw bytes; `Err(Closed)` at the end of the stream. Keepalives (empty
+    /// frames) are skipped. Cancel-safe: dropping the future loses no frame.
     pub async fn recv_bytes(&mut self) -> Result<BytesMut, NetError> {
-        match self.inner.next().await {
+        loop {
+            let next = match self.silence {
+                None => self.inner.next().await,
+                Some(limit) => match tokio::time::timeout(limit, self.inner.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Err(NetError::Timeout {
+                            peer: self.peer.clone(),
+                            ms: limit.as_millis() as u64,
+                            during: "waiting for any frame or keepalive",
+                        })
+                    }
+                },
+            };
+            match next {
+                Some(Ok(frame)) if frame.is_empty() => continue,
+                next => return self.outcome(next),
+            }
+        }
+    }
+
+    fn outcome(&self, next: Option<Result<BytesMut, CodecError>>) -> Result<BytesMut, NetError> {
+        match next {
             Some(Ok(frame)) => Ok(frame),
             Some(Err(CodecError::TooLarge(len))) => {
                 Err(NetError::FrameTooLarge { peer: self.peer.clone(), len, max: self.inner.decoder().max })
@@ -189,6 +221,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn flush(&mut self) -> Result<(), NetError> {
         let r = SinkExt::<Bytes>::flush(&mut self.inner).await;
         r.map_err(|e| self.error(e))
+    }
+
+    /// Sends a keepalive: an empty frame, which readers skip. It tells a reader with a silence
+    /// limit that this end is alive while it has nothing to say.
+    pub async fn keepalive(&mut self) -> Result<(), NetError> {
+        self.feed_bytes(Bytes::new()).await?;
+        self.flush().await
     }
 
     /// Queues `msg` and flushes.

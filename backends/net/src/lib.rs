@@ -9,16 +9,29 @@
 //!   most [`handshake::HANDSHAKE_MAX_FRAME`] bytes.
 //! - [`wire`]: the envelopes the hosts exchange around the kernel's protocol messages.
 //! - [`backoff`]: reconnect delays.
+//! - [`transport`]: where connections come from: TCP, or turmoil's simulated network in tests.
+//! - Liveness: a writer with nothing to say sends keepalives (empty frames) every
+//!   [`KEEPALIVE_EVERY`], from its own task, so that work never delays them; a reader with a
+//!   silence limit ends a connection on which nothing arrived for that long (a peer that died
+//!   without closing, a cut network).
 //!
 //! This crate holds no scheduling logic: it moves the kernel's messages and nothing decides here.
 
 pub mod backoff;
 pub mod frame;
 pub mod handshake;
+pub mod transport;
 pub mod wire;
 
 pub use frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
 pub use handshake::{HandshakeError, Token, TokenError};
+pub use transport::{Connection, Listener, Tcp, Transport};
+
+/// How often a writer with nothing to say sends a keepalive.
+pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long dialing and the handshake may take before the attempt is given up.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 use std::io;
 
