@@ -7,7 +7,7 @@ use keel_daemon::node::{self, NodeHandle, NodeOptions};
 use keel_kernel::errors::{ErrorReason, TaskFailure};
 use keel_kernel::proto::{DriverToHead, Function, HeadToDriver, TaskSpec};
 use keel_kernel::ResourceSet;
-use keel_net::wire::{FromHead, WorkerProgram};
+use keel_net::wire::{FromHead, PeerFrame, WorkerProgram};
 use keel_net::{NetError, Token};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -156,6 +156,75 @@ async fn a_wrong_token_is_refused_and_the_cluster_keeps_serving() {
     let err = Driver::connect(&cluster.addr(), &wrong, "intruder").await.err().expect("refused");
     assert!(matches!(err, client::ClientError::Net(NetError::Handshake { .. })), "{err}");
     assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
+}
+
+/// Reads an object's bytes from a node's data port, as a driver on another machine does.
+async fn fetch(addr: &str, object: keel_kernel::ObjectId) -> Option<Vec<u8>> {
+    let (mut r, mut w) = keel_daemon::conn::dial(addr, &token(), 4 << 20).await.unwrap();
+    w.send(&PeerFrame::Fetch { object }).await.unwrap();
+    let mut bytes = Vec::new();
+    loop {
+        match r.recv::<PeerFrame>("chunk").await.unwrap() {
+            PeerFrame::Chunk { data, last, .. } => {
+                bytes.extend_from_slice(&data);
+                if last {
+                    return Some(bytes);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drivers_put_uploaded_to_a_node_is_served_from_there_and_bad_uploads_are_refused() {
+    let cluster = Local::start("upload", 1, |_| {}).await;
+    let node = client::status(&cluster.addr(), &token()).await.unwrap().nodes.remove(0);
+    let mut driver = Driver::connect(&cluster.addr(), &token(), "uploader").await.unwrap();
+    let me = keel_kernel::ids::TaskId::driver(driver.job());
+    let object = keel_kernel::ObjectId::for_put(me, 1);
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 239) as u8).collect();
+
+    // Cut off after its first chunk: nothing is kept, and the same put can be sent again.
+    {
+        let (_r, mut w) = keel_daemon::conn::dial(&node.addr, &token(), 4 << 20).await.unwrap();
+        w.feed(&PeerFrame::Upload { object, total: bytes.len() as u64 }).await.unwrap();
+        let first = PeerFrame::Chunk {
+            object,
+            total: bytes.len() as u64,
+            offset: 0,
+            data: bytes[..1000].to_vec(),
+            last: false,
+        };
+        w.send(&first).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetch(&node.addr, object).await, None, "a cut upload is not served");
+
+    let stored = client::upload_put(&node.addr, &token(), object, &bytes).await.unwrap();
+    assert_eq!(stored, node.id);
+    let again = client::upload_put(&node.addr, &token(), object, &bytes).await.unwrap_err();
+    assert!(matches!(&again, client::ClientError::Refused(why) if why.contains("already")), "{again}");
+    // A claimed adoption of bytes that are not in the store, and a put id that is no put's.
+    let missing = keel_kernel::ObjectId::for_put(me, 2);
+    let err = client::adopt_put(&node.addr, &token(), missing, 10).await.unwrap_err();
+    assert!(matches!(err, client::ClientError::Refused(_)), "{err}");
+    let not_a_put = keel_kernel::ObjectId::for_return(me, 1);
+    let err = client::upload_put(&node.addr, &token(), not_a_put, &[1, 2, 3]).await.unwrap_err();
+    assert!(matches!(&err, client::ClientError::Refused(why) if why.contains("not a put")), "{err}");
+
+    // The driver tells the head where its put is; the head then points readers at the node.
+    let size = bytes.len() as u64;
+    driver.send(DriverToHead::Put { object, size, inline: None, node: Some(node.id), nested: vec![] }).await.unwrap();
+    driver.send(DriverToHead::Subscribe(vec![object])).await.unwrap();
+    let data = loop {
+        if let FromHead::Driver(HeadToDriver::ObjectReady { object: o, data, .. }) = driver.recv().await.unwrap() {
+            assert_eq!(o, object);
+            break data;
+        }
+    };
+    assert_eq!(data, keel_kernel::proto::ObjectData::At(vec![node.id]));
+    assert_eq!(fetch(&node.addr, object).await.as_deref(), Some(&bytes[..]));
 }
 
 /// Sends `bytes` and checks that the peer closes the connection (reading reaches its end).

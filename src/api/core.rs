@@ -181,6 +181,49 @@ impl Shared {
         }
     }
 
+    /// Stores a driver's large put on a node and returns the node's id: written into the store
+    /// directory of a node on this machine and adopted by it (no copy through a socket), else
+    /// uploaded to a node's data port. Nodes are tried in turn, starting at one chosen by the
+    /// object's id so that puts spread over the nodes.
+    pub fn store(&self, object: ObjectId, bytes: &[u8], host: &str) -> Result<NodeId> {
+        let mut peers: Vec<PeerInfo> = Vec::new();
+        // Just after connecting, the head may not have introduced the nodes yet.
+        for _ in 0..500 {
+            peers = self.peers.lock().map_err(|_| lost())?.values().cloned().collect();
+            if !peers.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if peers.is_empty() {
+            return Err(Error::Unstored { object, detail: "no node is known".into() });
+        }
+        let start = (object.index as usize).wrapping_add(object.task.0 as usize) % peers.len();
+        peers.rotate_left(start);
+        // Nodes on this machine first.
+        peers.sort_by_key(|p| p.host != host);
+        let size = bytes.len() as u64;
+        let mut problems = Vec::new();
+        for p in &peers {
+            let stored = if p.host == host && Path::new(&p.store_dir).is_dir() {
+                match keel_shm::write_sealed(Path::new(&p.store_dir), object, bytes) {
+                    Ok(()) => self.block(keel_daemon::client::adopt_put(&p.addr, &self.token, object, size)),
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", p.node));
+                        continue;
+                    }
+                }
+            } else {
+                self.block(keel_daemon::client::upload_put(&p.addr, &self.token, object, bytes))
+            };
+            match stored {
+                Ok(node) => return Ok(node),
+                Err(e) => problems.push(format!("{} at {}: {e}", p.node, p.addr)),
+            }
+        }
+        Err(Error::Unstored { object, detail: problems.join("; ") })
+    }
+
     /// Reads a value held by `nodes`: mapped from the store when a holder is on this machine,
     /// fetched over a holder's data port otherwise.
     pub fn read(&self, object: ObjectId, nodes: &[NodeId], host: &str) -> Result<Bytes> {

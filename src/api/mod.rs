@@ -51,6 +51,14 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// A put too large to travel inline could not be stored on any node.
+    #[error("object {object} could not be stored on any node: {detail}")]
+    Unstored {
+        /// The object.
+        object: ObjectId,
+        /// What went wrong with each node tried.
+        detail: String,
+    },
     /// The setup is wrong (environment, token, embedded cluster).
     #[error("{0}")]
     Setup(String),
@@ -225,10 +233,11 @@ impl Keel {
             keel_shm::write_sealed(dir, object, &bytes).map_err(|e| Error::Setup(e.to_string()))?;
             DriverToHead::Put { object, size, inline: None, node: Some(*node), nested: Vec::new() }
         } else {
-            return Err(Error::TooLarge(format!(
-                "a driver puts values of at most {INLINE_MAX_BYTES} bytes (this one has {size}); \
-                 return larger values from a task instead"
-            )));
+            // A driver has no store: a node keeps the bytes (written straight into its store on
+            // this machine, else uploaded), and the head learns where from this driver's own
+            // `Put`, in order with its other messages.
+            let node = self.inner.shared.store(object, &bytes, &self.inner.host)?;
+            DriverToHead::Put { object, size, inline: None, node: Some(node), nested: Vec::new() }
         };
         self.send(msg)?;
         Ok(self.handle(object))

@@ -4,13 +4,13 @@
 use crate::conn::{self};
 use crate::CommandResult;
 use keel_kernel::errors::{ErrorReason, InputError};
-use keel_kernel::ids::{JobId, TaskId};
+use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
 use keel_kernel::proto::{
     DriverToHead, Function, HeadToDriver, Hello, LabelConstraint, ObjectData, TaskSpec, Welcome, PROTOCOL_VERSION,
 };
 use keel_kernel::ResourceSet;
 use keel_net::backoff::Backoff;
-use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, Register, ToHead};
+use keel_net::wire::{AdminRequest, ClusterStatus, FromHead, OutputChunk, PeerFrame, Register, ToHead};
 use keel_net::{NetError, Tcp, Token, Transport, DEFAULT_MAX_FRAME};
 use std::sync::Arc;
 
@@ -222,5 +222,46 @@ async fn reconnect(addr: &str, token: &Token, job: JobId) -> Result<Driver, Clie
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Asks the node at `addr` to take in a put its store directory already holds (the driver wrote
+/// and sealed it there with [`keel_shm::write_sealed`]: same machine, no copy through a socket).
+/// Returns the node's id, which the driver names in its `Put` to the head.
+pub async fn adopt_put(addr: &str, token: &Token, object: ObjectId, size: u64) -> Result<NodeId, ClientError> {
+    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
+    writer.send(&PeerFrame::Adopt { object, size }).await?;
+    stored_answer(&mut reader, object).await
+}
+
+/// Sends a put's bytes to the node at `addr` in chunks over its data port (a driver on another
+/// machine). Returns the node's id, which the driver names in its `Put` to the head.
+pub async fn upload_put(addr: &str, token: &Token, object: ObjectId, bytes: &[u8]) -> Result<NodeId, ClientError> {
+    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await?;
+    let total = bytes.len() as u64;
+    writer.feed(&PeerFrame::Upload { object, total }).await?;
+    let mut offset = 0;
+    loop {
+        let end = (offset + crate::node::CHUNK_BYTES).min(bytes.len());
+        let last = end == bytes.len();
+        let chunk = PeerFrame::Chunk { object, total, offset: offset as u64, data: bytes[offset..end].to_vec(), last };
+        writer.feed(&chunk).await?;
+        offset = end;
+        if last {
+            break;
+        }
+    }
+    writer.flush().await?;
+    stored_answer(&mut reader, object).await
+}
+
+async fn stored_answer<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut keel_net::FrameReader<R>,
+    object: ObjectId,
+) -> Result<NodeId, ClientError> {
+    match reader.recv::<PeerFrame>("the node's answer to a put").await? {
+        PeerFrame::Stored { object: o, node } if o == object => Ok(node),
+        PeerFrame::Refused { reason, .. } => Err(ClientError::Refused(reason)),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
 }

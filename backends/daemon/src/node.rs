@@ -148,15 +148,60 @@ enum Ev {
     HeadUp(mpsc::UnboundedSender<Outbound<ToHead>>, u64),
     Head(FromHead, u64),
     HeadLost(u64),
-    Peer { from: NodeId, frame: PeerFrame },
-    PeerGone { from: NodeId },
-    PeerUnreachable { node: NodeId, pulls: Vec<ObjectId> },
-    PeerLinkDown { node: NodeId, link: u64 },
-    WorkerHello { worker: WorkerId, tx: mpsc::UnboundedSender<Outbound<ToWorker>> },
-    Worker { worker: WorkerId, msg: FromWorker },
+    Peer {
+        from: NodeId,
+        frame: PeerFrame,
+    },
+    PeerGone {
+        from: NodeId,
+    },
+    PeerUnreachable {
+        node: NodeId,
+        pulls: Vec<ObjectId>,
+    },
+    PeerLinkDown {
+        node: NodeId,
+        link: u64,
+    },
+    WorkerHello {
+        worker: WorkerId,
+        tx: mpsc::UnboundedSender<Outbound<ToWorker>>,
+    },
+    Worker {
+        worker: WorkerId,
+        msg: FromWorker,
+    },
     Process(ProcessEvent<WorkerId>),
-    SendEnded { object: ObjectId, to: NodeId },
-    Fetch { object: ObjectId, tx: mpsc::UnboundedSender<Outbound<PeerFrame>> },
+    SendEnded {
+        object: ObjectId,
+        to: NodeId,
+    },
+    Fetch {
+        object: ObjectId,
+        tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
+    },
+    /// A client wrote its put into the store directory; take it in and answer on `tx`.
+    ClientAdopt {
+        object: ObjectId,
+        size: u64,
+        tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
+    },
+    /// A client starts sending its put's bytes.
+    UploadStart {
+        object: ObjectId,
+        total: u64,
+        tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
+    },
+    UploadChunk {
+        object: ObjectId,
+        offset: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// The client's connection ended before the last chunk.
+    UploadGone {
+        object: ObjectId,
+    },
 }
 
 /// Sets up the node's sockets and starts it.
@@ -214,6 +259,7 @@ pub async fn start_on<T: Transport>(options: NodeOptions, transport: T) -> Resul
         out: BTreeMap::new(),
         next_peer_link: 0,
         incoming: BTreeMap::new(),
+        uploads: BTreeMap::new(),
         jobs: BTreeMap::new(),
         workers: BTreeMap::new(),
         options,
@@ -256,6 +302,45 @@ where
                         }
                     }
                 }
+                Ok(PeerFrame::Adopt { object, size }) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    conn::spawn_writer(writer, rx, None);
+                    if events.send(Ev::ClientAdopt { object, size, tx }).is_ok() {
+                        until_closed(&mut reader, &events).await;
+                    }
+                    return;
+                }
+                Ok(PeerFrame::Upload { object, total }) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    conn::spawn_writer(writer, rx, None);
+                    if events.send(Ev::UploadStart { object, total, tx }).is_err() {
+                        return;
+                    }
+                    loop {
+                        let frame = tokio::select! {
+                            f = reader.recv::<PeerFrame>("upload chunk") => f,
+                            _ = events.closed() => return,
+                        };
+                        match frame {
+                            Ok(PeerFrame::Chunk { object: o, offset, data, last, .. }) if o == object => {
+                                if events.send(Ev::UploadChunk { object, offset, data, last }).is_err() || last {
+                                    break;
+                                }
+                            }
+                            other => {
+                                if let Err(e) = other.as_ref().map(|_| ()) {
+                                    tracing::warn!(peer = %name, error = %e, %object, "an upload ended early");
+                                } else {
+                                    tracing::warn!(peer = %name, %object, "an upload sent something else than its chunks");
+                                }
+                                let _ = events.send(Ev::UploadGone { object });
+                                return;
+                            }
+                        }
+                    }
+                    until_closed(&mut reader, &events).await;
+                    return;
+                }
                 Ok(_) => {
                     tracing::warn!(peer = %name, "a data connection did not start with its hello; closed");
                     return;
@@ -286,6 +371,19 @@ where
                 }
             }
         });
+    }
+}
+
+/// Keeps reading a client's connection until the client goes (or the node stops).
+async fn until_closed<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut keel_net::FrameReader<R>,
+    events: &mpsc::UnboundedSender<Ev>,
+) {
+    loop {
+        tokio::select! {
+            r = reader.recv_bytes() => if r.is_err() { return },
+            _ = events.closed() => return,
+        }
     }
 }
 
@@ -483,6 +581,19 @@ async fn peer_link<T: Transport>(
     let _ = events.send(Ev::PeerLinkDown { node, link });
 }
 
+/// Answers a client's put and closes its connection.
+fn answer_client(tx: &mpsc::UnboundedSender<Outbound<PeerFrame>>, object: ObjectId, reply: Result<NodeId, String>) {
+    let frame = match reply {
+        Ok(node) => PeerFrame::Stored { object, node },
+        Err(reason) => {
+            tracing::warn!(%object, %reason, "refused a client's put");
+            PeerFrame::Refused { object, reason }
+        }
+    };
+    let _ = tx.send(Outbound::Frame(frame));
+    let _ = tx.send(Outbound::Close);
+}
+
 struct WorkerEntry {
     process: Option<ProcessHandle>,
     tx: Option<mpsc::UnboundedSender<Outbound<ToWorker>>>,
@@ -510,6 +621,8 @@ struct Core<T: Transport> {
     next_peer_link: u64,
     /// Objects arriving from peers: sender, the object being written, bytes written so far.
     incoming: BTreeMap<ObjectId, (NodeId, Creating, u64)>,
+    /// Clients' puts arriving: the object being written, bytes written so far, where to answer.
+    uploads: BTreeMap<ObjectId, (Creating, u64, mpsc::UnboundedSender<Outbound<PeerFrame>>)>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
     workers: BTreeMap<WorkerId, WorkerEntry>,
 }
@@ -651,6 +764,38 @@ impl<T: Transport> Core<T> {
             },
             Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),
             Ev::SendEnded { object, to } => self.input(NodeInput::SendEnded { object, to }),
+            Ev::ClientAdopt { object, size, tx } => {
+                let reply = if self.store.contains(object) || self.uploads.contains_key(&object) {
+                    Err(format!("{object} is already here"))
+                } else {
+                    match self.store.adopt(object, size) {
+                        Ok(_) => self.client_put(object, size),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(keel_shm::path_of(self.store.dir(), object));
+                            Err(e.to_string())
+                        }
+                    }
+                };
+                answer_client(&tx, object, reply);
+            }
+            Ev::UploadStart { object, total, tx } => {
+                if self.store.contains(object) || self.uploads.contains_key(&object) {
+                    answer_client(&tx, object, Err(format!("{object} is already here")));
+                } else {
+                    match self.store.create(object, total) {
+                        Ok(creating) => {
+                            self.uploads.insert(object, (creating, 0, tx));
+                        }
+                        Err(e) => answer_client(&tx, object, Err(e.to_string())),
+                    }
+                }
+            }
+            Ev::UploadChunk { object, offset, data, last } => self.on_upload_chunk(object, offset, data, last),
+            Ev::UploadGone { object } => {
+                if let Some((creating, _, _)) = self.uploads.remove(&object) {
+                    self.store.abort(creating);
+                }
+            }
             Ev::Fetch { object, tx } => match self.store.get(object) {
                 Some(view) => {
                     tokio::spawn(stream_object(object, view, tx, None));
@@ -752,8 +897,53 @@ impl<T: Transport> Core<T> {
                 self.abort_incoming(object);
                 self.input(NodeInput::PullFailed { object, from });
             }
-            PeerFrame::Hello { .. } | PeerFrame::Fetch { .. } => {
+            PeerFrame::Hello { .. } | PeerFrame::Fetch { .. } | PeerFrame::Adopt { .. } | PeerFrame::Upload { .. } => {
                 tracing::warn!(%from, "a peer sent a frame only a connection's first may be; ignored")
+            }
+            PeerFrame::Stored { .. } | PeerFrame::Refused { .. } => {
+                tracing::warn!(%from, "a peer sent a frame only a node sends a client; ignored")
+            }
+        }
+    }
+
+    /// A slice of a client's upload.
+    fn on_upload_chunk(&mut self, object: ObjectId, offset: u64, data: Vec<u8>, last: bool) {
+        let Some((creating, written, _)) = self.uploads.get_mut(&object) else { return };
+        let end = offset.saturating_add(data.len() as u64);
+        if *written != offset || end > creating.size() || (last && end != creating.size()) {
+            let why = format!("bytes at {offset}..{end} after {written} of {} bytes", creating.size());
+            let (creating, _, tx) = self.uploads.remove(&object).expect("present");
+            self.store.abort(creating);
+            answer_client(&tx, object, Err(why));
+            return;
+        }
+        creating.bytes_mut()[offset as usize..end as usize].copy_from_slice(&data);
+        *written = end;
+        if !last {
+            return;
+        }
+        let (creating, _, tx) = self.uploads.remove(&object).expect("present");
+        let size = creating.size();
+        let reply = match self.store.seal(creating) {
+            Ok(_) => self.client_put(object, size),
+            Err(e) => Err(e.to_string()),
+        };
+        answer_client(&tx, object, reply);
+    }
+
+    /// Records a client's put, now in the store, with the Node machine; on refusal the bytes go.
+    fn client_put(&mut self, object: ObjectId, size: u64) -> Result<NodeId, String> {
+        let now = self.now();
+        let result = self.node.handle_input(now, NodeInput::ClientPut { object, size });
+        self.drain();
+        match (result, self.id) {
+            (Ok(()), Some(id)) => Ok(id),
+            (Ok(()), None) => Err("the node is not registered".into()),
+            (Err(e), _) => {
+                if !matches!(e, keel_kernel::InputError::DuplicateObject(_)) {
+                    self.store.delete(object);
+                }
+                Err(e.to_string())
             }
         }
     }
@@ -943,6 +1133,10 @@ impl<T: Transport> Core<T> {
         self.kill_all();
         for object in self.incoming.keys().copied().collect::<Vec<_>>() {
             self.abort_incoming(object);
+        }
+        for (object, (creating, _, tx)) in std::mem::take(&mut self.uploads) {
+            self.store.abort(creating);
+            answer_client(&tx, object, Err("the node lost the head and started afresh".into()));
         }
         self.store.clear();
         self.out.clear();

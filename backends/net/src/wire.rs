@@ -238,6 +238,39 @@ pub enum PeerFrame {
         /// The object.
         object: ObjectId,
     },
+    /// A client (a driver, which has no store) wrote the sealed bytes of its put into this node's
+    /// store directory itself (same machine): the node takes the object in as a primary copy and
+    /// answers [`PeerFrame::Stored`] or [`PeerFrame::Refused`]. A first frame.
+    Adopt {
+        /// The object (a put id).
+        object: ObjectId,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A client on another machine sends the bytes of its put: [`PeerFrame::Chunk`] frames follow
+    /// on this connection, then the node answers [`PeerFrame::Stored`] or [`PeerFrame::Refused`].
+    /// A first frame.
+    Upload {
+        /// The object (a put id).
+        object: ObjectId,
+        /// Its size in bytes.
+        total: u64,
+    },
+    /// The node holds the client's put as a primary copy; `node` is its id now (the client names
+    /// it in its `Put` to the head).
+    Stored {
+        /// The object.
+        object: ObjectId,
+        /// The node's id.
+        node: NodeId,
+    },
+    /// The node could not take the client's put.
+    Refused {
+        /// The object.
+        object: ObjectId,
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// Frames from a worker process to its node.

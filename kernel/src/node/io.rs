@@ -60,6 +60,16 @@ pub enum NodeInput {
         /// The message.
         msg: DriverToHead,
     },
+    /// A client (a driver, which has no store of its own) sealed the bytes of its put `object` in
+    /// the local store: it becomes a primary copy here. The client then tells the head itself,
+    /// with a `Put` naming this node, on the same connection as its other messages, so that the
+    /// head learns of the object before any task that uses it.
+    ClientPut {
+        /// The object (a put id).
+        object: ObjectId,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The bytes of `object` arrived from a peer and are sealed in the local store (a pull completed).
     ObjectSealed {
         /// The object.

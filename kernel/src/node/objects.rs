@@ -27,6 +27,19 @@ impl Node {
         }
     }
 
+    /// `ClientPut`: a client sealed its put here; a primary copy, like a worker's put.
+    pub(super) fn on_client_put(&mut self, object: ObjectId, size: u64) -> Result<(), InputError> {
+        self.registered()?;
+        if !object.is_put() {
+            return Err(InputError::Malformed { what: format!("{object} is not a put id") });
+        }
+        if self.objects.contains(object) {
+            return Err(InputError::DuplicateObject(object));
+        }
+        self.seal_here(object, size, true);
+        Ok(())
+    }
+
     /// `ObjectSealed`: a pull completed. Its waiters get the argument; unsolicited bytes are deleted.
     pub(super) fn on_object_sealed(&mut self, object: ObjectId, size: u64) -> Result<(), InputError> {
         self.registered()?;

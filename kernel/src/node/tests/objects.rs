@@ -45,6 +45,32 @@ fn put_sealed_by_a_local_worker_is_a_primary_copy_and_is_forwarded() {
 }
 
 #[test]
+fn a_clients_put_sealed_here_is_a_primary_copy_until_the_head_frees_it() {
+    let mut h = small_store();
+    let object = ObjectId::for_put(TaskId::driver(JobId(1)), 1);
+    // The client tells the head itself: nothing goes to the head from here.
+    let out = h.input(NodeInput::ClientPut { object, size: 900 });
+    assert!(to_head(&out).is_empty(), "{out:?}");
+    let copy = h.node.local_object(object).expect("recorded");
+    assert!(copy.primary);
+    assert_eq!(copy.size, 900);
+    // A primary copy is never evicted to make room for a secondary one.
+    assert!(h.head(HeadToNode::CopyObject { object: obj(2), size: 300, from: vec![NodeId(2)] }).is_empty());
+    assert_eq!(h.refused(NodeInput::ClientPut { object, size: 900 }), InputError::DuplicateObject(object));
+    let out = h.head(HeadToNode::FreeObjects(vec![object]));
+    assert!(out.contains(&NodeOutput::DeleteObject(object)), "{out:?}");
+    assert!(h.node.local_object(object).is_none());
+}
+
+#[test]
+fn a_client_put_must_carry_a_put_id() {
+    let mut h = Harness::new();
+    let err = h.refused(NodeInput::ClientPut { object: obj(1), size: 10 });
+    assert!(matches!(err, InputError::Malformed { .. }), "{err:?}");
+    assert!(h.node.local_object(obj(1)).is_none());
+}
+
+#[test]
 fn copy_object_fetches_an_unpinned_secondary_copy() {
     let mut h = Harness::new();
     let out = copy_here(&mut h, obj(1), 300);
