@@ -67,10 +67,15 @@ pub struct HeadArgs {
     token_file: Option<PathBuf>,
     /// A directory for the head's state: its journal of every input (fsync'd in batches before
     /// any decision leaves), its address file, and the token when no --token-file. A head
-    /// restarted with the same directory replays the journal and carries on: jobs, tasks and
-    /// objects it had accepted are not lost. Without it, nothing survives a restart.
+    /// restarted with the same directory loads the latest snapshot, replays the journal after it
+    /// and carries on: jobs, tasks and objects it had accepted are not lost. Without it, nothing
+    /// survives a restart.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Snapshot the head's state, and start the journal afresh, when the journal reaches this
+    /// many MiB.
+    #[arg(long, default_value_t = 64)]
+    snapshot_mib: u64,
     /// Declare a node dead after this long without a heartbeat.
     #[arg(long, default_value_t = 10_000)]
     node_timeout_ms: u64,
@@ -296,6 +301,7 @@ pub fn run_head(args: &HeadArgs) -> Result<(), String> {
     let mut options = HeadOptions::new(format!("{}:{}", args.bind, args.port), token);
     options.config.node_timeout = keel_kernel::Duration::from_millis(args.node_timeout_ms);
     options.journal = args.state_dir.as_ref().map(|d| d.join("head.journal"));
+    options.snapshot_after_bytes = args.snapshot_mib.max(1) << 20;
     runtime()?.block_on(async {
         let head = head::start(options).await.map_err(|e| e.to_string())?;
         let addr = head.addr().to_string();

@@ -220,7 +220,7 @@ fn values_lost_with_a_node_are_rebuilt_from_lineage(keel: &Keel, nodes: &[NodeId
     assert_eq!(bytes.len(), PART, "a rebuilt value differs");
 }
 
-fn a_driver_survives_a_head_restart_and_gets_its_results(
+fn a_driver_survives_a_head_restart_from_snapshot_and_journal_and_gets_its_results(
     dir: &std::path::Path,
     token: &Token,
     token_file: &std::path::Path,
@@ -229,6 +229,9 @@ fn a_driver_survives_a_head_restart_and_gets_its_results(
     let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
     options.config.node_timeout = keel_kernel::Duration::from_millis(1500);
     options.journal = Some(dir.join("restart").join("head.journal"));
+    // A snapshot after every batch: the head always goes on with the machine a restart would
+    // load, and the restart below loads a snapshot and the short journal after it.
+    options.snapshot_after_bytes = 1;
     let head = rt.block_on(head::start(options.clone())).unwrap();
     let addr = head.addr().to_string();
     options.listen = addr.clone();
@@ -255,6 +258,8 @@ fn a_driver_survives_a_head_restart_and_gets_its_results(
     std::thread::sleep(Duration::from_millis(300));
     head.abort();
     std::thread::sleep(Duration::from_millis(200));
+    let snapshot = keel_daemon::journal::read_snapshot(&dir.join("restart").join("head.journal.snapshot"));
+    assert!(snapshot.unwrap().expect("a snapshot was taken").generation > 1);
     let head = rt.block_on(head::start(options)).unwrap();
     // The task the journal kept runs again on the node, which registered anew.
     assert_eq!(keel.get(&slow).unwrap(), 1_000);
@@ -345,8 +350,8 @@ fn main() {
 
     // A head with a journal, killed and started again on the same address while a task runs: the
     // driver reconnects, takes up its job again, and gets its result.
-    check("a_driver_survives_a_head_restart_and_gets_its_results", || {
-        a_driver_survives_a_head_restart_and_gets_its_results(&dir, &token, &token_file)
+    check("a_driver_survives_a_head_restart_from_snapshot_and_journal_and_gets_its_results", || {
+        a_driver_survives_a_head_restart_from_snapshot_and_journal_and_gets_its_results(&dir, &token, &token_file)
     });
 
     // The embedded default: no address, a cluster in this process.

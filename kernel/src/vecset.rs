@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use std::borrow::Borrow;
 
 /// A set of distinct values in ascending order.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VecSet<T>(SmallVec<[T; 1]>);
 
 impl<T> Default for VecSet<T> {
@@ -140,7 +140,7 @@ impl<'a, T> IntoIterator for &'a VecSet<T> {
 }
 
 /// A map with distinct keys in ascending order.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VecMap<K, V>(SmallVec<[(K, V); 1]>);
 
 impl<K, V> Default for VecMap<K, V> {

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// The journal size that triggers a snapshot by default.
+pub const DEFAULT_SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
+
 /// How to run a head.
 #[derive(Clone, Debug)]
 pub struct HeadOptions {
@@ -38,6 +41,8 @@ pub struct HeadOptions {
     pub max_frame: usize,
     /// The journal (see [`crate::journal`]); a restarted head replays it. None: nothing survives a restart.
     pub journal: Option<PathBuf>,
+    /// A snapshot is taken, and the journal started afresh, once the journal holds this many bytes.
+    pub snapshot_after_bytes: u64,
 }
 
 impl HeadOptions {
@@ -49,6 +54,7 @@ impl HeadOptions {
             config: HeadConfig::default(),
             max_frame: DEFAULT_MAX_FRAME,
             journal: None,
+            snapshot_after_bytes: DEFAULT_SNAPSHOT_AFTER_BYTES,
         }
     }
 }
@@ -116,12 +122,25 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(path = %path.display(), bytes = recovered.torn_tail_bytes, "dropped a record cut short by a crash");
         }
+        if recovered.superseded_records > 0 {
+            tracing::info!(
+                records = recovered.superseded_records,
+                "dropped journal records the snapshot already holds"
+            );
+        }
+        if let Some(snapshot) = recovered.snapshot {
+            tracing::info!(generation = snapshot.generation, "loaded the snapshot");
+            core.head = snapshot.head;
+            core.jobs = snapshot.jobs;
+            core.max_conn = snapshot.max_conn;
+        }
         let n = recovered.entries.len();
         first_conn = core.replay(recovered.entries) + 1;
         if n > 0 {
             tracing::info!(path = %path.display(), records = n, "replayed the journal");
         }
         core.journal = Some(journal);
+        core.snapshot_after_bytes = options.snapshot_after_bytes;
     }
     let listener = transport
         .bind(&options.listen)
@@ -270,6 +289,9 @@ struct Core {
     pending: Vec<(ConnId, Outbound<FromHead>)>,
     /// The first journal append of this batch that failed.
     journal_failed: Option<JournalError>,
+    /// The highest connection id the machine has seen (a restart numbers new ones above it).
+    max_conn: u64,
+    snapshot_after_bytes: u64,
 }
 
 impl Core {
@@ -287,6 +309,8 @@ impl Core {
             base: Time::ZERO,
             pending: Vec::new(),
             journal_failed: None,
+            max_conn: 0,
+            snapshot_after_bytes: DEFAULT_SNAPSHOT_AFTER_BYTES,
         }
     }
 
@@ -339,6 +363,9 @@ impl Core {
 
     fn input(&mut self, input: HeadInput) {
         let now = self.now();
+        if let HeadInput::Connect { conn, .. } = &input {
+            self.max_conn = self.max_conn.max(conn.0);
+        }
         if self.journal.is_some() {
             self.record(&Entry::Input { now, input: input.clone() });
         }
@@ -365,7 +392,8 @@ impl Core {
         }
     }
 
-    /// Makes the batch's journal records durable, then sends what the batch produced.
+    /// Makes the batch's journal records durable, then sends what the batch produced; takes a
+    /// snapshot when the journal has grown long.
     fn release(&mut self) -> Result<(), JournalError> {
         if let Some(e) = self.journal_failed.take() {
             return Err(e);
@@ -376,6 +404,22 @@ impl Core {
         for (conn, item) in self.pending.drain(..) {
             if let Some(c) = self.conns.get(&conn) {
                 let _ = c.tx.send(item);
+            }
+        }
+        if let Some(j) = self.journal.as_mut() {
+            if j.len_bytes() >= self.snapshot_after_bytes {
+                let started = std::time::Instant::now();
+                let journal_bytes = j.len_bytes();
+                let (snapshot, bytes) = j.snapshot(&self.head, &self.jobs, self.max_conn)?;
+                // Go on with the machine as a restart would load it.
+                self.head = snapshot.head;
+                tracing::info!(
+                    generation = snapshot.generation,
+                    bytes,
+                    journal_bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "took a snapshot; the journal starts afresh"
+                );
             }
         }
         Ok(())
@@ -394,8 +438,8 @@ impl Core {
 
     /// Feeds a journal's records to the fresh machine; returns the highest connection id seen.
     fn replay(&mut self, entries: Vec<Entry>) -> u64 {
-        let mut max_conn = 0;
-        let mut last = Time::ZERO;
+        let mut max_conn = self.max_conn;
+        let mut last = self.head.now();
         for entry in entries {
             match entry {
                 Entry::Input { now, input } => {
@@ -412,6 +456,7 @@ impl Core {
                 Entry::Program { job, program } => {
                     self.jobs.insert(job, program);
                 }
+                Entry::Begins { .. } => {}
             }
             while self.head.poll_output().is_some() {}
         }
@@ -420,6 +465,7 @@ impl Core {
         self.jobs.retain(|job, _| head.job_running(*job));
         // The clock goes on from where the journal ends.
         self.base = Time(last.0 + 1_000_000);
+        self.max_conn = max_conn;
         max_conn
     }
 

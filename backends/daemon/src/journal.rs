@@ -12,6 +12,17 @@
 //! Writes are batched: the head appends a batch of records, then [`Journal::sync`]s once before
 //! it sends any output they caused (write-ahead), so nothing a peer heard of can be missing from
 //! the journal after a crash.
+//!
+//! Snapshots keep the journal short. Between batches the head writes its whole state (the Head
+//! machine, the programs of running jobs, the highest connection id) to `<journal>.snapshot`,
+//! then starts the journal afresh with a [`Entry::Begins`] record naming the snapshot's
+//! generation. Each step is a write to a temporary file, an fsync and a rename, so a crash at any
+//! point leaves a snapshot and a journal that fit: a journal older than the snapshot holds only
+//! what the snapshot already has, and is dropped. A restart loads the snapshot and replays the
+//! journal's records after it.
+//!
+//! Snapshot format: the 8 bytes `KEELSNP1`, a `u64` length, a `u32` CRC-32 of the body, and the
+//! body (postcard of a [`Snapshot`]).
 
 use keel_kernel::ids::JobId;
 use keel_kernel::{HeadInput, Time};
@@ -22,6 +33,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"KEELJNL1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNP1";
 /// Records larger than this are corruption, not inputs.
 const MAX_RECORD: u32 = 256 << 20;
 
@@ -36,6 +48,14 @@ pub enum JournalError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+    /// The snapshot is damaged or does not fit the journal.
+    #[error("snapshot {path}: {detail}")]
+    BadSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
     },
     /// It is not a journal.
     #[error("journal {path} does not start with the journal header (is it another file?)")]
@@ -79,6 +99,25 @@ pub enum Entry {
         /// What its workers run.
         program: Option<WorkerProgram>,
     },
+    /// The first record of a journal started after a snapshot: the records that follow go on
+    /// from snapshot `generation`.
+    Begins {
+        /// The snapshot's generation.
+        generation: u64,
+    },
+}
+
+/// The head's whole state at a batch boundary.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Counts snapshots: the journal that goes on from this one begins with it.
+    pub generation: u64,
+    /// The Head machine, outputs drained.
+    pub head: keel_kernel::Head,
+    /// Programs of the running jobs.
+    pub jobs: std::collections::BTreeMap<JobId, Option<WorkerProgram>>,
+    /// The highest connection id the machine has seen.
+    pub max_conn: u64,
 }
 
 impl Entry {
@@ -86,7 +125,7 @@ impl Entry {
     pub fn time(&self) -> Option<Time> {
         match self {
             Entry::Input { now, .. } | Entry::Timeout { now } => Some(*now),
-            Entry::Program { .. } => None,
+            Entry::Program { .. } | Entry::Begins { .. } => None,
         }
     }
 }
@@ -97,14 +136,75 @@ pub struct Journal {
     out: BufWriter<File>,
     dirty: bool,
     records: u64,
+    /// Bytes in the journal file (since the last snapshot).
+    bytes: u64,
+    /// The generation of the snapshot the journal goes on from (0: none).
+    generation: u64,
 }
 
 /// What [`Journal::open`] found.
 pub struct Recovered {
-    /// Every record, in order.
+    /// The latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Every record after the snapshot, in order.
     pub entries: Vec<Entry>,
     /// Bytes dropped from a record cut short at the end.
     pub torn_tail_bytes: u64,
+    /// Records dropped because the snapshot already held them (a crash between writing a
+    /// snapshot and starting the journal afresh).
+    pub superseded_records: u64,
+}
+
+/// Where a journal's snapshot lives.
+pub fn snapshot_path(journal: &Path) -> PathBuf {
+    let mut name = journal.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".snapshot");
+    journal.with_file_name(name)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` whole or not at all: a temporary file, fsync, rename, fsync of the
+/// directory.
+fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads the snapshot at `path`, if there is one.
+pub fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, JournalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(JournalError::Io { path: path.to_path_buf(), source }),
+    };
+    let bad = |detail: String| JournalError::BadSnapshot { path: path.to_path_buf(), detail };
+    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad("it does not start with the snapshot header".into()));
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let body = &bytes[20..];
+    if body.len() as u64 != len {
+        return Err(bad(format!("{} bytes of body where the header says {len}", body.len())));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let snapshot: Snapshot = postcard::from_bytes(body).map_err(|e| bad(format!("undecodable: {e}")))?;
+    Ok(Some(snapshot))
 }
 
 impl Journal {
@@ -134,9 +234,96 @@ impl Journal {
                 file.sync_data().map_err(io_err)?;
             }
         }
-        let records = entries.len() as u64;
-        let journal = Journal { path: path.to_path_buf(), out: BufWriter::new(file), dirty: false, records };
-        Ok((journal, Recovered { entries, torn_tail_bytes }))
+        let snapshot = read_snapshot(&snapshot_path(path))?;
+        let snapshot_generation = snapshot.as_ref().map_or(0, |s| s.generation);
+        let (generation, mut entries) = match entries.first() {
+            Some(Entry::Begins { generation }) => (*generation, entries[1..].to_vec()),
+            _ => (0, entries),
+        };
+        let mut superseded_records = 0;
+        let mut journal = Journal {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            dirty: false,
+            records: entries.len() as u64,
+            bytes: good_len.max(MAGIC.len() as u64),
+            generation,
+        };
+        if generation < snapshot_generation {
+            // The head died after writing the snapshot and before starting the journal afresh.
+            superseded_records = entries.len() as u64;
+            entries.clear();
+            journal.restart(snapshot_generation)?;
+        } else if generation > snapshot_generation {
+            return Err(JournalError::BadSnapshot {
+                path: snapshot_path(path),
+                detail: format!(
+                    "the journal goes on from snapshot {generation}, but the snapshot is {}",
+                    if snapshot.is_some() { format!("generation {snapshot_generation}") } else { "missing".into() }
+                ),
+            });
+        }
+        Ok((journal, Recovered { snapshot, entries, torn_tail_bytes, superseded_records }))
+    }
+
+    /// Starts the journal afresh, going on from snapshot `generation`.
+    fn restart(&mut self, generation: u64) -> Result<(), JournalError> {
+        let io_err = |source| JournalError::Io { path: self.path.clone(), source };
+        let mut bytes = MAGIC.to_vec();
+        let body = postcard::to_allocvec(&Entry::Begins { generation }).expect("serialising to a Vec cannot fail");
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        replace_durably(&self.path, &bytes).map_err(io_err)?;
+        let file = OpenOptions::new().append(true).open(&self.path).map_err(io_err)?;
+        self.out = BufWriter::new(file);
+        self.dirty = false;
+        self.records = 0;
+        self.bytes = bytes.len() as u64;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Bytes in the journal since the last snapshot.
+    pub fn len_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes a snapshot of the head's state and starts the journal afresh after it. Call it
+    /// between batches, after [`sync`](Self::sync): the snapshot must hold every record so far.
+    /// Returns the snapshot as a restart would read it back, and its size in bytes: the head
+    /// goes on with that copy of the machine, so that it decides exactly as a restart would.
+    pub fn snapshot(
+        &mut self,
+        head: &keel_kernel::Head,
+        jobs: &std::collections::BTreeMap<JobId, Option<WorkerProgram>>,
+        max_conn: u64,
+    ) -> Result<(Snapshot, u64), JournalError> {
+        self.sync()?;
+        let generation = self.generation + 1;
+        #[derive(Serialize)]
+        struct SnapshotRef<'a> {
+            generation: u64,
+            head: &'a keel_kernel::Head,
+            jobs: &'a std::collections::BTreeMap<JobId, Option<WorkerProgram>>,
+            max_conn: u64,
+        }
+        let body = postcard::to_allocvec(&SnapshotRef { generation, head, jobs, max_conn })
+            .expect("serialising to a Vec cannot fail");
+        let path = snapshot_path(&self.path);
+        let restored: Snapshot = postcard::from_bytes(&body).map_err(|e| JournalError::BadSnapshot {
+            path: path.clone(),
+            detail: format!("a snapshot just written does not read back: {e}"),
+        })?;
+        let mut bytes = Vec::with_capacity(20 + body.len());
+        bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        drop(body);
+        replace_durably(&path, &bytes).map_err(|source| JournalError::Io { path, source })?;
+        self.restart(generation)?;
+        Ok((restored, bytes.len() as u64))
     }
 
     /// Where it is.
@@ -158,6 +345,7 @@ impl Journal {
         self.out.write_all(&body).map_err(io_err)?;
         self.dirty = true;
         self.records += 1;
+        self.bytes += 8 + body.len() as u64;
         Ok(())
     }
 
@@ -330,6 +518,84 @@ mod tests {
         assert!(err.to_string().contains("byte 8"), "{err}");
         std::fs::write(&path, b"something else entirely").unwrap();
         assert!(matches!(Journal::open(&path).err(), Some(JournalError::NotAJournal { .. })));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    fn head() -> keel_kernel::Head {
+        keel_kernel::Head::new(keel_kernel::HeadConfig::default())
+    }
+
+    #[test]
+    fn after_a_snapshot_the_journal_holds_only_what_came_later() {
+        let path = temp("snapshot");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        for i in 0..50 {
+            j.append(&input(i)).unwrap();
+        }
+        let mut jobs = std::collections::BTreeMap::new();
+        jobs.insert(JobId(7), None);
+        let before = j.len_bytes();
+        let (snap, _) = j.snapshot(&head(), &jobs, 42).unwrap();
+        assert_eq!((snap.generation, snap.max_conn), (1, 42));
+        assert!(j.len_bytes() < before / 10, "the journal started afresh: {} bytes", j.len_bytes());
+        j.append(&input(50)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let (j, rec) = Journal::open(&path).unwrap();
+        let snap = rec.snapshot.expect("the snapshot comes back");
+        assert_eq!((snap.generation, snap.max_conn, snap.jobs), (1, 42, jobs));
+        assert_eq!(rec.entries, vec![input(50)]);
+        assert_eq!(rec.superseded_records, 0);
+        // The next snapshot is the next generation.
+        let mut j = j;
+        assert_eq!(j.snapshot(&head(), &Default::default(), 43).unwrap().0.generation, 2);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_fresh_journal_drops_the_records_the_snapshot_holds() {
+        let path = temp("between");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        for i in 0..5 {
+            j.append(&input(i)).unwrap();
+        }
+        j.sync().unwrap();
+        let old_journal = std::fs::read(&path).unwrap();
+        j.snapshot(&head(), &Default::default(), 1).unwrap();
+        drop(j);
+        // As if the head died after the snapshot's rename and before the journal's.
+        std::fs::write(&path, &old_journal).unwrap();
+        let (mut j, rec) = Journal::open(&path).unwrap();
+        assert_eq!(rec.snapshot.map(|s| s.generation), Some(1));
+        assert!(rec.entries.is_empty());
+        assert_eq!(rec.superseded_records, 5);
+        j.append(&input(9)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        assert_eq!(Journal::open(&path).unwrap().1.entries, vec![input(9)]);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_or_missing_snapshot_is_reported_not_skipped() {
+        let path = temp("badsnap");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&input(1)).unwrap();
+        j.snapshot(&head(), &Default::default(), 1).unwrap();
+        j.append(&input(2)).unwrap();
+        j.sync().unwrap();
+        drop(j);
+        let snap = snapshot_path(&path);
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&snap, &bytes).unwrap();
+        let err = Journal::open(&path).err().expect("a damaged snapshot");
+        assert!(matches!(&err, JournalError::BadSnapshot { detail, .. } if detail.contains("checksum")), "{err}");
+        // Without its snapshot, a journal that goes on from one cannot be used alone.
+        std::fs::remove_file(&snap).unwrap();
+        let err = Journal::open(&path).err().expect("a missing snapshot");
+        assert!(err.to_string().contains("missing"), "{err}");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

@@ -42,6 +42,8 @@ fn head_host(sim: &mut turmoil::Sim<'static>, journal: Option<PathBuf>) {
         async move {
             let mut options = HeadOptions::new("0.0.0.0:6380", token());
             options.journal = journal;
+            // Snapshots often, so that restarts load one and replay the journal after it.
+            options.snapshot_after_bytes = 4096;
             let head = head::start_on(options, Sim).await?;
             head.wait().await;
             Ok(())

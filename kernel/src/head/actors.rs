@@ -14,7 +14,7 @@ use crate::proto::{ActorOptions, ActorState, HeadToDriver, HeadToNode, TaskKind,
 use crate::resources::Allocation;
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Life {
     Pending,
     Alive,
@@ -23,7 +23,7 @@ enum Life {
 }
 
 /// Calls from one caller: dispatched lowest sequence number first, once every lower number was submitted.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct CallerQueue {
     /// The lowest sequence number not yet submitted.
     submitted_upto: u64,
@@ -33,7 +33,7 @@ struct CallerQueue {
     waiting: BTreeMap<u64, TaskId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ActorRecord {
     options: ActorOptions,
     creation: TaskId,
@@ -49,7 +49,7 @@ struct ActorRecord {
 }
 
 /// What the Head tells about an actor.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActorSummary {
     /// Its state.
     pub state: ActorState,
@@ -61,7 +61,7 @@ pub struct ActorSummary {
     pub running_calls: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct ActorTable {
     actors: BTreeMap<ActorId, ActorRecord>,
     names: BTreeMap<(String, String), ActorId>,

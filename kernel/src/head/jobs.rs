@@ -6,13 +6,13 @@ use crate::errors::InputError;
 use crate::ids::{JobId, TaskId};
 use std::collections::BTreeMap;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct JobRecord {
     pub name: String,
     pub running: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct JobTable {
     jobs: BTreeMap<JobId, JobRecord>,
     /// Every job's driver id, running or ended.

@@ -18,7 +18,7 @@ use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
 
 /// Finished tasks whose lineage is retained, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct LineageCache {
     /// Tasks in the order their lineage was retained; a task whose lineage was dropped since
     /// (its record says so) is skipped.

@@ -66,7 +66,7 @@ pub use actors::ActorSummary;
 pub use tasks::TaskStateKind;
 
 /// The Head's settings. Everything that shapes a decision is here, including the RNG seed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HeadConfig {
     /// Seed of the Head's RNG (scheduling ties among the top-k nodes).
     pub seed: u64,
@@ -99,7 +99,7 @@ impl Default for HeadConfig {
 }
 
 /// Unplaced demand, as [`Head::demand`] reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Demand {
     /// Tasks waiting for resources: (shape, count).
     pub queued: Vec<(ResourceSet, u64)>,
@@ -173,7 +173,7 @@ pub enum HeadOutput {
 pub type BundleRef = (PlacementGroupId, u32);
 
 /// Timers other than node deadlines, ordered by time then kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Timer {
     /// Fail the task if it is still infeasible.
     Infeasible(TaskId),
@@ -184,7 +184,7 @@ enum Timer {
 }
 
 /// Counters for reports and benchmarks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeadStats {
     /// Tasks accepted.
     pub tasks_submitted: u64,
@@ -205,6 +205,12 @@ pub struct HeadStats {
 }
 
 /// The cluster brain. See the [module docs](self) for how to drive it.
+///
+/// It serialises whole (serde), which is how a host snapshots it: a Head read back from its
+/// serialised form, given the same later inputs, decides exactly as the original did (a property
+/// test checks this over random operation sequences). The serialised form is not canonical: hash
+/// tables come back in another order, which no decision depends on.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Head {
     config: HeadConfig,
     rng: Xoshiro256PlusPlus,

@@ -21,7 +21,7 @@ fn sorted<T: Copy + Ord>(set: &FxHashSet<T>) -> Vec<T> {
 }
 
 /// What the Head knows of one live node.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct NodeRecord {
     /// When the node is declared dead unless it speaks.
     pub deadline: Time,
@@ -51,7 +51,7 @@ impl NodeRecord {
 }
 
 /// Live nodes and their deadline checks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct NodeTable {
     /// Lookup only: listings are sorted.
     nodes: FxHashMap<NodeId, NodeRecord>,

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
 
 /// Whether an object's value exists.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum ObjState {
     /// Not produced yet (or being rebuilt).
     Pending,
@@ -30,7 +30,7 @@ pub(super) enum ObjState {
     Failed(Box<ErrorReason>),
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct ObjectRecord {
     pub owner: TaskId,
     pub state: ObjState,
@@ -129,7 +129,7 @@ impl ObjectRecord {
 }
 
 /// Who waits for an object.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Waiters {
     /// Submitters to tell when it is ready or failed.
     pub subscribers: BTreeSet<TaskId>,
@@ -142,7 +142,7 @@ pub(super) type ReleaseWork = smallvec::SmallVec<[ObjectId; 4]>;
 
 /// The object directory. The maps are for lookup only: whatever is listed from them is sorted
 /// before it can reach an output.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct ObjectTable {
     objects: FxHashMap<ObjectId, ObjectRecord>,
     /// Handles per borrower (a holder other than the owner), per object.

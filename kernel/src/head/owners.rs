@@ -11,7 +11,8 @@ const EMPTY_SETS_SLACK: usize = 1024;
 /// Items per owner. An owner's set is kept when it empties, since a long-lived owner (a driver)
 /// soon creates more; emptied sets are swept once there are many of them. Lookup only: listings
 /// are sorted.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(serialize = "T: serde::Serialize", deserialize = "T: serde::Deserialize<'de> + Eq + std::hash::Hash"))]
 pub(super) struct OwnerIndex<T> {
     sets: FxHashMap<TaskId, FxHashSet<T>>,
     /// Sets that emptied since the last sweep (a new set has no capacity and is not counted).

@@ -14,7 +14,7 @@ use crate::resources::{Allocation, ResourcePool, ResourceSet};
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum PgState {
     /// Some bundles are not reserved (never were, or lost with a node).
     Pending,
@@ -24,7 +24,7 @@ pub(super) enum PgState {
     Removed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Bundle {
     pub node: NodeId,
     /// What the bundle took from its node.
@@ -33,7 +33,7 @@ pub(super) struct Bundle {
     pub pool: ResourcePool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct PgRecord {
     pub spec: PlacementGroupSpec,
     pub job: JobId,
@@ -45,7 +45,7 @@ pub(super) struct PgRecord {
     pub infeasible_since: Option<Time>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct PgTable {
     groups: BTreeMap<PlacementGroupId, PgRecord>,
     pending: BTreeSet<PlacementGroupId>,

@@ -70,7 +70,7 @@ pub const UTILISATION_FULL_BP: u32 = 10_000;
 const FEASIBILITY_CACHE_ENTRIES_MAX: usize = 64;
 
 /// The scheduler's tunables.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerConfig {
     /// Hybrid policy: pack onto nodes while their utilisation after placing stays at or under this
     /// fraction (in `[0, 1]`), then spread. Default 0.5.
@@ -89,7 +89,7 @@ impl Default for SchedulerConfig {
 }
 
 /// One node as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SchedNode {
     /// Its resources and what is allocated from them.
     pub pool: ResourcePool,
@@ -100,7 +100,7 @@ pub struct SchedNode {
 }
 
 /// Why a request was not placed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NoPlacement {
     /// Some schedulable node could hold it, but none has room now: try again after a release.
     Wait,
@@ -122,7 +122,7 @@ pub struct PlacementRequest<'a> {
 }
 
 /// What makes nodes interchangeable (labels aside): nodes with equal keys share a bucket.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(super) struct BucketKey {
     /// Critical-resource utilisation now, in basis points.
     pub(super) utilisation_bp: u32,
@@ -144,7 +144,7 @@ const MOVES_MAX: usize = 4096;
 const EMPTY_BUCKETS_SLACK: usize = 64;
 
 /// A bucket of interchangeable nodes: a FIFO list of node slots, oldest arrival first.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Bucket {
     key: BucketKey,
     /// Which index it belongs to: 0 for GPU-less nodes, 1 for GPU nodes.
@@ -160,7 +160,7 @@ struct Bucket {
 }
 
 /// The amounts of a request without custom resources.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct PlainShape {
     cpu: u64,
     memory: u64,
@@ -175,7 +175,7 @@ impl PlainShape {
 
 /// A bucket test that depends on the request's amounts alone: does it fit, and does the node's
 /// utilisation stay at or under `max_bp` after placing it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct PlainTest {
     cpu: u64,
     memory: u64,
@@ -185,7 +185,7 @@ struct PlainTest {
 
 /// A change of a node's free amounts that moves it between buckets predictably: no GPU device
 /// and no custom resource involved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 struct Move {
     from: u32,
     cpu: u64,
@@ -205,7 +205,7 @@ impl Move {
 }
 
 /// Non-empty utilisation levels of one index, and the non-empty buckets at each level.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Levels {
     /// Bit `l` is set exactly when level `l` holds a non-empty bucket.
     occupied: Vec<u64>,
@@ -298,7 +298,7 @@ impl Levels {
 }
 
 /// Nodes of one shape class share their totals (and so their GPU device layout).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct NodeClass {
     /// An empty pool with the class's totals, for feasibility tests.
     empty: ResourcePool,
@@ -307,7 +307,7 @@ struct NodeClass {
     schedulable_count: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Entry {
     id: NodeId,
     node: SchedNode,
@@ -332,7 +332,7 @@ type FeasibilityKey = (ShapeKey, Vec<(u8, String, Vec<String>)>);
 type FeasibilityCache = BTreeMap<FeasibilityKey, (ResourceSet, Vec<LabelConstraint>, bool)>;
 
 /// Which of the two indices a walk visits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum NodeKinds {
     /// Nodes without GPUs.
     GpuLess,
@@ -393,7 +393,7 @@ pub(super) type NodeTest<'t> = dyn Fn(NodeId, &SchedNode) -> bool + 't;
 /// [`release`](Self::release). Decisions: [`schedule`](Self::schedule),
 /// [`reserve_bundles`](Self::reserve_bundles). Getters: [`node`](Self::node),
 /// [`nodes`](Self::nodes), [`feasible_anywhere`](Self::feasible_anywhere).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClusterView {
     config: SchedulerConfig,
     spread_threshold_bp: u32,

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Where a task is in its life, without the details.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum TaskStateKind {
     /// Waiting for arguments.
     WaitingDeps,
@@ -36,7 +36,7 @@ pub enum TaskStateKind {
     Cancelled,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum TaskState {
     WaitingDeps { missing: u32 },
     Queued,
@@ -70,7 +70,7 @@ impl TaskState {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct TaskRecord {
     pub spec: Arc<TaskSpec>,
     pub owner: TaskId,
@@ -93,7 +93,7 @@ pub(super) struct TaskRecord {
 }
 
 /// A scheduling class: tasks with the same shape, strategy and label selector.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 struct ClassKey {
     resources: ResourceSet,
     strategy: SchedulingStrategy,
@@ -107,7 +107,7 @@ impl ClassKey {
 }
 
 /// A set of small ids as a bitmap, popped lowest first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct IdBits {
     words: Vec<u64>,
 }
@@ -146,7 +146,7 @@ impl IdBits {
 }
 
 /// Scheduling classes, interned.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Classes {
     ids: FxHashMap<ClassKey, u32>,
     /// Each class's key, by id.
@@ -180,7 +180,7 @@ impl Classes {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TaskTable {
     /// Lookup only: never iterated into an output without sorting.
     tasks: FxHashMap<TaskId, TaskRecord>,
