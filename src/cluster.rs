@@ -466,11 +466,12 @@ fn status_json(s: &ClusterStatus) -> serde_json::Value {
         "retries": s.retries,
         "reconstructions": s.reconstructions,
         "uptime_s": s.uptime_s,
+        "connections": s.connections,
     })
 }
 
 fn print_status(addr: &str, s: &ClusterStatus) {
-    println!("cluster at {addr}, up {:.0} s", s.uptime_s);
+    println!("cluster at {addr}, up {:.0} s, {} node and driver connections", s.uptime_s, s.connections);
     println!("{} nodes", s.nodes.len());
     for n in &s.nodes {
         let mut used = n.total.clone();

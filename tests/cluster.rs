@@ -227,6 +227,38 @@ async fn a_drivers_put_uploaded_to_a_node_is_served_from_there_and_bad_uploads_a
     assert_eq!(fetch(&node.addr, object).await.as_deref(), Some(&bytes[..]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_resuming_while_the_head_still_holds_its_old_connection_takes_the_job_over() {
+    // A driver that stopped hearing from the head (a stalled link) resumes on a new connection
+    // while the head still holds the old one: the newer connection wins, the job goes on.
+    let cluster = Local::start("resume-over", 1, |_| {}).await;
+    let mut old = Driver::connect(&cluster.addr(), &token(), "stalled").await.unwrap();
+    let job = old.job();
+    let mut new = Driver::resume(&cluster.addr(), &token(), job).await.unwrap();
+    assert_eq!(new.job(), job);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if old.recv().await.is_err() {
+                return;
+            }
+        }
+    });
+    assert!(closed.await.is_ok(), "the head closes the replaced connection");
+    let object = keel_kernel::ObjectId::for_put(keel_kernel::ids::TaskId::driver(job), 1);
+    let put = DriverToHead::Put { object, size: 3, inline: Some(vec![1, 2, 3]), node: None, nested: vec![] };
+    new.send(put).await.unwrap();
+    new.send(DriverToHead::Subscribe(vec![object])).await.unwrap();
+    loop {
+        match new.recv().await.unwrap() {
+            FromHead::Driver(HeadToDriver::ObjectReady { object: o, .. }) if o == object => break,
+            FromHead::Driver(HeadToDriver::ObjectFailed { reason, .. }) => panic!("the job ended: {reason:?}"),
+            _ => {}
+        }
+    }
+    let status = client::status(&cluster.addr(), &token()).await.unwrap();
+    assert!(status.jobs.iter().any(|(j, _)| *j == job), "the job still runs: {status:?}");
+}
+
 /// Sends `bytes` and checks that the peer closes the connection (reading reaches its end).
 async fn send_raw(addr: &str, bytes: &[u8]) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -470,13 +470,22 @@ impl Core {
     }
 
     /// A driver takes up its job again on a new connection.
+    /// The newer connection wins: a driver resumes when it stopped hearing from the head, which
+    /// may still hold its old connection (a stalled link the head has no limit on); that one is
+    /// closed without counting as the driver going away.
     fn resume_job(&mut self, conn: ConnId, peer: String, tx: mpsc::UnboundedSender<Outbound<FromHead>>, job: JobId) {
-        if !self.head.job_running(job) || self.drivers.contains_key(&job) {
-            let why = if self.drivers.contains_key(&job) { "already has a driver" } else { "is not running" };
-            tracing::warn!(%peer, %job, why, "refused to resume a job");
+        if !self.head.job_running(job) {
+            tracing::warn!(%peer, %job, "refused to resume a job that is not running");
             let _ = tx.send(Outbound::Frame(FromHead::Welcome(Welcome::Refused(InputError::UnknownJob(job)))));
             let _ = tx.send(Outbound::Close);
             return;
+        }
+        if let Some(old) = self.drivers.remove(&job) {
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.role = Role::Admin;
+                tracing::info!(%job, old = %c.peer, "a newer connection of the job's driver replaces this one");
+                let _ = c.tx.send(Outbound::Close);
+            }
         }
         tracing::info!(%peer, %job, "driver resumed its job");
         self.conns.insert(conn, ConnState { tx, peer, role: Role::Driver(job) });
@@ -724,6 +733,7 @@ impl Core {
             retries: stats.retries,
             reconstructions: stats.reconstructions,
             uptime_s: self.start.elapsed().as_secs_f64(),
+            connections: self.conns.values().filter(|c| !matches!(c.role, Role::Admin)).count() as u64,
         }
     }
 }

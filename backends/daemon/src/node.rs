@@ -35,7 +35,7 @@ use tokio::time::Instant;
 /// Object bytes move between nodes in slices of this size.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// How long a node waits on a silent head by default (twice the head's default node timeout).
+/// How long a node waits on a silent head by default (the head sends a keepalive every second).
 pub const DEFAULT_HEAD_SILENCE: Duration = Duration::from_secs(10);
 
 /// How to run a node.
@@ -454,8 +454,19 @@ async fn head_link<T: Transport>(
     };
     reader.set_silence_limit(Some(options.head_silence));
     let data_addr = match &options.data_advertise {
-        Some(addr) => addr.clone(),
-        None if data_addr.ip().is_unspecified() => SocketAddr::new(local.ip(), data_addr.port()).to_string(),
+        Some(addr) if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => addr.clone(),
+        // A host alone: the data port it listens on.
+        Some(host) => format!("{host}:{}", data_addr.port()),
+        None if data_addr.ip().is_unspecified() => {
+            if local.ip().is_loopback() {
+                tracing::warn!(
+                    head = %options.head,
+                    "the head is reached over loopback, so peers are told a loopback data address; \
+                     nodes on other machines cannot reach it: pass --advertise HOST"
+                );
+            }
+            SocketAddr::new(local.ip(), data_addr.port()).to_string()
+        }
         None => data_addr.to_string(),
     };
     let hello = Hello::RegisterNode {

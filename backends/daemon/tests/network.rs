@@ -110,7 +110,9 @@ fn a_partitioned_node_is_declared_dead_and_registers_again_when_the_partition_he
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(status().await.nodes.len(), 1, "a cut-off node stays out while the partition lasts");
         turmoil::repair("head", "node1");
-        // node1 noticed the silent head (10 s) and dials again with backoff (at most 5 s apart).
+        // node1 gives its old connection up (the head closed its side; node1's frames meet a
+        // reset once they can cross again, or the head's silence ends it) and dials again with
+        // backoff (at most 5 s apart).
         let healed = until(Duration::from_secs(20), "node1 back", |s| s.nodes.len() == 2).await;
         let new: Vec<NodeId> = ids(&healed).into_iter().filter(|id| !ids(&before).contains(id)).collect();
         assert_eq!(new.len(), 1, "node1 came back under a new id: {healed:?}");
@@ -145,8 +147,8 @@ fn frames_held_back_less_than_the_node_timeout_cost_nothing_and_longer_holds_mea
             assert_eq!(ids(&s), vec![id], "a 3 s delay must not cost the node its registration: {s:?}");
             assert_eq!(s.nodes_lost, 0);
         }
-        // Held for 12 s: the head gives the node up, and the node gives the head up; when the
-        // frames flow again the node registers afresh.
+        // Held for 12 s: the head declares the node dead; when the frames flow again the node
+        // registers afresh.
         turmoil::hold("head", "node1");
         tokio::time::sleep(Duration::from_secs(12)).await;
         let s = status().await;
@@ -154,6 +156,29 @@ fn frames_held_back_less_than_the_node_timeout_cost_nothing_and_longer_holds_mea
         turmoil::release("head", "node1");
         let back = until(Duration::from_secs(20), "node1 back", |s| s.nodes.len() == 1).await;
         assert_ne!(back.nodes[0].id, id, "it registered again, so it has a new id");
+        Ok(())
+    });
+    sim.run()?;
+    Ok(())
+}
+
+#[test]
+fn the_head_closes_the_connection_of_a_node_that_vanished_without_closing_it() -> Result {
+    // A machine cut off for good (pulled cable, powered off) sends nothing more, not even a
+    // reset: only the head's silence limit ends its connection (the machine declares the node
+    // dead on its own, connection or not).
+    let dir = scratch("vanish");
+    let mut sim = sim(60);
+    head_host(&mut sim, None);
+    node_host(&mut sim, dir.clone(), "node1");
+    node_host(&mut sim, dir.clone(), "node2");
+    sim.client("probe", async move {
+        until(Duration::from_secs(10), "two nodes registered", |s| s.nodes.len() == 2 && s.connections == 2).await;
+        turmoil::partition("head", "node2");
+        until(Duration::from_secs(8), "the vanished node's connection closed", |s| {
+            s.nodes.len() == 1 && s.connections == 1
+        })
+        .await;
         Ok(())
     });
     sim.run()?;

@@ -104,9 +104,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { inner: FramedRead::new(io, FrameCodec::new(max)), peer: peer.into(), silence: None }
     }
 
-    /// Ends the connection with [`NetError::Timeout`] when nothing at all (not even a keepalive,
+    /// Ends the connection with [`NetError::Timeout`] when no whole frame (not even a keepalive,
     /// see [`FrameWriter::keepalive`]) arrives for `limit`: the peer died without closing, or the
-    /// network between us is cut. Only for peers that send keepalives.
+    /// network between us is cut. Only for peers that send keepalives, and with a limit long
+    /// enough for the largest frame to arrive (keepalives cannot interleave with a frame).
     pub fn set_silence_limit(&mut self, limit: Option<Duration>) {
         self.silence = limit;
     }

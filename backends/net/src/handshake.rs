@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The wire protocol's version (the kernel's message version is checked again at registration).
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// The largest frame accepted before the peer is authenticated.
 pub const HANDSHAKE_MAX_FRAME: usize = 256;
 /// How long a peer has to complete the handshake.

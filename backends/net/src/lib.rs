@@ -30,7 +30,8 @@ pub use transport::{Connection, Listener, Tcp, Transport};
 /// How often a writer with nothing to say sends a keepalive.
 pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long dialing and the handshake may take before the attempt is given up.
+/// How long dialing may take before the attempt is given up (the handshake that follows has
+/// its own limit, [`handshake::HANDSHAKE_TIMEOUT`]).
 pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 use std::io;

@@ -176,6 +176,8 @@ pub struct ClusterStatus {
     pub reconstructions: u64,
     /// Seconds since the head started.
     pub uptime_s: f64,
+    /// Open connections of nodes (registered or not yet) and drivers.
+    pub connections: u64,
 }
 
 /// One node in [`ClusterStatus`].
