@@ -892,6 +892,10 @@ impl<T: Transport> Core<T> {
                 }
                 creating.bytes_mut()[offset as usize..end as usize].copy_from_slice(&data);
                 *written = end;
+                if !last {
+                    // A large object may take longer than the pull timeout to arrive whole.
+                    self.input(NodeInput::PullProgress { object, from });
+                }
                 if last {
                     let (_, creating, _) = self.incoming.remove(&object).expect("present");
                     let size = creating.size();

@@ -77,6 +77,14 @@ pub enum NodeInput {
         /// Its size in bytes.
         size: u64,
     },
+    /// Bytes of `object` are arriving from `from`: a pull that makes progress is not timed out
+    /// (its deadline restarts), however long the whole object takes to arrive.
+    PullProgress {
+        /// The object.
+        object: ObjectId,
+        /// The peer sending it.
+        from: NodeId,
+    },
     /// The data path from `from` failed while pulling `object` (connection lost, transfer aborted).
     PullFailed {
         /// The object.

@@ -239,6 +239,7 @@ impl Node {
             NodeInput::FromWorker { worker, msg } => self.on_worker_message(worker, msg),
             NodeInput::ClientPut { object, size } => self.on_client_put(object, size),
             NodeInput::ObjectSealed { object, size } => self.on_object_sealed(object, size),
+            NodeInput::PullProgress { object, from } => self.on_pull_progress(now, object, from),
             NodeInput::PullFailed { object, from } => self.on_pull_failed(now, object, from),
             NodeInput::SendEnded { object, to } => self.on_send_ended(object, to),
         };

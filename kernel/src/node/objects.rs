@@ -55,6 +55,16 @@ impl Node {
         Ok(())
     }
 
+    /// `PullProgress`: bytes are arriving from the current holder; its try's deadline restarts.
+    /// Progress from another peer (an earlier try's late bytes) or for no pull changes nothing.
+    pub(super) fn on_pull_progress(&mut self, now: Time, object: ObjectId, from: NodeId) -> Result<(), InputError> {
+        self.registered()?;
+        if self.pulls.get(object).is_some_and(|p| p.current() == from) {
+            self.pulls.extend(object, now);
+        }
+        Ok(())
+    }
+
     /// `PullFailed`: the data path from `from` failed. Only the current holder's failure counts.
     pub(super) fn on_pull_failed(&mut self, now: Time, object: ObjectId, from: NodeId) -> Result<(), InputError> {
         self.registered()?;

@@ -50,6 +50,27 @@ fn data_path_failure_moves_the_pull_to_the_next_holder() {
 }
 
 #[test]
+fn a_pull_whose_bytes_keep_arriving_outlives_its_timeout_and_a_stalled_one_does_not() {
+    let mut h = Harness::new();
+    h.run(task_with_refs(1, &[obj(1)]), vec![(obj(1), at(500, &[2, 3]))]);
+    let timeout = h.node.config().pull_timeout;
+    // Bytes arrive from the holder every half timeout for three timeouts: no retry.
+    let mut t = Time::ZERO;
+    for _ in 0..6 {
+        t = t + Duration(timeout.0 / 2);
+        assert!(pulls_sent(&h.advance_to(t)).is_empty(), "retried a pull making progress at {t:?}");
+        h.input(NodeInput::PullProgress { object: obj(1), from: NodeId(2) });
+    }
+    // Bytes from a node that is not the current holder do not count.
+    h.input(NodeInput::PullProgress { object: obj(1), from: NodeId(3) });
+    assert!(pulls_sent(&h.advance_to(t + timeout - Duration(1))).is_empty());
+    let out = h.advance_to(t + timeout);
+    assert_eq!(pulls_sent(&out), vec![(NodeId(3), obj(1))], "stalled: the next holder is asked");
+    // Progress for an object not being pulled is harmless.
+    h.input(NodeInput::PullProgress { object: obj(9), from: NodeId(2) });
+}
+
+#[test]
 fn silent_holder_times_out_and_the_next_holder_is_asked() {
     let mut h = Harness::new();
     h.run(task_with_refs(1, &[obj(1)]), vec![(obj(1), at(500, &[2, 3]))]);
