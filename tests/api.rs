@@ -157,6 +157,15 @@ fn a_task_can_submit_tasks_and_wait_for_them(keel: &Keel) {
     assert_eq!(keel.get(&r).unwrap(), 1 + 4 + 9 + 16 + 25);
 }
 
+fn parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(keel: &Keel) {
+    // Two CPUs in the cluster, both taken by parents that wait for children: the children run
+    // only on the CPUs their blocked parents lend.
+    let parents: Vec<_> = (0..2).map(|_| SUM_OF_SQUARES.call(keel, (4,)).unwrap()).collect();
+    let (ready, _) = keel.wait(&parents, 2, Duration::from_secs(30)).unwrap();
+    assert_eq!(ready, vec![0, 1], "the parents deadlocked waiting for CPUs they hold");
+    assert_eq!(keel.get_all(&parents).unwrap(), vec![1 + 4 + 9 + 16; 2]);
+}
+
 fn an_impossible_request_is_reported_as_infeasible(keel: &Keel) {
     let options = TaskOptions { resources: ResourceSet::cpus(64), ..TaskOptions::default() };
     let r = SQUARE.call_with(keel, (2,), &options).unwrap();
@@ -331,6 +340,9 @@ fn main() {
         wait_returns_the_first_finished_and_leaves_the_rest(&keel)
     });
     check("a_task_can_submit_tasks_and_wait_for_them", || a_task_can_submit_tasks_and_wait_for_them(&keel));
+    check("parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock", || {
+        parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(&keel)
+    });
     check("an_impossible_request_is_reported_as_infeasible", || an_impossible_request_is_reported_as_infeasible(&keel));
     check("an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed", || {
         an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed(&keel)

@@ -547,6 +547,23 @@ pub enum NodeToHead {
         /// The worker.
         worker: WorkerId,
     },
+    /// A running attempt is blocked waiting for objects (its code called `get` or `wait`): the
+    /// head lends its CPUs to other tasks until [`NodeToHead::TaskUnblocked`], so that tasks that
+    /// wait for tasks they submitted cannot starve the cluster of CPUs and deadlock.
+    TaskBlocked {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// A blocked attempt runs again: it takes its CPUs back if they are free, else runs on
+    /// without them until it ends (the node is briefly oversubscribed, rather than wait).
+    TaskUnblocked {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
     /// An attempt ended.
     TaskEnded {
         /// The task.

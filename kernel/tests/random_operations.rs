@@ -133,6 +133,11 @@ enum Op {
     DrainHost {
         host: usize,
     },
+    /// A running task is blocked in `get` (lends its CPUs), or runs again.
+    Block {
+        task: usize,
+        blocked: bool,
+    },
     Advance {
         ms: u64,
     },
@@ -175,6 +180,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(|host| Op::CrashHost { host }),
         1 => (0usize..8).prop_map(|host| Op::RestartHost { host }),
         1 => (0usize..8).prop_map(|host| Op::DrainHost { host }),
+        3 => (0usize..64, any::<bool>()).prop_map(|(task, blocked)| Op::Block { task, blocked }),
         6 => prop_oneof![3 => 1u64..50, 1 => 50u64..3_000, 1 => 3_000u64..12_000].prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -387,6 +393,20 @@ fn apply(c: &mut Cluster, d: &mut Driver, op: &Op) {
             if c.hosts[h].up && c.hosts[h].id.is_some() {
                 let _ = c.drain_host(h);
             }
+        }
+        Op::Block { task, blocked } => {
+            let Some(spec) = d.accepted.get(task % d.accepted.len().max(1)) else { return };
+            let (task, head) = (spec.task, &c.head);
+            if head.task_state(task) != Some(TaskStateKind::Running) {
+                return;
+            }
+            let (Some(node), Some(attempt)) = (head.task_node(task), head.task_attempt(task)) else { return };
+            let msg = if *blocked {
+                keel_kernel::proto::NodeToHead::TaskBlocked { task, attempt }
+            } else {
+                keel_kernel::proto::NodeToHead::TaskUnblocked { task, attempt }
+            };
+            c.head_input(HeadInput::FromNode { node, msg }).expect("a running task's node may report it blocked");
         }
         Op::Advance { ms } => {
             c.run_for(Duration::from_millis(*ms));

@@ -47,12 +47,31 @@ enum Cmd {
 /// What became of a placement group: the node of each bundle, or why it failed.
 pub(crate) type GroupOutcome = std::result::Result<Vec<NodeId>, ErrorReason>;
 
+/// Tells the node whether the task is blocked waiting for objects (worker mode only).
+pub(crate) type BlockHook = Box<dyn Fn(bool) + Send + Sync>;
+
 /// What user threads share with the core.
 pub(crate) struct Shared {
     cmds: mpsc::UnboundedSender<Cmd>,
     handle: tokio::runtime::Handle,
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
     token: Token,
+    on_block: std::sync::OnceLock<BlockHook>,
+    /// Threads of the task waiting now (a task may wait from several threads).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// While it lives, the task counts as blocked (see [`Shared::blocked`]).
+pub(crate) struct Blocked<'a>(&'a Shared);
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            if let Some(hook) = self.0.on_block.get() {
+                hook(false);
+            }
+        }
+    }
 }
 
 /// A value's bytes: owned, or mapped from a store on this machine.
@@ -87,7 +106,32 @@ impl Shared {
         let (cmds, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
         handle.spawn(run(rx, incoming, out, peers.clone()));
-        Arc::new(Shared { cmds, handle, peers, token })
+        Arc::new(Shared {
+            cmds,
+            handle,
+            peers,
+            token,
+            on_block: std::sync::OnceLock::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// In a worker: how to tell the node that the task is blocked waiting, or runs again. The
+    /// head lends a blocked task's CPUs to other tasks, so that a task waiting for children it
+    /// submitted cannot starve them of CPUs.
+    pub fn set_block_hook(&self, hook: BlockHook) {
+        let _ = self.on_block.set(hook);
+    }
+
+    /// Marks the task blocked until the guard drops (the first waiting thread tells the node,
+    /// the last one to stop waiting tells it again).
+    pub fn blocked(&self) -> Blocked<'_> {
+        if self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            if let Some(hook) = self.on_block.get() {
+                hook(true);
+            }
+        }
+        Blocked(self)
     }
 
     pub fn send(&self, msg: DriverToHead) -> Result<()> {
@@ -111,10 +155,31 @@ impl Shared {
     pub fn resolve(&self, object: ObjectId) -> Result<Resolution> {
         let (reply, rx) = oneshot::channel();
         self.cmds.send(Cmd::Subscribe { object, reply }).map_err(|_| lost())?;
-        match rx.blocking_recv() {
+        let answer = self.wait_for(rx).ok_or(());
+        match answer {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(why)) => Err(Error::Connection(why)),
             Err(_) => Err(lost()),
+        }
+    }
+
+    /// Waits for `rx` on this (user) thread; `None` if its sender went away. What the core
+    /// knows already comes back within microseconds: only a real wait counts as blocked (and
+    /// lends the task's CPUs, in a worker).
+    pub fn wait_for<T>(&self, mut rx: oneshot::Receiver<T>) -> Option<T> {
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(200);
+        loop {
+            match rx.try_recv() {
+                Ok(answer) => return Some(answer),
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+                Err(oneshot::error::TryRecvError::Empty) if std::time::Instant::now() < spin_until => {
+                    std::thread::yield_now()
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    let _blocked = self.blocked();
+                    return rx.blocking_recv().ok();
+                }
+            }
         }
     }
 

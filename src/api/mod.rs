@@ -255,8 +255,11 @@ impl Keel {
         refs.iter()
             .zip(waits)
             .map(|(r, w)| {
-                let resolution =
-                    w.blocking_recv().map_err(|_| Error::Connection("the cluster connection closed".into()))?;
+                let resolution = self
+                    .inner
+                    .shared
+                    .wait_for(w)
+                    .ok_or_else(|| Error::Connection("the cluster connection closed".into()))?;
                 self.decode(r.id(), resolution)
             })
             .collect()
@@ -278,6 +281,7 @@ impl Keel {
         drop(tx);
         let deadline = std::time::Instant::now() + timeout;
         let mut ready = Vec::new();
+        let _blocked = (n > 0 && !timeout.is_zero()).then(|| self.inner.shared.blocked());
         while ready.len() < n.min(refs.len()) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {

@@ -91,6 +91,10 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let submit_tx = wtx.clone();
     let out = Box::new(move |m: DriverToHead| submit_tx.send(Outbound::Frame(FromWorker::Submit(m))).is_ok());
     let shared = Shared::start(runtime.handle().clone(), irx, out, env.token.clone());
+    let block_tx = wtx.clone();
+    shared.set_block_hook(Box::new(move |blocked| {
+        let _ = block_tx.send(Outbound::Frame(FromWorker::Blocked(blocked)));
+    }));
     drop(guard);
     let host = keel_daemon::node::hostname();
     shared.add_peer(PeerInfo {

@@ -771,6 +771,7 @@ impl<T: Transport> Core<T> {
                         self.send_to_head(ToHead::Output(chunk));
                     }
                 }
+                FromWorker::Blocked(blocked) => self.input(NodeInput::WorkerBlocked { worker, blocked }),
                 FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
             },
             Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),

@@ -307,6 +307,8 @@ pub enum FromWorker {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// The running task is blocked waiting for objects (true), or runs again (false).
+    Blocked(bool),
 }
 
 /// Frames from a node to one of its worker processes.

@@ -20,7 +20,10 @@
 //!
 //! - [`scheduler`]: the resource view of the cluster and the node-selection policies.
 //! - `nodes`: registration, heartbeats, failure detection, drain and loss.
-//! - `tasks`: submission, dependencies, the ready queue, dispatch and completion.
+//! - `tasks`: submission, dependencies, the ready queue, dispatch and completion; a normal task
+//!   blocked waiting for objects lends its CPUs until it runs again (then takes them back if they
+//!   are free, else runs on without them), so that tasks waiting for their own children cannot
+//!   hold every CPU and deadlock.
 //! - `failures`: retries, failing for good, the end of a task's life, cancellation, owner death.
 //! - `objects`: the object directory, reference counting with borrowers, subscriptions.
 //! - `lineage`: bounded lineage and reconstruction of lost objects.

@@ -183,6 +183,8 @@ impl Head {
             NodeToHead::Heartbeat => Ok(()),
             NodeToHead::TaskStarted { task, attempt, worker } => self.on_task_started(node, task, attempt, worker),
             NodeToHead::TaskEnded { task, attempt, outcome } => self.on_task_ended(node, task, attempt, outcome),
+            NodeToHead::TaskBlocked { task, attempt } => self.on_task_blocked(node, task, attempt),
+            NodeToHead::TaskUnblocked { task, attempt } => self.on_task_unblocked(node, task, attempt),
             NodeToHead::ActorWorkerDied { actor, worker } => self.on_actor_worker_died(node, actor, worker),
             NodeToHead::ObjectAdded { object, size } => self.on_object_added(node, object, size),
             NodeToHead::ObjectRemoved(object) => self.on_object_removed(node, object),

@@ -288,6 +288,19 @@ impl Head {
         }
     }
 
+    /// Allocates `req` in bundle `index` of `pg` on `node`, if it fits there now.
+    pub(super) fn allocate_in_bundle(
+        &mut self,
+        pg: PlacementGroupId,
+        index: u32,
+        node: NodeId,
+        req: &ResourceSet,
+    ) -> Option<Allocation> {
+        let record = self.pgs.groups.get_mut(&pg)?;
+        let b = record.bundles.get_mut(index as usize)?.as_mut().filter(|b| b.node == node)?;
+        b.pool.try_allocate(req)
+    }
+
     pub(super) fn release_in_group(&mut self, pg: PlacementGroupId, index: u32, node: NodeId, alloc: &Allocation) {
         let Some(record) = self.pgs.groups.get_mut(&pg) else { return };
         if let Some(b) = record.bundles.get_mut(index as usize).and_then(|b| b.as_mut()).filter(|b| b.node == node) {

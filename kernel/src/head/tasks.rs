@@ -13,7 +13,7 @@ use super::{Head, HeadOutput, Timer};
 use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
-use crate::resources::{Allocation, ResourceSet};
+use crate::resources::{Allocation, Amount, ResourceSet};
 use crate::vecset::{VecMap, VecSet};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
@@ -38,9 +38,19 @@ pub enum TaskStateKind {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum TaskState {
-    WaitingDeps { missing: u32 },
+    WaitingDeps {
+        missing: u32,
+    },
     Queued,
-    Running { node: NodeId, alloc: Allocation, bundle: Option<(PlacementGroupId, u32)>, worker: Option<WorkerId> },
+    Running {
+        node: NodeId,
+        /// What it holds now (less the CPUs lent while it is blocked, or not taken back).
+        alloc: Allocation,
+        bundle: Option<(PlacementGroupId, u32)>,
+        worker: Option<WorkerId>,
+        /// While it is blocked waiting for objects: the CPUs it lent to other tasks.
+        blocked: Option<Amount>,
+    },
     Finished,
     Failed,
     Cancelled,
@@ -562,7 +572,7 @@ impl Head {
         let args = self.argument_sources(task);
         let record = self.tasks.get_mut(task).expect("task");
         assert!(matches!(record.state, TaskState::Queued), "dispatching a task that is not queued");
-        record.state = TaskState::Running { node, alloc: alloc.clone(), bundle, worker: actor_worker };
+        record.state = TaskState::Running { node, alloc: alloc.clone(), bundle, worker: actor_worker, blocked: None };
         let msg = HeadToNode::RunTask {
             spec: record.spec.clone(),
             attempt: record.attempt,
@@ -658,6 +668,55 @@ impl Head {
         }
         if let TaskKind::ActorCreation(actor) = record.spec.kind {
             self.actors.set_worker(actor, worker);
+        }
+        Ok(())
+    }
+
+    /// `TaskBlocked`: a normal task waiting for objects lends its CPUs (an actor's calls keep the
+    /// actor's resources, as actors hold them for life).
+    pub(super) fn on_task_blocked(&mut self, node: NodeId, task: TaskId, attempt: u32) -> Result<(), InputError> {
+        let record = self.current_attempt(node, task, attempt)?;
+        if !matches!(record.spec.kind, TaskKind::Normal) {
+            return Ok(());
+        }
+        let TaskState::Running { alloc, bundle, blocked, .. } = &mut record.state else {
+            unreachable!("current_attempt returns running attempts")
+        };
+        if blocked.is_some() {
+            return Ok(());
+        }
+        let cpu = std::mem::replace(&mut alloc.resources.cpu, Amount::ZERO);
+        *blocked = Some(cpu);
+        let bundle = *bundle;
+        if cpu > Amount::ZERO {
+            let lent = Allocation { resources: ResourceSet { cpu, ..ResourceSet::default() }, gpus: Vec::new() };
+            self.release_allocation(node, &lent, bundle);
+        }
+        Ok(())
+    }
+
+    /// `TaskUnblocked`: the task takes its CPUs back if they are free; else it runs on without
+    /// them (briefly oversubscribing the node) rather than wait for them.
+    pub(super) fn on_task_unblocked(&mut self, node: NodeId, task: TaskId, attempt: u32) -> Result<(), InputError> {
+        let record = self.current_attempt(node, task, attempt)?;
+        let TaskState::Running { blocked, bundle, .. } = &mut record.state else {
+            unreachable!("current_attempt returns running attempts")
+        };
+        let Some(cpu) = blocked.take() else { return Ok(()) };
+        let bundle = *bundle;
+        if cpu == Amount::ZERO {
+            return Ok(());
+        }
+        let want = ResourceSet { cpu, ..ResourceSet::default() };
+        let back = match bundle {
+            Some((pg, index)) => self.allocate_in_bundle(pg, index, node, &want),
+            None => self.cluster.allocate(node, &want),
+        };
+        if back.is_some() {
+            let record = self.tasks.get_mut(task).expect("running task");
+            if let TaskState::Running { alloc, .. } = &mut record.state {
+                alloc.resources.cpu = cpu;
+            }
         }
         Ok(())
     }

@@ -51,6 +51,14 @@ pub enum NodeInput {
         /// How it ended.
         outcome: TaskOutcome,
     },
+    /// The task a worker runs is blocked waiting for objects (`get`, `wait`), or runs again:
+    /// reported to the head, which lends the task's CPUs to others meanwhile.
+    WorkerBlocked {
+        /// The worker.
+        worker: WorkerId,
+        /// Blocked (true) or running again (false).
+        blocked: bool,
+    },
     /// A running task submits work, puts an object, subscribes... (forwarded to the head as
     /// [`NodeToHead::FromSubmitter`]). A non-inline `Put` whose `node` is this node also records the
     /// object as a primary copy in the local table: the worker sealed its bytes before sending it.

@@ -233,6 +233,23 @@ impl Node {
         }
     }
 
+    /// A running task blocked in `get` or running again: the head hears it with the attempt.
+    pub(super) fn on_worker_blocked(&mut self, worker: WorkerId, blocked: bool) -> Result<(), InputError> {
+        self.registered()?;
+        let info = self.workers.get(worker).ok_or(InputError::UnknownWorker(worker))?;
+        let WorkerState::Busy(task) = info.state else {
+            return Err(InputError::Malformed { what: format!("worker {worker} is blocked while running nothing") });
+        };
+        let attempt = self.tasks.get(&task).expect("a busy worker's task is held").attempt;
+        let msg = if blocked {
+            NodeToHead::TaskBlocked { task, attempt }
+        } else {
+            NodeToHead::TaskUnblocked { task, attempt }
+        };
+        self.send_to_head(msg);
+        Ok(())
+    }
+
     /// A running task's message: forwarded to the head; a put sealed here becomes a primary copy.
     pub(super) fn on_worker_message(&mut self, worker: WorkerId, msg: DriverToHead) -> Result<(), InputError> {
         let me = self.registered()?;

@@ -237,6 +237,7 @@ impl Node {
             NodeInput::WorkerExited { worker, exit_code } => self.on_worker_exited(worker, exit_code),
             NodeInput::TaskDone { worker, task, attempt, outcome } => self.on_task_done(worker, task, attempt, outcome),
             NodeInput::FromWorker { worker, msg } => self.on_worker_message(worker, msg),
+            NodeInput::WorkerBlocked { worker, blocked } => self.on_worker_blocked(worker, blocked),
             NodeInput::ClientPut { object, size } => self.on_client_put(object, size),
             NodeInput::ObjectSealed { object, size } => self.on_object_sealed(object, size),
             NodeInput::PullProgress { object, from } => self.on_pull_progress(now, object, from),

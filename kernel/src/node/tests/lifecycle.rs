@@ -362,3 +362,19 @@ fn a_duplicated_order_for_an_attempt_already_ended_is_refused_and_not_run_again(
     let out = h.head(run_task(task(1), 1, Allocation::default(), vec![], None));
     assert_eq!(executed(&out), vec![(w, TaskId(1))]);
 }
+
+#[test]
+fn a_worker_blocked_in_get_is_reported_with_its_task_and_attempt() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let out = h.input(NodeInput::WorkerBlocked { worker: w, blocked: true });
+    assert_eq!(to_head(&out), vec![NodeToHead::TaskBlocked { task: TaskId(1), attempt: 0 }]);
+    let out = h.input(NodeInput::WorkerBlocked { worker: w, blocked: false });
+    assert_eq!(to_head(&out), vec![NodeToHead::TaskUnblocked { task: TaskId(1), attempt: 0 }]);
+    h.finish(w, TaskId(1));
+    // An idle worker cannot be blocked, and an unknown one is refused.
+    let err = h.refused(NodeInput::WorkerBlocked { worker: w, blocked: true });
+    assert!(matches!(err, InputError::Malformed { .. }), "{err:?}");
+    let ghost = WorkerId(99);
+    assert_eq!(h.refused(NodeInput::WorkerBlocked { worker: ghost, blocked: true }), InputError::UnknownWorker(ghost));
+}

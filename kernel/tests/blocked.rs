@@ -1,0 +1,89 @@
+//! A task blocked waiting for objects lends its CPUs to other tasks, so that tasks waiting for
+//! children they submitted cannot starve a full cluster and deadlock; it takes them back when it
+//! runs again, if they are free, and otherwise runs on without them until it ends.
+
+mod common;
+
+use common::*;
+use keel_kernel::proto::{DriverToHead, HeadToNode, NodeToHead, ReturnValue, TaskOutcome, TaskSpec};
+use keel_kernel::testkit::task;
+use keel_kernel::*;
+
+fn dispatched(outs: &[HeadOutput], task: TaskId) -> bool {
+    outs.iter()
+        .any(|o| matches!(o, HeadOutput::ToNode { msg: HeadToNode::RunTask { spec, .. }, .. } if spec.task == task))
+}
+
+fn free_cpus(b: &Bench, node: NodeId) -> f64 {
+    b.head.cluster().nodes().find(|(id, _)| *id == node).map(|(_, n)| n.pool.available().cpu.as_f64()).unwrap()
+}
+
+fn finish(b: &mut Bench, node: NodeId, spec: &TaskSpec) {
+    let returns = spec
+        .return_ids()
+        .map(|object| ReturnValue { object, size: 1, inline: Some(vec![7]), nested: vec![] })
+        .collect();
+    let (r, _) = b.node_says(
+        node,
+        NodeToHead::TaskEnded { task: spec.task, attempt: 0, outcome: TaskOutcome::Finished(returns) },
+    );
+    r.unwrap();
+}
+
+/// A one-CPU node running `parent`, which submitted `child` (queued: no CPU left).
+fn parent_and_child() -> (Bench, NodeId, TaskSpec, TaskSpec) {
+    let mut b = Bench::new();
+    let node = b.node(1);
+    let job = b.job();
+    let parent = task(job, 0, "parent");
+    let (r, outs) = b.driver(job, DriverToHead::SubmitTask(parent.clone().into()));
+    r.unwrap();
+    assert!(dispatched(&outs, parent.task));
+    let child = TaskSpec::new(TaskId::child(parent.task, 0, 0), job, "child");
+    let msg = Box::new(DriverToHead::SubmitTask(child.clone().into()));
+    let (r, outs) = b.node_says(node, NodeToHead::FromSubmitter { task: parent.task, msg });
+    r.unwrap();
+    assert!(!dispatched(&outs, child.task), "no CPU for the child while its parent holds it");
+    (b, node, parent, child)
+}
+
+#[test]
+fn a_blocked_task_lends_its_cpu_to_its_child_and_takes_it_back_once_free() {
+    let (mut b, node, parent, child) = parent_and_child();
+    let (r, outs) = b.node_says(node, NodeToHead::TaskBlocked { task: parent.task, attempt: 0 });
+    r.unwrap();
+    assert!(dispatched(&outs, child.task), "the lent CPU runs the child");
+    assert_eq!(free_cpus(&b, node), 0.0);
+    // Blocked twice is blocked once.
+    b.node_says(node, NodeToHead::TaskBlocked { task: parent.task, attempt: 0 }).0.unwrap();
+    assert_eq!(free_cpus(&b, node), 0.0);
+    finish(&mut b, node, &child);
+    assert_eq!(free_cpus(&b, node), 1.0, "the child gave the CPU back; the parent still lends it");
+    b.node_says(node, NodeToHead::TaskUnblocked { task: parent.task, attempt: 0 }).0.unwrap();
+    assert_eq!(free_cpus(&b, node), 0.0, "the parent took its CPU back");
+    finish(&mut b, node, &parent);
+    assert_eq!(free_cpus(&b, node), 1.0);
+}
+
+#[test]
+fn a_task_unblocked_while_its_cpu_is_taken_runs_on_without_it_and_nothing_is_counted_twice() {
+    let (mut b, node, parent, child) = parent_and_child();
+    b.node_says(node, NodeToHead::TaskBlocked { task: parent.task, attempt: 0 }).0.unwrap();
+    // The child holds the CPU when the parent runs again: the parent does not wait for it.
+    b.node_says(node, NodeToHead::TaskUnblocked { task: parent.task, attempt: 0 }).0.unwrap();
+    assert_eq!(free_cpus(&b, node), 0.0);
+    finish(&mut b, node, &parent);
+    assert_eq!(free_cpus(&b, node), 0.0, "the parent ended holding no CPU; the child still holds one");
+    finish(&mut b, node, &child);
+    assert_eq!(free_cpus(&b, node), 1.0, "everything given back exactly once");
+}
+
+#[test]
+fn blocking_reports_of_a_stale_attempt_or_an_unknown_task_are_refused() {
+    let (mut b, node, parent, _) = parent_and_child();
+    let (r, _) = b.node_says(node, NodeToHead::TaskBlocked { task: parent.task, attempt: 3 });
+    assert!(matches!(r, Err(InputError::StaleAttempt { .. })), "{r:?}");
+    let (r, _) = b.node_says(node, NodeToHead::TaskUnblocked { task: TaskId(999), attempt: 0 });
+    assert_eq!(r, Err(InputError::UnknownTask(TaskId(999))));
+    assert_eq!(free_cpus(&b, node), 0.0, "nothing was lent");
+}
