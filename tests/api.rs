@@ -5,8 +5,8 @@
 //! address in `KEEL_ADDRESS`); part two against the embedded default (no address).
 
 use keel::{
-    actor, method, remote, ActorClass, ActorOptions, Error, ErrorReason, Keel, Method, PlacementStrategy, Remote,
-    TaskFailure, TaskOptions,
+    actor, method, remote, ActorClass, ActorOptions, Error, ErrorReason, Keel, Method, ObjectRef, PlacementStrategy,
+    Remote, TaskFailure, TaskOptions,
 };
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
@@ -52,7 +52,19 @@ static LEN2: Remote<(Vec<u8>, Vec<u8>), u64> = remote("len2", |(a, b)| (a.len() 
 /// Declared but not registered with `init`: calling it must fail with a clear error.
 static NOT_REGISTERED: Remote<(), u64> = remote("not_registered", |()| 0);
 
+/// References travelling inside values: received as an argument, made and returned.
+static SUM_REFS: Remote<(Vec<ObjectRef<u64>>,), u64> = remote("sum_refs", |(refs,)| {
+    let keel = keel::current().expect("a worker has a current handle");
+    keel.get_all(&refs).expect("the referenced values").iter().sum()
+});
+static MAKE_REFS: Remote<(u64,), Vec<ObjectRef<u64>>> = remote("make_refs", |(n,)| {
+    let keel = keel::current().expect("a worker has a current handle");
+    (0..n).map(|i| SQUARE.call(&keel, (i,)).expect("submit")).collect()
+});
+
 const FUNCTIONS: &[&dyn keel::Registered] = &[
+    &SUM_REFS,
+    &MAKE_REFS,
     &SQUARE,
     &ADD,
     &BLOB,
@@ -155,6 +167,27 @@ fn wait_returns_the_first_finished_and_leaves_the_rest(keel: &Keel) {
 fn a_task_can_submit_tasks_and_wait_for_them(keel: &Keel) {
     let r = SUM_OF_SQUARES.call(keel, (5,)).unwrap();
     assert_eq!(keel.get(&r).unwrap(), 1 + 4 + 9 + 16 + 25);
+}
+
+fn references_inside_values_keep_their_objects_alive_and_resolve_anywhere(keel: &Keel) {
+    // Inside a put: the put keeps the referenced value alive after the driver's own handle goes.
+    let inner = SQUARE.call(keel, (7,)).unwrap();
+    let outer = keel.put(&vec![inner.clone(), inner.clone()]).unwrap();
+    drop(inner);
+    let got: Vec<ObjectRef<u64>> = keel.get(&outer).unwrap();
+    drop(outer);
+    assert_eq!(keel.get_all(&got).unwrap(), vec![49, 49]);
+    // Inside a task's argument, resolved by the task.
+    let refs: Vec<_> = (1..=3).map(|i| SQUARE.call(keel, (i,)).unwrap()).collect();
+    let sum = SUM_REFS.call(keel, (refs.clone(),)).unwrap();
+    drop(refs);
+    assert_eq!(keel.get(&sum).unwrap(), 1 + 4 + 9);
+    // Made by a task and returned inside its result: the result keeps them alive after the
+    // task's own handles are gone.
+    let made = MAKE_REFS.call(keel, (4,)).unwrap();
+    let refs: Vec<ObjectRef<u64>> = keel.get(&made).unwrap();
+    drop(made);
+    assert_eq!(keel.get_all(&refs).unwrap(), vec![0, 1, 4, 9]);
 }
 
 fn parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(keel: &Keel) {
@@ -340,6 +373,9 @@ fn main() {
         wait_returns_the_first_finished_and_leaves_the_rest(&keel)
     });
     check("a_task_can_submit_tasks_and_wait_for_them", || a_task_can_submit_tasks_and_wait_for_them(&keel));
+    check("references_inside_values_keep_their_objects_alive_and_resolve_anywhere", || {
+        references_inside_values_keep_their_objects_alive_and_resolve_anywhere(&keel)
+    });
     check("parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock", || {
         parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(&keel)
     });

@@ -202,6 +202,21 @@ impl Keel {
     }
 
     /// A handle on `object`, counted locally; the head hears when the last one goes.
+    /// A handle on a reference received inside a value: the first one this process holds is a
+    /// new borrow the cluster hears of (the last one dropped ends it, as for any handle).
+    pub(crate) fn borrowed_handle<T>(&self, object: ObjectId) -> ObjectRef<T> {
+        let first = {
+            let mut handles = self.inner.handles.lock().expect("handles");
+            let n = handles.entry(object).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            let _ = self.send(DriverToHead::AddRef(object));
+        }
+        ObjectRef { handle: Handle { object, keel: self.clone() }, _t: PhantomData }
+    }
+
     pub(crate) fn handle<T>(&self, object: ObjectId) -> ObjectRef<T> {
         *self.inner.handles.lock().expect("handles").entry(object).or_insert(0) += 1;
         ObjectRef { handle: Handle { object, keel: self.clone() }, _t: PhantomData }
@@ -223,21 +238,21 @@ impl Keel {
 
     /// Stores `value` in the cluster and returns a reference to it.
     pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let bytes =
-            postcard::to_allocvec(value).map_err(|e| Error::Setup(format!("cannot serialise the value: {e}")))?;
+        let Encoded { bytes, nested, .. } =
+            serialize(value).map_err(|e| Error::Setup(format!("cannot serialise the value: {e}")))?;
         let object = self.next_put_id();
         let size = bytes.len() as u64;
         let msg = if bytes.len() <= INLINE_MAX_BYTES {
-            DriverToHead::Put { object, size, inline: Some(bytes), node: None, nested: Vec::new() }
+            DriverToHead::Put { object, size, inline: Some(bytes), node: None, nested }
         } else if let Some((node, dir)) = &self.inner.local_node {
             keel_shm::write_sealed(dir, object, &bytes).map_err(|e| Error::Setup(e.to_string()))?;
-            DriverToHead::Put { object, size, inline: None, node: Some(*node), nested: Vec::new() }
+            DriverToHead::Put { object, size, inline: None, node: Some(*node), nested }
         } else {
             // A driver has no store: a node keeps the bytes (written straight into its store on
             // this machine, else uploaded), and the head learns where from this driver's own
             // `Put`, in order with its other messages.
             let node = self.inner.shared.store(object, &bytes, &self.inner.host)?;
-            DriverToHead::Put { object, size, inline: None, node: Some(node), nested: Vec::new() }
+            DriverToHead::Put { object, size, inline: None, node: Some(node), nested }
         };
         self.send(msg)?;
         Ok(self.handle(object))
@@ -366,7 +381,8 @@ impl Keel {
 
     fn decode<T: DeserializeOwned>(&self, object: ObjectId, resolution: Resolution) -> Result<T> {
         let decode = |bytes: &[u8]| {
-            postcard::from_bytes::<T>(bytes).map_err(|e| Error::Decode { object, detail: e.to_string() })
+            decoding_with(self, || postcard::from_bytes::<T>(bytes))
+                .map_err(|e| Error::Decode { object, detail: e.to_string() })
         };
         match resolution {
             Resolution::Failed(reason) => Err(Error::Task(reason)),
@@ -493,11 +509,74 @@ pub trait Registered: Sync {
     /// Its name.
     fn name(&self) -> &'static str;
     /// Decodes the arguments, runs the code (on the worker's actor, for a method), encodes the result.
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String>;
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String>;
 }
 
-fn encode<R: Serialize>(result: &R) -> std::result::Result<Vec<u8>, String> {
-    postcard::to_allocvec(result).map_err(|e| format!("cannot serialise the result: {e}"))
+/// A value's bytes, the references serialised inside it, and a handle on each of them: a task's
+/// worker holds those until the cluster has its result, so that the references outlive the
+/// task's own handles.
+pub struct Encoded {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// The references inside, sorted.
+    pub nested: Vec<ObjectId>,
+    /// A handle on each reference inside.
+    pub keep: Vec<Handle>,
+}
+
+fn encode<R: Serialize>(result: &R) -> std::result::Result<Encoded, String> {
+    serialize(result).map_err(|e| format!("cannot serialise the result: {e}"))
+}
+
+thread_local! {
+    /// Handles on the references met while serialising a value on this thread (one list per
+    /// serialisation under way, the innermost last).
+    static CAPTURE: std::cell::RefCell<Vec<Vec<Handle>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The handle that decoded references belong to, while decoding on this thread.
+    static DECODER: std::cell::RefCell<Option<Keel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Serialises `value`, collecting the [`ObjectRef`]s inside it: the cluster keeps them alive as
+/// long as the value lives.
+fn serialize<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Encoded, postcard::Error> {
+    CAPTURE.with(|c| c.borrow_mut().push(Vec::new()));
+    let bytes = postcard::to_allocvec(value);
+    let keep = CAPTURE.with(|c| c.borrow_mut().pop()).unwrap_or_default();
+    let mut nested: Vec<ObjectId> = keep.iter().map(|h| h.object).collect();
+    nested.sort_unstable();
+    nested.dedup();
+    Ok(Encoded { bytes: bytes?, nested, keep })
+}
+
+/// Runs `f` with `keel` as the owner of the references it decodes.
+pub(crate) fn decoding_with<T>(keel: &Keel, f: impl FnOnce() -> T) -> T {
+    let old = DECODER.with(|d| d.replace(Some(keel.clone())));
+    let out = f();
+    DECODER.with(|d| *d.borrow_mut() = old);
+    out
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        CAPTURE.with(|c| {
+            if let Some(top) = c.borrow_mut().last_mut() {
+                top.push(self.handle.keel.handle::<()>(self.id()).handle);
+            }
+        });
+        self.id().serialize(serializer)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for ObjectRef<T> {
+    /// A reference received inside a value: this process now holds a handle, and tells the
+    /// cluster so (a borrow) before the value holding it can go.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let object = ObjectId::deserialize(deserializer)?;
+        let keel = DECODER.with(|d| d.borrow().clone()).or_else(current).ok_or_else(|| {
+            <D::Error as serde::de::Error>::custom("an ObjectRef is decoded only by keel (get, or a task's arguments)")
+        })?;
+        Ok(keel.borrowed_handle(object))
+    }
 }
 
 impl<A: Args, R: Serialize> Registered for Remote<A, R> {
@@ -505,7 +584,7 @@ impl<A: Args, R: Serialize> Registered for Remote<A, R> {
         self.name
     }
 
-    fn invoke(&self, _: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+    fn invoke(&self, _: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
         encode(&(self.f)(A::decode(args)?))
     }
 }
@@ -538,7 +617,7 @@ impl<S: Send + 'static, A: Args> Registered for ActorClass<S, A> {
         self.name
     }
 
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
         *actor = Some(Box::new((self.new)(A::decode(args)?)));
         encode(&())
     }
@@ -549,7 +628,7 @@ impl<S: 'static, A: Args, R: Serialize> Registered for Method<S, A, R> {
         self.name
     }
 
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Vec<u8>, String> {
+    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
         let state = actor
             .as_mut()
             .and_then(|a| a.downcast_mut::<S>())
@@ -695,9 +774,9 @@ pub trait ArgFor<T> {
 
 impl<T: Serialize> ArgFor<T> for T {
     fn into_arg(self, _: &mut Vec<Handle>) -> Result<Arg> {
-        let data =
-            postcard::to_allocvec(&self).map_err(|e| Error::Setup(format!("cannot serialise an argument: {e}")))?;
-        Ok(Arg::Value { data, nested: Vec::new() })
+        let Encoded { bytes: data, nested, .. } =
+            serialize(&self).map_err(|e| Error::Setup(format!("cannot serialise an argument: {e}")))?;
+        Ok(Arg::Value { data, nested })
     }
 }
 

@@ -127,7 +127,8 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         // The head orders actor calls per calling task: each task numbers its calls from 0.
         keel.inner.actor_seqs.lock().expect("seqs").clear();
         *current.lock().expect("current") = Some((exec.spec.task, exec.attempt));
-        let outcome = execute(&registry, &exec, &mut actor);
+        let mut keep = Vec::new();
+        let outcome = execute(&keel, &registry, &exec, &mut actor, &mut keep);
         // Everything it printed goes before its end.
         capture.sync();
         *current.lock().expect("current") = None;
@@ -137,6 +138,8 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         if wtx.send(Outbound::Frame(done)).is_err() {
             break;
         }
+        // The result, which holds these references, is recorded with the end: let them go now.
+        drop(keep);
     }
     Ok(())
 }
@@ -145,7 +148,15 @@ fn failed(message: String) -> TaskOutcome {
     TaskOutcome::Failed(TaskFailure::Application { message })
 }
 
-fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute, actor: &mut ActorState) -> TaskOutcome {
+/// Runs one attempt. Handles on the references inside its result go into `keep`: the caller
+/// drops them only after the attempt's end is sent, so that they outlive the task's own handles.
+fn execute(
+    keel: &Keel,
+    registry: &HashMap<&str, &'static dyn Registered>,
+    exec: &Execute,
+    actor: &mut ActorState,
+    keep: &mut Vec<super::Handle>,
+) -> TaskOutcome {
     let spec = &exec.spec;
     let function = match &spec.function {
         Function::Named(name) => match registry.get(&**name) {
@@ -181,11 +192,13 @@ fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute, ac
             }
         });
     }
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| function.invoke(actor, &parts)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::decoding_with(keel, || function.invoke(actor, &parts))
+    }));
     drop(parts);
     drop(mapped);
-    let bytes = match result {
-        Ok(Ok(bytes)) => bytes,
+    let super::Encoded { bytes, nested, keep: handles } = match result {
+        Ok(Ok(encoded)) => encoded,
         Ok(Err(message)) => return failed(message),
         Err(panic) => {
             let text = panic
@@ -196,13 +209,14 @@ fn execute(registry: &HashMap<&str, &'static dyn Registered>, exec: &Execute, ac
             return failed(format!("the function panicked: {text}"));
         }
     };
+    *keep = handles;
     let object = ObjectId::for_return(spec.task, 1);
     let size = bytes.len() as u64;
     if bytes.len() <= INLINE_MAX_BYTES {
-        return TaskOutcome::Finished(vec![ReturnValue { object, size, inline: Some(bytes), nested: Vec::new() }]);
+        return TaskOutcome::Finished(vec![ReturnValue { object, size, inline: Some(bytes), nested }]);
     }
     match keel_shm::write_sealed(dir, object, &bytes) {
-        Ok(()) => TaskOutcome::Finished(vec![ReturnValue { object, size, inline: None, nested: Vec::new() }]),
+        Ok(()) => TaskOutcome::Finished(vec![ReturnValue { object, size, inline: None, nested }]),
         Err(e) => failed(format!("cannot store the result: {e}")),
     }
 }
