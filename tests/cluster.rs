@@ -259,6 +259,42 @@ async fn a_driver_resuming_while_the_head_still_holds_its_old_connection_takes_t
     assert!(status.jobs.iter().any(|(j, _)| *j == job), "the job still runs: {status:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_that_never_authenticate_is_capped_and_harms_no_connected_user() {
+    let cluster = Local::start("flood", 1, |_| {}).await;
+    let mut driver = Driver::connect(&cluster.addr(), &token(), "steady").await.unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..keel_net::handshake::MAX_PENDING_HANDSHAKES {
+        flood.push(tokio::net::TcpStream::connect(cluster.addr()).await.unwrap());
+    }
+    // Let the head accept them all; the next one is closed at once instead of waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(cluster.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut extra, &mut buf);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), read).await.is_ok(),
+        "a connection over the cap is closed at once"
+    );
+    // A driver already connected is served as before.
+    let object = keel_kernel::ObjectId::for_put(keel_kernel::ids::TaskId::driver(driver.job()), 1);
+    let put = DriverToHead::Put { object, size: 1, inline: Some(vec![9]), node: None, nested: vec![] };
+    driver.send(put).await.unwrap();
+    driver.send(DriverToHead::Subscribe(vec![object])).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let FromHead::Driver(HeadToDriver::ObjectReady { .. }) = driver.recv().await.unwrap() {
+                return;
+            }
+        }
+    });
+    assert!(answered.await.is_ok(), "the connected driver is still served during the flood");
+    // Once the flood goes, new connections are welcome again.
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client::status(&cluster.addr(), &token()).await.unwrap().nodes.len(), 1);
+}
+
 /// Sends `bytes` and checks that the peer closes the connection (reading reaches its end).
 async fn send_raw(addr: &str, bytes: &[u8]) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -154,13 +154,18 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
     // A node's connection on which nothing arrived for a node timeout is closed: the machine
     // declares the node dead then anyway, and the node registers again when it can.
     let node_silence = std::time::Duration::from_nanos(options.config.node_timeout.0);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(keel_net::handshake::MAX_PENDING_HANDSHAKES));
     let accept = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many connections handshaking at once; closed this one");
+                        continue;
+                    };
                     let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
                     let limits = Limits { max_frame, node_silence };
-                    tokio::spawn(serve(stream, peer, conn, token.clone(), limits, events_tx.clone()));
+                    tokio::spawn(serve(stream, peer, conn, token.clone(), limits, events_tx.clone(), permit));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -190,6 +195,7 @@ async fn serve<R, W>(
     token: Token,
     limits: Limits,
     events: mpsc::UnboundedSender<CoreEvent>,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
 ) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -203,7 +209,18 @@ async fn serve<R, W>(
             return;
         }
     };
-    let register: Register = match reader.recv("registration").await {
+    let register =
+        match tokio::time::timeout(keel_net::handshake::HANDSHAKE_TIMEOUT, reader.recv::<Register>("registration"))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(peer = %peer_name, "no registration after the handshake; closed");
+                return;
+            }
+        };
+    drop(handshaking);
+    let register: Register = match register {
         Ok(r) => r,
         Err(e) => {
             log_close(&peer_name, &e);

@@ -274,8 +274,13 @@ where
     L::Read: tokio::io::AsyncRead + Unpin + Send + 'static,
     L::Write: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(keel_net::handshake::MAX_PENDING_HANDSHAKES));
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many data connections handshaking at once; closed this one");
+            continue;
+        };
         let token = token.clone();
         let events = events.clone();
         tokio::spawn(async move {
@@ -287,6 +292,7 @@ where
                     return;
                 }
             };
+            drop(handshaking);
             let from = match reader.recv::<PeerFrame>("peer hello").await {
                 Ok(PeerFrame::Hello { from }) => from,
                 Ok(PeerFrame::Fetch { object }) => {

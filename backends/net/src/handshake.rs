@@ -28,6 +28,10 @@ pub const WIRE_VERSION: u32 = 2;
 pub const HANDSHAKE_MAX_FRAME: usize = 256;
 /// How long a peer has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections a listener lets handshake at once; more are closed at once, so that a
+/// flood of connections that never authenticate cannot exhaust the listener's memory or file
+/// descriptors (each waits at most [`HANDSHAKE_TIMEOUT`]).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 const MAGIC: [u8; 4] = *b"KEEL";
 const MIN_TOKEN_BYTES: usize = 16;
 
