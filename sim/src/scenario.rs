@@ -777,6 +777,9 @@ impl Scenario {
             check_every: self.check_every,
             tamper: None,
             timeline: false,
+            record_runs: false,
+            exact_durations: false,
+            crashed_stay_down: false,
         }
     }
 

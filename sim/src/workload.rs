@@ -10,7 +10,8 @@
 //! error), `spawn=N` (submits N child tasks and returns their refs inside its value).
 
 use crate::rng::Rng;
-use keel_kernel::proto::PlacementStrategy;
+use keel_kernel::proto::{LabelConstraint, PlacementStrategy};
+use keel_kernel::ResourceSet;
 
 /// Where a planned task runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,11 @@ pub struct TaskPlan {
     pub bytes: u64,
     /// CPUs it needs, in hundredths.
     pub cpu_hundredths: u64,
+    /// What it needs, when more than CPUs (GPUs, memory, custom resources): replaces
+    /// `cpu_hundredths`.
+    pub resources: Option<ResourceSet>,
+    /// Labels the node it runs on must have.
+    pub labels: Vec<LabelConstraint>,
     /// Raises an application error.
     pub fail: bool,
     /// Child tasks it submits (their refs are returned inside its value).
@@ -68,6 +74,8 @@ impl TaskPlan {
             ms,
             bytes,
             cpu_hundredths: 100,
+            resources: None,
+            labels: Vec::new(),
             fail: false,
             spawn: 0,
             placement: Placement::Default,
@@ -117,8 +125,13 @@ pub struct GroupPlan {
     pub bundles: u32,
     /// CPUs per bundle, in hundredths.
     pub cpu_hundredths: u64,
+    /// What each bundle holds, when more than CPUs: replaces `cpu_hundredths`.
+    pub bundle: Option<ResourceSet>,
     /// The strategy.
     pub strategy: PlacementStrategy,
+    /// Removed as soon as every task placed in it has ended (a gang job's reservation), rather
+    /// than when the driver is done.
+    pub release_when_done: bool,
 }
 
 /// What one job does.
@@ -249,7 +262,16 @@ impl Workload {
 
     /// `groups` gangs of `bundles` one-CPU bundles, each bundle running one task.
     pub fn gangs(groups: usize, bundles: u32, strategy: PlacementStrategy, ms: u64) -> Workload {
-        let group_plans = (0..groups).map(|_| GroupPlan { at_ms: 0, bundles, cpu_hundredths: 100, strategy }).collect();
+        let group_plans = (0..groups)
+            .map(|_| GroupPlan {
+                at_ms: 0,
+                bundles,
+                cpu_hundredths: 100,
+                bundle: None,
+                strategy,
+                release_when_done: false,
+            })
+            .collect();
         let mut tasks = Vec::new();
         for g in 0..groups {
             for b in 0..bundles {

@@ -108,6 +108,30 @@ pub struct Params {
     pub tamper: Option<Tamper>,
     /// Record a timeline of task executions and faults (for `--timeline`).
     pub timeline: bool,
+    /// Record every task attempt's run (for trace replay's metrics).
+    pub record_runs: bool,
+    /// Tasks run exactly as long as planned (trace replay), instead of up to 10% longer.
+    pub exact_durations: bool,
+    /// Crashed nodes stay down when the safety phase ends (trace replay's failures), instead of
+    /// restarting with every other fault's healing.
+    pub crashed_stay_down: bool,
+}
+
+/// One task attempt's run on a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The host (by index).
+    pub host: usize,
+    /// Start, in nanoseconds of simulated time.
+    pub start: u64,
+    /// End.
+    pub end: u64,
+    /// How it ended: finished, failed, died, killed, lost.
+    pub how: &'static str,
 }
 
 /// One span of a timeline: a task attempt on a worker, or a fault (zero length).
@@ -278,6 +302,9 @@ struct Driver {
     /// Nested refs found inside awaited values (a spawning task's children).
     nested: BTreeSet<ObjectId>,
     actor_calls: Vec<u64>,
+    /// Tasks placed in groups released when done, and each such group's tasks not yet ended.
+    group_of: FxHashMap<TaskId, usize>,
+    group_left: Vec<u32>,
     released: bool,
     refetches: u64,
     wake: Option<Time>,
@@ -352,6 +379,8 @@ pub struct World {
     deleted_in_step: Vec<ObjectId>,
     evicted_in_step: Vec<ObjectId>,
     timeline: Vec<Span>,
+    runs: Vec<Run>,
+    open_runs: FxHashMap<(usize, u64, WorkerId), (TaskId, u32, Time)>,
     head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
     open_spans: BTreeMap<(usize, u64, WorkerId), (Time, String)>,
@@ -375,6 +404,16 @@ pub struct Outcome {
     /// Task executions and faults, when asked for.
     #[serde(skip)]
     pub timeline: Vec<Span>,
+    /// Every task attempt's run, when asked for, in the order they ended.
+    #[serde(skip)]
+    pub runs: Vec<Run>,
+    /// The driver's job (its tasks are `TaskId::child(TaskId::driver(job), 0, i)` for planned
+    /// task `i`).
+    #[serde(skip)]
+    pub job: Option<JobId>,
+    /// When the driver registered, in nanoseconds: planned times count from then.
+    #[serde(skip)]
+    pub driver_started: u64,
 }
 
 /// The Head's own counts at the end of a run.
@@ -463,6 +502,8 @@ impl World {
             deleted_in_step: Vec::new(),
             evicted_in_step: Vec::new(),
             timeline: Vec::new(),
+            runs: Vec::new(),
+            open_runs: FxHashMap::default(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
         };
@@ -584,6 +625,11 @@ impl World {
             let end = self.now.0;
             self.timeline.push(Span { host, worker: Some(worker.0), name, start: start.0, end, how: "lost" });
         }
+        let mut open: Vec<_> = std::mem::take(&mut self.open_runs).into_iter().collect();
+        open.sort_unstable_by_key(|(key, _)| *key);
+        for ((host, _, _), (task, attempt, start)) in open {
+            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how: "lost" });
+        }
         self.counts.executions = self.obs.executions;
         self.counts.rebuilt_equal = self.obs.rebuilt_equal;
         self.counts.refetches = self.driver.refetches;
@@ -595,6 +641,9 @@ impl World {
             failure_reasons,
             head,
             timeline: std::mem::take(&mut self.timeline),
+            runs: std::mem::take(&mut self.runs),
+            job: self.driver.job,
+            driver_started: self.driver.started.0,
         }
     }
 
@@ -676,7 +725,7 @@ impl World {
                 self.deliver_node(host, input);
             }
             Event::WorkerEnd { host, inc, worker, input } => {
-                if self.params.timeline {
+                if self.params.timeline || self.params.record_runs {
                     let how = match &input {
                         NodeInput::TaskDone { outcome: TaskOutcome::Finished(_), .. } => "finished",
                         NodeInput::TaskDone { .. } => "failed",
@@ -773,7 +822,7 @@ impl World {
                 for host in 0..self.hosts.len() {
                     let h = &mut self.hosts[host];
                     (h.clog, h.hang_next) = (Duration::ZERO, None);
-                    if !h.up {
+                    if !h.up && !self.params.crashed_stay_down {
                         self.restart(host);
                     }
                 }
@@ -1132,7 +1181,7 @@ impl World {
             NodeOutput::Execute { worker, spec, attempt, args } => self.execute(host, worker, spec, attempt, args),
             NodeOutput::InterruptTask { .. } | NodeOutput::ToWorker { .. } => {}
             NodeOutput::KillWorker { worker } => {
-                if self.params.timeline {
+                if self.params.timeline || self.params.record_runs {
                     self.close_span(host, self.hosts[host].inc, worker, "killed");
                 }
                 self.hosts[host].workers.remove(&worker);
@@ -1189,6 +1238,9 @@ impl World {
             let name = format!("{} #{attempt} {}", spec.task, function_name(&spec.function));
             self.open_spans.insert((host, self.hosts[host].inc, worker), (self.now, name));
         }
+        if self.params.record_runs {
+            self.open_runs.insert((host, self.hosts[host].inc, worker), (spec.task, attempt, self.now));
+        }
         let behaviour = Behaviour::parse(&spec.function);
         let inc = self.hosts[host].inc;
         // Argument digests, as the worker reads them.
@@ -1225,7 +1277,7 @@ impl World {
             );
             return;
         }
-        let jitter = self.proc_rng.below(behaviour.duration.0 / 10 + 1);
+        let jitter = if self.params.exact_durations { 0 } else { self.proc_rng.below(behaviour.duration.0 / 10 + 1) };
         let ends = self.now + Duration(behaviour.duration.0 + jitter);
         let mut sealed = Vec::new();
         let outcome = if behaviour.fail {
@@ -1331,6 +1383,9 @@ impl World {
         if let Some((start, name)) = self.open_spans.remove(&(host, inc, worker)) {
             self.timeline.push(Span { host, worker: Some(worker.0), name, start: start.0, end: self.now.0, how });
         }
+        if let Some((task, attempt, start)) = self.open_runs.remove(&(host, inc, worker)) {
+            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how });
+        }
     }
 
     // ---- faults ----
@@ -1353,6 +1408,16 @@ impl World {
             Fault::CrashNode { host, restart_ms } => {
                 if !self.hosts[host].up {
                     return;
+                }
+                if self.params.record_runs {
+                    // The host's running attempts end with it.
+                    let inc = self.hosts[host].inc;
+                    let mut gone: Vec<_> =
+                        self.open_runs.keys().filter(|(h, i, _)| *h == host && *i == inc).copied().collect();
+                    gone.sort_unstable();
+                    for (h, i, worker) in gone {
+                        self.close_span(h, i, worker, "lost");
+                    }
                 }
                 let h = &mut self.hosts[host];
                 h.up = false;
@@ -1411,7 +1476,7 @@ impl World {
                 }
                 let busy = h.workers.iter().find(|(_, w)| w.task != TaskId(0)).map(|(id, _)| *id);
                 if let Some(worker) = busy {
-                    if self.params.timeline {
+                    if self.params.timeline || self.params.record_runs {
                         self.close_span(host, self.hosts[host].inc, worker, "died");
                     }
                     self.hosts[host].workers.remove(&worker);
@@ -1568,7 +1633,9 @@ impl World {
         while let Some(g) = plan.groups.get(self.driver.next_group).filter(|g| g.at_ms <= elapsed_ms) {
             let pg = PlacementGroupId(self.driver.next_group as u64 + 1);
             let spec = PlacementGroupSpec {
-                bundles: (0..g.bundles).map(|_| cpu_hundredths(g.cpu_hundredths)).collect(),
+                bundles: (0..g.bundles)
+                    .map(|_| g.bundle.clone().unwrap_or_else(|| cpu_hundredths(g.cpu_hundredths)))
+                    .collect(),
                 strategy: g.strategy,
                 name: None,
                 detached: false,
@@ -1591,7 +1658,8 @@ impl World {
             let mut spec = TaskSpec::calling(id, job, function);
             spec.num_returns = t.returns;
             spec.max_retries = t.retries;
-            spec.resources = cpu_hundredths(t.cpu_hundredths);
+            spec.resources = t.resources.clone().unwrap_or_else(|| cpu_hundredths(t.cpu_hundredths));
+            spec.label_selector = t.labels.clone();
             spec.args = t.deps.iter().map(|&(d, r)| Arg::Ref(ObjectId::for_return(self.driver.tasks[d], r))).collect();
             spec.strategy = match t.placement {
                 Placement::Default => SchedulingStrategy::Default,
@@ -1605,6 +1673,15 @@ impl World {
                 self.driver.actor_calls[a] += 1;
                 spec.kind = TaskKind::ActorMethod { actor: ActorId(a as u64 + 1), seq };
                 spec.resources = ResourceSet::default();
+            }
+            if let Placement::Group { group, .. } = t.placement {
+                if plan.groups.get(group).is_some_and(|g| g.release_when_done) {
+                    if self.driver.group_left.len() <= group {
+                        self.driver.group_left.resize(group + 1, 0);
+                    }
+                    self.driver.group_left[group] += 1;
+                    self.driver.group_of.insert(id, group);
+                }
             }
             let returns: Vec<ObjectId> = spec.return_ids().collect();
             self.driver_send(DriverToHead::SubmitTask(spec.into()));
@@ -1703,6 +1780,7 @@ impl World {
                         }
                         self.driver.awaited.insert(object, Some(Resolution::Ready(d)));
                         self.counts.ready += 1;
+                        self.task_ended_in_group(object.task);
                         self.tamper_free_early(object);
                         // A spawning task's value holds its children's refs: await them too.
                         let children: Vec<ObjectId> = self
@@ -1732,6 +1810,7 @@ impl World {
                 if matches!(self.driver.awaited.get(&object), Some(None)) {
                     self.driver.awaited.insert(object, Some(Resolution::Failed(reason)));
                     self.counts.failed += 1;
+                    self.task_ended_in_group(object.task);
                 }
             }
             HeadToDriver::PlacementGroupReady { pg, nodes } => {
@@ -1744,6 +1823,17 @@ impl World {
             _ => {}
         }
         self.driver_maybe_release();
+    }
+
+    /// A task placed in a group released when done has ended: the last one removes the group.
+    fn task_ended_in_group(&mut self, task: TaskId) {
+        let Some(group) = self.driver.group_of.remove(&task) else { return };
+        self.driver.group_left[group] -= 1;
+        if self.driver.group_left[group] == 0 {
+            let pg = PlacementGroupId(group as u64 + 1);
+            self.driver.groups.retain(|g| *g != pg);
+            self.driver_send(DriverToHead::RemovePlacementGroup(pg));
+        }
     }
 
     fn tamper_free_early(&mut self, object: ObjectId) {

@@ -18,6 +18,7 @@
 pub mod alibaba;
 pub mod openb;
 pub mod philly;
+pub mod replay;
 pub mod swf;
 
 use keel_kernel::ResourceSet;

@@ -1,0 +1,495 @@
+//! Replaying a workload in the simulator, with the real Head and Node machines, and measuring it.
+//!
+//! Each trace job becomes tasks of one simulated driver, submitted at the job's submit time
+//! (relative to the first job's):
+//! - a task of `n` instances becomes `n` tasks; a task that others wait for gets a join (a task
+//!   that needs no resources and takes no time) that waits for all its instances, and the tasks
+//!   that depend on it wait for the join;
+//! - a gang job becomes a placement group of one bundle per instance, created at its submit time
+//!   and removed when the job ends, and one task in its first bundle that runs for the job's
+//!   duration (the group holds every bundle's resources the whole time, as a gang does);
+//! - GPU model constraints become a label constraint on `gpu_model`, which nodes with GPUs carry;
+//! - a job that must follow another (SWF fields 17-18) waits for it, and for a task that takes the
+//!   think time and needs nothing.
+//!
+//! Metrics come from every attempt's run: a job starts when its first attempt starts and ends when
+//! its last task ends.
+
+use crate::{Job, NodeShape, Status};
+use keel_kernel::proto::{LabelConstraint, Labels, PlacementStrategy};
+use keel_kernel::{Duration, HeadConfig, NodeConfig, ResourceSet, TaskId};
+use keel_sim::faults::{Fault, Timed};
+use keel_sim::workload::{GroupPlan, Placement, TaskPlan, Workload};
+use keel_sim::world::{HostSpec, NetParams, Params, World};
+use std::collections::HashMap;
+
+/// How tasks are placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Pack onto nodes while they are under half used, then spread (the default).
+    #[default]
+    Hybrid,
+    /// Spread over the least used nodes.
+    Spread,
+    /// Pack onto as few nodes as possible.
+    Pack,
+}
+
+/// A replay's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The cluster.
+    pub nodes: Vec<NodeShape>,
+    /// The placement policy.
+    pub policy: Policy,
+    /// Nodes (by index) that fail, and when (ms from the start).
+    pub failures: Vec<(usize, u64)>,
+    /// The seed of every random choice.
+    pub seed: u64,
+}
+
+/// What became of one job.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JobResult {
+    /// The trace's id.
+    pub id: String,
+    /// Submitted (ms from the start).
+    pub submit_ms: u64,
+    /// Its first attempt started, if any did.
+    pub start_ms: Option<u64>,
+    /// Its last task ended, if all its tasks finished.
+    pub end_ms: Option<u64>,
+    /// Attempts retried (after node failures).
+    pub retries: u32,
+    /// What the trace recorded: status and wait.
+    pub recorded_status: &'static str,
+    /// The wait the trace recorded, if any.
+    pub recorded_wait_ms: Option<u64>,
+}
+
+impl JobResult {
+    /// Start minus submit.
+    pub fn wait_ms(&self) -> Option<u64> {
+        self.start_ms.map(|s| s.saturating_sub(self.submit_ms))
+    }
+
+    /// End minus submit.
+    pub fn completion_ms(&self) -> Option<u64> {
+        self.end_ms.map(|e| e.saturating_sub(self.submit_ms))
+    }
+
+    /// Bounded slowdown with a 10 s threshold: `max(1, (wait + run) / max(run, 10 s))`.
+    pub fn bounded_slowdown(&self) -> Option<f64> {
+        let (start, end) = (self.start_ms?, self.end_ms?);
+        let run = end.saturating_sub(start) as f64;
+        let total = end.saturating_sub(self.submit_ms) as f64;
+        Some((total / run.max(10_000.0)).max(1.0))
+    }
+}
+
+/// Median, tail and mean of a metric.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// How many values.
+    pub count: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stats {
+    /// Of `values` (nearest-rank percentiles).
+    pub fn of(mut values: Vec<f64>) -> Stats {
+        if values.is_empty() {
+            return Stats::default();
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+        Stats {
+            count: values.len(),
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+            p50: rank(0.50),
+            p95: rank(0.95),
+            p99: rank(0.99),
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// A replay's figures.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Jobs replayed.
+    pub jobs: usize,
+    /// Jobs whose every task finished.
+    pub completed: usize,
+    /// Jobs that did not finish (a task failed for good, or never ran).
+    pub unfinished: usize,
+    /// Jobs the trace recorded as failed / cancelled (replayed as they ran).
+    pub recorded_failed: usize,
+    /// See `recorded_failed`.
+    pub recorded_cancelled: usize,
+    /// Task attempts retried.
+    pub retries: u64,
+    /// From the first submit to the last end, seconds.
+    pub makespan_s: f64,
+    /// Completion time (end - submit), seconds.
+    pub completion_s: Stats,
+    /// Queueing delay (start - submit), seconds.
+    pub wait_s: Stats,
+    /// Bounded slowdown (10 s threshold).
+    pub bounded_slowdown: Stats,
+    /// Time-weighted share of each resource in use over the makespan (CPU, GPU, memory and
+    /// custom resources the cluster has).
+    pub utilisation: std::collections::BTreeMap<String, f64>,
+    /// Jobs completed per hour.
+    pub jobs_per_hour: f64,
+    /// Nodes times the makespan, hours.
+    pub node_hours: f64,
+    /// The recorded waits, when the trace has them: to compare with `wait_s`.
+    pub recorded_wait_s: Option<Stats>,
+    /// Simulator events handled.
+    pub events: u64,
+    /// The event log's hash (the same inputs and seed give the same hash).
+    pub hash: String,
+}
+
+/// A replay's result.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// Per job, in the order given.
+    pub jobs: Vec<JobResult>,
+    /// The figures.
+    pub summary: Summary,
+}
+
+/// Where each planned task comes from.
+#[derive(Clone, Copy)]
+struct Origin {
+    job: u32,
+    /// The task's resources count for utilisation (joins and think tasks do not).
+    counted: bool,
+    /// Its resources are those of a gang's whole group (the group holds them all).
+    gang_instances: u32,
+    task: u32,
+}
+
+const GPU_MODEL: &str = "gpu_model";
+
+/// Turns jobs into a simulated driver's plan.
+fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String> {
+    let t0 = jobs.iter().map(|j| j.submit_ms).min().unwrap_or(0);
+    // Submission order must follow time (the driver submits in plan order).
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&j| (jobs[j].submit_ms, j));
+    let by_id: HashMap<&str, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+    let mut w = Workload::default();
+    let mut origin = Vec::new();
+    // Per job: the plan index whose end is the job's end (for jobs that follow it).
+    let mut last_of: Vec<Option<usize>> = vec![None; jobs.len()];
+    for &j in &order {
+        let job = &jobs[j];
+        let at_ms = job.submit_ms - t0;
+        let labels = |t: &crate::Task| -> Vec<LabelConstraint> {
+            if t.gpu_models.is_empty() {
+                Vec::new()
+            } else {
+                vec![LabelConstraint::In { key: GPU_MODEL.into(), values: t.gpu_models.clone() }]
+            }
+        };
+        let placement = if policy == Policy::Spread { Placement::Spread } else { Placement::Default };
+        // A job that follows another: a think task after the other's end.
+        let mut entry_deps = Vec::new();
+        if let Some((before, think_ms)) = &job.after {
+            if let Some(&b) = by_id.get(before.as_str()) {
+                match last_of[b] {
+                    Some(end) => {
+                        w.tasks.push(TaskPlan {
+                            at_ms,
+                            deps: vec![(end, 1)],
+                            resources: Some(ResourceSet::default()),
+                            final_output: false,
+                            ..TaskPlan::new(*think_ms, 8)
+                        });
+                        origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: 0 });
+                        entry_deps.push((w.tasks.len() - 1, 1));
+                    }
+                    None => return Err(format!("job {} follows job {before}, which is submitted after it", job.id)),
+                }
+            }
+        }
+        if job.gang {
+            let task = job.tasks.first().ok_or_else(|| format!("gang job {} has no task", job.id))?;
+            let group = w.groups.len();
+            w.groups.push(GroupPlan {
+                at_ms,
+                bundles: task.instances.max(1),
+                cpu_hundredths: 0,
+                bundle: Some(task.resources.clone()),
+                strategy: PlacementStrategy::Pack,
+                release_when_done: true,
+            });
+            w.tasks.push(TaskPlan {
+                at_ms,
+                deps: entry_deps.clone(),
+                resources: Some(task.resources.clone()),
+                labels: labels(task),
+                placement: Placement::Group { group, bundle: 0 },
+                ..TaskPlan::new(task.duration_ms, task.output_bytes.max(8))
+            });
+            origin.push(Origin { job: j as u32, counted: true, gang_instances: task.instances.max(1), task: 0 });
+            last_of[j] = Some(w.tasks.len() - 1);
+            continue;
+        }
+        // Tasks in dependency order.
+        let n = job.tasks.len();
+        let mut indegree: Vec<usize> = job.tasks.iter().map(|t| t.deps.len()).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, t) in job.tasks.iter().enumerate() {
+            for &d in &t.deps {
+                if d >= n {
+                    return Err(format!("job {}: task {} depends on task index {d} of {n}", job.id, t.name));
+                }
+                dependents[d].push(i);
+            }
+        }
+        let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        // Per task: the plan index that stands for its end (its only instance, or its join).
+        let mut end_of: Vec<Option<usize>> = vec![None; n];
+        let mut sinks = Vec::new();
+        let mut done = 0;
+        while let Some(i) = ready.pop_front() {
+            done += 1;
+            let t = &job.tasks[i];
+            let mut deps: Vec<(usize, u32)> = t.deps.iter().map(|&d| (end_of[d].expect("in order"), 1)).collect();
+            deps.extend(entry_deps.iter().copied());
+            let waited_for = !dependents[i].is_empty();
+            let first = w.tasks.len();
+            for _ in 0..t.instances.max(1) {
+                w.tasks.push(TaskPlan {
+                    at_ms,
+                    deps: deps.clone(),
+                    resources: Some(t.resources.clone()),
+                    labels: labels(t),
+                    placement,
+                    final_output: !waited_for,
+                    ..TaskPlan::new(t.duration_ms, t.output_bytes.max(8))
+                });
+                origin.push(Origin { job: j as u32, counted: true, gang_instances: 0, task: i as u32 });
+            }
+            let end = if t.instances <= 1 {
+                first
+            } else if waited_for {
+                w.tasks.push(TaskPlan {
+                    at_ms,
+                    deps: (first..w.tasks.len()).map(|k| (k, 1)).collect(),
+                    resources: Some(ResourceSet::default()),
+                    final_output: false,
+                    ..TaskPlan::new(0, 8)
+                });
+                origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: i as u32 });
+                w.tasks.len() - 1
+            } else {
+                first
+            };
+            end_of[i] = Some(end);
+            if !waited_for {
+                sinks.push(end);
+            }
+            for &k in &dependents[i] {
+                indegree[k] -= 1;
+                if indegree[k] == 0 {
+                    ready.push_back(k);
+                }
+            }
+        }
+        if done != n {
+            return Err(format!("job {}: its tasks depend on each other in a cycle", job.id));
+        }
+        last_of[j] = sinks.last().copied();
+    }
+    w.validate()?;
+    Ok((w, origin))
+}
+
+/// Replays `jobs` on `options.nodes`.
+pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
+    if options.nodes.is_empty() {
+        return Err("the cluster has no nodes".into());
+    }
+    let (workload, origin) = plan(jobs, options.policy)?;
+    let hosts: Vec<HostSpec> = options
+        .nodes
+        .iter()
+        .map(|n| HostSpec {
+            resources: n.resources.clone(),
+            labels: n.gpu_model.iter().map(|m| (GPU_MODEL.to_string(), m.clone())).collect::<Labels>(),
+        })
+        .collect();
+    let mut head = HeadConfig {
+        // Heartbeats every ten seconds over days of trace time, not every second.
+        heartbeat_period: Duration::from_secs(10),
+        node_timeout: Duration::from_secs(30),
+        ..HeadConfig::default()
+    };
+    head.scheduler.spread_threshold = match options.policy {
+        Policy::Pack => 1.0,
+        Policy::Hybrid | Policy::Spread => head.scheduler.spread_threshold,
+    };
+    let node = NodeConfig { heartbeat_period: Duration::from_secs(10), ..NodeConfig::default() };
+    let mut faults = Vec::new();
+    for &(host, at_ms) in &options.failures {
+        if host >= hosts.len() {
+            return Err(format!("node {host} fails, but the cluster has {} nodes", hosts.len()));
+        }
+        faults.push(Timed { at_ms, fault: Fault::CrashNode { host, restart_ms: None } });
+    }
+    let last_fault = options.failures.iter().map(|f| f.1).max().unwrap_or(0);
+    // Every feasible schedule ends by the last submit plus all the work done one task after
+    // another (and a minute per failure to notice it): past that, what is left cannot run.
+    let t0 = jobs.iter().map(|j| j.submit_ms).min().unwrap_or(0);
+    let span = jobs.iter().map(|j| j.submit_ms - t0).max().unwrap_or(0).max(last_fault);
+    let serial: u64 = jobs
+        .iter()
+        .flat_map(|j| {
+            j.tasks.iter().map(move |t| if j.gang { t.duration_ms } else { t.duration_ms * u64::from(t.instances) })
+        })
+        .fold(0u64, |a, b| a.saturating_add(b));
+    let bound_ms = span.saturating_add(serial).saturating_add(60_000 * (1 + options.failures.len() as u64));
+    let params = Params {
+        seed: options.seed,
+        hosts,
+        head,
+        node,
+        net: NetParams::default(),
+        worker_start: Duration::from_millis(1),
+        workload,
+        faults,
+        safety: Duration::from_millis(last_fault + 1),
+        liveness: Duration::from_millis(bound_ms),
+        check_every: 0,
+        tamper: None,
+        timeline: false,
+        record_runs: true,
+        exact_durations: true,
+        crashed_stay_down: true,
+    };
+    let outcome = World::new(params).run();
+    let job = outcome.job.ok_or("the simulated driver never registered")?;
+    // The driver starts a moment after the clock does: plan times are from its start.
+    let mut results: Vec<JobResult> = jobs
+        .iter()
+        .map(|j| JobResult {
+            id: j.id.clone(),
+            submit_ms: j.submit_ms - t0,
+            start_ms: None,
+            end_ms: None,
+            retries: 0,
+            recorded_status: match j.recorded.status {
+                Status::Completed => "completed",
+                Status::Failed => "failed",
+                Status::Cancelled => "cancelled",
+                Status::Unknown => "unknown",
+            },
+            recorded_wait_ms: j.recorded.wait_ms,
+        })
+        .collect();
+    let index: HashMap<TaskId, usize> =
+        (0..origin.len()).map(|i| (TaskId::child(TaskId::driver(job), 0, i as u64), i)).collect();
+    // Per planned task: finished end, and every attempt's start.
+    let mut finished_end: Vec<Option<u64>> = vec![None; origin.len()];
+    let mut busy: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    // Times from the driver's start, as the plan's are.
+    let started = outcome.driver_started;
+    let ms = |ns: u64| ns.saturating_sub(started) / 1_000_000;
+    for run in &outcome.runs {
+        let Some(&i) = index.get(&run.task) else { continue };
+        let o = origin[i];
+        let r = &mut results[o.job as usize];
+        if o.counted || o.gang_instances > 0 {
+            r.start_ms = Some(r.start_ms.map_or(ms(run.start), |s| s.min(ms(run.start))));
+        }
+        if run.attempt > 0 && o.counted {
+            r.retries += 1;
+        }
+        if run.how == "finished" {
+            finished_end[i] = Some(ms(run.end));
+        }
+        if o.counted {
+            let task = &jobs[o.job as usize].tasks[o.task as usize];
+            let seconds = run.end.saturating_sub(run.start) as f64 / 1e9;
+            let copies = f64::from(o.gang_instances.max(1));
+            for (name, amount) in resource_amounts(&task.resources) {
+                *busy.entry(name).or_default() += amount * seconds * copies;
+            }
+        }
+    }
+    for (i, o) in origin.iter().enumerate() {
+        let r = &mut results[o.job as usize];
+        match finished_end[i] {
+            Some(end) if r.end_ms != Some(u64::MAX) => r.end_ms = Some(r.end_ms.map_or(end, |e| e.max(end))),
+            None => r.end_ms = Some(u64::MAX),
+            _ => {}
+        }
+    }
+    for r in &mut results {
+        if r.end_ms == Some(u64::MAX) {
+            r.end_ms = None;
+        }
+    }
+    let completed: Vec<&JobResult> = results.iter().filter(|r| r.end_ms.is_some()).collect();
+    let makespan_ms = completed.iter().filter_map(|r| r.end_ms).max().unwrap_or(0);
+    let makespan_s = makespan_ms as f64 / 1000.0;
+    let capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
+        acc.add(&n.resources);
+        acc
+    });
+    let utilisation = resource_amounts(&capacity)
+        .into_iter()
+        .filter(|(_, cap)| *cap > 0.0)
+        .map(|(name, cap)| {
+            let used = busy.get(&name).copied().unwrap_or(0.0);
+            (name, if makespan_s > 0.0 { used / (cap * makespan_s) } else { 0.0 })
+        })
+        .collect();
+    let recorded: Vec<f64> = results.iter().filter_map(|r| r.recorded_wait_ms).map(|w| w as f64 / 1000.0).collect();
+    let summary = Summary {
+        jobs: results.len(),
+        completed: completed.len(),
+        unfinished: results.len() - completed.len(),
+        recorded_failed: results.iter().filter(|r| r.recorded_status == "failed").count(),
+        recorded_cancelled: results.iter().filter(|r| r.recorded_status == "cancelled").count(),
+        retries: results.iter().map(|r| u64::from(r.retries)).sum(),
+        makespan_s,
+        completion_s: Stats::of(
+            completed.iter().filter_map(|r| r.completion_ms()).map(|v| v as f64 / 1000.0).collect(),
+        ),
+        wait_s: Stats::of(completed.iter().filter_map(|r| r.wait_ms()).map(|v| v as f64 / 1000.0).collect()),
+        bounded_slowdown: Stats::of(completed.iter().filter_map(|r| r.bounded_slowdown()).collect()),
+        utilisation,
+        jobs_per_hour: if makespan_s > 0.0 { completed.len() as f64 / (makespan_s / 3600.0) } else { 0.0 },
+        node_hours: options.nodes.len() as f64 * makespan_s / 3600.0,
+        recorded_wait_s: (!recorded.is_empty()).then(|| Stats::of(recorded)),
+        events: outcome.counts.events,
+        hash: outcome.hash.clone(),
+    };
+    Ok(Replay { jobs: results, summary })
+}
+
+/// Each resource of `r` by name, as a plain number (CPUs, GPUs, bytes, custom units).
+fn resource_amounts(r: &ResourceSet) -> Vec<(String, f64)> {
+    let mut out = vec![
+        ("CPU".to_string(), r.cpu.as_f64()),
+        ("GPU".to_string(), r.gpu.as_f64()),
+        ("memory".to_string(), r.memory.as_f64()),
+    ];
+    out.extend(r.custom.iter().map(|(k, v)| (k.clone(), v.as_f64())));
+    out
+}
