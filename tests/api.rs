@@ -62,7 +62,13 @@ static MAKE_REFS: Remote<(u64,), Vec<ObjectRef<u64>>> = remote("make_refs", |(n,
     (0..n).map(|i| SQUARE.call(&keel, (i,)).expect("submit")).collect()
 });
 
+static COUNTER_MAKE: Method<Counter, (u64,), Vec<ObjectRef<u64>>> = method("Counter.make", |_, (n,)| {
+    let keel = keel::current().expect("a worker has a current handle");
+    (0..n).map(|i| SQUARE.call(&keel, (i + 100,)).expect("submit")).collect()
+});
+
 const FUNCTIONS: &[&dyn keel::Registered] = &[
+    &COUNTER_MAKE,
     &SUM_REFS,
     &MAKE_REFS,
     &SQUARE,
@@ -177,17 +183,29 @@ fn references_inside_values_keep_their_objects_alive_and_resolve_anywhere(keel: 
     let got: Vec<ObjectRef<u64>> = keel.get(&outer).unwrap();
     drop(outer);
     assert_eq!(keel.get_all(&got).unwrap(), vec![49, 49]);
-    // Inside a task's argument, resolved by the task.
+    // Inside a task's argument, resolved by the task; the argument may hold the only handles.
     let refs: Vec<_> = (1..=3).map(|i| SQUARE.call(keel, (i,)).unwrap()).collect();
-    let sum = SUM_REFS.call(keel, (refs.clone(),)).unwrap();
-    drop(refs);
+    assert_eq!(keel.get_all(&refs).unwrap(), vec![1, 4, 9]);
+    let sum = SUM_REFS.call(keel, (refs,)).unwrap();
     assert_eq!(keel.get(&sum).unwrap(), 1 + 4 + 9);
+    let puts: Vec<_> = (1..=3u64).map(|i| keel.put(&(i * 10)).unwrap()).collect();
+    let sum = SUM_REFS.call(keel, (puts,)).unwrap();
+    assert_eq!(keel.get(&sum).unwrap(), 60);
     // Made by a task and returned inside its result: the result keeps them alive after the
     // task's own handles are gone.
     let made = MAKE_REFS.call(keel, (4,)).unwrap();
     let refs: Vec<ObjectRef<u64>> = keel.get(&made).unwrap();
     drop(made);
     assert_eq!(keel.get_all(&refs).unwrap(), vec![0, 1, 4, 9]);
+    // Made by an actor's method, twice (the first call's references are let go in the second).
+    let counter = COUNTER.create(keel, (0,)).unwrap();
+    for _ in 0..2 {
+        let made = COUNTER_MAKE.call(keel, &counter, (2,)).unwrap();
+        let refs: Vec<ObjectRef<u64>> = keel.get(&made).unwrap();
+        drop(made);
+        assert_eq!(keel.get_all(&refs).unwrap(), vec![10_000, 10_201]);
+    }
+    keel.kill(&counter, true).unwrap();
 }
 
 fn parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(keel: &Keel) {

@@ -295,6 +295,30 @@ async fn a_flood_of_connections_that_never_authenticate_is_capped_and_harms_no_c
     assert_eq!(client::status(&cluster.addr(), &token()).await.unwrap().nodes.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upload_of_the_same_object_is_refused_without_touching_the_one_in_progress() {
+    let cluster = Local::start("dupupload", 1, |_| {}).await;
+    let node = client::status(&cluster.addr(), &token()).await.unwrap().nodes.remove(0);
+    let driver = Driver::connect(&cluster.addr(), &token(), "uploader").await.unwrap();
+    let object = keel_kernel::ObjectId::for_put(keel_kernel::ids::TaskId::driver(driver.job()), 1);
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 239) as u8).collect();
+    let total = bytes.len() as u64;
+    let (mut first_r, mut first_w) = keel_daemon::conn::dial(&node.addr, &token(), 4 << 20).await.unwrap();
+    first_w.feed(&PeerFrame::Upload { object, total }).await.unwrap();
+    let start = PeerFrame::Chunk { object, total, offset: 0, data: bytes[..1000].to_vec(), last: false };
+    first_w.send(&start).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another client sends the same object meanwhile: refused, and its chunks and its close go nowhere.
+    let second = client::upload_put(&node.addr, &token(), object, &bytes).await.unwrap_err();
+    assert!(matches!(&second, client::ClientError::Refused(why) if why.contains("already")), "{second}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = PeerFrame::Chunk { object, total, offset: 1000, data: bytes[1000..].to_vec(), last: true };
+    first_w.send(&rest).await.unwrap();
+    let answer = first_r.recv::<PeerFrame>("answer").await.unwrap();
+    assert!(matches!(answer, PeerFrame::Stored { .. }), "the first upload completes: {answer:?}");
+    assert_eq!(fetch(&node.addr, object).await.as_deref(), Some(&bytes[..]));
+}
+
 /// Sends `bytes` and checks that the peer closes the connection (reading reaches its end).
 async fn send_raw(addr: &str, bytes: &[u8]) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -214,12 +214,12 @@ impl Keel {
         if first {
             let _ = self.send(DriverToHead::AddRef(object));
         }
-        ObjectRef { handle: Handle { object, keel: self.clone() }, _t: PhantomData }
+        ObjectRef { handle: Handle { object, keel: self.clone(), quiet: false }, _t: PhantomData }
     }
 
     pub(crate) fn handle<T>(&self, object: ObjectId) -> ObjectRef<T> {
         *self.inner.handles.lock().expect("handles").entry(object).or_insert(0) += 1;
-        ObjectRef { handle: Handle { object, keel: self.clone() }, _t: PhantomData }
+        ObjectRef { handle: Handle { object, keel: self.clone(), quiet: false }, _t: PhantomData }
     }
 
     /// Submits a task calling the function named `name` with already-built arguments.
@@ -337,7 +337,10 @@ impl Keel {
         }
         Ok(Some(ActorHandle {
             id: actor,
-            created: ObjectRef { handle: Handle { object: created, keel: self.clone() }, _t: PhantomData },
+            created: ObjectRef {
+                handle: Handle { object: created, keel: self.clone(), quiet: false },
+                _t: PhantomData,
+            },
             _s: PhantomData,
         }))
     }
@@ -442,6 +445,16 @@ impl<T> Clone for ObjectRef<T> {
 pub struct Handle {
     object: ObjectId,
     keel: Keel,
+    /// Dropping it tells the cluster nothing (see [`Handle::release_quietly`]).
+    quiet: bool,
+}
+
+impl Handle {
+    /// Lets the handle go without telling the cluster, which already let go of it: a task's
+    /// handles are released by the cluster when its attempt ends.
+    pub(crate) fn release_quietly(mut self) {
+        self.quiet = true;
+    }
 }
 
 impl Drop for Handle {
@@ -461,7 +474,9 @@ impl Drop for Handle {
             }
         };
         if last {
-            let _ = self.keel.send(DriverToHead::RemoveRef(self.object));
+            if !self.quiet {
+                let _ = self.keel.send(DriverToHead::RemoveRef(self.object));
+            }
             self.keel.inner.shared.forget(self.object);
         }
     }
@@ -539,9 +554,19 @@ thread_local! {
 /// Serialises `value`, collecting the [`ObjectRef`]s inside it: the cluster keeps them alive as
 /// long as the value lives.
 fn serialize<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Encoded, postcard::Error> {
+    /// Pops this serialisation's list even if a `Serialize` impl panics.
+    struct Frame;
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            // Handles left by an unwinding serialisation are dropped (released) here.
+            let _ = CAPTURE.with(|c| c.borrow_mut().pop());
+        }
+    }
     CAPTURE.with(|c| c.borrow_mut().push(Vec::new()));
+    let frame = Frame;
     let bytes = postcard::to_allocvec(value);
-    let keep = CAPTURE.with(|c| c.borrow_mut().pop()).unwrap_or_default();
+    let keep = CAPTURE.with(|c| c.borrow_mut().last_mut().map(std::mem::take)).unwrap_or_default();
+    drop(frame);
     let mut nested: Vec<ObjectId> = keep.iter().map(|h| h.object).collect();
     nested.sort_unstable();
     nested.dedup();
@@ -773,9 +798,12 @@ pub trait ArgFor<T> {
 }
 
 impl<T: Serialize> ArgFor<T> for T {
-    fn into_arg(self, _: &mut Vec<Handle>) -> Result<Arg> {
-        let Encoded { bytes: data, nested, .. } =
+    fn into_arg(self, keep: &mut Vec<Handle>) -> Result<Arg> {
+        let Encoded { bytes: data, nested, keep: held } =
             serialize(&self).map_err(|e| Error::Setup(format!("cannot serialise an argument: {e}")))?;
+        // The references inside stay held until the task is submitted: the value may have held
+        // the last handles, and the cluster must hear of the task before it hears they are gone.
+        keep.extend(held);
         Ok(Arg::Value { data, nested })
     }
 }

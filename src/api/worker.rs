@@ -121,7 +121,12 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let registry: HashMap<&str, &'static dyn Registered> = functions.iter().map(|f| (f.name(), *f)).collect();
     // The actor this worker hosts, once its constructor ran.
     let mut actor: ActorState = None;
+    // An actor's call's result references, held until its next call (see below).
+    let mut actor_keep: Vec<super::Handle> = Vec::new();
     while let Ok(exec) = exec_rx.recv() {
+        // The head recorded the previous actor call's result, which holds those references:
+        // they go now, in a call of the same actor, which the head charges them to.
+        drop(std::mem::take(&mut actor_keep));
         *keel.inner.ids.lock().expect("ids") =
             IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
         // The head orders actor calls per calling task: each task numbers its calls from 0.
@@ -138,8 +143,15 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         if wtx.send(Outbound::Frame(done)).is_err() {
             break;
         }
-        // The result, which holds these references, is recorded with the end: let them go now.
-        drop(keep);
+        // The result, which holds these references, is recorded with the end. A normal task's
+        // handles are released by the head when its attempt ends: let them go quietly (a release
+        // sent now would come from a worker that runs nothing). An actor's are the actor's own:
+        // they go in its next call.
+        if matches!(exec.spec.kind, keel_kernel::proto::TaskKind::Normal) {
+            keep.into_iter().for_each(super::Handle::release_quietly);
+        } else {
+            actor_keep = keep;
+        }
     }
     Ok(())
 }

@@ -186,13 +186,15 @@ enum Ev {
         size: u64,
         tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
     },
-    /// A client starts sending its put's bytes.
+    /// A client starts sending its put's bytes on data connection `conn`.
     UploadStart {
+        conn: u64,
         object: ObjectId,
         total: u64,
         tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
     },
     UploadChunk {
+        conn: u64,
         object: ObjectId,
         offset: u64,
         data: Vec<u8>,
@@ -200,6 +202,7 @@ enum Ev {
     },
     /// The client's connection ended before the last chunk.
     UploadGone {
+        conn: u64,
         object: ObjectId,
     },
 }
@@ -275,8 +278,11 @@ where
     L::Write: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(keel_net::handshake::MAX_PENDING_HANDSHAKES));
+    let mut next_conn = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
+        next_conn += 1;
+        let conn = next_conn;
         let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many data connections handshaking at once; closed this one");
             continue;
@@ -319,7 +325,7 @@ where
                 Ok(PeerFrame::Upload { object, total }) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     conn::spawn_writer(writer, rx, None);
-                    if events.send(Ev::UploadStart { object, total, tx }).is_err() {
+                    if events.send(Ev::UploadStart { conn, object, total, tx }).is_err() {
                         return;
                     }
                     loop {
@@ -329,7 +335,7 @@ where
                         };
                         match frame {
                             Ok(PeerFrame::Chunk { object: o, offset, data, last, .. }) if o == object => {
-                                if events.send(Ev::UploadChunk { object, offset, data, last }).is_err() || last {
+                                if events.send(Ev::UploadChunk { conn, object, offset, data, last }).is_err() || last {
                                     break;
                                 }
                             }
@@ -339,7 +345,7 @@ where
                                 } else {
                                     tracing::warn!(peer = %name, %object, "an upload sent something else than its chunks");
                                 }
-                                let _ = events.send(Ev::UploadGone { object });
+                                let _ = events.send(Ev::UploadGone { conn, object });
                                 return;
                             }
                         }
@@ -598,6 +604,15 @@ async fn peer_link<T: Transport>(
     let _ = events.send(Ev::PeerLinkDown { node, link });
 }
 
+/// A client's put arriving on a data connection.
+struct Upload {
+    /// The connection sending it (no other may write or end it).
+    conn: u64,
+    creating: Creating,
+    written: u64,
+    tx: mpsc::UnboundedSender<Outbound<PeerFrame>>,
+}
+
 /// Answers a client's put and closes its connection.
 fn answer_client(tx: &mpsc::UnboundedSender<Outbound<PeerFrame>>, object: ObjectId, reply: Result<NodeId, String>) {
     let frame = match reply {
@@ -638,8 +653,8 @@ struct Core<T: Transport> {
     next_peer_link: u64,
     /// Objects arriving from peers: sender, the object being written, bytes written so far.
     incoming: BTreeMap<ObjectId, (NodeId, Creating, u64)>,
-    /// Clients' puts arriving: the object being written, bytes written so far, where to answer.
-    uploads: BTreeMap<ObjectId, (Creating, u64, mpsc::UnboundedSender<Outbound<PeerFrame>>)>,
+    /// Clients' puts arriving.
+    uploads: BTreeMap<ObjectId, Upload>,
     jobs: BTreeMap<JobId, Option<WorkerProgram>>,
     workers: BTreeMap<WorkerId, WorkerEntry>,
 }
@@ -796,22 +811,29 @@ impl<T: Transport> Core<T> {
                 };
                 answer_client(&tx, object, reply);
             }
-            Ev::UploadStart { object, total, tx } => {
+            Ev::UploadStart { conn, object, total, tx } => {
                 if self.store.contains(object) || self.uploads.contains_key(&object) {
                     answer_client(&tx, object, Err(format!("{object} is already here")));
                 } else {
                     match self.store.create(object, total) {
                         Ok(creating) => {
-                            self.uploads.insert(object, (creating, 0, tx));
+                            self.uploads.insert(object, Upload { conn, creating, written: 0, tx });
                         }
                         Err(e) => answer_client(&tx, object, Err(e.to_string())),
                     }
                 }
             }
-            Ev::UploadChunk { object, offset, data, last } => self.on_upload_chunk(object, offset, data, last),
-            Ev::UploadGone { object } => {
-                if let Some((creating, _, _)) = self.uploads.remove(&object) {
-                    self.store.abort(creating);
+            // Only the connection that started an upload writes it or ends it: a second client
+            // sending the same object was refused and touches nothing.
+            Ev::UploadChunk { conn, object, offset, data, last } => {
+                if self.uploads.get(&object).is_some_and(|u| u.conn == conn) {
+                    self.on_upload_chunk(object, offset, data, last);
+                }
+            }
+            Ev::UploadGone { conn, object } => {
+                if self.uploads.get(&object).is_some_and(|u| u.conn == conn) {
+                    let upload = self.uploads.remove(&object).expect("present");
+                    self.store.abort(upload.creating);
                 }
             }
             Ev::Fetch { object, tx } => match self.store.get(object) {
@@ -930,13 +952,13 @@ impl<T: Transport> Core<T> {
 
     /// A slice of a client's upload.
     fn on_upload_chunk(&mut self, object: ObjectId, offset: u64, data: Vec<u8>, last: bool) {
-        let Some((creating, written, _)) = self.uploads.get_mut(&object) else { return };
+        let Some(Upload { creating, written, .. }) = self.uploads.get_mut(&object) else { return };
         let end = offset.saturating_add(data.len() as u64);
         if *written != offset || end > creating.size() || (last && end != creating.size()) {
             let why = format!("bytes at {offset}..{end} after {written} of {} bytes", creating.size());
-            let (creating, _, tx) = self.uploads.remove(&object).expect("present");
-            self.store.abort(creating);
-            answer_client(&tx, object, Err(why));
+            let upload = self.uploads.remove(&object).expect("present");
+            self.store.abort(upload.creating);
+            answer_client(&upload.tx, object, Err(why));
             return;
         }
         creating.bytes_mut()[offset as usize..end as usize].copy_from_slice(&data);
@@ -944,7 +966,7 @@ impl<T: Transport> Core<T> {
         if !last {
             return;
         }
-        let (creating, _, tx) = self.uploads.remove(&object).expect("present");
+        let Upload { creating, tx, .. } = self.uploads.remove(&object).expect("present");
         let size = creating.size();
         let reply = match self.store.seal(creating) {
             Ok(_) => self.client_put(object, size),
@@ -1156,9 +1178,9 @@ impl<T: Transport> Core<T> {
         for object in self.incoming.keys().copied().collect::<Vec<_>>() {
             self.abort_incoming(object);
         }
-        for (object, (creating, _, tx)) in std::mem::take(&mut self.uploads) {
-            self.store.abort(creating);
-            answer_client(&tx, object, Err("the node lost the head and started afresh".into()));
+        for (object, upload) in std::mem::take(&mut self.uploads) {
+            self.store.abort(upload.creating);
+            answer_client(&upload.tx, object, Err("the node lost the head and started afresh".into()));
         }
         self.store.clear();
         self.out.clear();
