@@ -87,3 +87,46 @@ fn blocking_reports_of_a_stale_attempt_or_an_unknown_task_are_refused() {
     assert_eq!(r, Err(InputError::UnknownTask(TaskId(999))));
     assert_eq!(free_cpus(&b, node), 0.0, "nothing was lent");
 }
+
+#[test]
+fn tasks_that_block_and_run_again_oversubscribe_a_node_by_themselves_only() {
+    // A one-CPU node and six tasks. Each running task blocks in get and runs again: the first
+    // lends its CPU to the next and, running again, is owed it; CPUs freed later pay that debt
+    // before any new task starts. Without the debt, every task would end up running at once.
+    let mut b = Bench::new();
+    let node = b.node(1);
+    let job = b.job();
+    let specs: Vec<TaskSpec> = (0..6).map(|i| task(job, i, "t")).collect();
+    let dispatched_now = |outs: &[HeadOutput]| -> Vec<TaskId> {
+        outs.iter()
+            .filter_map(|o| match o {
+                HeadOutput::ToNode { msg: HeadToNode::RunTask { spec, .. }, .. } => Some(spec.task),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut running = Vec::new();
+    for s in &specs {
+        let (r, outs) = b.driver(job, DriverToHead::SubmitTask(s.clone().into()));
+        r.unwrap();
+        running.extend(dispatched_now(&outs));
+    }
+    assert_eq!(running.len(), 1);
+    let mut i = 0;
+    while let Some(&t) = running.get(i) {
+        let (r, outs) = b.node_says(node, NodeToHead::TaskBlocked { task: t, attempt: 0 });
+        r.unwrap();
+        running.extend(dispatched_now(&outs));
+        b.node_says(node, NodeToHead::TaskUnblocked { task: t, attempt: 0 }).0.unwrap();
+        i += 1;
+    }
+    assert_eq!(running.len(), 2, "one task lent its CPU, then the debt kept the rest queued");
+    assert_eq!(free_cpus(&b, node), 0.0);
+    // The owed task is paid by the next CPU freed; when both end, everything is back.
+    let by_id = |t: TaskId| specs.iter().find(|s| s.task == t).unwrap().clone();
+    finish(&mut b, node, &by_id(running[1]));
+    assert_eq!(free_cpus(&b, node), 0.0, "the freed CPU paid the first task's debt");
+    finish(&mut b, node, &by_id(running[0]));
+    assert_eq!(free_cpus(&b, node), 0.0, "and then the next queued task took it");
+    assert_eq!(b.head.task_state(specs[2].task), Some(keel_kernel::head::TaskStateKind::Running));
+}

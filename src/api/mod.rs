@@ -296,14 +296,23 @@ impl Keel {
         drop(tx);
         let deadline = std::time::Instant::now() + timeout;
         let mut ready = Vec::new();
-        let _blocked = (n > 0 && !timeout.is_zero()).then(|| self.inner.shared.blocked());
+        // What is ready already comes back within microseconds: only a real wait counts as
+        // blocked (and lends the task's CPUs, in a worker).
+        let spin_until = std::time::Instant::now() + Duration::from_micros(200);
+        let mut blocked = None;
         while ready.len() < n.min(refs.len()) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
+            let now = std::time::Instant::now();
+            if blocked.is_none() && now >= spin_until {
+                blocked = Some(self.inner.shared.blocked());
+            }
+            let until = if blocked.is_none() { spin_until.min(deadline) } else { deadline };
+            match rx.recv_timeout(until.saturating_duration_since(now)) {
                 Ok(i) => ready.push(i),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {}
                 Err(_) => break,
             }
         }
+        drop(blocked);
         // Whatever else resolved meanwhile counts too.
         while let Ok(i) = rx.try_recv() {
             ready.push(i);

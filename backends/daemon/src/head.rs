@@ -130,6 +130,15 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
         }
         if let Some(snapshot) = recovered.snapshot {
             tracing::info!(generation = snapshot.generation, "loaded the snapshot");
+            // The machine comes back as it was, settings included (its seed and clock go on).
+            let (kept, asked) = (format!("{:?}", snapshot.head.config()), format!("{:?}", options.config));
+            if kept != asked {
+                tracing::warn!(
+                    kept,
+                    asked,
+                    "the head keeps the settings of its snapshot; the settings given now are not used"
+                );
+            }
             core.head = snapshot.head;
             core.jobs = snapshot.jobs;
             core.max_conn = snapshot.max_conn;
@@ -153,7 +162,7 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
     let max_frame = options.max_frame;
     // A node's connection on which nothing arrived for a node timeout is closed: the machine
     // declares the node dead then anyway, and the node registers again when it can.
-    let node_silence = std::time::Duration::from_nanos(options.config.node_timeout.0);
+    let node_silence = std::time::Duration::from_nanos(core.head.config().node_timeout.0);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(keel_net::handshake::MAX_PENDING_HANDSHAKES));
     let accept = tokio::spawn(async move {
         loop {

@@ -22,6 +22,22 @@ impl Head {
         self.check_lineage();
         self.check_actor_invariants();
         self.check_group_invariants();
+        self.check_debts();
+    }
+
+    /// A task owed CPUs is queued for them on its node, and is not blocked at the same time.
+    fn check_debts(&self) {
+        for (id, t) in self.tasks.iter_unordered() {
+            if let TaskState::Running { node, owed, blocked, .. } = &t.state {
+                if *owed > crate::resources::Amount::ZERO {
+                    assert!(blocked.is_none(), "{id} is owed CPUs while blocked");
+                    assert!(
+                        self.debts.get(node).is_some_and(|q| q.contains(&id)),
+                        "{id} is owed CPUs on {node} but not queued for them"
+                    );
+                }
+            }
+        }
     }
 
     fn check_resource_sums(&self) {

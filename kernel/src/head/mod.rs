@@ -232,6 +232,8 @@ pub struct Head {
     /// Connections that have introduced themselves: a second `Connect` on one (a duplicated
     /// message) would register a second node for one machine.
     introduced: BTreeSet<ConnId>,
+    /// Per node, tasks running without CPUs they are owed, in the order they ran again.
+    debts: BTreeMap<NodeId, Vec<TaskId>>,
 }
 
 impl Head {
@@ -255,6 +257,7 @@ impl Head {
             timers: BTreeSet::new(),
             stats: HeadStats::default(),
             introduced: BTreeSet::new(),
+            debts: BTreeMap::new(),
         }
     }
 

@@ -215,6 +215,9 @@ impl Head {
                 n.bundles.remove(&(pg, index as u32));
             }
             self.cluster.release(bundle.node, &bundle.alloc);
+            if self.debts.contains_key(&bundle.node) {
+                self.settle_debts(bundle.node);
+            }
             self.check_drained(bundle.node);
         }
         self.queue_all_runnable();

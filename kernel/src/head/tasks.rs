@@ -50,6 +50,9 @@ pub(super) enum TaskState {
         worker: Option<WorkerId>,
         /// While it is blocked waiting for objects: the CPUs it lent to other tasks.
         blocked: Option<Amount>,
+        /// CPUs it runs without since it ran again and found them taken: the next CPUs freed on
+        /// its node (or in its bundle) go to it before any new task (see `settle_debts`).
+        owed: Amount,
     },
     Finished,
     Failed,
@@ -572,7 +575,14 @@ impl Head {
         let args = self.argument_sources(task);
         let record = self.tasks.get_mut(task).expect("task");
         assert!(matches!(record.state, TaskState::Queued), "dispatching a task that is not queued");
-        record.state = TaskState::Running { node, alloc: alloc.clone(), bundle, worker: actor_worker, blocked: None };
+        record.state = TaskState::Running {
+            node,
+            alloc: alloc.clone(),
+            bundle,
+            worker: actor_worker,
+            blocked: None,
+            owed: Amount::ZERO,
+        };
         let msg = HeadToNode::RunTask {
             spec: record.spec.clone(),
             attempt: record.attempt,
@@ -679,14 +689,16 @@ impl Head {
         if !matches!(record.spec.kind, TaskKind::Normal) {
             return Ok(());
         }
-        let TaskState::Running { alloc, bundle, blocked, .. } = &mut record.state else {
+        let TaskState::Running { alloc, bundle, blocked, owed, .. } = &mut record.state else {
             unreachable!("current_attempt returns running attempts")
         };
         if blocked.is_some() {
             return Ok(());
         }
         let cpu = std::mem::replace(&mut alloc.resources.cpu, Amount::ZERO);
-        *blocked = Some(cpu);
+        // A debt is forgiven while it waits (its queue entry is dropped when next met); what it
+        // wants back when it runs again is everything it was given.
+        *blocked = Some(Amount(cpu.0 + std::mem::replace(owed, Amount::ZERO).0));
         let bundle = *bundle;
         if cpu > Amount::ZERO {
             let lent = Allocation { resources: ResourceSet { cpu, ..ResourceSet::default() }, gpus: Vec::new() };
@@ -712,13 +724,57 @@ impl Head {
             Some((pg, index)) => self.allocate_in_bundle(pg, index, node, &want),
             None => self.cluster.allocate(node, &want),
         };
-        if back.is_some() {
-            let record = self.tasks.get_mut(task).expect("running task");
-            if let TaskState::Running { alloc, .. } = &mut record.state {
+        let record = self.tasks.get_mut(task).expect("running task");
+        if let TaskState::Running { alloc, owed, .. } = &mut record.state {
+            if back.is_some() {
                 alloc.resources.cpu = cpu;
+            } else {
+                // It runs on without them, and is owed them: no new task takes the next CPUs
+                // freed there, so the node is oversubscribed only by the tasks that ran again.
+                *owed = cpu;
+                self.debts.entry(node).or_default().push(task);
             }
         }
         Ok(())
+    }
+
+    /// CPUs freed on `node`: tasks that run without the CPUs they are owed take them first, in
+    /// the order they ran again (a task whose debt cannot be paid yet stops the queue).
+    pub(super) fn settle_debts(&mut self, node: NodeId) {
+        let Some(mut queue) = self.debts.remove(&node) else { return };
+        let mut paid = 0;
+        for &task in &queue {
+            let Some(record) = self.tasks.get(task) else {
+                paid += 1;
+                continue;
+            };
+            let TaskState::Running { node: n, owed, bundle, .. } = &record.state else {
+                paid += 1;
+                continue;
+            };
+            if *n != node || *owed == Amount::ZERO {
+                paid += 1;
+                continue;
+            }
+            let (owed, bundle) = (*owed, *bundle);
+            let want = ResourceSet { cpu: owed, ..ResourceSet::default() };
+            let got = match bundle {
+                Some((pg, index)) => self.allocate_in_bundle(pg, index, node, &want),
+                None => self.cluster.allocate(node, &want),
+            };
+            if got.is_none() {
+                break;
+            }
+            if let TaskState::Running { alloc, owed: o, .. } = &mut self.tasks.get_mut(task).expect("task").state {
+                alloc.resources.cpu = Amount(alloc.resources.cpu.0 + owed.0);
+                *o = Amount::ZERO;
+            }
+            paid += 1;
+        }
+        queue.drain(..paid);
+        if !queue.is_empty() {
+            self.debts.insert(node, queue);
+        }
     }
 
     /// The record of `task` if `attempt` is its current attempt running on `node`.
@@ -839,6 +895,9 @@ impl Head {
         match bundle {
             Some((pg, index)) => self.release_in_group(pg, index, node, alloc),
             None => self.cluster.release(node, alloc),
+        }
+        if alloc.resources.cpu > Amount::ZERO && self.debts.contains_key(&node) {
+            self.settle_debts(node);
         }
         if !alloc.resources.is_empty() {
             self.queue_all_runnable();
