@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cluster;
+mod replay;
 mod sim;
 mod walkthrough;
 
@@ -33,6 +34,7 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run generated workloads under random faults, seed after seed (swarm testing).
     Chaos(sim::ChaosArgs),
+    Replay(replay::ReplayArgs),
     Head(cluster::HeadArgs),
     Node(cluster::NodeArgs),
     Up(cluster::UpArgs),
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Walkthrough(args) => walkthrough::run(&args),
         Command::Sim(args) => sim::run_sim(&args),
         Command::Chaos(args) => sim::run_chaos(&args),
+        Command::Replay(args) => replay::run_replay(&args),
         Command::Head(args) => cluster::run_head(&args),
         Command::Node(args) => cluster::run_node(&args),
         Command::Up(args) => cluster::run_up(&args),

@@ -73,6 +73,11 @@ impl ActorTable {
         self.names.get(&(namespace.to_string(), name.to_string())).copied()
     }
 
+    /// Every actor's creation task, in task id order.
+    pub fn creation_tasks(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.by_creation.keys().copied()
+    }
+
     pub fn max_task_retries(&self, actor: ActorId) -> u32 {
         self.actors.get(&actor).map_or(0, |a| a.options.max_task_retries)
     }

@@ -193,12 +193,9 @@ impl Head {
     fn remove_group(&mut self, pg: PlacementGroupId, reason: ErrorReason) {
         let waiting: Vec<TaskId> = self
             .tasks
-            .iter()
-            .filter(|(_, t)| {
-                !t.state.is_ended()
-                    && matches!(t.spec.strategy, SchedulingStrategy::PlacementGroup { pg: p, .. } if p == pg)
-            })
-            .map(|(id, _)| id)
+            .in_group(pg)
+            .into_iter()
+            .filter(|id| self.tasks.get(*id).is_some_and(|t| !t.state.is_ended()))
             .collect();
         for task in waiting {
             self.fail_task(task, reason.clone());
@@ -313,12 +310,16 @@ impl Head {
 
     /// Actors placed inside a removed group die with it.
     fn kill_group_actors(&mut self, pg: PlacementGroupId) {
+        // Actors' creation tasks, in task id order (not every task: a head keeps many).
         let creations: Vec<TaskId> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| matches!(t.spec.kind, crate::proto::TaskKind::ActorCreation(_)))
-            .filter(|(_, t)| matches!(t.spec.strategy, SchedulingStrategy::PlacementGroup { pg: p, .. } if p == pg))
-            .map(|(id, _)| id)
+            .actors
+            .creation_tasks()
+            .filter(|id| {
+                self.tasks.get(*id).is_some_and(|t| {
+                    matches!(t.spec.kind, crate::proto::TaskKind::ActorCreation(_))
+                        && matches!(t.spec.strategy, SchedulingStrategy::PlacementGroup { pg: p, .. } if p == pg)
+                })
+            })
             .collect();
         for creation in creations {
             if let crate::proto::TaskKind::ActorCreation(actor) = self.tasks.get(creation).expect("task").spec.kind {

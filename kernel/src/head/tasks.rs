@@ -16,7 +16,7 @@ use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrate
 use crate::resources::{Allocation, Amount, ResourceSet};
 use crate::vecset::{VecMap, VecSet};
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// Where a task is in its life, without the details.
@@ -210,9 +210,16 @@ pub(super) struct TaskTable {
     runnable: IdBits,
     /// Infeasible tasks and since when.
     pub infeasible: BTreeMap<TaskId, crate::time::Time>,
+    /// Tasks placed in each placement group (removing a group finds its tasks without a scan).
+    in_group: BTreeMap<PlacementGroupId, BTreeSet<TaskId>>,
 }
 
 impl TaskTable {
+    /// The tasks the table holds that run in `pg`, in ascending id order.
+    pub fn in_group(&self, pg: PlacementGroupId) -> Vec<TaskId> {
+        self.in_group.get(&pg).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
     pub fn get(&self, task: TaskId) -> Option<&TaskRecord> {
         self.tasks.get(&task)
     }
@@ -225,13 +232,6 @@ impl TaskTable {
         self.tasks.len()
     }
 
-    /// Every task, in ascending id order (sorted here, since the table itself is unordered).
-    pub fn iter(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
-        let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-        ids.sort_unstable();
-        ids.into_iter().map(|id| (id, &self.tasks[&id]))
-    }
-
     /// Every task in no particular order: only for checks whose result does not depend on order.
     pub fn iter_unordered(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
         self.tasks.iter().map(|(k, v)| (*k, v))
@@ -241,6 +241,9 @@ impl TaskTable {
         if record.owner_indexed {
             self.owned.insert(record.owner, task);
         }
+        if let SchedulingStrategy::PlacementGroup { pg, .. } = record.spec.strategy {
+            self.in_group.entry(pg).or_default().insert(task);
+        }
         assert!(self.tasks.insert(task, record).is_none(), "task {task} recorded twice");
     }
 
@@ -248,6 +251,14 @@ impl TaskTable {
         let record = self.tasks.remove(&task).expect("removing an unknown task");
         if record.owner_indexed {
             assert!(self.owned.remove(record.owner, task), "owner index misses task {task}");
+        }
+        if let SchedulingStrategy::PlacementGroup { pg, .. } = record.spec.strategy {
+            if let Some(set) = self.in_group.get_mut(&pg) {
+                set.remove(&task);
+                if set.is_empty() {
+                    self.in_group.remove(&pg);
+                }
+            }
         }
         record
     }

@@ -1,0 +1,299 @@
+//! `keel replay`: a workload trace run through the real scheduling kernel in the simulator.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_traces::replay::{replay, Options, Policy, Replay, Stats};
+use keel_traces::{open, Job, NodeShape, TraceError};
+use std::path::{Path, PathBuf};
+
+/// Replay a workload trace in the simulator, with the real Head and Node machines, and report
+/// how it went: per-job completion time, queueing delay and bounded slowdown (p50/p95/p99/mean),
+/// makespan, utilisation of each resource, throughput and node-hours.
+///
+/// What-ifs: another cluster (`--nodes`), another policy (`--policy`), failures (`--fail`).
+/// The same file, settings and seed always give the same figures and event-log hash.
+///
+/// Formats (guessed from the file name when `--format` is not given):
+///   swf      Standard Workload Format (.swf, .swf.gz): a job of N processors is a gang of N
+///            one-CPU bundles; the cluster is the header's MaxNodes x (MaxProcs/MaxNodes) CPUs.
+///   alibaba  Alibaba v2018 batch_task (CSV): DAG jobs; machines of 96 CPUs.
+///   openb    Alibaba GPU 2023 pods (CSV): fractional GPUs and GPU models; the cluster is the
+///            node list beside it (openb_node_list_gpu_node.csv) or --node-list.
+///   philly   Philly via Gavel (.trace): GPU jobs timed from Gavel's throughputs file beside it.
+///
+/// Examples:
+///   keel replay ../shared/traces/swf/NASA-iPSC-1993-3.1-cln.swf.gz
+///   keel replay trace.swf --nodes 64 --policy spread --fail 3@3600 --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ReplayArgs {
+    /// The trace (a `.gz` name is read compressed).
+    file: PathBuf,
+    /// Its format.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Replay on this many nodes (of the trace's machine shape; for openb, the first N of its
+    /// node list).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// openb: the node list.
+    #[arg(long, value_name = "CSV")]
+    node_list: Option<PathBuf>,
+    /// philly: Gavel's throughputs file.
+    #[arg(long, value_name = "JSON")]
+    throughputs: Option<PathBuf>,
+    /// philly: the GPU type the jobs run on (their duration is measured on it).
+    #[arg(long, default_value = "v100")]
+    gpu_type: String,
+    /// philly: GPUs per node.
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u32,
+    /// Where tasks go: hybrid (pack under half use, then spread), spread or pack.
+    #[arg(long, value_enum, default_value = "hybrid")]
+    policy: PolicyArg,
+    /// A node that fails for good at a time: NODE@SECONDS (node index from 0). Repeatable.
+    #[arg(long = "fail", value_name = "NODE@SECONDS")]
+    fail: Vec<String>,
+    /// Replay only the first N jobs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Swf,
+    Alibaba,
+    Openb,
+    Philly,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PolicyArg {
+    Hybrid,
+    Spread,
+    Pack,
+}
+
+fn guess(path: &Path) -> Option<Format> {
+    let name = path.file_name()?.to_string_lossy().to_lowercase();
+    if name.ends_with(".swf") || name.ends_with(".swf.gz") {
+        Some(Format::Swf)
+    } else if name.contains("pod") && name.ends_with(".csv") {
+        Some(Format::Openb)
+    } else if name.ends_with(".csv") {
+        Some(Format::Alibaba)
+    } else if name.ends_with(".trace") {
+        Some(Format::Philly)
+    } else {
+        None
+    }
+}
+
+fn collect(jobs: impl Iterator<Item = Result<Job, TraceError>>, limit: Option<usize>) -> Result<Vec<Job>, String> {
+    jobs.take(limit.unwrap_or(usize::MAX)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+/// The jobs and the cluster the trace describes.
+fn load(args: &ReplayArgs) -> Result<(Vec<Job>, Vec<NodeShape>, String), String> {
+    let path = &args.file;
+    let name = path.display().to_string();
+    let format = args
+        .format
+        .or_else(|| guess(path))
+        .ok_or_else(|| format!("{name}: cannot tell its format from its name; pass --format"))?;
+    let beside = |file: &str| path.with_file_name(file);
+    match format {
+        Format::Swf => {
+            let reader = keel_traces::swf::SwfReader::new(open(path).map_err(|e| e.to_string())?, &name)
+                .map_err(|e| e.to_string())?;
+            let header = reader.header().clone();
+            let jobs = collect(reader, args.limit)?;
+            let mut nodes = header
+                .cluster()
+                .ok_or_else(|| format!("{name}: the header gives neither MaxNodes nor MaxProcs; pass --nodes"))?;
+            if let Some(n) = args.nodes {
+                let shape = nodes[0].clone();
+                nodes = (0..n).map(|i| NodeShape { name: format!("node-{i}"), ..shape.clone() }).collect();
+            }
+            let procs: f64 = nodes.iter().map(|n| n.resources.cpu.as_f64()).sum();
+            Ok((jobs, nodes, format!("SWF, {} nodes of {} processors in all", header.max_nodes.unwrap_or(0), procs)))
+        }
+        Format::Alibaba => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+            let jobs = collect(keel_traces::alibaba::BatchTaskReader::new(file, &name), args.limit)?;
+            let n = args.nodes.unwrap_or(100);
+            Ok((jobs, keel_traces::alibaba::cluster(n), format!("Alibaba v2018 batch_task, {n} machines of 96 CPUs")))
+        }
+        Format::Openb => {
+            let list = args.node_list.clone().unwrap_or_else(|| beside("openb_node_list_gpu_node.csv"));
+            let file = std::fs::File::open(&list).map_err(|e| format!("{}: {e} (pass --node-list)", list.display()))?;
+            let mut nodes =
+                keel_traces::openb::read_nodes(file, &list.display().to_string()).map_err(|e| e.to_string())?;
+            if let Some(n) = args.nodes {
+                nodes.truncate(n);
+            }
+            let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+            let jobs =
+                collect(keel_traces::openb::PodReader::new(file, &name).map_err(|e| e.to_string())?, args.limit)?;
+            let what = format!("openb pods, {} GPU nodes", nodes.len());
+            Ok((jobs, nodes, what))
+        }
+        Format::Philly => {
+            let tp = args.throughputs.clone().unwrap_or_else(|| beside("simulation_throughputs.json"));
+            let json =
+                std::fs::read_to_string(&tp).map_err(|e| format!("{}: {e} (pass --throughputs)", tp.display()))?;
+            let throughputs = keel_traces::philly::Throughputs::read(&json, &args.gpu_type, &tp.display().to_string())
+                .map_err(|e| e.to_string())?;
+            let spec = std::fs::read_to_string(beside("cluster_specs.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v.get("philly")?.get(0)?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "500:0:0".into());
+            let spec = match args.nodes {
+                // N nodes of the chosen GPU type.
+                Some(n) => {
+                    let gpus = n as u32 * args.gpus_per_node;
+                    match args.gpu_type.as_str() {
+                        "p100" => format!("0:{gpus}:0"),
+                        "k80" => format!("0:0:{gpus}"),
+                        _ => format!("{gpus}:0:0"),
+                    }
+                }
+                None => spec,
+            };
+            let nodes = keel_traces::philly::cluster(&spec, args.gpus_per_node)
+                .ok_or_else(|| format!("cluster spec {spec:?} is not v100:p100:k80 GPU counts"))?;
+            let jobs = collect(
+                keel_traces::philly::PhillyReader::new(open(path).map_err(|e| e.to_string())?, &name, throughputs),
+                args.limit,
+            )?;
+            Ok((jobs, nodes, format!("Philly via Gavel on {} ({spec} GPUs)", args.gpu_type)))
+        }
+    }
+}
+
+fn parse_failures(specs: &[String]) -> Result<Vec<(usize, u64)>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let (node, at) = s.split_once('@').ok_or_else(|| format!("--fail {s}: expected NODE@SECONDS"))?;
+            let node = node.parse().map_err(|_| format!("--fail {s}: {node:?} is not a node index"))?;
+            let at: f64 = at.parse().map_err(|_| format!("--fail {s}: {at:?} is not a number of seconds"))?;
+            if !(0.0..1e12).contains(&at) {
+                return Err(format!("--fail {s}: the time is out of range"));
+            }
+            Ok((node, (at * 1000.0) as u64))
+        })
+        .collect()
+}
+
+/// `keel replay`.
+pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let (jobs, nodes, what) = load(args)?;
+    if jobs.is_empty() {
+        return Err(format!("{}: no jobs", args.file.display()));
+    }
+    let options = Options {
+        nodes,
+        policy: match args.policy {
+            PolicyArg::Hybrid => Policy::Hybrid,
+            PolicyArg::Spread => Policy::Spread,
+            PolicyArg::Pack => Policy::Pack,
+        },
+        failures: parse_failures(&args.fail)?,
+        seed: args.seed,
+    };
+    let loaded = started.elapsed();
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"));
+        bar.set_message(format!("replaying {} jobs on {} nodes", jobs.len(), options.nodes.len()));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    };
+    let result = replay(&jobs, &options);
+    bar.finish_and_clear();
+    let r = result?;
+    let took = started.elapsed();
+    if args.json {
+        let out = serde_json::json!({
+            "trace": args.file.display().to_string(),
+            "what": what,
+            "nodes": options.nodes.len(),
+            "policy": format!("{:?}", args.policy).to_lowercase(),
+            "seed": args.seed,
+            "summary": r.summary,
+            "seconds": took.as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+    } else {
+        print_summary(args, &what, &options, &r, loaded, took);
+    }
+    Ok(())
+}
+
+fn print_summary(
+    args: &ReplayArgs,
+    what: &str,
+    options: &Options,
+    r: &Replay,
+    loaded: std::time::Duration,
+    took: std::time::Duration,
+) {
+    let s = &r.summary;
+    println!("{} ({what})", args.file.display());
+    println!(
+        "replayed {} jobs on {} nodes, {:?} policy, seed {}: {} completed, {} unfinished, {} attempts retried",
+        s.jobs,
+        options.nodes.len(),
+        args.policy,
+        args.seed,
+        s.completed,
+        s.unfinished,
+        s.retries
+    );
+    println!("makespan {}; {:.1} jobs/h; {:.1} node-hours", human_seconds(s.makespan_s), s.jobs_per_hour, s.node_hours);
+    println!("{:<24}{:>12}{:>12}{:>12}{:>12}{:>12}", "", "mean", "p50", "p95", "p99", "max");
+    let row = |name: &str, st: &Stats| {
+        println!("{name:<24}{:>12.1}{:>12.1}{:>12.1}{:>12.1}{:>12.1}", st.mean, st.p50, st.p95, st.p99, st.max);
+    };
+    row("completion time (s)", &s.completion_s);
+    row("queueing delay (s)", &s.wait_s);
+    row("bounded slowdown", &s.bounded_slowdown);
+    if let Some(recorded) = &s.recorded_wait_s {
+        row("recorded wait (s)", recorded);
+    }
+    let util: Vec<String> = s.utilisation.iter().map(|(k, v)| format!("{k} {:.1}%", v * 100.0)).collect();
+    println!("utilisation: {}", util.join(", "));
+    if s.recorded_failed + s.recorded_cancelled > 0 {
+        println!(
+            "the trace records {} failed and {} cancelled jobs (replayed as they ran)",
+            s.recorded_failed, s.recorded_cancelled
+        );
+    }
+    println!(
+        "{} simulator events, event-log hash {}; read in {:.2} s, replayed in {:.2} s",
+        s.events,
+        s.hash,
+        loaded.as_secs_f64(),
+        (took - loaded).as_secs_f64()
+    );
+}
+
+fn human_seconds(s: f64) -> String {
+    if s >= 86_400.0 {
+        format!("{:.1} d", s / 86_400.0)
+    } else if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
