@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 /// how it went: per-job completion time, queueing delay and bounded slowdown (p50/p95/p99/mean),
 /// makespan, utilisation of each resource, throughput and node-hours.
 ///
-/// What-ifs: another cluster (`--nodes`), another policy (`--policy`), failures (`--fail`).
-/// The same file, settings and seed always give the same figures and event-log hash.
+/// What-ifs: another cluster (`--nodes`), another policy (`--policy`), failures (`--fail`); or
+/// two runs side by side (`--vs-policy`, `--vs-nodes`), with the ratios. `--report DIR` writes
+/// summary.json, jobs.csv and SVG plots (utilisation and queue over time, completion-time CDF;
+/// both runs overlaid when comparing). The same file, settings and seed always give the same
+/// figures and event-log hash.
 ///
 /// Formats (guessed from the file name when `--format` is not given):
 ///   swf      Standard Workload Format (.swf, .swf.gz): a job of N processors is a gang of N
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 /// Examples:
 ///   keel replay ../shared/traces/swf/NASA-iPSC-1993-3.1-cln.swf.gz
 ///   keel replay trace.swf --nodes 64 --policy spread --fail 3@3600 --json
+///   keel replay trace.swf --vs-policy pack --report out/
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -62,6 +66,15 @@ pub struct ReplayArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Also replay with this policy, and compare.
+    #[arg(long, value_enum)]
+    vs_policy: Option<PolicyArg>,
+    /// Also replay on this many nodes, and compare.
+    #[arg(long)]
+    vs_nodes: Option<usize>,
+    /// Write summary.json, jobs.csv and SVG plots into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,16 +212,8 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     if jobs.is_empty() {
         return Err(format!("{}: no jobs", args.file.display()));
     }
-    let options = Options {
-        nodes,
-        policy: match args.policy {
-            PolicyArg::Hybrid => Policy::Hybrid,
-            PolicyArg::Spread => Policy::Spread,
-            PolicyArg::Pack => Policy::Pack,
-        },
-        failures: parse_failures(&args.fail)?,
-        seed: args.seed,
-    };
+    let options =
+        Options { nodes, policy: policy(args.policy), failures: parse_failures(&args.fail)?, seed: args.seed };
     let loaded = started.elapsed();
     let bar = if args.json {
         ProgressBar::hidden()
@@ -220,9 +225,51 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         bar
     };
     let result = replay(&jobs, &options);
-    bar.finish_and_clear();
     let r = result?;
     let took = started.elapsed();
+    let other = if args.vs_policy.is_some() || args.vs_nodes.is_some() {
+        let mut o = options.clone();
+        if let Some(p) = args.vs_policy {
+            o.policy = policy(p);
+        }
+        if let Some(n) = args.vs_nodes {
+            let shape = o.nodes[0].clone();
+            o.nodes = (0..n).map(|i| NodeShape { name: format!("node-{i}"), ..shape.clone() }).collect();
+        }
+        bar.set_message(format!("replaying {} jobs on {} nodes, to compare", jobs.len(), o.nodes.len()));
+        let label = describe(&o);
+        Some((replay(&jobs, &o)?, label))
+    } else {
+        None
+    };
+    bar.finish_and_clear();
+    if let Some(dir) = &args.report {
+        let first = describe(&options);
+        let mut runs: Vec<(&str, &Replay)> = vec![(first.as_str(), &r)];
+        if let Some((o, label)) = &other {
+            runs.push((label.as_str(), o));
+        }
+        let files = keel_traces::report::write(dir, &runs).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !args.json {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            eprintln!("report: {}", names.join(", "));
+        }
+    }
+    if let Some((o, label)) = &other {
+        if args.json {
+            let out = serde_json::json!({
+                "trace": args.file.display().to_string(),
+                "runs": [
+                    { "run": describe(&options), "summary": r.summary },
+                    { "run": label, "summary": o.summary },
+                ],
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        } else {
+            print_comparison(&describe(&options), &r, label, o);
+        }
+        return Ok(());
+    }
     if args.json {
         let out = serde_json::json!({
             "trace": args.file.display().to_string(),
@@ -238,6 +285,41 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         print_summary(args, &what, &options, &r, loaded, took);
     }
     Ok(())
+}
+
+fn policy(p: PolicyArg) -> Policy {
+    match p {
+        PolicyArg::Hybrid => Policy::Hybrid,
+        PolicyArg::Spread => Policy::Spread,
+        PolicyArg::Pack => Policy::Pack,
+    }
+}
+
+fn describe(o: &Options) -> String {
+    format!("{} nodes, {:?}", o.nodes.len(), o.policy).to_lowercase()
+}
+
+fn print_comparison(a_name: &str, a: &Replay, b_name: &str, b: &Replay) {
+    let (a, b) = (&a.summary, &b.summary);
+    println!("{:<28}{:>20}{:>20}{:>10}", "", a_name, b_name, "ratio");
+    let row = |name: &str, x: f64, y: f64| {
+        let ratio = if x != 0.0 { format!("{:.2}", y / x) } else { "-".into() };
+        println!("{name:<28}{x:>20.1}{y:>20.1}{ratio:>10}");
+    };
+    row("jobs completed", a.completed as f64, b.completed as f64);
+    row("makespan (s)", a.makespan_s, b.makespan_s);
+    row("completion p50 (s)", a.completion_s.p50, b.completion_s.p50);
+    row("completion p99 (s)", a.completion_s.p99, b.completion_s.p99);
+    row("completion mean (s)", a.completion_s.mean, b.completion_s.mean);
+    row("wait p50 (s)", a.wait_s.p50, b.wait_s.p50);
+    row("wait p99 (s)", a.wait_s.p99, b.wait_s.p99);
+    row("wait mean (s)", a.wait_s.mean, b.wait_s.mean);
+    row("bounded slowdown mean", a.bounded_slowdown.mean, b.bounded_slowdown.mean);
+    row("jobs per hour", a.jobs_per_hour, b.jobs_per_hour);
+    row("node-hours", a.node_hours, b.node_hours);
+    for (k, v) in &a.utilisation {
+        row(&format!("{k} utilisation (%)"), v * 100.0, b.utilisation.get(k).copied().unwrap_or(0.0) * 100.0);
+    }
 }
 
 fn print_summary(

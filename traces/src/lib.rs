@@ -19,6 +19,7 @@ pub mod alibaba;
 pub mod openb;
 pub mod philly;
 pub mod replay;
+pub mod report;
 pub mod swf;
 
 use keel_kernel::ResourceSet;

@@ -168,6 +168,11 @@ pub struct Replay {
     pub jobs: Vec<JobResult>,
     /// The figures.
     pub summary: Summary,
+    /// What ran when: `(start_ms, end_ms, share of each resource of the cluster)`, one entry
+    /// per attempt (for plots over time).
+    pub usage: Vec<(u64, u64, Vec<f64>)>,
+    /// The resources `usage` gives shares of, in order.
+    pub resources: Vec<String>,
 }
 
 /// Where each planned task comes from.
@@ -406,6 +411,15 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     // Per planned task: finished end, and every attempt's start.
     let mut finished_end: Vec<Option<u64>> = vec![None; origin.len()];
     let mut busy: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
+        acc.add(&n.resources);
+        acc
+    });
+    let capacity_of: Vec<(String, f64)> = resource_amounts(&capacity).into_iter().filter(|(_, c)| *c > 0.0).collect();
+    let share = |amounts: &[(String, f64)], name: &str, cap: f64| {
+        amounts.iter().find(|(n, _)| n == name).map_or(0.0, |(_, a)| a / cap)
+    };
+    let mut usage = Vec::new();
     // Times from the driver's start, as the plan's are.
     let started = outcome.driver_started;
     let ms = |ns: u64| ns.saturating_sub(started) / 1_000_000;
@@ -426,7 +440,13 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
             let task = &jobs[o.job as usize].tasks[o.task as usize];
             let seconds = run.end.saturating_sub(run.start) as f64 / 1e9;
             let copies = f64::from(o.gang_instances.max(1));
-            for (name, amount) in resource_amounts(&task.resources) {
+            let amounts = resource_amounts(&task.resources);
+            usage.push((
+                ms(run.start),
+                ms(run.end),
+                capacity_of.iter().map(|(name, cap)| share(&amounts, name, *cap) * copies).collect(),
+            ));
+            for (name, amount) in amounts {
                 *busy.entry(name).or_default() += amount * seconds * copies;
             }
         }
@@ -447,10 +467,6 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     let completed: Vec<&JobResult> = results.iter().filter(|r| r.end_ms.is_some()).collect();
     let makespan_ms = completed.iter().filter_map(|r| r.end_ms).max().unwrap_or(0);
     let makespan_s = makespan_ms as f64 / 1000.0;
-    let capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
-        acc.add(&n.resources);
-        acc
-    });
     let utilisation = resource_amounts(&capacity)
         .into_iter()
         .filter(|(_, cap)| *cap > 0.0)
@@ -480,7 +496,9 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         events: outcome.counts.events,
         hash: outcome.hash.clone(),
     };
-    Ok(Replay { jobs: results, summary })
+    usage.sort_by_key(|u| (u.0, u.1));
+    let resources = capacity_of.into_iter().map(|(name, _)| name).collect();
+    Ok(Replay { jobs: results, summary, usage, resources })
 }
 
 /// Each resource of `r` by name, as a plain number (CPUs, GPUs, bytes, custom units).

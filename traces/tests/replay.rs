@@ -117,3 +117,29 @@ fn the_same_seed_gives_the_same_summary_and_event_log_hash() {
     assert_eq!(a.jobs, b.jobs);
     assert_eq!(a.summary.completed, 40);
 }
+
+#[test]
+fn a_report_holds_every_job_of_every_run_and_a_plot_line_per_run() {
+    let jobs = vec![
+        job("A", 0, vec![task(2, 10_000, vec![], 1)], false),
+        job("B", 1_000, vec![task(1, 5_000, vec![], 1)], false),
+    ];
+    let one = replay(&jobs, &options(vec![node(2)])).unwrap();
+    let two = replay(&jobs, &options(vec![node(2), node(2)])).unwrap();
+    let dir = std::env::temp_dir().join(format!("keel-report-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = keel_traces::report::write(&dir, &[("one node", &one), ("two nodes", &two)]).unwrap();
+    assert_eq!(files.len(), 5);
+    let csv = std::fs::read_to_string(dir.join("jobs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "a header and a row per job per run");
+    assert!(csv.lines().nth(2).unwrap().starts_with("one node,B,1.000,"), "{csv}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary[1]["run"], "two nodes");
+    assert_eq!(summary[1]["summary"]["completed"], 2);
+    for plot in ["utilisation.svg", "queue.svg", "jct_cdf.svg"] {
+        let svg = std::fs::read_to_string(dir.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2, "{plot}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
