@@ -27,11 +27,16 @@ use std::path::{Path, PathBuf};
 ///   keel replay ../shared/traces/swf/NASA-iPSC-1993-3.1-cln.swf.gz
 ///   keel replay trace.swf --nodes 64 --policy spread --fail 3@3600 --json
 ///   keel replay trace.swf --vs-policy pack --report out/
+///   keel replay --compare before.json after.json    (two saved `--json` results)
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
     /// The trace (a `.gz` name is read compressed).
-    file: PathBuf,
+    #[arg(required_unless_present = "compare")]
+    file: Option<PathBuf>,
+    /// Compare two saved results (`keel replay ... --json > a.json`) instead of replaying.
+    #[arg(long, num_args = 2, value_names = ["A_JSON", "B_JSON"], conflicts_with = "file")]
+    compare: Vec<PathBuf>,
     /// Its format.
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -112,8 +117,7 @@ fn collect(jobs: impl Iterator<Item = Result<Job, TraceError>>, limit: Option<us
 }
 
 /// The jobs and the cluster the trace describes.
-fn load(args: &ReplayArgs) -> Result<(Vec<Job>, Vec<NodeShape>, String), String> {
-    let path = &args.file;
+fn load(args: &ReplayArgs, path: &Path) -> Result<(Vec<Job>, Vec<NodeShape>, String), String> {
     let name = path.display().to_string();
     let format = args
         .format
@@ -207,10 +211,17 @@ fn parse_failures(specs: &[String]) -> Result<Vec<(usize, u64)>, String> {
 
 /// `keel replay`.
 pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
+    if let [a, b] = args.compare.as_slice() {
+        let (a_name, a) = saved(a)?;
+        let (b_name, b) = saved(b)?;
+        print_comparison(&a_name, &a, &b_name, &b);
+        return Ok(());
+    }
+    let file = args.file.as_deref().ok_or("which trace? give a file, or --compare A B")?;
     let started = std::time::Instant::now();
-    let (jobs, nodes, what) = load(args)?;
+    let (jobs, nodes, what) = load(args, file)?;
     if jobs.is_empty() {
-        return Err(format!("{}: no jobs", args.file.display()));
+        return Err(format!("{}: no jobs", file.display()));
     }
     let options =
         Options { nodes, policy: policy(args.policy), failures: parse_failures(&args.fail)?, seed: args.seed };
@@ -258,7 +269,7 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     if let Some((o, label)) = &other {
         if args.json {
             let out = serde_json::json!({
-                "trace": args.file.display().to_string(),
+                "trace": file.display().to_string(),
                 "runs": [
                     { "run": describe(&options), "summary": r.summary },
                     { "run": label, "summary": o.summary },
@@ -266,13 +277,13 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
         } else {
-            print_comparison(&describe(&options), &r, label, o);
+            print_comparison(&describe(&options), &r.summary, label, &o.summary);
         }
         return Ok(());
     }
     if args.json {
         let out = serde_json::json!({
-            "trace": args.file.display().to_string(),
+            "trace": file.display().to_string(),
             "what": what,
             "nodes": options.nodes.len(),
             "policy": format!("{:?}", args.policy).to_lowercase(),
@@ -282,7 +293,7 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
     } else {
-        print_summary(args, &what, &options, &r, loaded, took);
+        print_summary(file, args, &what, &options, &r, loaded, took);
     }
     Ok(())
 }
@@ -299,8 +310,24 @@ fn describe(o: &Options) -> String {
     format!("{} nodes, {:?}", o.nodes.len(), o.policy).to_lowercase()
 }
 
-fn print_comparison(a_name: &str, a: &Replay, b_name: &str, b: &Replay) {
-    let (a, b) = (&a.summary, &b.summary);
+/// A saved `--json` result: its name (file and settings) and its summary.
+fn saved(path: &Path) -> Result<(String, keel_traces::replay::Summary), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a saved result ({e})", path.display()))?;
+    let summary = value
+        .get("summary")
+        .or_else(|| value.get("runs").and_then(|r| r.get(0)).and_then(|r| r.get("summary")))
+        .ok_or_else(|| format!("{}: no summary in it (save `keel replay ... --json`)", path.display()))?;
+    let summary = serde_json::from_value(summary.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = match (value.get("nodes"), value.get("policy")) {
+        (Some(n), Some(p)) => format!("{} nodes, {}", n, p.as_str().unwrap_or("?")),
+        _ => path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+    };
+    Ok((name, summary))
+}
+
+fn print_comparison(a_name: &str, a: &keel_traces::replay::Summary, b_name: &str, b: &keel_traces::replay::Summary) {
     println!("{:<28}{:>20}{:>20}{:>10}", "", a_name, b_name, "ratio");
     let row = |name: &str, x: f64, y: f64| {
         let ratio = if x != 0.0 { format!("{:.2}", y / x) } else { "-".into() };
@@ -323,6 +350,7 @@ fn print_comparison(a_name: &str, a: &Replay, b_name: &str, b: &Replay) {
 }
 
 fn print_summary(
+    file: &Path,
     args: &ReplayArgs,
     what: &str,
     options: &Options,
@@ -331,7 +359,7 @@ fn print_summary(
     took: std::time::Duration,
 ) {
     let s = &r.summary;
-    println!("{} ({what})", args.file.display());
+    println!("{} ({what})", file.display());
     println!(
         "replayed {} jobs on {} nodes, {:?} policy, seed {}: {} completed, {} unfinished, {} attempts retried",
         s.jobs,

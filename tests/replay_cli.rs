@@ -25,9 +25,21 @@ fn replaying_an_swf_file_prints_its_figures_and_json_gives_the_same_summary_twic
     let b = json(&["replay", &data("small.swf"), "--json", "--seed", "5"]);
     assert_eq!(a["summary"], b["summary"], "same input and seed, same figures and hash");
     assert_eq!(a["summary"]["completed"], 3);
-    // What-ifs: fewer nodes, another policy.
+    // What-ifs: fewer nodes, another policy; then the two saved results compared.
     let small = json(&["replay", &data("small.swf"), "--json", "--nodes", "2", "--policy", "spread"]);
     assert_eq!(small["nodes"], 2);
+    let dir = std::env::temp_dir().join(format!("keel-replay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pa, pb) = (dir.join("a.json"), dir.join("b.json"));
+    std::fs::write(&pa, a.to_string()).unwrap();
+    std::fs::write(&pb, small.to_string()).unwrap();
+    let out = Command::new(KEEL).args(["replay", "--compare"]).arg(&pa).arg(&pb).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("4 nodes, hybrid") && text.contains("2 nodes, spread") && text.contains("ratio"), "{text}");
+    let completed = text.lines().find(|l| l.starts_with("jobs completed")).unwrap();
+    assert!(completed.contains("3.0") && completed.contains("2.0") && completed.contains("0.67"), "{completed}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -88,7 +88,7 @@ impl JobResult {
 }
 
 /// Median, tail and mean of a metric.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// How many values.
     pub count: usize,
@@ -124,7 +124,7 @@ impl Stats {
 }
 
 /// A replay's figures.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Jobs replayed.
     pub jobs: usize,
