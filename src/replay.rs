@@ -223,18 +223,34 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     if jobs.is_empty() {
         return Err(format!("{}: no jobs", file.display()));
     }
-    let options =
-        Options { nodes, policy: policy(args.policy), failures: parse_failures(&args.fail)?, seed: args.seed };
+    let options = Options {
+        nodes,
+        policy: policy(args.policy),
+        failures: parse_failures(&args.fail)?,
+        seed: args.seed,
+        progress: None,
+    };
     let loaded = started.elapsed();
+    // The bar follows simulated time up to the last submit (the tail after it is short).
+    let t0 = jobs.iter().map(|j| j.submit_ms).min().unwrap_or(0);
+    let span_ms = jobs.iter().map(|j| j.submit_ms - t0).max().unwrap_or(0).max(1);
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"));
-        bar.set_message(format!("replaying {} jobs on {} nodes", jobs.len(), options.nodes.len()));
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let bar = ProgressBar::new(span_ms);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {percent:>3}% of the trace's time simulated; {msg} [{elapsed}]")
+                .expect("a valid template"),
+        );
+        bar.set_message(format!("{} jobs on {} nodes", jobs.len(), options.nodes.len()));
         bar
     };
+    let mut options = options;
+    let tick = bar.clone();
+    options.progress = Some(keel_sim::world::Progress(std::sync::Arc::new(move |sim_ms, events, ended| {
+        tick.set_position(sim_ms.min(span_ms));
+        tick.set_message(format!("{ended} tasks ended, {events} events"));
+    })));
     let result = replay(&jobs, &options);
     let r = result?;
     let took = started.elapsed();
@@ -247,7 +263,8 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
             let shape = o.nodes[0].clone();
             o.nodes = (0..n).map(|i| NodeShape { name: format!("node-{i}"), ..shape.clone() }).collect();
         }
-        bar.set_message(format!("replaying {} jobs on {} nodes, to compare", jobs.len(), o.nodes.len()));
+        bar.set_position(0);
+        bar.set_message(format!("{} jobs on {} nodes, to compare", jobs.len(), o.nodes.len()));
         let label = describe(&o);
         Some((replay(&jobs, &o)?, label))
     } else {

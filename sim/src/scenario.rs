@@ -780,6 +780,7 @@ impl Scenario {
             record_runs: false,
             exact_durations: false,
             crashed_stay_down: false,
+            progress: None,
         }
     }
 

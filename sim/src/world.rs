@@ -115,6 +115,19 @@ pub struct Params {
     /// Crashed nodes stay down when the safety phase ends (trace replay's failures), instead of
     /// restarting with every other fault's healing.
     pub crashed_stay_down: bool,
+    /// Told now and then how far the run is (for a progress bar).
+    pub progress: Option<Progress>,
+}
+
+/// A progress report: called every 65,536 events with the simulated time (ms), the events
+/// handled and the awaited values resolved so far.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// One task attempt's run on a worker.
@@ -533,6 +546,11 @@ impl World {
             }
             self.now = self.now.max(next.at);
             self.counts.events += 1;
+            if self.counts.events & 0xffff == 0 {
+                if let Some(p) = &self.params.progress {
+                    (p.0)(self.now.0 / MS, self.counts.events, self.counts.ready + self.counts.failed);
+                }
+            }
             let event = self.events.remove(next.slot);
             self.handle(event);
             if self.crashed || self.finished() {

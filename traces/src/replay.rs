@@ -46,6 +46,8 @@ pub struct Options {
     pub failures: Vec<(usize, u64)>,
     /// The seed of every random choice.
     pub seed: u64,
+    /// Told now and then how far the replay is: simulated ms, events, tasks ended.
+    pub progress: Option<keel_sim::world::Progress>,
 }
 
 /// What became of one job.
@@ -385,6 +387,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         record_runs: true,
         exact_durations: true,
         crashed_stay_down: true,
+        progress: options.progress.clone(),
     };
     let outcome = World::new(params).run();
     let job = outcome.job.ok_or("the simulated driver never registered")?;

@@ -26,7 +26,7 @@ fn job(id: &str, submit_ms: u64, tasks: Vec<Task>, gang: bool) -> Job {
 }
 
 fn options(nodes: Vec<NodeShape>) -> Options {
-    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1 }
+    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None }
 }
 
 /// Within the simulated network's few milliseconds of latency.
