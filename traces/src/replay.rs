@@ -240,7 +240,8 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                 bundles: task.instances.max(1),
                 cpu_hundredths: 0,
                 bundle: Some(task.resources.clone()),
-                strategy: PlacementStrategy::Pack,
+                // The policy decides how a gang's bundles lie: spread over nodes, or packed.
+                strategy: if policy == Policy::Spread { PlacementStrategy::Spread } else { PlacementStrategy::Pack },
                 release_when_done: true,
             });
             w.tasks.push(TaskPlan {
@@ -470,12 +471,15 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     let completed: Vec<&JobResult> = results.iter().filter(|r| r.end_ms.is_some()).collect();
     let makespan_ms = completed.iter().filter_map(|r| r.end_ms).max().unwrap_or(0);
     let makespan_s = makespan_ms as f64 / 1000.0;
+    // Utilisation is over the whole time anything ran (attempts lost to failures and jobs that
+    // never finished included), so that it never exceeds the capacity.
+    let busy_until_s = usage.iter().map(|u| u.1).max().unwrap_or(0).max(makespan_ms) as f64 / 1000.0;
     let utilisation = resource_amounts(&capacity)
         .into_iter()
         .filter(|(_, cap)| *cap > 0.0)
         .map(|(name, cap)| {
             let used = busy.get(&name).copied().unwrap_or(0.0);
-            (name, if makespan_s > 0.0 { used / (cap * makespan_s) } else { 0.0 })
+            (name, if busy_until_s > 0.0 { used / (cap * busy_until_s) } else { 0.0 })
         })
         .collect();
     let recorded: Vec<f64> = results.iter().filter_map(|r| r.recorded_wait_ms).map(|w| w as f64 / 1000.0).collect();
