@@ -305,14 +305,11 @@ where
                     // A client reading an object: answer on this connection, then it is done.
                     let (tx, rx) = mpsc::unbounded_channel();
                     conn::spawn_writer(writer, rx, None);
-                    let _ = events.send(Ev::Fetch { object, tx });
-                    // Keep reading until the client goes, so its close is noticed.
-                    loop {
-                        tokio::select! {
-                            r = reader.recv_bytes() => if r.is_err() { return },
-                            _ = events.closed() => return,
-                        }
+                    if events.send(Ev::Fetch { object, tx }).is_ok() {
+                        // Keep reading until the client goes, so its close is noticed.
+                        until_closed(&mut reader, &events).await;
                     }
+                    return;
                 }
                 Ok(PeerFrame::Adopt { object, size }) => {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -339,12 +336,13 @@ where
                                     break;
                                 }
                             }
-                            other => {
-                                if let Err(e) = other.as_ref().map(|_| ()) {
-                                    tracing::warn!(peer = %name, error = %e, %object, "an upload ended early");
-                                } else {
-                                    tracing::warn!(peer = %name, %object, "an upload sent something else than its chunks");
-                                }
+                            Ok(_) => {
+                                tracing::warn!(peer = %name, %object, "an upload sent something else than its chunks");
+                                let _ = events.send(Ev::UploadGone { conn, object });
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(peer = %name, error = %e, %object, "an upload ended early");
                                 let _ = events.send(Ev::UploadGone { conn, object });
                                 return;
                             }
