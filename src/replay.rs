@@ -400,6 +400,24 @@ fn print_summary(
     }
     let util: Vec<String> = s.utilisation.iter().map(|(k, v)| format!("{k} {:.1}%", v * 100.0)).collect();
     println!("utilisation: {}", util.join(", "));
+    if s.infeasible > 0 {
+        println!(
+            "warning: {} jobs can never run on this cluster (a task no node holds, or a gang larger than the \
+             cluster); the scheduler reported them infeasible",
+            s.infeasible
+        );
+    }
+    if s.unfinished > s.infeasible {
+        println!(
+            "warning: {} jobs did not finish ({} never started); the figures above are over the jobs that did",
+            s.unfinished - s.infeasible,
+            s.never_started.saturating_sub(s.infeasible)
+        );
+    }
+    if !s.failure_reasons.is_empty() {
+        let reasons: Vec<String> = s.failure_reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("tasks failed for good: {}", reasons.join(", "));
+    }
     if s.recorded_failed + s.recorded_cancelled > 0 {
         println!(
             "the trace records {} failed and {} cancelled jobs (replayed as they ran)",

@@ -132,6 +132,10 @@ pub struct GroupPlan {
     /// Removed as soon as every task placed in it has ended (a gang job's reservation), rather
     /// than when the driver is done.
     pub release_when_done: bool,
+    /// Created only once this planned task has ended (the driver waits for its value, as a
+    /// driver that runs one job after another does), so that the group holds nothing before.
+    /// Tasks placed in the group, and tasks that take their values, are held back until then.
+    pub after: Option<usize>,
 }
 
 /// What one job does.
@@ -164,12 +168,26 @@ impl Workload {
                 return Err(format!("task {i} calls actor {a}, but the workload has {}", self.actors.len()));
             }
             if let Placement::Group { group, bundle } = t.placement {
+                if self.groups.get(group).and_then(|g| g.after).is_some_and(|a| a >= i) {
+                    return Err(format!(
+                        "task {i} runs in group {group}, which waits for a task not submitted before it"
+                    ));
+                }
                 let Some(g) = self.groups.get(group) else {
                     return Err(format!("task {i} runs in group {group}, but the workload has {}", self.groups.len()));
                 };
                 if bundle >= g.bundles {
                     return Err(format!("task {i} runs in bundle {bundle} of group {group}, which has {}", g.bundles));
                 }
+            }
+        }
+        for (g, group) in self.groups.iter().enumerate() {
+            if group.after.is_some_and(|a| a >= self.tasks.len()) {
+                return Err(format!(
+                    "group {g} waits for task {}, but the workload has {}",
+                    group.after.unwrap_or(0),
+                    self.tasks.len()
+                ));
             }
         }
         Ok(())
@@ -270,6 +288,7 @@ impl Workload {
                 bundle: None,
                 strategy,
                 release_when_done: false,
+                after: None,
             })
             .collect();
         let mut tasks = Vec::new();

@@ -303,9 +303,19 @@ struct Driver {
     next_task: usize,
     next_actor: usize,
     next_group: usize,
-    tasks: Vec<TaskId>,
     actors: Vec<ActorId>,
     groups: Vec<PlacementGroupId>,
+    /// Groups due but waiting for their `after` task to end.
+    due_groups: BTreeSet<usize>,
+    /// Per planned group: created.
+    made: Vec<bool>,
+    /// Planned tasks that groups wait for, by their first value, and those that have ended.
+    gates: BTreeMap<ObjectId, usize>,
+    gate_tasks: BTreeSet<usize>,
+    gates_ended: BTreeSet<usize>,
+    /// Planned tasks due but held back: their group is not created yet, or they take the value
+    /// of a task held back.
+    deferred: BTreeSet<usize>,
     /// Per planned task: consumers not submitted yet.
     consumers_left: Vec<u32>,
     /// Handles the driver holds.
@@ -1626,6 +1636,7 @@ impl World {
             }
             self.driver.consumers_left = left;
             self.driver.actor_calls = vec![0; plan.actors.len()];
+            self.driver.gate_tasks = plan.groups.iter().filter_map(|g| g.after).collect();
         }
         while let Some(a) = plan.actors.get(self.driver.next_actor).filter(|a| a.at_ms <= elapsed_ms) {
             let i = self.driver.next_actor;
@@ -1648,8 +1659,23 @@ impl World {
             self.driver.actors.push(actor);
             self.driver.next_actor += 1;
         }
-        while let Some(g) = plan.groups.get(self.driver.next_group).filter(|g| g.at_ms <= elapsed_ms) {
-            let pg = PlacementGroupId(self.driver.next_group as u64 + 1);
+        if self.driver.made.len() != plan.groups.len() {
+            self.driver.made = vec![false; plan.groups.len()];
+        }
+        while plan.groups.get(self.driver.next_group).is_some_and(|g| g.at_ms <= elapsed_ms) {
+            self.driver.due_groups.insert(self.driver.next_group);
+            self.driver.next_group += 1;
+        }
+        let startable: Vec<usize> = self
+            .driver
+            .due_groups
+            .iter()
+            .copied()
+            .filter(|&g| plan.groups[g].after.is_none_or(|t| self.driver.gates_ended.contains(&t)))
+            .collect();
+        for group in startable {
+            let g = &plan.groups[group];
+            let pg = PlacementGroupId(group as u64 + 1);
             let spec = PlacementGroupSpec {
                 bundles: (0..g.bundles)
                     .map(|_| g.bundle.clone().unwrap_or_else(|| cpu_hundredths(g.cpu_hundredths)))
@@ -1660,67 +1686,24 @@ impl World {
             };
             self.driver_send(DriverToHead::CreatePlacementGroup { pg, spec });
             self.driver.groups.push(pg);
-            self.driver.next_group += 1;
+            self.driver.due_groups.remove(&group);
+            self.driver.made[group] = true;
         }
-        while let Some(t) = plan.tasks.get(self.driver.next_task).filter(|t| t.at_ms <= elapsed_ms) {
+        // Tasks held back whose group now exists go first, in plan order (a task's dependencies
+        // come before it, so one pass frees chains).
+        for i in self.driver.deferred.clone() {
+            if !self.held_back(&plan, i) {
+                self.driver.deferred.remove(&i);
+                self.driver_submit(&plan, i, job);
+            }
+        }
+        while plan.tasks.get(self.driver.next_task).is_some_and(|t| t.at_ms <= elapsed_ms) {
             let i = self.driver.next_task;
-            let id = TaskId::child(TaskId::driver(job), 0, i as u64);
-            let function = match self.plan_functions.get(&t.behaviour()) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = self.function(&t.function());
-                    self.plan_functions.insert(t.behaviour(), f.clone());
-                    f
-                }
-            };
-            let mut spec = TaskSpec::calling(id, job, function);
-            spec.num_returns = t.returns;
-            spec.max_retries = t.retries;
-            spec.resources = t.resources.clone().unwrap_or_else(|| cpu_hundredths(t.cpu_hundredths));
-            spec.label_selector = t.labels.clone();
-            spec.args = t.deps.iter().map(|&(d, r)| Arg::Ref(ObjectId::for_return(self.driver.tasks[d], r))).collect();
-            spec.strategy = match t.placement {
-                Placement::Default => SchedulingStrategy::Default,
-                Placement::Spread => SchedulingStrategy::Spread,
-                Placement::Group { group, bundle } => {
-                    SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(group as u64 + 1), bundle: Some(bundle) }
-                }
-            };
-            if let Some(a) = t.actor {
-                let seq = self.driver.actor_calls[a];
-                self.driver.actor_calls[a] += 1;
-                spec.kind = TaskKind::ActorMethod { actor: ActorId(a as u64 + 1), seq };
-                spec.resources = ResourceSet::default();
-            }
-            if let Placement::Group { group, .. } = t.placement {
-                if plan.groups.get(group).is_some_and(|g| g.release_when_done) {
-                    if self.driver.group_left.len() <= group {
-                        self.driver.group_left.resize(group + 1, 0);
-                    }
-                    self.driver.group_left[group] += 1;
-                    self.driver.group_of.insert(id, group);
-                }
-            }
-            let returns: Vec<ObjectId> = spec.return_ids().collect();
-            self.driver_send(DriverToHead::SubmitTask(spec.into()));
-            self.driver.tasks.push(id);
             self.driver.next_task += 1;
-            self.driver.held.extend(returns.iter().copied());
-            if t.final_output {
-                for &o in &returns {
-                    self.driver.awaited.insert(o, None);
-                }
-                self.driver_send(DriverToHead::Subscribe(returns.clone()));
-            }
-            // A dependency whose consumers are all submitted is dropped, unless awaited.
-            for &(d, _) in &t.deps {
-                self.driver.consumers_left[d] -= 1;
-                if self.driver.consumers_left[d] == 0 && !plan.tasks[d].final_output {
-                    self.drop_returns_of(d, plan.tasks[d].returns);
-                }
-            }
-            if !t.final_output && self.driver.consumers_left[i] == 0 {
-                self.drop_returns_of(i, t.returns);
+            if self.held_back(&plan, i) {
+                self.driver.deferred.insert(i);
+            } else {
+                self.driver_submit(&plan, i, job);
             }
         }
         let next_at = [
@@ -1739,8 +1722,86 @@ impl World {
         self.driver_maybe_release();
     }
 
+    /// Whether planned task `i` must wait: its group is not created yet, or it takes the value of
+    /// a task held back.
+    fn held_back(&self, plan: &Workload, i: usize) -> bool {
+        let t = &plan.tasks[i];
+        let group_missing = matches!(t.placement, Placement::Group { group, .. } if !self.driver.made[group]);
+        group_missing || t.deps.iter().any(|(d, _)| self.driver.deferred.contains(d))
+    }
+
+    /// Submits planned task `i`.
+    fn driver_submit(&mut self, plan: &Workload, i: usize, job: JobId) {
+        let id = planned_task(job, i);
+        let t = &plan.tasks[i];
+        let function = match self.plan_functions.get(&t.behaviour()) {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.function(&t.function());
+                self.plan_functions.insert(t.behaviour(), f.clone());
+                f
+            }
+        };
+        let mut spec = TaskSpec::calling(id, job, function);
+        spec.num_returns = t.returns;
+        spec.max_retries = t.retries;
+        spec.resources = t.resources.clone().unwrap_or_else(|| cpu_hundredths(t.cpu_hundredths));
+        spec.label_selector = t.labels.clone();
+        spec.args = t.deps.iter().map(|&(d, r)| Arg::Ref(ObjectId::for_return(planned_task(job, d), r))).collect();
+        spec.strategy = match t.placement {
+            Placement::Default => SchedulingStrategy::Default,
+            Placement::Spread => SchedulingStrategy::Spread,
+            Placement::Group { group, bundle } => {
+                SchedulingStrategy::PlacementGroup { pg: PlacementGroupId(group as u64 + 1), bundle: Some(bundle) }
+            }
+        };
+        if let Some(a) = t.actor {
+            let seq = self.driver.actor_calls[a];
+            self.driver.actor_calls[a] += 1;
+            spec.kind = TaskKind::ActorMethod { actor: ActorId(a as u64 + 1), seq };
+            spec.resources = ResourceSet::default();
+        }
+        if let Placement::Group { group, .. } = t.placement {
+            if plan.groups.get(group).is_some_and(|g| g.release_when_done) {
+                if self.driver.group_left.len() <= group {
+                    self.driver.group_left.resize(group + 1, 0);
+                }
+                self.driver.group_left[group] += 1;
+                self.driver.group_of.insert(id, group);
+            }
+        }
+        let returns: Vec<ObjectId> = spec.return_ids().collect();
+        self.driver_send(DriverToHead::SubmitTask(spec.into()));
+        self.driver.held.extend(returns.iter().copied());
+        if self.driver.gate_tasks.contains(&i) {
+            self.driver.gates.insert(returns[0], i);
+            if !t.final_output {
+                self.driver_send(DriverToHead::Subscribe(vec![returns[0]]));
+            }
+        }
+        if t.final_output {
+            for &o in &returns {
+                self.driver.awaited.insert(o, None);
+            }
+            self.driver_send(DriverToHead::Subscribe(returns.clone()));
+        }
+        // A dependency whose consumers are all submitted is dropped, unless awaited.
+        for &(d, _) in &t.deps {
+            self.driver.consumers_left[d] -= 1;
+            if self.driver.consumers_left[d] == 0 && !plan.tasks[d].final_output {
+                self.drop_returns_of(d, plan.tasks[d].returns);
+            }
+        }
+        if !t.final_output && self.driver.consumers_left[i] == 0 {
+            self.drop_returns_of(i, t.returns);
+        }
+    }
+
     fn drop_returns_of(&mut self, task: usize, returns: u32) {
-        let id = self.driver.tasks[task];
+        if self.driver.gate_tasks.contains(&task) && !self.driver.gates_ended.contains(&task) {
+            return; // dropped once it has ended (see `gate_ended`)
+        }
+        let id = planned_task(self.driver.job.expect("registered"), task);
         for r in 1..=returns {
             let o = ObjectId::for_return(id, r);
             if self.driver.held.remove(&o) {
@@ -1749,12 +1810,27 @@ impl World {
         }
     }
 
+    /// A task that groups wait for has ended: create them, submit what waited, and drop its
+    /// values if nothing else wants them.
+    fn gate_ended(&mut self, object: ObjectId) {
+        let Some(task) = self.driver.gates.remove(&object) else { return };
+        self.driver.gates_ended.insert(task);
+        let w = &self.params.workload;
+        let (returns, final_output) = (w.tasks[task].returns, w.tasks[task].final_output);
+        if !final_output && self.driver.consumers_left.get(task) == Some(&0) {
+            self.drop_returns_of(task, returns);
+        }
+        self.driver_step();
+    }
+
     fn all_submitted(&self) -> bool {
         let w = &self.params.workload;
         self.driver.job.is_some()
             && self.driver.next_task >= w.tasks.len()
             && self.driver.next_actor >= w.actors.len()
             && self.driver.next_group >= w.groups.len()
+            && self.driver.due_groups.is_empty()
+            && self.driver.deferred.is_empty()
     }
 
     fn deliver_driver(&mut self, msg: HeadToDriver) {
@@ -1773,6 +1849,12 @@ impl World {
                 self.log_ids(32, &ids);
             }
             other => self.log_bytes(33, |b| postcard_into(b, other)),
+        }
+        match &msg {
+            HeadToDriver::ObjectReady { object, .. } | HeadToDriver::ObjectFailed { object, .. } => {
+                self.gate_ended(*object);
+            }
+            _ => {}
         }
         match msg {
             HeadToDriver::ObjectReady { object, data, .. } => {
@@ -1889,6 +1971,11 @@ impl World {
             self.driver_send(DriverToHead::KillActor { actor, no_restart: true });
         }
     }
+}
+
+/// The id of planned task `i` of the driver of `job`.
+fn planned_task(job: JobId, i: usize) -> TaskId {
+    TaskId::child(TaskId::driver(job), 0, i as u64)
 }
 
 /// What a task's function name tells the simulated worker.

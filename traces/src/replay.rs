@@ -55,8 +55,12 @@ pub struct Options {
 pub struct JobResult {
     /// The trace's id.
     pub id: String,
-    /// Submitted (ms from the start).
+    /// Submitted (ms from the start). A job that follows another is submitted when the other
+    /// has ended and the think time has passed, which in a replay is rarely the trace's time.
     pub submit_ms: u64,
+    /// It can never run on this cluster: a task that no node could hold, or a gang larger than
+    /// the cluster (the scheduler reports it infeasible and it fails).
+    pub infeasible: bool,
     /// Its first attempt started, if any did.
     pub start_ms: Option<u64>,
     /// Its last task ended, if all its tasks finished.
@@ -134,6 +138,10 @@ pub struct Summary {
     pub completed: usize,
     /// Jobs that did not finish (a task failed for good, or never ran).
     pub unfinished: usize,
+    /// Jobs that never started.
+    pub never_started: usize,
+    /// Jobs that can never run on this cluster (found before replaying; counted as unfinished).
+    pub infeasible: usize,
     /// Jobs the trace recorded as failed / cancelled (replayed as they ran).
     pub recorded_failed: usize,
     /// See `recorded_failed`.
@@ -144,7 +152,7 @@ pub struct Summary {
     pub makespan_s: f64,
     /// Completion time (end - submit), seconds.
     pub completion_s: Stats,
-    /// Queueing delay (start - submit), seconds.
+    /// Queueing delay (start - submit), seconds, of every job that started (finished or not).
     pub wait_s: Stats,
     /// Bounded slowdown (10 s threshold).
     pub bounded_slowdown: Stats,
@@ -157,6 +165,13 @@ pub struct Summary {
     pub node_hours: f64,
     /// The recorded waits, when the trace has them: to compare with `wait_s`.
     pub recorded_wait_s: Option<Stats>,
+    /// Why tasks failed for good, by kind, with counts (`PlacementGroupInfeasible` for gangs
+    /// larger than the cluster, `NodeDied` for work lost with nodes that did not come back...).
+    #[serde(default)]
+    pub failure_reasons: std::collections::BTreeMap<String, u64>,
+    /// Simulated time when the replay ended, seconds.
+    #[serde(default)]
+    pub simulated_s: f64,
     /// Simulator events handled.
     pub events: u64,
     /// The event log's hash (the same inputs and seed give the same hash).
@@ -186,6 +201,8 @@ struct Origin {
     /// Its resources are those of a gang's whole group (the group holds them all).
     gang_instances: u32,
     task: u32,
+    /// The think time before a job that follows another: its end is when the job is submitted.
+    think: bool,
 }
 
 const GPU_MODEL: &str = "gpu_model";
@@ -201,6 +218,8 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
     let mut origin = Vec::new();
     // Per job: the plan index whose end is the job's end (for jobs that follow it).
     let mut last_of: Vec<Option<usize>> = vec![None; jobs.len()];
+    let followed: std::collections::HashSet<&str> =
+        jobs.iter().filter_map(|j| j.after.as_ref().map(|(before, _)| before.as_str())).collect();
     for &j in &order {
         let job = &jobs[j];
         let at_ms = job.submit_ms - t0;
@@ -214,6 +233,7 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
         let placement = if policy == Policy::Spread { Placement::Spread } else { Placement::Default };
         // A job that follows another: a think task after the other's end.
         let mut entry_deps = Vec::new();
+        let mut gate = None;
         if let Some((before, think_ms)) = &job.after {
             if let Some(&b) = by_id.get(before.as_str()) {
                 match last_of[b] {
@@ -225,8 +245,9 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                             final_output: false,
                             ..TaskPlan::new(*think_ms, 8)
                         });
-                        origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: 0 });
+                        origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: 0, think: true });
                         entry_deps.push((w.tasks.len() - 1, 1));
+                        gate = Some(w.tasks.len() - 1);
                     }
                     None => return Err(format!("job {} follows job {before}, which is submitted after it", job.id)),
                 }
@@ -243,6 +264,8 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                 // The policy decides how a gang's bundles lie: spread over nodes, or packed.
                 strategy: if policy == Policy::Spread { PlacementStrategy::Spread } else { PlacementStrategy::Pack },
                 release_when_done: true,
+                // A gang that follows another job reserves nothing before it may start.
+                after: gate,
             });
             w.tasks.push(TaskPlan {
                 at_ms,
@@ -252,7 +275,13 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                 placement: Placement::Group { group, bundle: 0 },
                 ..TaskPlan::new(task.duration_ms, task.output_bytes.max(8))
             });
-            origin.push(Origin { job: j as u32, counted: true, gang_instances: task.instances.max(1), task: 0 });
+            origin.push(Origin {
+                job: j as u32,
+                counted: true,
+                gang_instances: task.instances.max(1),
+                task: 0,
+                think: false,
+            });
             last_of[j] = Some(w.tasks.len() - 1);
             continue;
         }
@@ -290,7 +319,7 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                     final_output: !waited_for,
                     ..TaskPlan::new(t.duration_ms, t.output_bytes.max(8))
                 });
-                origin.push(Origin { job: j as u32, counted: true, gang_instances: 0, task: i as u32 });
+                origin.push(Origin { job: j as u32, counted: true, gang_instances: 0, task: i as u32, think: false });
             }
             let end = if t.instances <= 1 {
                 first
@@ -302,14 +331,14 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                     final_output: false,
                     ..TaskPlan::new(0, 8)
                 });
-                origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: i as u32 });
+                origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: i as u32, think: false });
                 w.tasks.len() - 1
             } else {
                 first
             };
             end_of[i] = Some(end);
             if !waited_for {
-                sinks.push(end);
+                sinks.extend(first..first + t.instances.max(1) as usize);
             }
             for &k in &dependents[i] {
                 indegree[k] -= 1;
@@ -321,7 +350,20 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
         if done != n {
             return Err(format!("job {}: its tasks depend on each other in a cycle", job.id));
         }
-        last_of[j] = sinks.last().copied();
+        // A job that others follow ends when all its sinks' instances have: one join for them.
+        last_of[j] = if sinks.len() > 1 && followed.contains(job.id.as_str()) {
+            w.tasks.push(TaskPlan {
+                at_ms,
+                deps: sinks.iter().map(|&k| (k, 1)).collect(),
+                resources: Some(ResourceSet::default()),
+                final_output: false,
+                ..TaskPlan::new(0, 8)
+            });
+            origin.push(Origin { job: j as u32, counted: false, gang_instances: 0, task: 0, think: false });
+            Some(w.tasks.len() - 1)
+        } else {
+            sinks.last().copied()
+        };
     }
     w.validate()?;
     Ok((w, origin))
@@ -367,7 +409,15 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     let serial: u64 = jobs
         .iter()
         .flat_map(|j| {
-            j.tasks.iter().map(move |t| if j.gang { t.duration_ms } else { t.duration_ms * u64::from(t.instances) })
+            let think = j.after.as_ref().map_or(0, |a| a.1);
+            let work = j.tasks.iter().map(move |t| {
+                if j.gang {
+                    t.duration_ms
+                } else {
+                    t.duration_ms.saturating_mul(u64::from(t.instances))
+                }
+            });
+            work.chain(std::iter::once(think))
         })
         .fold(0u64, |a, b| a.saturating_add(b));
     let bound_ms = span.saturating_add(serial).saturating_add(600_000 * (1 + options.failures.len() as u64));
@@ -398,6 +448,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         .map(|j| JobResult {
             id: j.id.clone(),
             submit_ms: j.submit_ms - t0,
+            infeasible: !fits(j, &options.nodes),
             start_ms: None,
             end_ms: None,
             retries: 0,
@@ -439,6 +490,9 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         }
         if run.how == "finished" {
             finished_end[i] = Some(ms(run.end));
+            if o.think {
+                r.submit_ms = ms(run.end);
+            }
         }
         if o.counted {
             let task = &jobs[o.job as usize].tasks[o.task as usize];
@@ -487,6 +541,8 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         jobs: results.len(),
         completed: completed.len(),
         unfinished: results.len() - completed.len(),
+        never_started: results.iter().filter(|r| r.start_ms.is_none()).count(),
+        infeasible: results.iter().filter(|r| r.infeasible).count(),
         recorded_failed: results.iter().filter(|r| r.recorded_status == "failed").count(),
         recorded_cancelled: results.iter().filter(|r| r.recorded_status == "cancelled").count(),
         retries: results.iter().map(|r| u64::from(r.retries)).sum(),
@@ -494,18 +550,44 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         completion_s: Stats::of(
             completed.iter().filter_map(|r| r.completion_ms()).map(|v| v as f64 / 1000.0).collect(),
         ),
-        wait_s: Stats::of(completed.iter().filter_map(|r| r.wait_ms()).map(|v| v as f64 / 1000.0).collect()),
+        wait_s: Stats::of(results.iter().filter_map(|r| r.wait_ms()).map(|v| v as f64 / 1000.0).collect()),
         bounded_slowdown: Stats::of(completed.iter().filter_map(|r| r.bounded_slowdown()).collect()),
         utilisation,
         jobs_per_hour: if makespan_s > 0.0 { completed.len() as f64 / (makespan_s / 3600.0) } else { 0.0 },
         node_hours: options.nodes.len() as f64 * makespan_s / 3600.0,
         recorded_wait_s: (!recorded.is_empty()).then(|| Stats::of(recorded)),
+        failure_reasons: outcome.failure_reasons.clone(),
+        simulated_s: outcome.end_ms as f64 / 1000.0,
         events: outcome.counts.events,
         hash: outcome.hash.clone(),
     };
     usage.sort_by_key(|u| (u.0, u.1));
     let resources = capacity_of.into_iter().map(|(name, _)| name).collect();
     Ok(Replay { jobs: results, summary, usage, resources })
+}
+
+/// Whether `job` could ever run on `nodes`: each task fits some node whose GPU model it accepts,
+/// and a gang's instances fit the cluster together (counted per node: how many fit on it empty).
+pub fn fits(job: &Job, nodes: &[NodeShape]) -> bool {
+    use keel_kernel::ResourcePool;
+    job.tasks.iter().all(|t| {
+        let model_ok =
+            |n: &NodeShape| t.gpu_models.is_empty() || n.gpu_model.as_ref().is_some_and(|m| t.gpu_models.contains(m));
+        let candidates = nodes.iter().filter(|n| model_ok(n));
+        if !job.gang {
+            return candidates.into_iter().any(|n| ResourcePool::new(n.resources.clone()).could_ever_fit(&t.resources));
+        }
+        let wanted = t.instances.max(1) as usize;
+        let mut room = 0usize;
+        for n in candidates {
+            let mut pool = ResourcePool::new(n.resources.clone());
+            room += (0..wanted - room).take_while(|_| pool.try_allocate(&t.resources).is_some()).count();
+            if room >= wanted {
+                return true;
+            }
+        }
+        false
+    })
 }
 
 /// Each resource of `r` by name, as a plain number (CPUs, GPUs, bytes, custom units).

@@ -143,3 +143,57 @@ fn a_report_holds_every_job_of_every_run_and_a_plot_line_per_run() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_gang_larger_than_the_cluster_is_flagged_and_fails_instead_of_holding_up_the_replay() {
+    // Two 2-CPU nodes: a 5-processor gang can never run; a 4-processor one can.
+    let jobs = vec![
+        job("huge", 0, vec![task(1, 10_000, vec![], 5)], true),
+        job("fits", 1_000, vec![task(1, 10_000, vec![], 4)], true),
+    ];
+    let r = replay(&jobs, &options(vec![node(2), node(2)])).unwrap();
+    assert!(r.jobs[0].infeasible && r.jobs[0].start_ms.is_none() && r.jobs[0].end_ms.is_none(), "{:?}", r.jobs[0]);
+    assert!(!r.jobs[1].infeasible, "{:?}", r.jobs[1]);
+    assert!(near(r.jobs[1].wait_ms().unwrap() as f64 / 1e3, 0.0), "nothing was held for the huge gang");
+    let s = &r.summary;
+    assert_eq!((s.completed, s.unfinished, s.never_started, s.infeasible), (1, 1, 1, 1), "{s:?}");
+    // The scheduler gives up on it (after its grace period) and the replay ends, rather than
+    // waiting for it until the liveness bound.
+    assert_eq!(s.failure_reasons.get("PlacementGroupInfeasible"), Some(&1), "{s:?}");
+    assert!(near(s.makespan_s, 11.0), "{s:?}");
+    assert!(s.simulated_s < 100.0, "{s:?}");
+}
+
+#[test]
+fn a_gang_that_follows_another_job_reserves_nothing_until_the_other_ends_and_its_think_time_passes() {
+    // Four 1-CPU nodes. A: a 4-processor gang, 100 s, at 0. B follows A with 10 s of think time
+    // (submitted at 0 in the trace). C: a 4-processor gang at 1 s. When A ends at 100 s, B is not
+    // submitted yet, so C takes the cluster (100-200 s); B is submitted at 110 s and runs 200-300 s.
+    let mut b = job("B", 0, vec![task(1, 100_000, vec![], 4)], true);
+    b.after = Some(("A".into(), 10_000));
+    let jobs = vec![
+        job("A", 0, vec![task(1, 100_000, vec![], 4)], true),
+        b,
+        job("C", 1_000, vec![task(1, 100_000, vec![], 4)], true),
+    ];
+    let r = replay(&jobs, &options(vec![node(1); 4])).unwrap();
+    let secs = |v: Option<u64>| v.unwrap() as f64 / 1e3;
+    let (b, c) = (&r.jobs[1], &r.jobs[2]);
+    assert!(near(secs(c.start_ms), 100.0), "C starts when A ends: {c:?}");
+    assert!(near(b.submit_ms as f64 / 1e3, 110.0), "B is submitted after A's end and the think time: {b:?}");
+    assert!(near(secs(b.start_ms), 200.0), "{b:?}");
+    assert!(near(secs(b.wait_ms()), 90.0), "B's wait counts from its submission: {b:?}");
+    assert_eq!(r.summary.completed, 3);
+}
+
+#[test]
+fn a_job_that_follows_a_dag_waits_for_every_instance_of_every_final_task() {
+    // Job A: two final tasks, one of 2 instances of 5 s and one of 1 instance of 1 s (no task waits
+    // for them). Job B follows A with no think time. Three CPUs: B starts at 5 s, not at 1 s.
+    let mut b = job("B", 0, vec![task(1, 1_000, vec![], 1)], false);
+    b.after = Some(("A".into(), 0));
+    let jobs = vec![job("A", 0, vec![task(1, 5_000, vec![], 2), task(1, 1_000, vec![], 1)], false), b];
+    let r = replay(&jobs, &options(vec![node(3)])).unwrap();
+    let b = &r.jobs[1];
+    assert!(near(b.start_ms.unwrap() as f64 / 1e3, 5.0), "{b:?}");
+}

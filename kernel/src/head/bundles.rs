@@ -74,6 +74,15 @@ impl ClusterView {
         if unplaced.is_empty() {
             return Ok(Vec::new());
         }
+        // More than all the free room there is: no layout fits now, so skip the attempt (and its
+        // rollback) and answer as a failed attempt would.
+        let mut need = ResourceSet::default();
+        for &i in &unplaced {
+            need.add(&bundles[i]);
+        }
+        if !need.fits_in(self.schedulable_free()) {
+            return Err(self.bundles_no_placement(bundles, strategy, &unplaced, &group_nodes));
+        }
         let mut made: Reserved = Vec::with_capacity(unplaced.len());
         let done = match strategy {
             PlacementStrategy::StrictPack => self.reserve_strict_pack(bundles, &unplaced, &group_nodes, &mut made),
@@ -235,6 +244,41 @@ impl ClusterView {
         found
     }
 
+    /// Whether the schedulable nodes together could hold all of `bundles` (the bundles already
+    /// placed sit on those nodes, so they count too). Identical bundles, as in MPI gangs, are
+    /// counted exactly: how many fit on each empty node, summed. Otherwise each resource is
+    /// summed, a necessary condition for any layout.
+    fn holds_in_total(&self, bundles: &[ResourceSet]) -> bool {
+        let shapes = self.schedulable_shapes(&[]);
+        if bundles.windows(2).all(|w| w[0] == w[1]) {
+            let Some(bundle) = bundles.first() else { return true };
+            let mut room = 0usize;
+            for (pool, count) in shapes {
+                let mut empty = ResourcePool::new(pool.total().clone());
+                let copies = (0..bundles.len()).take_while(|_| empty.try_allocate(bundle).is_some()).count();
+                room = room.saturating_add(copies.saturating_mul(count));
+                if room >= bundles.len() {
+                    return true;
+                }
+            }
+            return false;
+        }
+        let mut need = ResourceSet::default();
+        for bundle in bundles {
+            need.add(bundle);
+        }
+        let mut have = ResourceSet::default();
+        for (pool, count) in shapes {
+            for _ in 0..count {
+                have.add(pool.total());
+                if need.fits_in(&have) {
+                    return true;
+                }
+            }
+        }
+        need.fits_in(&have)
+    }
+
     fn bundles_no_placement(
         &self,
         bundles: &[ResourceSet],
@@ -262,7 +306,7 @@ impl ClusterView {
                 each_fits && suitable >= unplaced.len()
             }
             PlacementStrategy::Pack | PlacementStrategy::Spread => {
-                unplaced.iter().all(|&i| self.feasible_anywhere(&bundles[i], &[]))
+                unplaced.iter().all(|&i| self.feasible_anywhere(&bundles[i], &[])) && self.holds_in_total(bundles)
             }
         };
         if feasible {
@@ -418,6 +462,32 @@ mod tests {
         let huge = vec![ResourceSet::cpus(1), ResourceSet::cpus(5)];
         assert_eq!(reserve(&mut view, &huge, PlacementStrategy::Pack, &[None; 2]), Err(NoPlacement::Infeasible));
         assert_eq!(free_cpus(&view), vec![4, 1]);
+    }
+
+    #[test]
+    fn a_soft_group_larger_than_the_whole_cluster_is_infeasible_not_left_waiting() {
+        let mut view = cluster(&[(4, 0), (4, 0)]);
+        let nine = vec![ResourceSet::cpus(1); 9];
+        for strategy in [PlacementStrategy::Pack, PlacementStrategy::Spread] {
+            assert_eq!(reserve(&mut view, &nine, strategy, &[None; 9]), Err(NoPlacement::Infeasible), "9 > 8 CPUs");
+        }
+        view.allocate(n(1), &ResourceSet::cpus(1)).unwrap();
+        let eight = vec![ResourceSet::cpus(1); 8];
+        assert_eq!(
+            reserve(&mut view, &eight, PlacementStrategy::Spread, &[None; 8]),
+            Err(NoPlacement::Wait),
+            "fits once freed"
+        );
+        let mut placed = [None; 9];
+        placed[0] = Some(n(2));
+        let grown = reserve(&mut view, &nine, PlacementStrategy::Pack, &placed);
+        assert_eq!(grown, Err(NoPlacement::Infeasible), "bundles already placed count against the total");
+        let mut view = cluster(&[(4, 0), (2, 0), (2, 0)]);
+        let threes = vec![ResourceSet::cpus(3); 2];
+        let answer = reserve(&mut view, &threes, PlacementStrategy::Spread, &[None; 2]);
+        assert_eq!(answer, Err(NoPlacement::Infeasible), "8 CPUs in all, but only one node holds 3");
+        let mixed = vec![ResourceSet::cpus(3), ResourceSet::cpus(2), ResourceSet::cpus(2)];
+        assert!(reserve(&mut view, &mixed, PlacementStrategy::Pack, &[None; 3]).is_ok());
     }
 
     #[test]

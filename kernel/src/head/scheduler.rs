@@ -431,6 +431,22 @@ pub struct ClusterView {
     /// Feasibility of request shapes with label constraints; cleared when nodes join, leave or
     /// change schedulability.
     feasibility_cache: RefCell<FeasibilityCache>,
+    /// What the schedulable nodes have free, summed: a group that asks for more cannot be
+    /// reserved now, whatever the layout (see `reserve_bundles`).
+    schedulable_free: ResourceSet,
+}
+
+/// `sum += r`, keeping no custom entry at zero.
+fn sum_add(sum: &mut ResourceSet, r: &ResourceSet) {
+    sum.add(r);
+    sum.custom.retain(|_, amount| amount.0 > 0);
+}
+
+/// `sum -= r`, where `sum` holds at least `r` (custom entries at zero are absent).
+fn sum_sub(sum: &mut ResourceSet, r: &ResourceSet) {
+    let mut r = r.clone();
+    r.custom.retain(|_, amount| amount.0 > 0);
+    sum.sub(&r);
 }
 
 /// Whether every constraint matches `labels`.
@@ -542,7 +558,13 @@ impl ClusterView {
             sweeps: 0,
             moves: FxHashMap::default(),
             feasibility_cache: RefCell::new(BTreeMap::new()),
+            schedulable_free: ResourceSet::default(),
         }
+    }
+
+    /// What the schedulable nodes have free, summed.
+    pub(super) fn schedulable_free(&self) -> &ResourceSet {
+        &self.schedulable_free
     }
 
     /// The configuration.
@@ -587,6 +609,7 @@ impl ClusterView {
             }
         };
         let gpu_free = gpu_device_capacities(total.gpu);
+        sum_add(&mut self.schedulable_free, &total);
         let pool = ResourcePool::new(total);
         let node_state = SchedNode { pool, labels, schedulable: true };
         let entry =
@@ -623,6 +646,7 @@ impl ClusterView {
         class.nodes_count = class.nodes_count.checked_sub(1).expect("class node count underflow");
         if entry.node.schedulable {
             class.schedulable_count = class.schedulable_count.checked_sub(1).expect("schedulable count underflow");
+            sum_sub(&mut self.schedulable_free, entry.node.pool.available());
         }
         self.feasibility_cache.get_mut().clear();
         self.new_epoch(None);
@@ -638,6 +662,13 @@ impl ClusterView {
             return;
         }
         entry.node.schedulable = schedulable;
+        let available = entry.node.pool.available().clone();
+        if schedulable {
+            sum_add(&mut self.schedulable_free, &available);
+        } else {
+            sum_sub(&mut self.schedulable_free, &available);
+        }
+        let entry = self.at(slot);
         let class = entry.class as usize;
         let class = &mut self.classes[class];
         if schedulable {
@@ -736,6 +767,9 @@ impl ClusterView {
             *free = free.checked_sub(amount.0).expect("GPU device mirror underflow");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
+        if entry.node.schedulable {
+            sum_sub(&mut self.schedulable_free, &alloc.resources);
+        }
         self.reindex(slot, Move::of(&alloc, true));
         Some(alloc)
     }
@@ -753,6 +787,9 @@ impl ClusterView {
             assert!(*free <= capacities[*device as usize], "GPU device {device} over-released");
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
+        if entry.node.schedulable {
+            sum_add(&mut self.schedulable_free, &alloc.resources);
+        }
         self.reindex(slot, Move::of(alloc, false));
         self.new_epoch(Some(slot));
     }
@@ -1239,6 +1276,11 @@ impl ClusterView {
                 assert!(entry.bucket.is_none(), "unschedulable node {id} is indexed");
             }
         }
+        let mut free = ResourceSet::default();
+        for (_, entry) in self.entries().filter(|(_, e)| e.node.schedulable) {
+            sum_add(&mut free, entry.node.pool.available());
+        }
+        assert_eq!(free, self.schedulable_free, "the schedulable nodes' free sum is stale");
         for (i, class) in self.classes.iter().enumerate() {
             assert_eq!(class.nodes_count, nodes_count[i], "class {i} node count");
             assert_eq!(class.schedulable_count, schedulable_count[i], "class {i} schedulable count");
