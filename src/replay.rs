@@ -2,7 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_traces::replay::{replay, Options, Policy, Replay, Stats};
-use keel_traces::{open, Job, NodeShape, TraceError};
+use keel_traces::{Job, NodeShape, TraceError};
 use std::path::{Path, PathBuf};
 
 /// Replay a workload trace in the simulator, with the real Head and Node machines, and report
@@ -23,10 +23,21 @@ use std::path::{Path, PathBuf};
 ///            node list beside it (openb_node_list_gpu_node.csv) or --node-list.
 ///   philly   Philly via Gavel (.trace): GPU jobs timed from Gavel's throughputs file beside it.
 ///
+/// A cluster file (--cluster) lists groups of identical nodes:
+///   [[nodes]]
+///   name = "gpu"           # optional: nodes gpu-0, gpu-1, ...
+///   count = 4
+///   cpus = 96
+///   memory_gib = 512       # optional
+///   gpus = 8               # optional
+///   gpu_model = "V100"     # optional: tasks that ask for a model run only on its nodes
+///   resources = { nvme = 2 }    # optional custom resources
+///
 /// Examples:
 ///   keel replay ../shared/traces/swf/NASA-iPSC-1993-3.1-cln.swf.gz
 ///   keel replay trace.swf --nodes 64 --policy spread --fail 3@3600 --json
 ///   keel replay trace.swf --vs-policy pack --report out/
+///   keel replay batch_task.csv.gz --cluster mine.toml --skip-bad-jobs
 ///   keel replay --compare before.json after.json    (two saved `--json` results)
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
@@ -40,13 +51,22 @@ pub struct ReplayArgs {
     /// Its format.
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Replay on this many nodes (of the trace's machine shape; for openb, the first N of its
-    /// node list).
+    /// Replay on this many nodes: the first N of the trace's cluster (or of --cluster), its mix
+    /// repeated when N is larger. Philly: N nodes of --gpu-type. A header-less SWF file: N nodes
+    /// of one processor.
     #[arg(long)]
     nodes: Option<usize>,
+    /// The cluster, from a TOML file of node groups (count, cpus, memory_gib, gpus, gpu_model,
+    /// resources), instead of the trace's own (see the example above).
+    #[arg(long, value_name = "TOML", conflicts_with = "node_list")]
+    cluster: Option<PathBuf>,
     /// openb: the node list.
     #[arg(long, value_name = "CSV")]
     node_list: Option<PathBuf>,
+    /// alibaba: leave out bad jobs and rows (bad task names, cycles, dangling dependencies,
+    /// short rows) and count them, rather than stop at the first.
+    #[arg(long)]
+    skip_bad_jobs: bool,
     /// philly: Gavel's throughputs file.
     #[arg(long, value_name = "JSON")]
     throughputs: Option<PathBuf>,
@@ -99,7 +119,8 @@ enum PolicyArg {
 
 fn guess(path: &Path) -> Option<Format> {
     let name = path.file_name()?.to_string_lossy().to_lowercase();
-    if name.ends_with(".swf") || name.ends_with(".swf.gz") {
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    if name.ends_with(".swf") {
         Some(Format::Swf)
     } else if name.contains("pod") && name.ends_with(".csv") {
         Some(Format::Openb)
@@ -116,49 +137,71 @@ fn collect(jobs: impl Iterator<Item = Result<Job, TraceError>>, limit: Option<us
     jobs.take(limit.unwrap_or(usize::MAX)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
 }
 
-/// The jobs and the cluster the trace describes.
-fn load(args: &ReplayArgs, path: &Path) -> Result<(Vec<Job>, Vec<NodeShape>, String), String> {
+/// A trace read, and the cluster it describes (before `--nodes`).
+struct Loaded {
+    jobs: Vec<Job>,
+    format: Format,
+    /// The trace's own cluster or `--cluster`; `None` for a header-less SWF file.
+    nodes: Option<Vec<NodeShape>>,
+    what: String,
+    /// Bad jobs and rows left out (`--skip-bad-jobs`), and the first few errors.
+    skipped: (u64, Vec<String>),
+}
+
+/// Reads the trace and its cluster.
+fn load(args: &ReplayArgs, path: &Path) -> Result<Loaded, String> {
     let name = path.display().to_string();
     let format = args
         .format
         .or_else(|| guess(path))
         .ok_or_else(|| format!("{name}: cannot tell its format from its name; pass --format"))?;
+    if args.skip_bad_jobs && format != Format::Alibaba {
+        return Err("--skip-bad-jobs is for --format alibaba (the other importers stop at the first bad line)".into());
+    }
+    let open = |p: &Path| keel_traces::open(p).map_err(|e| e.to_string());
+    let given = match &args.cluster {
+        Some(spec) => {
+            let text = std::fs::read_to_string(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+            Some(keel_traces::cluster::parse(&text, &spec.display().to_string()).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let beside = |file: &str| path.with_file_name(file);
-    match format {
+    let mut skipped = (0, Vec::new());
+    let (jobs, nodes, what) = match format {
         Format::Swf => {
-            let reader = keel_traces::swf::SwfReader::new(open(path).map_err(|e| e.to_string())?, &name)
-                .map_err(|e| e.to_string())?;
+            let reader = keel_traces::swf::SwfReader::new(open(path)?, &name).map_err(|e| e.to_string())?;
             let header = reader.header().clone();
             let jobs = collect(reader, args.limit)?;
-            let mut nodes = header
-                .cluster()
-                .ok_or_else(|| format!("{name}: the header gives neither MaxNodes nor MaxProcs; pass --nodes"))?;
-            if let Some(n) = args.nodes {
-                let shape = nodes[0].clone();
-                nodes = (0..n).map(|i| NodeShape { name: format!("node-{i}"), ..shape.clone() }).collect();
-            }
-            let procs: f64 = nodes.iter().map(|n| n.resources.cpu.as_f64()).sum();
-            Ok((jobs, nodes, format!("SWF, {} nodes of {} processors in all", header.max_nodes.unwrap_or(0), procs)))
+            let what = match header.max_procs.or(header.max_nodes) {
+                Some(_) => format!("SWF, MaxNodes {:?}, MaxProcs {:?}", header.max_nodes, header.max_procs),
+                None => "SWF without a cluster in its header".to_string(),
+            };
+            (jobs, given.or_else(|| header.cluster()), what)
         }
         Format::Alibaba => {
-            let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
-            let jobs = collect(keel_traces::alibaba::BatchTaskReader::new(file, &name), args.limit)?;
-            let n = args.nodes.unwrap_or(100);
-            Ok((jobs, keel_traces::alibaba::cluster(n), format!("Alibaba v2018 batch_task, {n} machines of 96 CPUs")))
+            let mut reader = keel_traces::alibaba::BatchTaskReader::new(open(path)?, &name);
+            if args.skip_bad_jobs {
+                reader = reader.skip_bad_input();
+            }
+            let jobs = collect(reader.by_ref(), args.limit)?;
+            let (count, first) = reader.skipped();
+            skipped = (count, first.iter().map(ToString::to_string).collect());
+            let nodes = given.unwrap_or_else(|| keel_traces::alibaba::cluster(100));
+            (jobs, Some(nodes), "Alibaba v2018 batch_task".to_string())
         }
         Format::Openb => {
-            let list = args.node_list.clone().unwrap_or_else(|| beside("openb_node_list_gpu_node.csv"));
-            let file = std::fs::File::open(&list).map_err(|e| format!("{}: {e} (pass --node-list)", list.display()))?;
-            let mut nodes =
-                keel_traces::openb::read_nodes(file, &list.display().to_string()).map_err(|e| e.to_string())?;
-            if let Some(n) = args.nodes {
-                nodes.truncate(n);
-            }
-            let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
-            let jobs =
-                collect(keel_traces::openb::PodReader::new(file, &name).map_err(|e| e.to_string())?, args.limit)?;
-            let what = format!("openb pods, {} GPU nodes", nodes.len());
-            Ok((jobs, nodes, what))
+            let nodes = match given {
+                Some(nodes) => nodes,
+                None => {
+                    let list = args.node_list.clone().unwrap_or_else(|| beside("openb_node_list_gpu_node.csv"));
+                    let list_name = list.display().to_string();
+                    let file = keel_traces::open(&list).map_err(|e| format!("{e} (pass --node-list or --cluster)"))?;
+                    keel_traces::openb::read_nodes(file, &list_name).map_err(|e| e.to_string())?
+                }
+            };
+            let reader = keel_traces::openb::PodReader::new(open(path)?, &name).map_err(|e| e.to_string())?;
+            (collect(reader, args.limit)?, Some(nodes), "openb pods".to_string())
         }
         Format::Philly => {
             let tp = args.throughputs.clone().unwrap_or_else(|| beside("simulation_throughputs.json"));
@@ -166,32 +209,67 @@ fn load(args: &ReplayArgs, path: &Path) -> Result<(Vec<Job>, Vec<NodeShape>, Str
                 std::fs::read_to_string(&tp).map_err(|e| format!("{}: {e} (pass --throughputs)", tp.display()))?;
             let throughputs = keel_traces::philly::Throughputs::read(&json, &args.gpu_type, &tp.display().to_string())
                 .map_err(|e| e.to_string())?;
-            let spec = std::fs::read_to_string(beside("cluster_specs.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .and_then(|v| v.get("philly")?.get(0)?.as_str().map(str::to_string))
-                .unwrap_or_else(|| "500:0:0".into());
-            let spec = match args.nodes {
-                // N nodes of the chosen GPU type.
-                Some(n) => {
-                    let gpus = n as u32 * args.gpus_per_node;
-                    match args.gpu_type.as_str() {
-                        "p100" => format!("0:{gpus}:0"),
-                        "k80" => format!("0:0:{gpus}"),
-                        _ => format!("{gpus}:0:0"),
-                    }
+            let nodes = match given {
+                Some(nodes) => nodes,
+                None => {
+                    let spec = std::fs::read_to_string(beside("cluster_specs.json"))
+                        .ok()
+                        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                        .and_then(|v| v.get("philly")?.get(0)?.as_str().map(str::to_string))
+                        .unwrap_or_else(|| "500:0:0".into());
+                    keel_traces::philly::cluster(&spec, args.gpus_per_node)
+                        .ok_or_else(|| format!("cluster spec {spec:?} is not v100:p100:k80 GPU counts"))?
                 }
-                None => spec,
             };
-            let nodes = keel_traces::philly::cluster(&spec, args.gpus_per_node)
-                .ok_or_else(|| format!("cluster spec {spec:?} is not v100:p100:k80 GPU counts"))?;
-            let jobs = collect(
-                keel_traces::philly::PhillyReader::new(open(path).map_err(|e| e.to_string())?, &name, throughputs),
-                args.limit,
-            )?;
-            Ok((jobs, nodes, format!("Philly via Gavel on {} ({spec} GPUs)", args.gpu_type)))
+            let reader = keel_traces::philly::PhillyReader::new(open(path)?, &name, throughputs);
+            (collect(reader, args.limit)?, Some(nodes), format!("Philly via Gavel, timed on {}", args.gpu_type))
         }
+    };
+    Ok(Loaded { jobs, format, nodes, what, skipped })
+}
+
+/// The cluster to replay on: the loaded one, or `n` nodes of it (its first `n`, or its mix
+/// repeated); Philly's `n` nodes are of the GPU type the jobs are timed on.
+fn cluster(args: &ReplayArgs, loaded: &Loaded, n: Option<usize>) -> Result<Vec<NodeShape>, String> {
+    if n == Some(0) {
+        return Err("--nodes 0: a cluster needs at least one node".into());
     }
+    let nodes = match (&loaded.nodes, n) {
+        (_, Some(n)) if loaded.format == Format::Philly && args.cluster.is_none() => {
+            let gpus = n as u32 * args.gpus_per_node;
+            let spec = match args.gpu_type.as_str() {
+                "p100" => format!("0:{gpus}:0"),
+                "k80" => format!("0:0:{gpus}"),
+                _ => format!("{gpus}:0:0"),
+            };
+            keel_traces::philly::cluster(&spec, args.gpus_per_node).unwrap_or_default()
+        }
+        (Some(nodes), Some(n)) => keel_traces::cluster::resize(nodes, n),
+        (Some(nodes), None) => nodes.clone(),
+        // A header-less SWF file: N nodes of one processor.
+        (None, Some(n)) => (0..n)
+            .map(|i| NodeShape {
+                name: format!("node-{i}"),
+                resources: keel_kernel::ResourceSet::cpus(1),
+                gpu_model: None,
+            })
+            .collect(),
+        (None, None) => {
+            return Err("the trace does not say what cluster it ran on: pass --nodes N (one processor each) or \
+                        --cluster spec.toml"
+                .into())
+        }
+    };
+    if loaded.format == Format::Philly && !nodes.iter().any(|n| n.gpu_model.as_deref() == Some(&args.gpu_type)) {
+        let models: std::collections::BTreeSet<&str> = nodes.iter().filter_map(|n| n.gpu_model.as_deref()).collect();
+        return Err(format!(
+            "--gpu-type {}: the jobs are timed on {0} GPUs and run only on them, but the cluster has none (it has {}); \
+             pass --nodes N for N nodes of {0}, or a --cluster with gpu_model = \"{0}\"",
+            args.gpu_type,
+            models.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(nodes)
 }
 
 fn parse_failures(specs: &[String]) -> Result<Vec<(usize, u64)>, String> {
@@ -219,7 +297,10 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     }
     let file = args.file.as_deref().ok_or("which trace? give a file, or --compare A B")?;
     let started = std::time::Instant::now();
-    let (jobs, nodes, what) = load(args, file)?;
+    let loaded = load(args, file)?;
+    let nodes = cluster(args, &loaded, args.nodes)?;
+    let vs_nodes = args.vs_nodes.map(|n| cluster(args, &loaded, Some(n))).transpose()?;
+    let Loaded { jobs, what, skipped, .. } = loaded;
     if jobs.is_empty() {
         return Err(format!("{}: no jobs", file.display()));
     }
@@ -230,7 +311,7 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         seed: args.seed,
         progress: None,
     };
-    let loaded = started.elapsed();
+    let read_in = started.elapsed();
     // The bar follows simulated time up to the last submit (the tail after it is short).
     let t0 = jobs.iter().map(|j| j.submit_ms).min().unwrap_or(0);
     let span_ms = jobs.iter().map(|j| j.submit_ms - t0).max().unwrap_or(0).max(1);
@@ -259,9 +340,8 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         if let Some(p) = args.vs_policy {
             o.policy = policy(p);
         }
-        if let Some(n) = args.vs_nodes {
-            let shape = o.nodes[0].clone();
-            o.nodes = (0..n).map(|i| NodeShape { name: format!("node-{i}"), ..shape.clone() }).collect();
+        if let Some(nodes) = vs_nodes {
+            o.nodes = nodes;
         }
         bar.set_position(0);
         bar.set_message(format!("{} jobs on {} nodes, to compare", jobs.len(), o.nodes.len()));
@@ -305,12 +385,16 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
             "nodes": options.nodes.len(),
             "policy": format!("{:?}", args.policy).to_lowercase(),
             "seed": args.seed,
+            "skipped_bad_input": skipped.0,
             "summary": r.summary,
             "seconds": took.as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
     } else {
-        print_summary(file, args, &what, &options, &r, loaded, took);
+        if skipped.0 > 0 {
+            println!("left out {} bad jobs and rows of the trace; the first: {}", skipped.0, skipped.1.join("; "));
+        }
+        print_summary(file, args, &what, &options, &r, read_in, took);
     }
     Ok(())
 }

@@ -54,3 +54,84 @@ fn a_bad_trace_or_a_bad_option_is_an_error_naming_the_problem() {
     let out = Command::new(KEEL).args(["replay", &data("nodes.csv"), "--format", "swf"]).output().unwrap();
     assert!(!out.status.success(), "a CSV read as SWF is refused");
 }
+
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-replay-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn replay_json(args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new(KEEL).arg("replay").args(args).arg("--json").output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[test]
+fn a_cluster_file_replaces_the_traces_cluster_and_nodes_takes_its_first_or_repeats_its_mix() {
+    let dir = scratch("cluster");
+    let spec = dir.join("two.toml");
+    std::fs::write(&spec, "[[nodes]]\nname = \"big\"\ncount = 1\ncpus = 4\n\n[[nodes]]\ncount = 1\ncpus = 2\n")
+        .unwrap();
+    let spec = spec.display().to_string();
+    let r = replay_json(&[&data("small.swf"), "--cluster", &spec]).unwrap();
+    assert_eq!(r["nodes"], 2);
+    // 6 CPUs: the 8-processor gang cannot run; the 4- and 2-processor ones do.
+    assert_eq!((r["summary"]["completed"].as_u64(), r["summary"]["infeasible"].as_u64()), (Some(2), Some(1)), "{r}");
+    let r = replay_json(&[&data("small.swf"), "--cluster", &spec, "--nodes", "4"]).unwrap();
+    assert_eq!((r["nodes"].as_u64(), r["summary"]["completed"].as_u64()), (Some(4), Some(3)), "12 CPUs: {r}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[nodes]]\ncount = 1\ncpus = 4\ncolour = \"red\"\n").unwrap();
+    let err = replay_json(&[&data("small.swf"), "--cluster", &bad.display().to_string()]).unwrap_err();
+    assert!(err.contains("bad.toml:4") && err.contains("colour"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_header_less_swf_file_needs_nodes_and_compressed_csv_files_are_read() {
+    let dir = scratch("formats");
+    let text = std::fs::read_to_string(data("small.swf")).unwrap();
+    let bare = dir.join("bare.swf");
+    std::fs::write(&bare, text.lines().filter(|l| !l.starts_with(';')).collect::<Vec<_>>().join("\n")).unwrap();
+    let bare = bare.display().to_string();
+    let err = replay_json(&[&bare]).unwrap_err();
+    assert!(err.contains("--nodes") && err.contains("--cluster"), "{err}");
+    let r = replay_json(&[&bare, "--nodes", "8"]).unwrap();
+    assert_eq!(r["summary"]["completed"], 3, "8 one-processor nodes: {r}");
+    // An Alibaba CSV compressed with gzip (written here with the system's gzip).
+    let gz = dir.join("dag.csv.gz");
+    let out = Command::new("gzip").arg("-c").arg(data("dag.csv")).output().unwrap();
+    std::fs::write(&gz, out.stdout).unwrap();
+    let plain = replay_json(&[&data("dag.csv")]).unwrap();
+    let packed = replay_json(&[&gz.display().to_string()]).unwrap();
+    assert_eq!(plain["summary"], packed["summary"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_alibaba_jobs_stop_the_replay_unless_skipped_and_then_they_are_counted() {
+    let err = replay_json(&[&data("messy.csv")]).unwrap_err();
+    assert!(err.contains("messy.csv:4") && err.contains("J10_7_9_Stg4"), "{err}");
+    let r = replay_json(&[&data("messy.csv"), "--skip-bad-jobs"]).unwrap();
+    assert_eq!((r["skipped_bad_input"].as_u64(), r["summary"]["jobs"].as_u64()), (Some(3), Some(3)), "{r}");
+    let err = replay_json(&[&data("small.swf"), "--skip-bad-jobs"]).unwrap_err();
+    assert!(err.contains("alibaba"), "{err}");
+}
+
+#[test]
+fn a_philly_replay_on_a_cluster_without_its_gpu_type_is_refused_naming_the_fix() {
+    let dir = scratch("philly");
+    std::fs::copy(data("philly.trace"), dir.join("philly.trace")).unwrap();
+    std::fs::copy(data("throughputs.json"), dir.join("simulation_throughputs.json")).unwrap();
+    std::fs::write(dir.join("cluster_specs.json"), r#"{"philly": ["16:0:0"]}"#).unwrap();
+    let trace = dir.join("philly.trace").display().to_string();
+    // (The test throughputs time only the first job on k80.)
+    let err = replay_json(&[&trace, "--gpu-type", "k80", "--limit", "1"]).unwrap_err();
+    assert!(err.contains("--gpu-type k80") && err.contains("it has v100") && err.contains("--nodes"), "{err}");
+    let r = replay_json(&[&trace, "--gpu-type", "k80", "--limit", "1", "--nodes", "2"]).unwrap();
+    assert_eq!(r["summary"]["infeasible"], 0, "{r}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -40,7 +40,14 @@ pub struct BatchTaskReader<R: Read> {
     done: bool,
     /// An error found while handing out the job before it.
     pending: Option<TraceError>,
+    /// Skip bad jobs and rows rather than stop (see [`skip_bad_input`](Self::skip_bad_input)).
+    skip_bad: bool,
+    skipped: u64,
+    first_skipped: Vec<TraceError>,
 }
+
+/// How many of the skipped errors are kept to show.
+const SKIPPED_KEPT: usize = 5;
 
 impl<R: Read> BatchTaskReader<R> {
     /// Reads `input`; `path` names it in errors.
@@ -53,7 +60,23 @@ impl<R: Read> BatchTaskReader<R> {
             seen: HashSet::new(),
             done: false,
             pending: None,
+            skip_bad: false,
+            skipped: 0,
+            first_skipped: Vec::new(),
         }
+    }
+
+    /// Leaves out bad jobs (bad task names, cycles, dangling dependencies, bad fields) and bad
+    /// rows, rather than stopping at the first: the full v2018 trace has a few. See
+    /// [`skipped`](Self::skipped).
+    pub fn skip_bad_input(mut self) -> BatchTaskReader<R> {
+        self.skip_bad = true;
+        self
+    }
+
+    /// How many jobs and rows were left out so far, and the first few errors.
+    pub fn skipped(&self) -> (u64, &[TraceError]) {
+        (self.skipped, &self.first_skipped)
     }
 
     fn malformed(&self, line: u64, what: String) -> TraceError {
@@ -184,7 +207,7 @@ impl<R: Read> BatchTaskReader<R> {
             tasks,
             gang: false,
             after: None,
-            recorded: Recorded { status, wait_ms: None },
+            recorded: Recorded { status, wait_ms: None, never_ran: false },
         })
     }
 }
@@ -198,7 +221,9 @@ fn parse_name(name: &str) -> Option<(Option<u64>, Vec<u64>)> {
     if digits.len() == name.len() || digits.is_empty() {
         return None;
     }
-    let mut numbers = digits.split('_').map(|p| p.parse::<u64>().ok());
+    // `M1_` and `R4__2` have empty parts: no dependency there.
+    let mut numbers =
+        digits.split('_').enumerate().filter(|(i, p)| *i == 0 || !p.is_empty()).map(|(_, p)| p.parse::<u64>().ok());
     let id = numbers.next()??;
     let deps = numbers.collect::<Option<Vec<u64>>>()?;
     Some((Some(id), deps))
@@ -232,6 +257,22 @@ impl<R: Read> Iterator for BatchTaskReader<R> {
     type Item = Result<Job, TraceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_or_bad()? {
+                Err(e) if self.skip_bad && !matches!(e, TraceError::Io { .. }) => {
+                    self.skipped += 1;
+                    if self.first_skipped.len() < SKIPPED_KEPT {
+                        self.first_skipped.push(e);
+                    }
+                }
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+impl<R: Read> BatchTaskReader<R> {
+    fn next_or_bad(&mut self) -> Option<Result<Job, TraceError>> {
         if let Some(e) = self.pending.take() {
             return Some(Err(e));
         }
@@ -245,28 +286,38 @@ impl<R: Read> Iterator for BatchTaskReader<R> {
                     return (!self.current.is_empty()).then(|| self.job());
                 }
                 Some(Err(e)) => {
-                    self.done = true;
+                    // A bad row stops the reading, unless bad input is skipped.
+                    self.done = !self.skip_bad || matches!(e, TraceError::Io { .. });
                     return Some(Err(e));
                 }
                 Some(Ok((line, row))) => {
                     let same = self.current.first().is_some_and(|(_, first)| first[2] == row[2]);
-                    if same || self.current.is_empty() {
-                        if self.current.is_empty() && !self.seen.insert(row[2].to_string()) {
-                            self.done = true;
-                            let what = format!("the rows of job {} are not together (it appeared before)", &row[2]);
-                            return Some(Err(self.malformed(line, what)));
+                    if same {
+                        self.current.push((line, row));
+                        continue;
+                    }
+                    let again = self.seen.contains(&row[2]);
+                    if again {
+                        let what = format!("the rows of job {} are not together (it appeared before)", &row[2]);
+                        let e = self.malformed(line, what);
+                        if self.skip_bad {
+                            // The row is left out; the job being read goes on.
+                            return Some(Err(e));
                         }
+                        self.done = true;
+                        if self.current.is_empty() {
+                            return Some(Err(e));
+                        }
+                        // The job read so far is whole: hand it out, then the error.
+                        self.pending = Some(e);
+                        return Some(self.job());
+                    }
+                    self.seen.insert(row[2].to_string());
+                    if self.current.is_empty() {
                         self.current.push((line, row));
                         continue;
                     }
                     let job = self.job();
-                    if !self.seen.insert(row[2].to_string()) {
-                        // The job read so far is whole: hand it out, then the error.
-                        self.done = true;
-                        let what = format!("the rows of job {} are not together (it appeared before)", &row[2]);
-                        self.pending = Some(self.malformed(line, what));
-                        return Some(job);
-                    }
                     self.current.push((line, row));
                     return Some(job);
                 }

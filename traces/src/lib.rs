@@ -16,6 +16,7 @@
 //! Bad input is a typed [`TraceError`] naming the file, the line and the field.
 
 pub mod alibaba;
+pub mod cluster;
 pub mod openb;
 pub mod philly;
 pub mod replay;
@@ -70,6 +71,9 @@ pub struct Recorded {
     pub status: Status,
     /// How long it waited between submit and start, when the trace says.
     pub wait_ms: Option<u64>,
+    /// It never started (cancelled while it waited): it has no run to replay, and replays
+    /// leave it out (counted in their summary).
+    pub never_ran: bool,
 }
 
 /// How a job ended in the trace.

@@ -5,7 +5,8 @@
 //! CPUs, `memory_mib` MiB, and GPUs: a pod on one GPU takes `gpu_milli`/1000 of it (it shares
 //! the GPU), a pod on several takes them whole. `gpu_spec` lists the GPU models it accepts,
 //! separated by `|` (empty: any). It runs from `scheduled_time` (else `creation_time`) to
-//! `deletion_time`; the wait is `scheduled_time - creation_time`.
+//! `deletion_time`; the wait is `scheduled_time - creation_time`. A pod still `Pending` when it
+//! was deleted never ran: it is marked so ([`Recorded::never_ran`](crate::Recorded)), and replays leave it out.
 //!
 //! Nodes: `sn,cpu_milli,memory_mib,gpu,model`.
 
@@ -172,6 +173,8 @@ impl<R: Read> PodReader<R> {
             recorded: Recorded {
                 status,
                 wait_ms: scheduled.and_then(|s| crate::seconds_to_ms((s - created).max(0.0))),
+                // Deleted while still pending: it never ran (its span is a wait, not a run).
+                never_ran: status == Status::Cancelled,
             },
         })
     }

@@ -142,7 +142,7 @@ impl<R: BufRead> PhillyReader<R> {
             }],
             gang: false,
             after: None,
-            recorded: Recorded { status: Status::Unknown, wait_ms: None },
+            recorded: Recorded { status: Status::Unknown, wait_ms: None, never_ran: false },
         })
     }
 }

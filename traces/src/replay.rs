@@ -134,6 +134,9 @@ impl Stats {
 pub struct Summary {
     /// Jobs replayed.
     pub jobs: usize,
+    /// Jobs of the trace left out because they never ran there (withdrawn while waiting).
+    #[serde(default)]
+    pub not_replayed: usize,
     /// Jobs whose every task finished.
     pub completed: usize,
     /// Jobs that did not finish (a task failed for good, or never ran).
@@ -369,11 +372,21 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
     Ok((w, origin))
 }
 
-/// Replays `jobs` on `options.nodes`.
+/// Replays `jobs` on `options.nodes` (all but those that never ran in the trace; `Replay::jobs`
+/// lists the replayed ones in the order given).
 pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     if options.nodes.is_empty() {
         return Err("the cluster has no nodes".into());
     }
+    // Jobs that never ran in the trace (withdrawn while waiting) have nothing to replay.
+    let not_replayed = jobs.iter().filter(|j| j.recorded.never_ran).count();
+    let kept: Vec<Job>;
+    let jobs = if not_replayed > 0 {
+        kept = jobs.iter().filter(|j| !j.recorded.never_ran).cloned().collect();
+        &kept[..]
+    } else {
+        jobs
+    };
     let (workload, origin) = plan(jobs, options.policy)?;
     let hosts: Vec<HostSpec> = options
         .nodes
@@ -539,6 +552,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     let recorded: Vec<f64> = results.iter().filter_map(|r| r.recorded_wait_ms).map(|w| w as f64 / 1000.0).collect();
     let summary = Summary {
         jobs: results.len(),
+        not_replayed,
         completed: completed.len(),
         unfinished: results.len() - completed.len(),
         never_started: results.iter().filter(|r| r.start_ms.is_none()).count(),

@@ -185,7 +185,12 @@ impl<R: BufRead> SwfReader<R> {
             tasks: vec![task],
             gang: true,
             after,
-            recorded: Recorded { status, wait_ms: time(2)? },
+            recorded: Recorded {
+                status,
+                wait_ms: time(2)?,
+                // Cancelled with no run time and no wait: withdrawn before it started.
+                never_ran: status == Status::Cancelled && known(3).is_none_or(|r| r == 0.0) && known(2).is_none(),
+            },
         })
     }
 }

@@ -130,6 +130,30 @@ fn alibaba_cycles_dangling_references_bad_names_and_split_jobs_are_typed_errors_
 }
 
 #[test]
+fn alibaba_empty_name_parts_are_no_dependency_and_bad_jobs_can_be_skipped_and_counted() {
+    // Stopping at the first bad job: j_1 (with `M1_` and `R2__1`) is read, then j_2's name stops it.
+    let strict = batch("messy.csv");
+    let j1 = strict[0].as_ref().unwrap();
+    assert_eq!((j1.id.as_str(), j1.tasks[1].deps.clone()), ("j_1", vec![0]), "R2__1 waits for task 1 only");
+    assert!(j1.tasks[0].deps.is_empty(), "M1_ waits for nothing");
+    assert!(strict[1].as_ref().unwrap_err().to_string().contains("J10_7_9_Stg4"));
+    // Skipping: j_2 (bad name), j_4's short row and j_3's second, split-off row are left out.
+    let mut reader =
+        BatchTaskReader::new(std::fs::File::open(data("messy.csv")).unwrap(), "messy.csv").skip_bad_input();
+    let jobs: Vec<Job> = reader.by_ref().collect::<Result<_, _>>().unwrap();
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["j_1", "j_3", "j_5"]);
+    assert_eq!(jobs[1].tasks.len(), 1, "j_3's row after j_5 began is left out");
+    assert_eq!(jobs[2].tasks[1].instances, 2);
+    let (count, first) = reader.skipped();
+    assert_eq!(count, 3);
+    let shown: Vec<String> = first.iter().map(ToString::to_string).collect();
+    assert!(shown[0].contains("messy.csv:4") && shown[0].contains("J10_7_9_Stg4"), "{shown:?}");
+    assert!(shown[1].contains("messy.csv:6") && shown[1].contains("7 columns"), "{shown:?}");
+    assert!(shown[2].contains("messy.csv:8") && shown[2].contains("not together"), "{shown:?}");
+}
+
+#[test]
 fn openb_pods_share_gpus_by_fraction_and_name_the_models_they_accept() {
     let nodes = read_nodes(std::fs::File::open(data("nodes.csv")).unwrap(), "nodes.csv").unwrap();
     assert_eq!(nodes.len(), 2);
@@ -140,7 +164,8 @@ fn openb_pods_share_gpus_by_fraction_and_name_the_models_they_accept() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs[3].recorded.never_ran && !jobs[2].recorded.never_ran, "pod-d was deleted while pending");
     let a = &jobs[0].tasks[0];
     assert_eq!(a.resources.gpu, Amount::from_f64(0.5).unwrap(), "half of one GPU");
     assert_eq!(a.resources.memory, ResourceSet::default().with_memory_bytes(8192 << 20).memory);

@@ -197,3 +197,14 @@ fn a_job_that_follows_a_dag_waits_for_every_instance_of_every_final_task() {
     let b = &r.jobs[1];
     assert!(near(b.start_ms.unwrap() as f64 / 1e3, 5.0), "{b:?}");
 }
+
+#[test]
+fn jobs_that_never_ran_in_the_trace_are_left_out_and_counted() {
+    let mut withdrawn = job("W", 0, vec![task(2, 100_000, vec![], 1)], false);
+    withdrawn.recorded.never_ran = true;
+    let jobs = vec![withdrawn, job("A", 1_000, vec![task(2, 10_000, vec![], 1)], false)];
+    let r = replay(&jobs, &options(vec![node(2)])).unwrap();
+    assert_eq!(r.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["A"]);
+    assert_eq!((r.summary.jobs, r.summary.not_replayed, r.summary.completed), (1, 1, 1));
+    assert!(near(r.jobs[0].wait_ms().unwrap() as f64 / 1e3, 0.0), "A never waits for the withdrawn job");
+}
