@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cluster;
+mod recording;
 mod replay;
 mod sim;
 mod walkthrough;

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 ///   openb    Alibaba GPU 2023 pods (CSV): fractional GPUs and GPU models; the cluster is the
 ///            node list beside it (openb_node_list_gpu_node.csv) or --node-list.
 ///   philly   Philly via Gavel (.trace): GPU jobs timed from Gavel's throughputs file beside it.
+///   keel     A Keel head's journal (keel head --state-dir DIR writes DIR/head.journal): with
+///            --verify, checked against a fresh kernel.
 ///
 /// A cluster file (--cluster) lists groups of identical nodes:
 ///   [[nodes]]
@@ -39,6 +41,7 @@ use std::path::{Path, PathBuf};
 ///   keel replay trace.swf --vs-policy pack --report out/
 ///   keel replay batch_task.csv.gz --cluster mine.toml --skip-bad-jobs
 ///   keel replay --compare before.json after.json    (two saved `--json` results)
+///   keel replay ~/.keel/head/head.journal --verify
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -100,6 +103,10 @@ pub struct ReplayArgs {
     /// Write summary.json, jobs.csv and SVG plots into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// keel: feed the head's journal through a fresh kernel and check that it decides every
+    /// output exactly as the recorded head did, byte for byte (no simulation).
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +115,7 @@ enum Format {
     Alibaba,
     Openb,
     Philly,
+    Keel,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -128,6 +136,8 @@ fn guess(path: &Path) -> Option<Format> {
         Some(Format::Alibaba)
     } else if name.ends_with(".trace") {
         Some(Format::Philly)
+    } else if name.ends_with(".journal") {
+        Some(Format::Keel)
     } else {
         None
     }
@@ -224,6 +234,15 @@ fn load(args: &ReplayArgs, path: &Path) -> Result<Loaded, String> {
             let reader = keel_traces::philly::PhillyReader::new(open(path)?, &name, throughputs);
             (collect(reader, args.limit)?, Some(nodes), format!("Philly via Gavel, timed on {}", args.gpu_type))
         }
+        Format::Keel => {
+            let mut w = crate::recording::workload(path)?;
+            w.jobs.truncate(args.limit.unwrap_or(usize::MAX));
+            if w.nodes.is_empty() && given.is_none() {
+                return Err(format!("{name}: no node ever joined the recorded cluster; pass --cluster or --nodes"));
+            }
+            let nodes = given.unwrap_or(w.nodes);
+            (w.jobs, (!nodes.is_empty()).then_some(nodes), format!("a Keel recording; {}", w.notes.join("; ")))
+        }
     };
     Ok(Loaded { jobs, format, nodes, what, skipped })
 }
@@ -296,6 +315,9 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         return Ok(());
     }
     let file = args.file.as_deref().ok_or("which trace? give a file, or --compare A B")?;
+    if args.verify {
+        return crate::recording::run_verify(file, args.json);
+    }
     let started = std::time::Instant::now();
     let loaded = load(args, file)?;
     let nodes = cluster(args, &loaded, args.nodes)?;

@@ -328,6 +328,76 @@ fn a_driver_survives_a_head_restart_from_snapshot_and_journal_and_gets_its_resul
     drop(keel);
     node.abort();
     head.abort();
+    // The journal goes on from the last snapshot, which a fresh verification loads.
+    let journal = dir.join("restart").join("head.journal");
+    let verified =
+        keel_daemon::recording::verify(keel_daemon::recording::read(&journal).unwrap(), |_, _, _| {}).unwrap();
+    assert!(verified.from_generation > 1, "a snapshot after every batch: {verified:?}");
+}
+
+/// Part one's recording: every output the head decided (tasks, actors, placement groups, a node
+/// killed and values rebuilt) is decided again, byte for byte, by a fresh kernel fed the
+/// journal; the same journal with one input left out is refused at the first batch it changes;
+/// and the recording replays in the simulator as a workload.
+fn the_recorded_run_verifies_byte_for_byte_against_a_fresh_kernel_and_replays_as_a_workload(journal: &std::path::Path) {
+    use keel_daemon::journal::{Entry, Journal};
+    use keel_daemon::recording::{self, RecordingError};
+    const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+    let verified = recording::verify(recording::read(journal).unwrap(), |_, _, _| {}).unwrap();
+    assert!(verified.inputs > 100 && verified.outputs > 100 && verified.batches > 50, "{verified:?}");
+    println!("    {} inputs, {} outputs in {} batches verified", verified.inputs, verified.outputs, verified.batches);
+    let out = std::process::Command::new(KEEL).args(["replay", "--verify", "--json"]).arg(journal).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verified"]["outputs"], verified.outputs);
+    // Leave out the first task end a node reported: the kernel then decides otherwise.
+    let entries = recording::read(journal).unwrap().entries;
+    let dropped = entries
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Entry::Input {
+                    input: keel_kernel::HeadInput::FromNode {
+                        msg: keel_kernel::proto::NodeToHead::TaskEnded { .. },
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let tampered = journal.with_file_name("tampered.journal");
+    let _ = std::fs::remove_file(&tampered);
+    let (mut copy, _) = Journal::open(&tampered).unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        if i != dropped {
+            copy.append(e).unwrap();
+        }
+    }
+    copy.sync().unwrap();
+    drop(copy);
+    match recording::verify(recording::read(&tampered).unwrap(), |_, _, _| {}) {
+        Err(RecordingError::Mismatch { record, .. }) => assert!(record as usize >= dropped, "{record} < {dropped}"),
+        other => panic!("a journal missing an input verified: {other:?}"),
+    }
+    let out = std::process::Command::new(KEEL).args(["replay", "--verify"]).arg(&tampered).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tampered.journal: record") && err.contains("a fresh machine"), "{err}");
+    // The recording as a workload: its jobs and tasks, on the nodes it ran on.
+    let out =
+        std::process::Command::new(KEEL).args(["replay", "--format", "keel", "--json"]).arg(journal).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = &json["summary"];
+    assert_eq!(json["nodes"], 2, "{json}");
+    // Part one is one driver: one job, which never finishes in the replay either, since one of its
+    // tasks asked for more CPUs than any node has.
+    assert_eq!((summary["jobs"].as_u64(), summary["infeasible"].as_u64()), (Some(1), Some(1)), "{json}");
+    assert!(summary["utilisation"]["CPU"].as_f64().unwrap() > 0.0, "{json}");
+    let what = json["what"].as_str().unwrap();
+    assert!(what.contains("actor creations and calls are not replayed"), "{what}");
 }
 
 fn main() {
@@ -349,6 +419,9 @@ fn main() {
         let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
         options.config.infeasible_grace = keel_kernel::Duration::from_millis(200);
         options.config.node_timeout = keel_kernel::Duration::from_millis(1500);
+        // Everything part one does is recorded, and checked against a fresh kernel at its end.
+        options.journal = Some(dir.join("recorded").join("head.journal"));
+        options.snapshot_after_bytes = u64::MAX;
         let head = head::start(options).await.unwrap();
         let mut nodes = Vec::new();
         for i in 0..2 {
@@ -413,6 +486,11 @@ fn main() {
     }
     head.abort();
     drop(rt);
+    check("the_recorded_run_verifies_byte_for_byte_against_a_fresh_kernel_and_replays_as_a_workload", || {
+        the_recorded_run_verifies_byte_for_byte_against_a_fresh_kernel_and_replays_as_a_workload(
+            &dir.join("recorded").join("head.journal"),
+        )
+    });
 
     // A head with a journal, killed and started again on the same address while a task runs: the
     // driver reconnects, takes up its job again, and gets its result.

@@ -652,6 +652,13 @@ fn a_head_restarted_mid_task_replays_its_journal_and_the_task_still_finishes() {
     let status = rt.block_on(client::status(&addr, &token)).unwrap();
     assert_eq!((status.tasks_submitted, status.tasks_finished), (1, 1), "{status:?}");
     assert!(status.nodes_lost >= 2, "the old nodes were not declared dead: {status:?}");
+    // The journal, across the kill and the restart, decides again exactly as the head did.
+    let out =
+        Command::new(KEEL).args(["replay", "--verify", "--json"]).arg(state.join("head.journal")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verified"]["restarts"], 1, "{json}");
+    assert!(json["verified"]["batches"].as_u64().unwrap() > 10, "{json}");
     drop((head, nodes));
     let _ = std::fs::remove_dir_all(&home);
 }

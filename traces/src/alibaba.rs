@@ -162,6 +162,7 @@ impl<R: Read> BatchTaskReader<R> {
                 duration_ms: crate::seconds_to_ms((end - start).max(0.0)).unwrap_or(0),
                 deps: Vec::new(),
                 output_bytes: 0,
+                submit_offset_ms: 0,
             });
         }
         let mut graph: DiGraphMap<usize, ()> = DiGraphMap::with_capacity(tasks.len(), tasks.len());

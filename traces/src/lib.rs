@@ -62,6 +62,9 @@ pub struct Task {
     pub deps: Vec<usize>,
     /// Bytes each instance outputs.
     pub output_bytes: u64,
+    /// Submitted this long after its job (0 for traces that submit a job's tasks together;
+    /// a recording keeps when each task was submitted). Never before the tasks it depends on.
+    pub submit_offset_ms: u64,
 }
 
 /// What a trace recorded of a job.

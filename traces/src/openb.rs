@@ -167,6 +167,7 @@ impl<R: Read> PodReader<R> {
                 duration_ms: crate::seconds_to_ms(deleted - start).unwrap_or(0),
                 deps: Vec::new(),
                 output_bytes: 0,
+                submit_offset_ms: 0,
             }],
             gang: false,
             after: None,

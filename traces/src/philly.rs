@@ -139,6 +139,7 @@ impl<R: BufRead> PhillyReader<R> {
                 duration_ms,
                 deps: Vec::new(),
                 output_bytes: 0,
+                submit_offset_ms: 0,
             }],
             gang: false,
             after: None,

@@ -300,21 +300,24 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                 dependents[d].push(i);
             }
         }
-        let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        // Ready tasks by submit offset, then index: a job's tasks are submitted in time order.
+        let mut ready: std::collections::BTreeSet<(u64, usize)> =
+            (0..n).filter(|&i| indegree[i] == 0).map(|i| (job.tasks[i].submit_offset_ms, i)).collect();
         // Per task: the plan index that stands for its end (its only instance, or its join).
         let mut end_of: Vec<Option<usize>> = vec![None; n];
         let mut sinks = Vec::new();
         let mut done = 0;
-        while let Some(i) = ready.pop_front() {
+        while let Some((_, i)) = ready.pop_first() {
             done += 1;
             let t = &job.tasks[i];
             let mut deps: Vec<(usize, u32)> = t.deps.iter().map(|&d| (end_of[d].expect("in order"), 1)).collect();
             deps.extend(entry_deps.iter().copied());
             let waited_for = !dependents[i].is_empty();
             let first = w.tasks.len();
+            let task_at = at_ms.saturating_add(t.submit_offset_ms);
             for _ in 0..t.instances.max(1) {
                 w.tasks.push(TaskPlan {
-                    at_ms,
+                    at_ms: task_at,
                     deps: deps.clone(),
                     resources: Some(t.resources.clone()),
                     labels: labels(t),
@@ -328,7 +331,7 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
                 first
             } else if waited_for {
                 w.tasks.push(TaskPlan {
-                    at_ms,
+                    at_ms: task_at,
                     deps: (first..w.tasks.len()).map(|k| (k, 1)).collect(),
                     resources: Some(ResourceSet::default()),
                     final_output: false,
@@ -346,7 +349,7 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
             for &k in &dependents[i] {
                 indegree[k] -= 1;
                 if indegree[k] == 0 {
-                    ready.push_back(k);
+                    ready.insert((job.tasks[k].submit_offset_ms, k));
                 }
             }
         }
@@ -368,8 +371,44 @@ fn plan(jobs: &[Job], policy: Policy) -> Result<(Workload, Vec<Origin>), String>
             sinks.last().copied()
         };
     }
+    let (w, origin) = in_time_order(w, origin);
     w.validate()?;
     Ok((w, origin))
+}
+
+/// The plan with its tasks in submission-time order (the driver submits in plan order, so a
+/// task submitted late in one job must not hold back the next job's). A task is submitted no
+/// earlier than the tasks it depends on; the sort is stable, so dependencies still point back.
+fn in_time_order(mut w: Workload, origin: Vec<Origin>) -> (Workload, Vec<Origin>) {
+    for i in 0..w.tasks.len() {
+        let after = w.tasks[i].deps.iter().map(|&(d, _)| w.tasks[d].at_ms).max().unwrap_or(0);
+        w.tasks[i].at_ms = w.tasks[i].at_ms.max(after);
+    }
+    if w.tasks.windows(2).all(|p| p[0].at_ms <= p[1].at_ms) {
+        return (w, origin);
+    }
+    let mut order: Vec<usize> = (0..w.tasks.len()).collect();
+    order.sort_by_key(|&i| (w.tasks[i].at_ms, i));
+    let mut new_index = vec![0; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    let mut tasks: Vec<Option<TaskPlan>> = std::mem::take(&mut w.tasks).into_iter().map(Some).collect();
+    w.tasks = order
+        .iter()
+        .map(|&old| {
+            let mut t = tasks[old].take().expect("each task once");
+            for dep in &mut t.deps {
+                dep.0 = new_index[dep.0];
+            }
+            t
+        })
+        .collect();
+    for g in &mut w.groups {
+        g.after = g.after.map(|a| new_index[a]);
+    }
+    let origin = order.iter().map(|&old| origin[old]).collect();
+    (w, origin)
 }
 
 /// Replays `jobs` on `options.nodes` (all but those that never ran in the trace; `Replay::jobs`

@@ -178,6 +178,7 @@ impl<R: BufRead> SwfReader<R> {
             duration_ms: time(3)?.unwrap_or(0),
             deps: Vec::new(),
             output_bytes: 0,
+            submit_offset_ms: 0,
         };
         Ok(Job {
             id,

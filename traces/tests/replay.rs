@@ -18,6 +18,7 @@ fn task(cpus: u64, ms: u64, deps: Vec<usize>, instances: u32) -> Task {
         duration_ms: ms,
         deps,
         output_bytes: 0,
+        submit_offset_ms: 0,
     }
 }
 
@@ -207,4 +208,20 @@ fn jobs_that_never_ran_in_the_trace_are_left_out_and_counted() {
     assert_eq!(r.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["A"]);
     assert_eq!((r.summary.jobs, r.summary.not_replayed, r.summary.completed), (1, 1, 1));
     assert!(near(r.jobs[0].wait_ms().unwrap() as f64 / 1e3, 0.0), "A never waits for the withdrawn job");
+}
+
+#[test]
+fn tasks_submitted_later_in_their_job_keep_their_time_and_hold_back_no_other_job() {
+    // A's second task is submitted 50 s after A (a recording keeps such times); B is submitted
+    // at 10 s. Plenty of CPUs: B starts at 10 s, not after A's late task is submitted.
+    let mut late = task(1, 5_000, vec![0], 1);
+    late.submit_offset_ms = 50_000;
+    let jobs = vec![
+        job("A", 0, vec![task(1, 1_000, vec![], 1), late], false),
+        job("B", 10_000, vec![task(1, 1_000, vec![], 1)], false),
+    ];
+    let r = replay(&jobs, &options(vec![node(4)])).unwrap();
+    let (a, b) = (&r.jobs[0], &r.jobs[1]);
+    assert!(near(b.start_ms.unwrap() as f64 / 1e3, 10.0), "{b:?}");
+    assert!(near(a.end_ms.unwrap() as f64 / 1e3, 55.0), "A's late task runs 50-55 s: {a:?}");
 }

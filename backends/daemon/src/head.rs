@@ -119,6 +119,19 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
     let mut first_conn = 1;
     if let Some(path) = &options.journal {
         let (journal, recovered) = Journal::open(path)?;
+        if let (None, Some(Entry::Config(config))) = (&recovered.snapshot, recovered.entries.first()) {
+            // The machine is rebuilt as it was made, so that it decides again as it did.
+            let (kept, asked) = (format!("{config:?}"), format!("{:?}", options.config));
+            if kept != asked {
+                tracing::warn!(
+                    kept,
+                    asked,
+                    "the head keeps the settings its journal began with; the settings given now are not used"
+                );
+            }
+            core = Core::new(config.clone());
+        }
+        let fresh = recovered.snapshot.is_none() && recovered.entries.is_empty();
         if recovered.torn_tail_bytes > 0 {
             tracing::warn!(path = %path.display(), bytes = recovered.torn_tail_bytes, "dropped a record cut short by a crash");
         }
@@ -150,6 +163,7 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
         }
         core.journal = Some(journal);
         core.snapshot_after_bytes = options.snapshot_after_bytes;
+        core.record(&if fresh { Entry::Config(options.config.clone()) } else { Entry::Restarted });
     }
     let listener = transport
         .bind(&options.listen)
@@ -318,6 +332,47 @@ struct Core {
     /// The highest connection id the machine has seen (a restart numbers new ones above it).
     max_conn: u64,
     snapshot_after_bytes: u64,
+    /// What the batch decided, for its [`Entry::Decided`] record.
+    decided: Decided,
+}
+
+/// The outputs of a batch, counted and hashed (see [`Entry::Decided`]).
+#[derive(Default)]
+pub(crate) struct Decided {
+    records: u64,
+    outputs: u64,
+    hasher: sha2::Sha256,
+    scratch: Vec<u8>,
+}
+
+impl Decided {
+    pub(crate) fn output(&mut self, output: &HeadOutput) {
+        use sha2::Digest;
+        self.scratch.clear();
+        let bytes =
+            postcard::to_extend(output, std::mem::take(&mut self.scratch)).expect("serialising to a Vec cannot fail");
+        self.hasher.update(&bytes);
+        self.scratch = bytes;
+        self.outputs += 1;
+    }
+
+    pub(crate) fn record(&mut self) {
+        self.records += 1;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records == 0 && self.outputs == 0
+    }
+
+    /// The batch's record; starts the next batch.
+    pub(crate) fn take(&mut self) -> Entry {
+        use sha2::Digest;
+        let hasher = std::mem::take(&mut self.hasher);
+        let entry = Entry::Decided { records: self.records, outputs: self.outputs, digest: hasher.finalize().into() };
+        self.records = 0;
+        self.outputs = 0;
+        entry
+    }
 }
 
 impl Core {
@@ -337,6 +392,7 @@ impl Core {
             journal_failed: None,
             max_conn: 0,
             snapshot_after_bytes: DEFAULT_SNAPSHOT_AFTER_BYTES,
+            decided: Decided::default(),
         }
     }
 
@@ -356,6 +412,7 @@ impl Core {
                         _ = tokio::time::sleep(wait) => {
                             let now = self.now();
                             self.record(&Entry::Timeout { now });
+                            self.decided.record();
                             self.head.handle_timeout(now);
                             self.drain();
                             if let Err(e) = self.release() {
@@ -394,6 +451,7 @@ impl Core {
         }
         if self.journal.is_some() {
             self.record(&Entry::Input { now, input: input.clone() });
+            self.decided.record();
         }
         let what = tracing::enabled!(tracing::Level::WARN).then(|| {
             let mut text = format!("{input:?}");
@@ -421,6 +479,10 @@ impl Core {
     /// Makes the batch's journal records durable, then sends what the batch produced; takes a
     /// snapshot when the journal has grown long.
     fn release(&mut self) -> Result<(), JournalError> {
+        if self.journal.is_some() && !self.decided.is_empty() {
+            let decided = self.decided.take();
+            self.record(&decided);
+        }
         if let Some(e) = self.journal_failed.take() {
             return Err(e);
         }
@@ -482,7 +544,7 @@ impl Core {
                 Entry::Program { job, program } => {
                     self.jobs.insert(job, program);
                 }
-                Entry::Begins { .. } => {}
+                Entry::Config(_) | Entry::Begins { .. } | Entry::Decided { .. } | Entry::Restarted => {}
             }
             while self.head.poll_output().is_some() {}
         }
@@ -633,6 +695,9 @@ impl Core {
 
     fn drain(&mut self) {
         while let Some(output) = self.head.poll_output() {
+            if self.journal.is_some() {
+                self.decided.output(&output);
+            }
             self.perform(output);
         }
     }

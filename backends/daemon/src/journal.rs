@@ -105,6 +105,23 @@ pub enum Entry {
         /// The snapshot's generation.
         generation: u64,
     },
+    /// The first record of a new head's journal: the settings its machine was made with (a
+    /// restart and a verification make the machine with them too).
+    Config(keel_kernel::HeadConfig),
+    /// The end of a batch: what the machine decided for the inputs and timer runs since the
+    /// last batch, as the count of outputs and the SHA-256 of their postcard bytes in order.
+    /// `keel replay --verify` checks a fresh machine decides exactly this.
+    Decided {
+        /// Inputs and timer runs in the batch.
+        records: u64,
+        /// Outputs they caused.
+        outputs: u64,
+        /// SHA-256 of the outputs' postcard bytes, one after another.
+        digest: [u8; 32],
+    },
+    /// The head restarted here: it rebuilt its machine from the records before, whose outputs
+    /// since the last [`Entry::Decided`] were never sent (the batch was not made durable).
+    Restarted,
 }
 
 /// The head's whole state at a batch boundary.
@@ -125,7 +142,11 @@ impl Entry {
     pub fn time(&self) -> Option<Time> {
         match self {
             Entry::Input { now, .. } | Entry::Timeout { now } => Some(*now),
-            Entry::Program { .. } | Entry::Begins { .. } => None,
+            Entry::Program { .. }
+            | Entry::Begins { .. }
+            | Entry::Config(_)
+            | Entry::Decided { .. }
+            | Entry::Restarted => None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod conn;
 pub mod head;
 pub mod journal;
 pub mod node;
+pub mod recording;
 pub mod worker;
 
 /// The result value of a command task: the command's exit code (128 + signal when killed).

@@ -69,7 +69,7 @@ pub use actors::ActorSummary;
 pub use tasks::TaskStateKind;
 
 /// The Head's settings. Everything that shapes a decision is here, including the RNG seed.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeadConfig {
     /// Seed of the Head's RNG (scheduling ties among the top-k nodes).
     pub seed: u64,
