@@ -42,12 +42,18 @@ use std::path::{Path, PathBuf};
 ///   keel replay batch_task.csv.gz --cluster mine.toml --skip-bad-jobs
 ///   keel replay --compare before.json after.json    (two saved `--json` results)
 ///   keel replay ~/.keel/head/head.journal --verify
+///   keel replay --synthetic 1000000 --nodes 10000
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
     /// The trace (a `.gz` name is read compressed).
-    #[arg(required_unless_present = "compare")]
+    #[arg(required_unless_present_any = ["compare", "synthetic"])]
     file: Option<PathBuf>,
+    /// Instead of a file, a synthetic workload of this many task instances (bags of tasks,
+    /// map-reduce DAGs and gangs, offered at 70% of the cluster's capacity) on --nodes nodes of
+    /// 16 CPUs (default: one node per 100 tasks).
+    #[arg(long, value_name = "TASKS", conflicts_with_all = ["file", "format", "cluster", "node_list"])]
+    synthetic: Option<usize>,
     /// Compare two saved results (`keel replay ... --json > a.json`) instead of replaying.
     #[arg(long, num_args = 2, value_names = ["A_JSON", "B_JSON"], conflicts_with = "file")]
     compare: Vec<PathBuf>,
@@ -116,6 +122,9 @@ enum Format {
     Openb,
     Philly,
     Keel,
+    /// Generated (`--synthetic`), not read.
+    #[value(skip)]
+    Synthetic,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -160,6 +169,18 @@ struct Loaded {
 
 /// Reads the trace and its cluster.
 fn load(args: &ReplayArgs, path: &Path) -> Result<Loaded, String> {
+    if let Some(tasks) = args.synthetic {
+        let nodes = args.nodes.unwrap_or(tasks / 100).max(1);
+        let jobs = keel_traces::synthetic::jobs(tasks, nodes, args.seed);
+        let what = format!("synthetic: {tasks} tasks in {} jobs, seed {}", jobs.len(), args.seed);
+        return Ok(Loaded {
+            jobs,
+            format: Format::Synthetic,
+            nodes: Some(keel_traces::synthetic::cluster(nodes)),
+            what,
+            skipped: (0, Vec::new()),
+        });
+    }
     let name = path.display().to_string();
     let format = args
         .format
@@ -234,6 +255,7 @@ fn load(args: &ReplayArgs, path: &Path) -> Result<Loaded, String> {
             let reader = keel_traces::philly::PhillyReader::new(open(path)?, &name, throughputs);
             (collect(reader, args.limit)?, Some(nodes), format!("Philly via Gavel, timed on {}", args.gpu_type))
         }
+        Format::Synthetic => unreachable!("a synthetic workload is made above, not read"),
         Format::Keel => {
             let mut w = crate::recording::workload(path)?;
             w.jobs.truncate(args.limit.unwrap_or(usize::MAX));
@@ -314,7 +336,12 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         print_comparison(&a_name, &a, &b_name, &b);
         return Ok(());
     }
-    let file = args.file.as_deref().ok_or("which trace? give a file, or --compare A B")?;
+    let synthetic_name = args.synthetic.map(|n| PathBuf::from(format!("synthetic-{n}-tasks")));
+    let file = args
+        .file
+        .as_deref()
+        .or(synthetic_name.as_deref())
+        .ok_or("which trace? give a file, --synthetic TASKS, or --compare A B")?;
     if args.verify {
         return crate::recording::run_verify(file, args.json);
     }
@@ -470,6 +497,9 @@ fn print_comparison(a_name: &str, a: &keel_traces::replay::Summary, b_name: &str
     for (k, v) in &a.utilisation {
         row(&format!("{k} utilisation (%)"), v * 100.0, b.utilisation.get(k).copied().unwrap_or(0.0) * 100.0);
     }
+    if let (Some(x), Some(y)) = (&a.gpu_fragmentation, &b.gpu_fragmentation) {
+        row("GPU fragmented (%)", x.fragmented_share * 100.0, y.fragmented_share * 100.0);
+    }
 }
 
 fn print_summary(
@@ -506,6 +536,14 @@ fn print_summary(
     }
     let util: Vec<String> = s.utilisation.iter().map(|(k, v)| format!("{k} {:.1}%", v * 100.0)).collect();
     println!("utilisation: {}", util.join(", "));
+    if let Some(f) = &s.gpu_fragmentation {
+        println!(
+            "GPU fragmentation: {:.1}% of GPU capacity idle on partly used GPUs ({:.1}% of the idle GPU capacity), at most {:.1} GPUs",
+            f.fragmented_share * 100.0,
+            f.share_of_idle * 100.0,
+            f.peak_gpus
+        );
+    }
     if s.infeasible > 0 {
         println!(
             "warning: {} jobs can never run on this cluster (a task no node holds, or a gang larger than the \

@@ -131,7 +131,7 @@ impl std::fmt::Debug for Progress {
 }
 
 /// One task attempt's run on a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     /// The task.
     pub task: TaskId,
@@ -145,6 +145,8 @@ pub struct Run {
     pub end: u64,
     /// How it ended: finished, failed, died, killed, lost.
     pub how: &'static str,
+    /// The GPU devices it held: `(device index, amount)`.
+    pub gpus: Vec<(u32, keel_kernel::Amount)>,
 }
 
 /// One span of a timeline: a task attempt on a worker, or a fault (zero length).
@@ -404,6 +406,8 @@ pub struct World {
     timeline: Vec<Span>,
     runs: Vec<Run>,
     open_runs: FxHashMap<(usize, u64, WorkerId), (TaskId, u32, Time)>,
+    /// GPU devices of dispatched attempts, while runs are recorded.
+    run_gpus: FxHashMap<(TaskId, u32), Vec<(u32, keel_kernel::Amount)>>,
     head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
     open_spans: BTreeMap<(usize, u64, WorkerId), (Time, String)>,
@@ -527,6 +531,7 @@ impl World {
             timeline: Vec::new(),
             runs: Vec::new(),
             open_runs: FxHashMap::default(),
+            run_gpus: FxHashMap::default(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
         };
@@ -656,7 +661,8 @@ impl World {
         let mut open: Vec<_> = std::mem::take(&mut self.open_runs).into_iter().collect();
         open.sort_unstable_by_key(|(key, _)| *key);
         for ((host, _, _), (task, attempt, start)) in open {
-            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how: "lost" });
+            let gpus = self.run_gpus.remove(&(task, attempt)).unwrap_or_default();
+            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how: "lost", gpus });
         }
         self.counts.executions = self.obs.executions;
         self.counts.rebuilt_equal = self.obs.rebuilt_equal;
@@ -1031,7 +1037,10 @@ impl World {
             },
             HeadOutput::ToNode { node, msg } => {
                 let Some(&host) = self.by_node.get(&node) else { return };
-                if let HeadToNode::RunTask { .. } = &msg {
+                if let HeadToNode::RunTask { spec, attempt, allocation, .. } = &msg {
+                    if self.params.record_runs && !allocation.gpus.is_empty() {
+                        self.run_gpus.insert((spec.task, *attempt), allocation.gpus.clone());
+                    }
                     match self.params.tamper {
                         Some(Tamper::OverCommit) => {
                             self.send_to_node(0, NodeInput::FromHead(msg));
@@ -1412,7 +1421,8 @@ impl World {
             self.timeline.push(Span { host, worker: Some(worker.0), name, start: start.0, end: self.now.0, how });
         }
         if let Some((task, attempt, start)) = self.open_runs.remove(&(host, inc, worker)) {
-            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how });
+            let gpus = self.run_gpus.remove(&(task, attempt)).unwrap_or_default();
+            self.runs.push(Run { task, attempt, host, start: start.0, end: self.now.0, how, gpus });
         }
     }
 

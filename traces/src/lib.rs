@@ -22,6 +22,7 @@ pub mod philly;
 pub mod replay;
 pub mod report;
 pub mod swf;
+pub mod synthetic;
 
 use keel_kernel::ResourceSet;
 use std::io::{BufRead, BufReader, Read};

@@ -166,6 +166,9 @@ pub struct Summary {
     pub jobs_per_hour: f64,
     /// Nodes times the makespan, hours.
     pub node_hours: f64,
+    /// GPU fragmentation, on clusters with GPUs: see [`GpuFragmentation`].
+    #[serde(default)]
+    pub gpu_fragmentation: Option<GpuFragmentation>,
     /// The recorded waits, when the trace has them: to compare with `wait_s`.
     pub recorded_wait_s: Option<Stats>,
     /// Why tasks failed for good, by kind, with counts (`PlacementGroupInfeasible` for gangs
@@ -179,6 +182,18 @@ pub struct Summary {
     pub events: u64,
     /// The event log's hash (the same inputs and seed give the same hash).
     pub hash: String,
+}
+
+/// How much idle GPU capacity lay on GPUs that were partly in use (shared by fractional tasks),
+/// where a task wanting a whole GPU cannot use it. Time-weighted over the time anything ran.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GpuFragmentation {
+    /// Idle capacity on partly used GPUs, as a share of all the cluster's GPU capacity.
+    pub fragmented_share: f64,
+    /// The same, as a share of the idle GPU capacity.
+    pub share_of_idle: f64,
+    /// The most GPUs' worth fragmented at any moment.
+    pub peak_gpus: f64,
 }
 
 /// A replay's result.
@@ -589,6 +604,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         })
         .collect();
     let recorded: Vec<f64> = results.iter().filter_map(|r| r.recorded_wait_ms).map(|w| w as f64 / 1000.0).collect();
+    let gpu_fragmentation = gpu_fragmentation(&outcome.runs, &options.nodes);
     let summary = Summary {
         jobs: results.len(),
         not_replayed,
@@ -608,6 +624,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         utilisation,
         jobs_per_hour: if makespan_s > 0.0 { completed.len() as f64 / (makespan_s / 3600.0) } else { 0.0 },
         node_hours: options.nodes.len() as f64 * makespan_s / 3600.0,
+        gpu_fragmentation,
         recorded_wait_s: (!recorded.is_empty()).then(|| Stats::of(recorded)),
         failure_reasons: outcome.failure_reasons.clone(),
         simulated_s: outcome.end_ms as f64 / 1000.0,
@@ -617,6 +634,67 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     usage.sort_by_key(|u| (u.0, u.1));
     let resources = capacity_of.into_iter().map(|(name, _)| name).collect();
     Ok(Replay { jobs: results, summary, usage, resources })
+}
+
+/// Sweeps every attempt's GPU devices over time (see [`GpuFragmentation`]); `None` when the
+/// cluster has no GPU.
+fn gpu_fragmentation(runs: &[keel_sim::world::Run], nodes: &[NodeShape]) -> Option<GpuFragmentation> {
+    use keel_kernel::Amount;
+    // Devices as the kernel makes them: one per whole GPU, and the fraction left as one more.
+    let devices: Vec<Vec<u64>> = nodes
+        .iter()
+        .map(|n| {
+            let g = n.resources.gpu.0;
+            let mut d = vec![Amount::SCALE; (g / Amount::SCALE) as usize];
+            if g % Amount::SCALE > 0 {
+                d.push(g % Amount::SCALE);
+            }
+            d
+        })
+        .collect();
+    let capacity: u64 = devices.iter().flatten().sum();
+    if capacity == 0 {
+        return None;
+    }
+    // (time, +1 start / -1 end, host, device, amount); ends before starts at the same time.
+    let mut events: Vec<(u64, i8, usize, u32, u64)> = Vec::new();
+    for run in runs {
+        for &(device, amount) in &run.gpus {
+            events.push((run.start, 1, run.host, device, amount.0));
+            events.push((run.end, -1, run.host, device, amount.0));
+        }
+    }
+    events.sort_unstable();
+    let mut used: Vec<Vec<u64>> = devices.iter().map(|d| vec![0; d.len()]).collect();
+    let mut idle = capacity;
+    let mut fragmented = 0u64;
+    let (mut weighted_fragmented, mut weighted_idle, mut peak) = (0u128, 0u128, 0u64);
+    let (first, mut last) = (events.first().map_or(0, |e| e.0), events.first().map_or(0, |e| e.0));
+    for (at, sign, host, device, amount) in events {
+        let span = u128::from(at - last);
+        weighted_fragmented += u128::from(fragmented) * span;
+        weighted_idle += u128::from(idle) * span;
+        last = at;
+        let Some(cap) = devices.get(host).and_then(|d| d.get(device as usize)).copied() else { continue };
+        let slot = &mut used[host][device as usize];
+        let part = |u: u64| if u > 0 && u < cap { cap - u } else { 0 };
+        fragmented -= part(*slot);
+        if sign > 0 {
+            *slot = (*slot + amount).min(cap);
+            idle = idle.saturating_sub(amount);
+        } else {
+            *slot = slot.saturating_sub(amount);
+            idle = (idle + amount).min(capacity);
+        }
+        fragmented += part(*slot);
+        peak = peak.max(fragmented);
+    }
+    let whole = u128::from(capacity) * u128::from(last - first);
+    Some(GpuFragmentation {
+        fragmented_share: if whole > 0 { weighted_fragmented as f64 / whole as f64 } else { 0.0 },
+        share_of_idle: if weighted_idle > 0 { weighted_fragmented as f64 / weighted_idle as f64 } else { 0.0 },
+        peak_gpus: peak as f64 / Amount::SCALE as f64,
+    })
 }
 
 /// Whether `job` could ever run on `nodes`: each task fits some node whose GPU model it accepts,

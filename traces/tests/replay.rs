@@ -225,3 +225,25 @@ fn tasks_submitted_later_in_their_job_keep_their_time_and_hold_back_no_other_job
     assert!(near(b.start_ms.unwrap() as f64 / 1e3, 10.0), "{b:?}");
     assert!(near(a.end_ms.unwrap() as f64 / 1e3, 55.0), "A's late task runs 50-55 s: {a:?}");
 }
+
+#[test]
+fn gpu_fragmentation_is_the_idle_share_of_partly_used_gpus_worked_out_by_hand() {
+    use keel_kernel::Amount;
+    // One node, one GPU. A takes half of it for 10 s; B wants it whole for 5 s, so waits for A.
+    // 0-10 s: half a GPU idle on a partly used GPU (fragmented); 10-15 s: none idle.
+    let gpu = |share: f64, ms: u64| Task {
+        resources: ResourceSet::cpus(1).with_gpu(Amount::from_f64(share).unwrap()),
+        ..task(1, ms, vec![], 1)
+    };
+    let jobs = vec![job("A", 0, vec![gpu(0.5, 10_000)], false), job("B", 0, vec![gpu(1.0, 5_000)], false)];
+    let gpu_node =
+        NodeShape { name: "g".into(), resources: ResourceSet::cpus(2).with_gpu(Amount::units(1)), gpu_model: None };
+    let r = replay(&jobs, &options(vec![gpu_node])).unwrap();
+    let f = r.summary.gpu_fragmentation.clone().expect("the cluster has a GPU");
+    assert!((f.fragmented_share - 5.0 / 15.0).abs() < 0.01, "{f:?}");
+    assert!((f.share_of_idle - 1.0).abs() < 0.01, "all the idle GPU time was fragmented: {f:?}");
+    assert!((f.peak_gpus - 0.5).abs() < 1e-9, "{f:?}");
+    let cpu_jobs = vec![job("C", 0, vec![task(1, 1_000, vec![], 1)], false)];
+    let cpu_only = replay(&cpu_jobs, &options(vec![node(2)])).unwrap();
+    assert_eq!(cpu_only.summary.gpu_fragmentation, None);
+}
