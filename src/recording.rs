@@ -90,7 +90,19 @@ pub fn workload(path: &Path) -> Result<Workload, String> {
     let mut tasks: BTreeMap<TaskId, Seen> = BTreeMap::new();
     let mut order: Vec<TaskId> = Vec::new();
     let mut names: BTreeMap<JobId, String> = BTreeMap::new();
-    let mut peak: Vec<NodeShape> = Vec::new();
+    let nodes_of = |head: &keel_kernel::Head| -> Vec<NodeShape> {
+        head.live_nodes()
+            .filter_map(|id| head.cluster().node(id).map(|n| (id, n)))
+            .map(|(id, n)| NodeShape {
+                name: id.to_string(),
+                resources: n.pool.total().clone(),
+                gpu_model: n.labels.get("gpu_model").cloned(),
+            })
+            .collect()
+    };
+    // A journal that goes on from a snapshot starts with the snapshot's nodes.
+    let mut peak: Vec<NodeShape> = rec.snapshot.as_ref().map(|s| nodes_of(&s.head)).unwrap_or_default();
+    let from_snapshot = rec.snapshot.as_ref().map(|s| s.generation);
     let (mut actor_tasks, mut group_tasks, mut labelled) = (0u64, 0u64, 0u64);
     let verified = recording::verify(rec, |head, entry, _outputs: &[HeadOutput]| {
         let Entry::Input { now, input } = entry else { return };
@@ -152,17 +164,8 @@ pub fn workload(path: &Path) -> Result<Workload, String> {
         if !matches!(input, HeadInput::Connect { hello: keel_kernel::proto::Hello::RegisterNode { .. }, .. }) {
             return;
         }
-        let live: Vec<_> = head.live_nodes().collect();
-        if live.len() > peak.len() {
-            peak = live
-                .iter()
-                .filter_map(|id| head.cluster().node(*id).map(|n| (id, n)))
-                .map(|(id, n)| NodeShape {
-                    name: id.to_string(),
-                    resources: n.pool.total().clone(),
-                    gpu_model: n.labels.get("gpu_model").cloned(),
-                })
-                .collect();
+        if head.live_nodes().count() > peak.len() {
+            peak = nodes_of(head);
         }
     })
     .map_err(|e| format!("{e}\n(a recording is read only once it verifies)"))?;
@@ -222,6 +225,11 @@ pub fn workload(path: &Path) -> Result<Workload, String> {
         });
     }
     let mut notes = Vec::new();
+    if let Some(generation) = from_snapshot {
+        notes.push(format!(
+            "the journal goes on from snapshot {generation}: work submitted before it is not in the workload"
+        ));
+    }
     let never = tasks.values().filter(|t| t.ran_ms.is_none()).count();
     if never > 0 {
         notes.push(format!("{never} tasks never ended in the recording: replayed as taking no time"));

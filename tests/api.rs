@@ -350,41 +350,71 @@ fn the_recorded_run_verifies_byte_for_byte_against_a_fresh_kernel_and_replays_as
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["verified"]["outputs"], verified.outputs);
-    // Leave out the first task end a node reported: the kernel then decides otherwise.
+    // Two tampered copies: one missing the first task end a node reported, one where that task
+    // failed instead of finishing. The first is refused for its missing record, the second at the
+    // batch whose outputs the kernel now decides otherwise.
     let entries = recording::read(journal).unwrap().entries;
-    let dropped = entries
-        .iter()
-        .position(|e| {
-            matches!(
-                e,
-                Entry::Input {
-                    input: keel_kernel::HeadInput::FromNode {
-                        msg: keel_kernel::proto::NodeToHead::TaskEnded { .. },
+    let ended = |e: &Entry| {
+        matches!(
+            e,
+            Entry::Input {
+                input: keel_kernel::HeadInput::FromNode {
+                    msg: keel_kernel::proto::NodeToHead::TaskEnded {
+                        outcome: keel_kernel::proto::TaskOutcome::Finished(_),
                         ..
                     },
                     ..
-                }
-            )
-        })
-        .unwrap();
-    let tampered = journal.with_file_name("tampered.journal");
-    let _ = std::fs::remove_file(&tampered);
-    let (mut copy, _) = Journal::open(&tampered).unwrap();
-    for (i, e) in entries.iter().enumerate() {
-        if i != dropped {
-            copy.append(e).unwrap();
+                },
+                ..
+            }
+        )
+    };
+    let first_end = entries.iter().position(ended).unwrap();
+    let write = |name: &str, change: &dyn Fn(usize, &Entry) -> Option<Entry>| {
+        let path = journal.with_file_name(name);
+        let _ = std::fs::remove_file(&path);
+        let (mut copy, _) = Journal::open(&path).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(e) = change(i, e) {
+                copy.append(&e).unwrap();
+            }
         }
-    }
-    copy.sync().unwrap();
-    drop(copy);
-    match recording::verify(recording::read(&tampered).unwrap(), |_, _, _| {}) {
-        Err(RecordingError::Mismatch { record, .. }) => assert!(record as usize >= dropped, "{record} < {dropped}"),
+        copy.sync().unwrap();
+        path
+    };
+    let missing = write("missing.journal", &|i, e| (i != first_end).then(|| e.clone()));
+    match recording::verify(recording::read(&missing).unwrap(), |_, _, _| {}) {
+        Err(RecordingError::MissingRecords { record, .. }) => assert!(record as usize >= first_end),
         other => panic!("a journal missing an input verified: {other:?}"),
     }
-    let out = std::process::Command::new(KEEL).args(["replay", "--verify"]).arg(&tampered).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tampered.journal: record") && err.contains("a fresh machine"), "{err}");
+    let failed = write("failed.journal", &|i, e| {
+        let mut e = e.clone();
+        if i == first_end {
+            if let Entry::Input {
+                input:
+                    keel_kernel::HeadInput::FromNode {
+                        msg: keel_kernel::proto::NodeToHead::TaskEnded { outcome, .. }, ..
+                    },
+                ..
+            } = &mut e
+            {
+                *outcome = keel_kernel::proto::TaskOutcome::Failed(keel_kernel::TaskFailure::Application {
+                    message: "tampered".into(),
+                });
+            }
+        }
+        Some(e)
+    });
+    match recording::verify(recording::read(&failed).unwrap(), |_, _, _| {}) {
+        Err(RecordingError::Mismatch { record, .. }) => assert!(record as usize > first_end, "{record} <= {first_end}"),
+        other => panic!("a journal with a changed input verified: {other:?}"),
+    }
+    for tampered in [&missing, &failed] {
+        let out = std::process::Command::new(KEEL).args(["replay", "--verify"]).arg(tampered).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(".journal: record"), "{err}");
+    }
     // The recording as a workload: its jobs and tasks, on the nodes it ran on.
     let out =
         std::process::Command::new(KEEL).args(["replay", "--format", "keel", "--json"]).arg(journal).output().unwrap();

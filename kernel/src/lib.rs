@@ -68,5 +68,5 @@ pub use errors::{ActorDeath, ErrorReason, InputError, TaskFailure};
 pub use head::{Head, HeadConfig, HeadInput, HeadOutput};
 pub use ids::{ActorId, ConnId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use node::{Node, NodeConfig, NodeInput, NodeOutput};
-pub use resources::{Allocation, Amount, ResourcePool, ResourceSet};
+pub use resources::{Allocation, Amount, ResourcePool, ResourceSet, ResourceSum};
 pub use time::{Duration, Time};

@@ -466,3 +466,51 @@ mod tests {
         assert!((p.utilisation_with(&ResourceSet::cpus(3)) - 1.0).abs() < 1e-9);
     }
 }
+
+/// Amounts summed over many sets (a cluster's free room, a group's bundles) without overflow:
+/// a cluster's memory in `Amount` units passes `u64::MAX` at about 1.6 PiB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceSum {
+    cpu: u128,
+    memory: u128,
+    gpu: u128,
+    /// No entry at zero.
+    custom: BTreeMap<String, u128>,
+}
+
+impl ResourceSum {
+    /// `self += r`.
+    pub fn add(&mut self, r: &ResourceSet) {
+        self.cpu += u128::from(r.cpu.0);
+        self.memory += u128::from(r.memory.0);
+        self.gpu += u128::from(r.gpu.0);
+        for (k, v) in r.custom.iter().filter(|(_, v)| v.0 > 0) {
+            *self.custom.entry(k.clone()).or_default() += u128::from(v.0);
+        }
+    }
+
+    /// `self -= r`; panics if any amount would go negative (a kernel bug).
+    pub fn sub(&mut self, r: &ResourceSet) {
+        let less = |have: u128, take: u64, what: &str| {
+            have.checked_sub(u128::from(take)).unwrap_or_else(|| panic!("{what} sum underflow"))
+        };
+        self.cpu = less(self.cpu, r.cpu.0, "cpu");
+        self.memory = less(self.memory, r.memory.0, "memory");
+        self.gpu = less(self.gpu, r.gpu.0, "gpu");
+        for (k, v) in r.custom.iter().filter(|(_, v)| v.0 > 0) {
+            let have = self.custom.get_mut(k).unwrap_or_else(|| panic!("custom resource {k} missing from the sum"));
+            *have = less(*have, v.0, "custom");
+            if *have == 0 {
+                self.custom.remove(k);
+            }
+        }
+    }
+
+    /// Whether every amount in `self` is at most the matching amount in `other`.
+    pub fn within(&self, other: &ResourceSum) -> bool {
+        self.cpu <= other.cpu
+            && self.memory <= other.memory
+            && self.gpu <= other.gpu
+            && self.custom.iter().all(|(k, v)| other.custom.get(k).is_some_and(|o| v <= o))
+    }
+}

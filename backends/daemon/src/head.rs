@@ -479,7 +479,9 @@ impl Core {
     /// Makes the batch's journal records durable, then sends what the batch produced; takes a
     /// snapshot when the journal has grown long.
     fn release(&mut self) -> Result<(), JournalError> {
-        if self.journal.is_some() && !self.decided.is_empty() {
+        // A batch whose journal append failed gets no record of what it decided: it reads as
+        // unfinished (and is not sent).
+        if self.journal.is_some() && !self.decided.is_empty() && self.journal_failed.is_none() {
             let decided = self.decided.take();
             self.record(&decided);
         }

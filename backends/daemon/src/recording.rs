@@ -37,6 +37,18 @@ pub enum RecordingError {
         /// The file.
         path: PathBuf,
     },
+    /// A batch's record counts more inputs and timer runs than the journal holds before it.
+    #[error("{path}: record {record}: the batch it ends had {expected} inputs and timer runs, the journal holds {got} (records are missing)")]
+    MissingRecords {
+        /// The file.
+        path: PathBuf,
+        /// The index of the batch's [`Entry::Decided`] record.
+        record: u64,
+        /// Records the head wrote.
+        expected: u64,
+        /// Records found.
+        got: u64,
+    },
     /// A fresh machine decided otherwise than the recorded head.
     #[error("{path}: record {record} (batch {batch}, machine time {at_ms} ms): the head decided {expected} outputs, a fresh machine {got}{}\n  inputs of the batch: {inputs}\n  the fresh machine's outputs: {outputs}", if expected == got { " with different bytes" } else { "" })]
     Mismatch {
@@ -76,8 +88,8 @@ pub struct Verified {
     pub restarts: u64,
     /// The snapshot generation the journal goes on from (0: from the start).
     pub from_generation: u64,
-    /// Inputs after the last batch record: the head stopped before making them durable, so
-    /// nothing was decided for them.
+    /// Inputs and timer runs after the last batch record: the head stopped before making them
+    /// durable, so nothing was decided for them.
     pub unfinished_inputs: u64,
 }
 
@@ -131,6 +143,7 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
     let mut hasher = Sha256::new();
     let mut outputs: Vec<HeadOutput> = Vec::new();
     let mut batch_outputs = 0u64;
+    let mut batch_records = 0u64;
     let mut batch_inputs: Vec<String> = Vec::new();
     let mut bytes = Vec::new();
     let mut last_ms = 0;
@@ -141,6 +154,7 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
                 // The head ignored refused inputs too (it logs them): same machine, same answer.
                 let _ = head.handle_input(*now, input.clone());
                 verified.inputs += 1;
+                batch_records += 1;
                 last_ms = now.0 / 1_000_000;
                 if batch_inputs.len() < 3 {
                     let mut text = format!("{input:?}");
@@ -151,10 +165,19 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
             Entry::Timeout { now } => {
                 head.handle_timeout(*now);
                 verified.timeouts += 1;
+                batch_records += 1;
                 last_ms = now.0 / 1_000_000;
             }
-            Entry::Decided { records: _, outputs: expected, digest } => {
+            Entry::Decided { records, outputs: expected, digest } => {
                 let got: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
+                if *records != batch_records {
+                    return Err(RecordingError::MissingRecords {
+                        path: rec.path,
+                        record: index as u64,
+                        expected: *records,
+                        got: batch_records,
+                    });
+                }
                 if got != *digest || batch_outputs != *expected {
                     let shown: Vec<String> = outputs
                         .iter()
@@ -179,6 +202,7 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
                 verified.batches += 1;
                 verified.outputs += batch_outputs;
                 batch_outputs = 0;
+                batch_records = 0;
                 batch_inputs.clear();
                 outputs.clear();
                 continue;
@@ -188,6 +212,7 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
                 verified.restarts += 1;
                 hasher = Sha256::new();
                 batch_outputs = 0;
+                batch_records = 0;
                 batch_inputs.clear();
                 outputs.clear();
                 continue;
@@ -204,6 +229,6 @@ pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])
         }
         each(&head, &entry, &outputs[first_new..]);
     }
-    verified.unfinished_inputs = batch_inputs.len() as u64;
+    verified.unfinished_inputs = batch_records;
     Ok(verified)
 }

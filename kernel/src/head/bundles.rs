@@ -20,7 +20,7 @@
 use super::scheduler::{ClusterView, NoPlacement, NodeKinds, UTILISATION_FULL_BP};
 use crate::ids::NodeId;
 use crate::proto::PlacementStrategy;
-use crate::resources::{Allocation, ResourcePool, ResourceSet};
+use crate::resources::{Allocation, ResourcePool, ResourceSet, ResourceSum};
 
 /// Reserved bundles: `(bundle index, node, allocation)`.
 type Reserved = Vec<(usize, NodeId, Allocation)>;
@@ -76,12 +76,12 @@ impl ClusterView {
         }
         // More than all the free room there is: no layout fits now, so skip the attempt (and its
         // rollback) and answer as a failed attempt would.
-        let mut need = ResourceSet::default();
+        let mut need = ResourceSum::default();
         for &i in &unplaced {
             need.add(&bundles[i]);
         }
-        if !need.fits_in(self.schedulable_free()) {
-            return Err(self.bundles_no_placement(bundles, strategy, &unplaced, &group_nodes));
+        if !need.within(self.schedulable_free()) {
+            return Err(self.bundles_no_placement(bundles, strategy, placed, &unplaced, &group_nodes));
         }
         let mut made: Reserved = Vec::with_capacity(unplaced.len());
         let done = match strategy {
@@ -94,7 +94,7 @@ impl ClusterView {
             for (_, node, alloc) in made.iter().rev() {
                 self.release(*node, alloc);
             }
-            return Err(self.bundles_no_placement(bundles, strategy, &unplaced, &group_nodes));
+            return Err(self.bundles_no_placement(bundles, strategy, placed, &unplaced, &group_nodes));
         }
         made.sort_by_key(|(i, _, _)| *i);
         assert!(made.iter().map(|(i, _, _)| *i).eq(unplaced.iter().copied()), "one reservation per unplaced bundle");
@@ -244,45 +244,53 @@ impl ClusterView {
         found
     }
 
-    /// Whether the schedulable nodes together could hold all of `bundles` (the bundles already
-    /// placed sit on those nodes, so they count too). Identical bundles, as in MPI gangs, are
-    /// counted exactly: how many fit on each empty node, summed. Otherwise each resource is
-    /// summed, a necessary condition for any layout.
-    fn holds_in_total(&self, bundles: &[ResourceSet]) -> bool {
+    /// Whether the schedulable nodes together could hold the group's bundles that need them:
+    /// the unplaced ones and those already placed on schedulable nodes (a bundle on a draining
+    /// node takes none of their room). Identical bundles, as in MPI gangs, are counted exactly:
+    /// how many fit on each empty node, summed. Otherwise each resource is summed, a necessary
+    /// condition for any layout.
+    fn holds_in_total(&self, bundles: &[ResourceSet], placed: &[Option<NodeId>]) -> bool {
+        let counted: Vec<&ResourceSet> = bundles
+            .iter()
+            .zip(placed)
+            .filter(|(_, at)| at.is_none_or(|node| self.node(node).is_some_and(|n| n.schedulable)))
+            .map(|(b, _)| b)
+            .collect();
         let shapes = self.schedulable_shapes(&[]);
-        if bundles.windows(2).all(|w| w[0] == w[1]) {
-            let Some(bundle) = bundles.first() else { return true };
+        if counted.windows(2).all(|w| w[0] == w[1]) {
+            let Some(bundle) = counted.first() else { return true };
             let mut room = 0usize;
             for (pool, count) in shapes {
                 let mut empty = ResourcePool::new(pool.total().clone());
-                let copies = (0..bundles.len()).take_while(|_| empty.try_allocate(bundle).is_some()).count();
+                let copies = (0..counted.len()).take_while(|_| empty.try_allocate(bundle).is_some()).count();
                 room = room.saturating_add(copies.saturating_mul(count));
-                if room >= bundles.len() {
+                if room >= counted.len() {
                     return true;
                 }
             }
             return false;
         }
-        let mut need = ResourceSet::default();
-        for bundle in bundles {
+        let mut need = ResourceSum::default();
+        for bundle in &counted {
             need.add(bundle);
         }
-        let mut have = ResourceSet::default();
+        let mut have = ResourceSum::default();
         for (pool, count) in shapes {
             for _ in 0..count {
                 have.add(pool.total());
-                if need.fits_in(&have) {
+                if need.within(&have) {
                     return true;
                 }
             }
         }
-        need.fits_in(&have)
+        need.within(&have)
     }
 
     fn bundles_no_placement(
         &self,
         bundles: &[ResourceSet],
         strategy: PlacementStrategy,
+        placed: &[Option<NodeId>],
         unplaced: &[usize],
         group_nodes: &[NodeId],
     ) -> NoPlacement {
@@ -306,7 +314,8 @@ impl ClusterView {
                 each_fits && suitable >= unplaced.len()
             }
             PlacementStrategy::Pack | PlacementStrategy::Spread => {
-                unplaced.iter().all(|&i| self.feasible_anywhere(&bundles[i], &[])) && self.holds_in_total(bundles)
+                unplaced.iter().all(|&i| self.feasible_anywhere(&bundles[i], &[]))
+                    && self.holds_in_total(bundles, placed)
             }
         };
         if feasible {
@@ -488,6 +497,48 @@ mod tests {
         assert_eq!(answer, Err(NoPlacement::Infeasible), "8 CPUs in all, but only one node holds 3");
         let mixed = vec![ResourceSet::cpus(3), ResourceSet::cpus(2), ResourceSet::cpus(2)];
         assert!(reserve(&mut view, &mixed, PlacementStrategy::Pack, &[None; 3]).is_ok());
+    }
+
+    #[test]
+    fn bundles_left_on_a_draining_node_take_none_of_the_schedulable_room() {
+        // A Pack group of 8 lay on nodes 1 and 2; node 2 drains, node 1 dies: 4 bundles must be
+        // placed again, and node 3 (4 CPUs, 1 of them busy) will hold them once it is free.
+        let mut view = cluster(&[(4, 0), (4, 0), (4, 0)]);
+        let eight = vec![ResourceSet::cpus(1); 8];
+        let placed = reserve(&mut view, &eight, PlacementStrategy::Pack, &[None; 8]).unwrap();
+        assert!(placed.iter().all(|&node| node != n(3)), "{placed:?}");
+        view.set_schedulable(n(2), false);
+        assert!(view.remove_node(n(1)).is_some());
+        view.allocate(n(3), &ResourceSet::cpus(1)).unwrap();
+        let left: Vec<Option<NodeId>> = placed.iter().map(|&p| (p == n(2)).then_some(p)).collect();
+        assert_eq!(reserve(&mut view, &eight, PlacementStrategy::Pack, &left), Err(NoPlacement::Wait));
+    }
+
+    #[test]
+    fn a_cluster_with_more_memory_than_a_u64_of_amount_units_sums_it_without_overflow() {
+        let mut view = ClusterView::new(SchedulerConfig::default());
+        for i in 0..2_000 {
+            view.add_node(n(i + 1), ResourceSet::cpus(4).with_memory_bytes(1 << 40), Labels::new());
+        }
+        view.check_invariants();
+        let bundles = vec![ResourceSet::cpus(1).with_memory_bytes(1 << 39); 3];
+        assert!(reserve(&mut view, &bundles, PlacementStrategy::Spread, &[None; 3]).is_ok());
+        let too_big = vec![ResourceSet::cpus(4).with_memory_bytes(1 << 40); 2_001];
+        assert_eq!(reserve(&mut view, &too_big, PlacementStrategy::Pack, &[None; 2_001]), Err(NoPlacement::Infeasible));
+    }
+
+    #[test]
+    fn a_view_read_back_from_a_snapshot_works_out_its_free_sum_again() {
+        let mut view = cluster(&[(4, 0), (4, 0)]);
+        view.allocate(n(1), &ResourceSet::cpus(3)).unwrap();
+        let bytes = postcard::to_allocvec(&view).unwrap();
+        let mut back: ClusterView = postcard::from_bytes(&bytes).unwrap();
+        back.check_invariants();
+        let six = vec![ResourceSet::cpus(1); 6];
+        assert_eq!(reserve(&mut back, &six, PlacementStrategy::Pack, &[None; 6]), Err(NoPlacement::Wait), "5 free");
+        let five = vec![ResourceSet::cpus(1); 5];
+        assert!(reserve(&mut back, &five, PlacementStrategy::Pack, &[None; 5]).is_ok());
+        assert_eq!(free_cpus(&back), vec![0, 0]);
     }
 
     #[test]

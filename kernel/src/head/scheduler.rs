@@ -56,7 +56,7 @@
 
 use crate::ids::NodeId;
 use crate::proto::{LabelConstraint, Labels, SchedulingStrategy};
-use crate::resources::{Allocation, Amount, ResourcePool, ResourceSet};
+use crate::resources::{Allocation, Amount, ResourcePool, ResourceSet, ResourceSum};
 use rand_core::RngCore;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -432,21 +432,10 @@ pub struct ClusterView {
     /// change schedulability.
     feasibility_cache: RefCell<FeasibilityCache>,
     /// What the schedulable nodes have free, summed: a group that asks for more cannot be
-    /// reserved now, whatever the layout (see `reserve_bundles`).
-    schedulable_free: ResourceSet,
-}
-
-/// `sum += r`, keeping no custom entry at zero.
-fn sum_add(sum: &mut ResourceSet, r: &ResourceSet) {
-    sum.add(r);
-    sum.custom.retain(|_, amount| amount.0 > 0);
-}
-
-/// `sum -= r`, where `sum` holds at least `r` (custom entries at zero are absent).
-fn sum_sub(sum: &mut ResourceSet, r: &ResourceSet) {
-    let mut r = r.clone();
-    r.custom.retain(|_, amount| amount.0 > 0);
-    sum.sub(&r);
+    /// reserved now, whatever the layout (see `reserve_bundles`). Not in snapshots (their
+    /// layout stays as it was): `None` after a load, until first needed.
+    #[serde(skip)]
+    schedulable_free: Option<ResourceSum>,
 }
 
 /// Whether every constraint matches `labels`.
@@ -558,13 +547,24 @@ impl ClusterView {
             sweeps: 0,
             moves: FxHashMap::default(),
             feasibility_cache: RefCell::new(BTreeMap::new()),
-            schedulable_free: ResourceSet::default(),
+            schedulable_free: Some(ResourceSum::default()),
         }
     }
 
-    /// What the schedulable nodes have free, summed.
-    pub(super) fn schedulable_free(&self) -> &ResourceSet {
-        &self.schedulable_free
+    /// What the schedulable nodes have free, summed (worked out afresh once after a load).
+    pub(super) fn schedulable_free(&mut self) -> &ResourceSum {
+        if self.schedulable_free.is_none() {
+            self.schedulable_free = Some(self.free_summed());
+        }
+        self.schedulable_free.as_ref().expect("just set")
+    }
+
+    fn free_summed(&self) -> ResourceSum {
+        let mut free = ResourceSum::default();
+        for (_, entry) in self.entries().filter(|(_, e)| e.node.schedulable) {
+            free.add(entry.node.pool.available());
+        }
+        free
     }
 
     /// The configuration.
@@ -609,7 +609,9 @@ impl ClusterView {
             }
         };
         let gpu_free = gpu_device_capacities(total.gpu);
-        sum_add(&mut self.schedulable_free, &total);
+        if let Some(free) = &mut self.schedulable_free {
+            free.add(&total);
+        }
         let pool = ResourcePool::new(total);
         let node_state = SchedNode { pool, labels, schedulable: true };
         let entry =
@@ -646,7 +648,9 @@ impl ClusterView {
         class.nodes_count = class.nodes_count.checked_sub(1).expect("class node count underflow");
         if entry.node.schedulable {
             class.schedulable_count = class.schedulable_count.checked_sub(1).expect("schedulable count underflow");
-            sum_sub(&mut self.schedulable_free, entry.node.pool.available());
+            if let Some(free) = &mut self.schedulable_free {
+                free.sub(entry.node.pool.available());
+            }
         }
         self.feasibility_cache.get_mut().clear();
         self.new_epoch(None);
@@ -663,10 +667,10 @@ impl ClusterView {
         }
         entry.node.schedulable = schedulable;
         let available = entry.node.pool.available().clone();
-        if schedulable {
-            sum_add(&mut self.schedulable_free, &available);
-        } else {
-            sum_sub(&mut self.schedulable_free, &available);
+        match (&mut self.schedulable_free, schedulable) {
+            (Some(free), true) => free.add(&available),
+            (Some(free), false) => free.sub(&available),
+            (None, _) => {}
         }
         let entry = self.at(slot);
         let class = entry.class as usize;
@@ -768,7 +772,9 @@ impl ClusterView {
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
         if entry.node.schedulable {
-            sum_sub(&mut self.schedulable_free, &alloc.resources);
+            if let Some(free) = self.schedulable_free.as_mut() {
+                free.sub(&alloc.resources);
+            }
         }
         self.reindex(slot, Move::of(&alloc, true));
         Some(alloc)
@@ -788,7 +794,9 @@ impl ClusterView {
         }
         assert_eq!(entry.gpu_free.iter().sum::<u64>(), entry.node.pool.available().gpu.0);
         if entry.node.schedulable {
-            sum_add(&mut self.schedulable_free, &alloc.resources);
+            if let Some(free) = self.schedulable_free.as_mut() {
+                free.add(&alloc.resources);
+            }
         }
         self.reindex(slot, Move::of(alloc, false));
         self.new_epoch(Some(slot));
@@ -1276,11 +1284,9 @@ impl ClusterView {
                 assert!(entry.bucket.is_none(), "unschedulable node {id} is indexed");
             }
         }
-        let mut free = ResourceSet::default();
-        for (_, entry) in self.entries().filter(|(_, e)| e.node.schedulable) {
-            sum_add(&mut free, entry.node.pool.available());
+        if let Some(free) = &self.schedulable_free {
+            assert_eq!(*free, self.free_summed(), "the schedulable nodes' free sum is stale");
         }
-        assert_eq!(free, self.schedulable_free, "the schedulable nodes' free sum is stale");
         for (i, class) in self.classes.iter().enumerate() {
             assert_eq!(class.nodes_count, nodes_count[i], "class {i} node count");
             assert_eq!(class.schedulable_count, schedulable_count[i], "class {i} schedulable count");
