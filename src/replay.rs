@@ -377,9 +377,10 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     };
     let mut options = options;
     let tick = bar.clone();
-    options.progress = Some(keel_sim::world::Progress(std::sync::Arc::new(move |sim_ms, events, ended| {
+    let total = jobs.iter().filter(|j| !j.recorded.never_ran).count();
+    options.progress = Some(keel_traces::replay::ReplayProgress(std::sync::Arc::new(move |sim_ms, events, done| {
         tick.set_position(sim_ms.min(span_ms));
-        tick.set_message(format!("{ended} tasks ended, {events} events"));
+        tick.set_message(format!("{done} of {total} jobs done, {events} events"));
     })));
     let result = replay(&jobs, &options);
     let r = result?;

@@ -119,10 +119,14 @@ pub struct Params {
     pub progress: Option<Progress>,
 }
 
-/// A progress report: called every 65,536 events with the simulated time (ms), the events
-/// handled and the awaited values resolved so far.
+/// A progress report: called every 65,536 events, and once at the end, with the simulated time
+/// (ms), the events handled, and the planned tasks (by index) whose awaited value was resolved
+/// since the last report.
 #[derive(Clone)]
-pub struct Progress(pub std::sync::Arc<dyn Fn(u64, u64, u64) + Send + Sync>);
+pub struct Progress(pub std::sync::Arc<ProgressFn>);
+
+/// What [`Progress`] calls: simulated ms, events, planned tasks resolved since the last call.
+pub type ProgressFn = dyn Fn(u64, u64, &[u32]) + Send + Sync;
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -406,6 +410,10 @@ pub struct World {
     timeline: Vec<Span>,
     runs: Vec<Run>,
     open_runs: FxHashMap<(usize, u64, WorkerId), (TaskId, u32, Time)>,
+    /// Planned tasks (by index) whose awaited value resolved since the last progress report,
+    /// and the indices of awaited tasks (kept only while progress is reported).
+    resolved_since: Vec<u32>,
+    awaited_index: FxHashMap<TaskId, u32>,
     /// GPU devices of dispatched attempts, while runs are recorded.
     run_gpus: FxHashMap<(TaskId, u32), Vec<(u32, keel_kernel::Amount)>>,
     head_steps: u64,
@@ -532,6 +540,8 @@ impl World {
             runs: Vec::new(),
             open_runs: FxHashMap::default(),
             run_gpus: FxHashMap::default(),
+            resolved_since: Vec::new(),
+            awaited_index: FxHashMap::default(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
         };
@@ -562,9 +572,7 @@ impl World {
             self.now = self.now.max(next.at);
             self.counts.events += 1;
             if self.counts.events & 0xffff == 0 {
-                if let Some(p) = &self.params.progress {
-                    (p.0)(self.now.0 / MS, self.counts.events, self.counts.ready + self.counts.failed);
-                }
+                self.report_progress();
             }
             let event = self.events.remove(next.slot);
             self.handle(event);
@@ -572,6 +580,7 @@ impl World {
                 break;
             }
         }
+        self.report_progress();
         self.finish(deadline)
     }
 
@@ -1789,6 +1798,9 @@ impl World {
                 self.driver_send(DriverToHead::Subscribe(vec![returns[0]]));
             }
         }
+        if t.final_output && self.params.progress.is_some() {
+            self.awaited_index.insert(id, i as u32);
+        }
         if t.final_output {
             for &o in &returns {
                 self.driver.awaited.insert(o, None);
@@ -1890,6 +1902,7 @@ impl World {
                         }
                         self.driver.awaited.insert(object, Some(Resolution::Ready(d)));
                         self.counts.ready += 1;
+                        self.note_resolved(object.task);
                         self.task_ended_in_group(object.task);
                         self.tamper_free_early(object);
                         // A spawning task's value holds its children's refs: await them too.
@@ -1920,6 +1933,7 @@ impl World {
                 if matches!(self.driver.awaited.get(&object), Some(None)) {
                     self.driver.awaited.insert(object, Some(Resolution::Failed(reason)));
                     self.counts.failed += 1;
+                    self.note_resolved(object.task);
                     self.task_ended_in_group(object.task);
                 }
             }
@@ -1979,6 +1993,22 @@ impl World {
         }
         for actor in self.driver.actors.clone() {
             self.driver_send(DriverToHead::KillActor { actor, no_restart: true });
+        }
+    }
+}
+
+impl World {
+    fn report_progress(&mut self) {
+        if let Some(p) = &self.params.progress {
+            (p.0)(self.now.0 / MS, self.counts.events, &self.resolved_since);
+            self.resolved_since.clear();
+        }
+    }
+
+    /// An awaited value resolved: note its planned task for the next progress report.
+    fn note_resolved(&mut self, task: TaskId) {
+        if let Some(&i) = self.awaited_index.get(&task) {
+            self.resolved_since.push(i);
         }
     }
 }

@@ -46,8 +46,52 @@ pub struct Options {
     pub failures: Vec<(usize, u64)>,
     /// The seed of every random choice.
     pub seed: u64,
-    /// Told now and then how far the replay is: simulated ms, events, tasks ended.
-    pub progress: Option<keel_sim::world::Progress>,
+    /// Told now and then how far the replay is (for a progress bar).
+    pub progress: Option<ReplayProgress>,
+}
+
+/// A progress report: called now and then with the simulated time (ms), the events handled and
+/// the jobs done (every task that ends a job has ended, finished or failed).
+#[derive(Clone)]
+pub struct ReplayProgress(pub std::sync::Arc<dyn Fn(u64, u64, usize) + Send + Sync>);
+
+impl std::fmt::Debug for ReplayProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplayProgress")
+    }
+}
+
+/// Jobs done from the planned tasks whose awaited values resolved.
+struct JobsDone {
+    job_of: Vec<u32>,
+    /// Per job: awaited planned tasks not resolved yet.
+    left: Vec<u32>,
+    seen: Vec<bool>,
+    done: usize,
+}
+
+impl JobsDone {
+    fn new(w: &Workload, origin: &[Origin], jobs: usize) -> JobsDone {
+        let mut left = vec![0u32; jobs];
+        for (t, o) in w.tasks.iter().zip(origin) {
+            if t.final_output {
+                left[o.job as usize] += 1;
+            }
+        }
+        JobsDone { job_of: origin.iter().map(|o| o.job).collect(), left, seen: vec![false; origin.len()], done: 0 }
+    }
+
+    fn resolved(&mut self, plan_indices: &[u32]) -> usize {
+        for &i in plan_indices {
+            let i = i as usize;
+            if i < self.seen.len() && !std::mem::replace(&mut self.seen[i], true) {
+                let left = &mut self.left[self.job_of[i] as usize];
+                *left -= 1;
+                self.done += usize::from(*left == 0);
+            }
+        }
+        self.done
+    }
 }
 
 /// What became of one job.
@@ -442,6 +486,13 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         jobs
     };
     let (workload, origin) = plan(jobs, options.policy)?;
+    let progress = options.progress.clone().map(|report| {
+        let state = std::sync::Mutex::new(JobsDone::new(&workload, &origin, jobs.len()));
+        keel_sim::world::Progress(std::sync::Arc::new(move |sim_ms, events, resolved: &[u32]| {
+            let done = state.lock().map(|mut s| s.resolved(resolved)).unwrap_or(0);
+            (report.0)(sim_ms, events, done);
+        }))
+    });
     let hosts: Vec<HostSpec> = options
         .nodes
         .iter()
@@ -505,7 +556,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         record_runs: true,
         exact_durations: true,
         crashed_stay_down: true,
-        progress: options.progress.clone(),
+        progress,
     };
     let outcome = World::new(params).run();
     let job = outcome.job.ok_or("the simulated driver never registered")?;

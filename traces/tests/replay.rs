@@ -247,3 +247,24 @@ fn gpu_fragmentation_is_the_idle_share_of_partly_used_gpus_worked_out_by_hand() 
     let cpu_only = replay(&cpu_jobs, &options(vec![node(2)])).unwrap();
     assert_eq!(cpu_only.summary.gpu_fragmentation, None);
 }
+
+#[test]
+fn progress_reports_count_jobs_done_and_end_with_every_job() {
+    use std::sync::{Arc, Mutex};
+    // A DAG job, a gang and a plain job, then one that can never run (it fails, so it is done too).
+    let jobs = vec![
+        job("dag", 0, vec![task(1, 2_000, vec![], 2), task(1, 1_000, vec![0], 1)], false),
+        job("gang", 500, vec![task(1, 1_000, vec![], 2)], true),
+        job("plain", 1_000, vec![task(1, 1_000, vec![], 1)], false),
+        job("huge", 1_500, vec![task(9, 1_000, vec![], 1)], false),
+    ];
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let sink = seen.clone();
+    let mut o = options(vec![node(2), node(2)]);
+    o.progress = Some(keel_traces::replay::ReplayProgress(Arc::new(move |_, _, done| sink.lock().unwrap().push(done))));
+    let r = replay(&jobs, &o).unwrap();
+    assert_eq!(r.summary.completed, 3);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.last(), Some(&4), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
