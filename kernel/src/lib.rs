@@ -51,6 +51,7 @@
 // allocation per message for nothing.
 #![allow(clippy::large_enum_variant)]
 
+pub mod autoscaler;
 pub mod errors;
 pub mod head;
 pub mod ids;
