@@ -189,6 +189,10 @@ fn describe(out: &HeadOutput) -> Option<String> {
         },
         HeadOutput::NodeDead(n) => format!("dead       node {n} (missed its deadline)"),
         HeadOutput::NodeDrained(n) => format!("drained    node {n}"),
+        HeadOutput::Launch { request, node_type, count } => {
+            format!("launch     {count} x {node_type} (request {request})")
+        }
+        HeadOutput::Terminate { node } => format!("terminate  idle node {node}"),
     })
 }
 

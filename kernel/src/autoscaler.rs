@@ -78,7 +78,7 @@ pub struct Demand {
 }
 
 /// Why demand was not served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Unmet {
     /// No node type (and no node) could ever hold it.
     Infeasible,
@@ -426,3 +426,30 @@ fn trial_fill(ty: &NodeType, items: &[Item]) -> (f64, Vec<u64>) {
     let mean = if shares.is_empty() { 0.0 } else { shares.iter().sum::<f64>() / shares.len() as f64 };
     (mean, pattern)
 }
+
+/// The autoscaler's settings (in [`HeadConfig`](crate::HeadConfig); `None` there: no autoscaling).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AutoscalerConfig {
+    /// The node types the provider can launch.
+    pub node_types: Vec<NodeType>,
+    /// Cluster-wide limits.
+    pub limits: Limits,
+    /// How often it decides.
+    pub period: crate::time::Duration,
+    /// A managed node idle this long is terminated, unless its type is at `min_workers` or
+    /// pending demand could use it.
+    pub idle_timeout: crate::time::Duration,
+    /// Nodes of a launch that have not registered after this long count as failed.
+    pub launch_timeout: crate::time::Duration,
+    /// After this many failed launches of a type in a row, the type is left alone for
+    /// `failure_backoff` (and demand only it can hold is reported at a limit).
+    pub max_launch_failures: u32,
+    /// See `max_launch_failures`.
+    pub failure_backoff: crate::time::Duration,
+}
+
+/// The label a launched node carries with its launch request's number (the provider sets it),
+/// so that the head counts it against its launch.
+pub const LAUNCH_LABEL: &str = "keel.launch";
+/// The label a launched node carries with its type's name.
+pub const NODE_TYPE_LABEL: &str = "keel.node-type";

@@ -323,6 +323,9 @@ pub enum DriverToHead {
     RemoveRef(ObjectId),
     /// Tell me when these objects are ready or failed (get and wait).
     Subscribe(Vec<ObjectId>),
+    /// Ask the autoscaler to keep room for these shapes (shape, count), whatever the queued
+    /// work; replaces the job's earlier request (an empty list withdraws it).
+    RequestResources(Vec<(ResourceSet, u64)>),
     /// Cancel a task; `recursive` cancels the tasks it submitted too; `force` kills its worker.
     Cancel {
         /// The task.

@@ -402,12 +402,16 @@ impl Cluster {
                 }
                 HeadOutput::ToDriver { job, msg } => self.deliver_to_driver(job, msg),
                 HeadOutput::NodeDead(_) => {}
-                // A drained node's daemon is stopped by its host.
-                HeadOutput::NodeDrained(node) => {
+                // A drained node's daemon is stopped by its host, and so is one the autoscaler
+                // terminates.
+                HeadOutput::NodeDrained(node) | HeadOutput::Terminate { node } => {
                     if let Some(host) = self.host_of(node) {
                         self.crash_host(host);
                     }
                 }
+                // Launches are in `head_log`: a test plays the provider (`add_host` with the
+                // launch labels).
+                HeadOutput::Launch { .. } => {}
             }
         }
     }

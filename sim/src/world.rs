@@ -959,6 +959,7 @@ impl World {
             HeadInput::FromNode { .. } => 12,
             HeadInput::DrainNode(_) => 13,
             HeadInput::DriverDisconnected(_) => 14,
+            HeadInput::LaunchFailed { .. } => 17,
         };
         match &input {
             HeadInput::FromDriver { msg: DriverToHead::SubmitTask(spec), .. } => {
@@ -995,6 +996,7 @@ impl World {
             }
             HeadInput::DrainNode(n) => self.log_ids(kind, &[n.0]),
             HeadInput::DriverDisconnected(j) => self.log_ids(kind, &[j.0]),
+            HeadInput::LaunchFailed { request, .. } => self.log_ids(kind, &[*request]),
         }
         let now = self.now;
         if self.guard("head input", |w| {
@@ -1073,6 +1075,9 @@ impl World {
             // answers, such as `Reregister`, still reach it until it registers again.
             HeadOutput::NodeDead(_) => {}
             HeadOutput::NodeDrained(_) => {}
+            // The world's hosts are fixed: its scenarios configure no autoscaler, so the head
+            // asks for no launches and terminates nothing.
+            HeadOutput::Launch { .. } | HeadOutput::Terminate { .. } => {}
         }
     }
 

@@ -761,6 +761,17 @@ impl Core {
                 self.nodes.remove(&node);
             }
             HeadOutput::NodeDrained(node) => tracing::info!(%node, "node drained"),
+            // The head daemon runs no provider yet, and so configures no autoscaler: these are
+            // only emitted when one is configured.
+            HeadOutput::Launch { request, node_type, count } => {
+                tracing::warn!(
+                    request,
+                    node_type,
+                    count,
+                    "the autoscaler asked for nodes, but this head has no provider"
+                );
+            }
+            HeadOutput::Terminate { node } => tracing::warn!(%node, "the autoscaler would stop this idle node"),
         }
     }
 

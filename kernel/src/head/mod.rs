@@ -45,6 +45,7 @@ mod bundles;
 pub mod scheduler;
 
 mod actors;
+mod autoscale;
 mod failures;
 mod invariants;
 mod jobs;
@@ -66,6 +67,7 @@ use scheduler::{ClusterView, SchedulerConfig};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use actors::ActorSummary;
+pub use autoscale::AutoscalerStatus;
 pub use tasks::TaskStateKind;
 
 /// The Head's settings. Everything that shapes a decision is here, including the RNG seed.
@@ -85,6 +87,8 @@ pub struct HeadConfig {
     pub max_lineage_bytes: u64,
     /// Node-selection settings.
     pub scheduler: SchedulerConfig,
+    /// Autoscaling: node types, limits and timeouts (`None`: the cluster is what registers).
+    pub autoscaler: Option<crate::autoscaler::AutoscalerConfig>,
 }
 
 impl Default for HeadConfig {
@@ -97,6 +101,7 @@ impl Default for HeadConfig {
             inline_max_bytes: 100 * 1024,
             max_lineage_bytes: 1 << 30,
             scheduler: SchedulerConfig::default(),
+            autoscaler: None,
         }
     }
 }
@@ -139,6 +144,13 @@ pub enum HeadInput {
     DrainNode(NodeId),
     /// A driver's connection is gone: its job ends as if it had finished, with owner-death reasons.
     DriverDisconnected(JobId),
+    /// The provider could not launch (the rest of) an autoscaler request.
+    LaunchFailed {
+        /// The request's number.
+        request: u64,
+        /// Why, for reports.
+        reason: String,
+    },
 }
 
 /// Everything the Head asks its host to do.
@@ -170,6 +182,22 @@ pub enum HeadOutput {
     NodeDead(NodeId),
     /// A draining node is idle and may be stopped.
     NodeDrained(NodeId),
+    /// Ask the provider for `count` nodes of a type; they register with the launch labels
+    /// ([`LAUNCH_LABEL`](crate::autoscaler::LAUNCH_LABEL) = `request`), or the provider answers
+    /// [`HeadInput::LaunchFailed`].
+    Launch {
+        /// The request's number.
+        request: u64,
+        /// The node type's name.
+        node_type: String,
+        /// How many nodes.
+        count: u32,
+    },
+    /// Stop this node: the autoscaler found it idle (it takes no new work).
+    Terminate {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// A placement-group bundle: the group and the bundle's index.
@@ -184,6 +212,8 @@ enum Timer {
     PlacementGroupInfeasible(PlacementGroupId),
     /// Try again a task whose attempt could not fetch an argument.
     RetryArguments(TaskId, u32),
+    /// The autoscaler's next decision.
+    Autoscale,
 }
 
 /// Counters for reports and benchmarks.
@@ -234,6 +264,8 @@ pub struct Head {
     introduced: BTreeSet<ConnId>,
     /// Per node, tasks running without CPUs they are owed, in the order they ran again.
     debts: BTreeMap<NodeId, Vec<TaskId>>,
+    /// The autoscaler's launches, failures and idle nodes.
+    autoscale: autoscale::AutoscaleState,
 }
 
 impl Head {
@@ -258,6 +290,7 @@ impl Head {
             stats: HeadStats::default(),
             introduced: BTreeSet::new(),
             debts: BTreeMap::new(),
+            autoscale: autoscale::AutoscaleState::default(),
         }
     }
 
@@ -271,6 +304,10 @@ impl Head {
             HeadInput::FromNode { node, msg } => self.on_node_message(node, msg),
             HeadInput::DrainNode(node) => self.on_drain_request(node),
             HeadInput::DriverDisconnected(job) => self.on_driver_gone(job),
+            HeadInput::LaunchFailed { request, .. } => {
+                self.autoscale_launch_failed(request);
+                Ok(())
+            }
         };
         if result.is_err() {
             self.stats.inputs_refused += 1;
@@ -309,6 +346,7 @@ impl Head {
                 Timer::Infeasible(task) => self.on_infeasible_timeout(task),
                 Timer::PlacementGroupInfeasible(pg) => self.on_pg_infeasible_timeout(pg),
                 Timer::RetryArguments(task, attempt) => self.on_argument_retry(task, attempt),
+                Timer::Autoscale => self.on_autoscale_timer(),
             }
         }
         self.schedule_pending();
@@ -434,6 +472,7 @@ impl Head {
     fn advance(&mut self, now: Time) {
         assert!(now >= self.now, "time went backwards: {:?} < {:?}", now, self.now);
         self.now = now;
+        self.autoscale_start();
     }
 
     fn emit(&mut self, output: HeadOutput) {
@@ -445,10 +484,14 @@ impl Head {
             return Err(InputError::DuplicateConnection(conn));
         }
         let answer = match hello {
-            Hello::RegisterNode { version, resources, labels } => self
-                .check_version(version)
-                .and_then(|()| self.register_node(resources, labels))
-                .map(Welcome::NodeRegistered),
+            Hello::RegisterNode { version, resources, labels } => {
+                let registered =
+                    self.check_version(version).and_then(|()| self.register_node(resources, labels.clone()));
+                if registered.is_ok() {
+                    self.autoscale_registered(&labels);
+                }
+                registered.map(Welcome::NodeRegistered)
+            }
             Hello::RegisterJob { version, name } => {
                 self.check_version(version).map(|()| Welcome::JobRegistered(self.register_job(name)))
             }
@@ -489,6 +532,15 @@ impl Head {
             DriverToHead::AddRef(object) => self.add_handle(submitter, object),
             DriverToHead::RemoveRef(object) => self.remove_handle(submitter, object),
             DriverToHead::Subscribe(objects) => self.subscribe(submitter, objects),
+            DriverToHead::RequestResources(shapes) => {
+                for (shape, _) in &shapes {
+                    shape
+                        .validate()
+                        .map_err(|e| InputError::Malformed { what: format!("requested resources: {e}") })?;
+                }
+                self.request_resources(job, shapes);
+                Ok(())
+            }
             DriverToHead::Cancel { task, force, recursive } => {
                 // A job may cancel only its own work.
                 match self.tasks.get(task) {

@@ -48,7 +48,7 @@ pub(super) struct PgRecord {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct PgTable {
     groups: BTreeMap<PlacementGroupId, PgRecord>,
-    pending: BTreeSet<PlacementGroupId>,
+    pub(super) pending: BTreeSet<PlacementGroupId>,
     /// Whether pending groups are worth trying again (capacity changed).
     retry: bool,
 }
@@ -174,8 +174,31 @@ impl Head {
             return;
         }
         if self.pgs.groups.get(&pg).expect("group").infeasible_since.is_some() {
+            if self.autoscaler_could_hold_group(pg) {
+                // Nodes the autoscaler can launch would hold it: it waits for them.
+                let record = self.pgs.groups.get_mut(&pg).expect("group");
+                record.infeasible_since = Some(self.now);
+                let at = self.now + self.config.infeasible_grace;
+                self.set_timer(at, Timer::PlacementGroupInfeasible(pg));
+                return;
+            }
             self.remove_group(pg, ErrorReason::PlacementGroupInfeasible { pg });
         }
+    }
+
+    /// Whether node types the autoscaler can launch could hold the group: every bundle fits a
+    /// type, and a STRICT_PACK group fits one node of a type whole.
+    fn autoscaler_could_hold_group(&self, pg: PlacementGroupId) -> bool {
+        let Some(record) = self.pgs.groups.get(&pg) else { return false };
+        let bundles = &record.spec.bundles;
+        if record.spec.strategy == crate::proto::PlacementStrategy::StrictPack {
+            let mut sum = ResourceSet::default();
+            for b in bundles {
+                sum.add(b);
+            }
+            return self.autoscaler_could_hold(&sum, &[]);
+        }
+        bundles.iter().all(|b| self.autoscaler_could_hold(b, &[]))
     }
 
     pub(super) fn remove_placement_group(&mut self, pg: PlacementGroupId) -> Result<(), InputError> {

@@ -668,6 +668,13 @@ impl Head {
                 _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
             };
         let request = record.spec.resources.clone();
+        if still_infeasible && self.autoscaler_could_hold(&request, &record.spec.label_selector) {
+            // A node the autoscaler can launch would hold it: it waits for one.
+            self.tasks.infeasible.insert(task, self.now);
+            let at = self.now + self.config.infeasible_grace;
+            self.set_timer(at, Timer::Infeasible(task));
+            return;
+        }
         self.tasks.infeasible.remove(&task);
         if still_infeasible {
             self.fail_task(task, ErrorReason::Infeasible { task, request });
