@@ -346,15 +346,16 @@ fn items_of(types: &[NodeType], bins: &[Bin], demand: &Demand) -> Vec<Item> {
             distinct,
         })
         .collect();
-    // A STRICT_SPREAD gang's identical bundles: one distinct item; mixed bundles: one each.
+    // A STRICT_SPREAD gang: one distinct item of as many copies as bundles, each copy the
+    // largest of the bundles in every resource (mixed bundles must not share a node either;
+    // this may ask for a little more than they need, never for too little).
     for bundles in spread_gangs {
-        let mut same: BTreeMap<ResourceSet, u64> = BTreeMap::new();
-        for b in bundles {
-            *same.entry(b).or_default() += 1;
+        let mut cover = ResourceSet::default();
+        for b in &bundles {
+            widen(&mut cover, b);
         }
-        for (need, count) in same {
-            items.push(Item { size: size_against(&need, &scale), need, labels: Vec::new(), count, distinct: true });
-        }
+        let count = bundles.len() as u64;
+        items.push(Item { size: size_against(&cover, &scale), need: cover, labels: Vec::new(), count, distinct: true });
     }
     items.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.need.cmp(&b.need)).then_with(|| a.labels.cmp(&b.labels)));
     items

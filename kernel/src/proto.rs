@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The protocol version every peer announces when it registers.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Node labels: `key = value` pairs a node registers with.
 pub type Labels = BTreeMap<String, String>;
@@ -323,9 +323,6 @@ pub enum DriverToHead {
     RemoveRef(ObjectId),
     /// Tell me when these objects are ready or failed (get and wait).
     Subscribe(Vec<ObjectId>),
-    /// Ask the autoscaler to keep room for these shapes (shape, count), whatever the queued
-    /// work; replaces the job's earlier request (an empty list withdraws it).
-    RequestResources(Vec<(ResourceSet, u64)>),
     /// Cancel a task; `recursive` cancels the tasks it submitted too; `force` kills its worker.
     Cancel {
         /// The task.
@@ -360,6 +357,9 @@ pub enum DriverToHead {
     RemovePlacementGroup(PlacementGroupId),
     /// The driver is done: its job ends, its objects and non-detached actors are released.
     FinishJob,
+    /// Ask the autoscaler to keep room for these shapes (shape, count), whatever the queued
+    /// work; replaces the job's earlier request (an empty list withdraws it).
+    RequestResources(Vec<(ResourceSet, u64)>),
 }
 
 /// The head's messages to a driver or submitting task.

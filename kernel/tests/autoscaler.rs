@@ -76,6 +76,10 @@ fn placement_groups_are_packed_as_gangs_and_a_gang_larger_than_any_node_is_infea
     // STRICT_PACK: 3 x 8 CPUs must share one node; none has 24.
     let p = plan(&types, &limits(), &busy(10), &gang(PlacementStrategy::StrictPack, 3, 8));
     assert_eq!((p.launch.clone(), p.unmet.clone()), (Vec::new(), vec![(cpus(24), 1, Unmet::Infeasible)]));
+    // Mixed STRICT_SPREAD bundles must not share a node either: {3, 1} CPUs on 4-CPU nodes: two.
+    let mixed = Demand { gangs: vec![(PlacementStrategy::StrictSpread, vec![cpus(3), cpus(1)])], ..Demand::default() };
+    let four = [node_type("m4", cpus(4), 100)];
+    assert_eq!(plan(&four, &limits(), &busy(10), &mixed).launch, vec![(0, 2)]);
     // A larger type holds it.
     let types = [node_type("m16", cpus(16), 100), node_type("m32", cpus(32), 100)];
     let p = plan(&types, &limits(), &busy(10), &gang(PlacementStrategy::StrictPack, 3, 8));

@@ -212,3 +212,70 @@ fn nodes_launched_for_a_pending_placement_group_are_not_stopped_while_it_waits_f
     let nodes = c.head.placement_group_nodes(PlacementGroupId(1)).unwrap();
     assert!(nodes.iter().all(Option::is_some), "the group is placed: {nodes:?}");
 }
+
+/// A config with a second type, `zone-a`, whose nodes carry `zone=a`.
+fn config_with_zone() -> HeadConfig {
+    let mut c = config(10, 0);
+    let mut zone = NodeType {
+        name: "zone-a".into(),
+        resources: ResourceSet::cpus(4),
+        labels: Labels::new(),
+        min_workers: 0,
+        max_workers: 10,
+    };
+    zone.labels.insert("zone".into(), "a".into());
+    c.autoscaler.as_mut().unwrap().node_types.push(zone);
+    c
+}
+
+#[test]
+fn a_task_whose_labels_only_a_launchable_type_has_gets_a_node_of_that_type() {
+    let mut c = cluster(config_with_zone());
+    // A static node with room, but no `zone=a`.
+    c.add_host(ResourceSet::cpus(4), Labels::new());
+    let job = c.start_job("zoned");
+    let mut spec = task(job, 0, "ms=10");
+    spec.label_selector =
+        vec![keel_kernel::proto::LabelConstraint::In { key: "zone".into(), values: vec!["a".into()] }];
+    let out = spec.return_ids().next().unwrap();
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    c.run_for(Duration::from_millis(1_500));
+    assert_eq!(launches(&c), vec![(0, "zone-a".into(), 1)]);
+    let mut labels = Labels::new();
+    labels.insert(LAUNCH_LABEL.into(), "0".into());
+    labels.insert(NODE_TYPE_LABEL.into(), "zone-a".into());
+    labels.insert("zone".into(), "a".into());
+    c.add_host(ResourceSet::cpus(4), labels);
+    c.run_for(Duration::from_secs(2));
+    assert!(c.drivers[&job].ready.contains_key(&out));
+}
+
+#[test]
+fn work_bound_to_one_node_still_fails_as_infeasible_and_launches_nothing() {
+    let mut c = cluster(config(10, 0));
+    let job = c.start_job("bound");
+    let mut spec = task(job, 0, "ms=10");
+    spec.strategy = keel_kernel::proto::SchedulingStrategy::NodeAffinity { node: NodeId(99), soft: false };
+    let out = spec.return_ids().next().unwrap();
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    c.run_for(Duration::from_secs(12));
+    assert!(c.drivers[&job].failed.contains_key(&out), "a new node cannot be node 99");
+    assert!(launches(&c).is_empty(), "{:?}", launches(&c));
+}
+
+#[test]
+fn demand_no_type_could_hold_does_not_keep_idle_nodes() {
+    let mut c = cluster(config(10, 0));
+    let job = c.start_job("greedy");
+    c.driver(job, DriverToHead::RequestResources(vec![(ResourceSet::cpus(2), 3)])).unwrap();
+    c.run_for(Duration::from_millis(1_500));
+    let mut started = 0;
+    provide(&mut c, &mut started);
+    c.run_for(Duration::from_secs(2));
+    // Now ask for 64 CPUs at once instead: no type has them; the two nodes are idle.
+    c.driver(job, DriverToHead::RequestResources(vec![(ResourceSet::cpus(64), 1)])).unwrap();
+    c.run_for(Duration::from_secs(8));
+    assert_eq!(terminated(&c).len(), 2, "{:?}", c.head.autoscaler_status());
+}

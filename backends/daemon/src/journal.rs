@@ -32,8 +32,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"KEELJNL1";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNP1";
+const MAGIC: &[u8; 8] = b"KEELJNL2";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNP2";
+/// Written by an earlier Keel whose records and machine had another layout.
+const OLDER: [&[u8; 8]; 2] = [b"KEELJNL1", b"KEELSNP1"];
 /// Records larger than this are corruption, not inputs.
 const MAX_RECORD: u32 = 256 << 20;
 
@@ -60,6 +62,12 @@ pub enum JournalError {
     /// It is not a journal.
     #[error("journal {path} does not start with the journal header (is it another file?)")]
     NotAJournal {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An earlier Keel wrote it, in a layout this one does not read.
+    #[error("{path} was written by an earlier version of Keel; start the head with a fresh --state-dir (or move this one away)")]
+    OlderVersion {
         /// The file.
         path: PathBuf,
     },
@@ -212,6 +220,9 @@ pub fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, JournalError> {
         Err(source) => return Err(JournalError::Io { path: path.to_path_buf(), source }),
     };
     let bad = |detail: String| JournalError::BadSnapshot { path: path.to_path_buf(), detail };
+    if bytes.len() >= 8 && OLDER.iter().any(|m| &bytes[..8] == *m) {
+        return Err(JournalError::OlderVersion { path: path.to_path_buf() });
+    }
     if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(bad("it does not start with the snapshot header".into()));
     }
@@ -391,6 +402,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Entry>, u64), JournalErro
         }
         return Err(JournalError::NotAJournal { path: path.to_path_buf() });
     }
+    if OLDER.iter().any(|m| &bytes[..MAGIC.len()] == *m) {
+        return Err(JournalError::OlderVersion { path: path.to_path_buf() });
+    }
     if &bytes[..MAGIC.len()] != MAGIC {
         return Err(JournalError::NotAJournal { path: path.to_path_buf() });
     }
@@ -539,6 +553,9 @@ mod tests {
         assert!(err.to_string().contains("byte 8"), "{err}");
         std::fs::write(&path, b"something else entirely").unwrap();
         assert!(matches!(Journal::open(&path).err(), Some(JournalError::NotAJournal { .. })));
+        std::fs::write(&path, b"KEELJNL1\0\0\0\0").unwrap();
+        let older = Journal::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(older.contains("earlier version of Keel") && older.contains("--state-dir"), "{older}");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -78,7 +78,10 @@ impl Head {
         if launch.left == 0 {
             self.autoscale.launching.remove(&request);
         }
-        self.autoscale.failures.remove(&node_type);
+        // A node came: the failures in a row end (a backoff under way runs its course).
+        if let Some(entry) = self.autoscale.failures.get_mut(&node_type) {
+            entry.0 = 0;
+        }
     }
 
     /// The provider could not launch (the rest of) a request.
@@ -91,8 +94,10 @@ impl Head {
     fn autoscale_failed(&mut self, node_type: usize, nodes: u32) {
         let Some(config) = &self.config.autoscaler else { return };
         let (max, backoff) = (config.max_launch_failures.max(1), config.failure_backoff);
+        let _ = nodes;
+        // One failed request is one failure, however many nodes it asked for.
         let entry = self.autoscale.failures.entry(node_type).or_insert((0, Time::ZERO));
-        entry.0 = entry.0.saturating_add(nodes.max(1));
+        entry.0 = entry.0.saturating_add(1);
         if entry.0 >= max {
             entry.1 = self.now + backoff;
             entry.0 = 0;
@@ -182,17 +187,15 @@ impl Head {
             let name = config.node_types[node_type].name.clone();
             self.emit(HeadOutput::Launch { request, node_type: name, count });
         }
-        let busy = !plan.unmet.is_empty() || !plan.launch.is_empty() || !self.pgs.pending.is_empty();
+        // Demand no type could ever hold does not keep idle nodes; demand held back by a limit does.
+        let at_limit = plan.unmet.iter().any(|(_, _, why)| *why == Unmet::AtLimit);
+        let busy = at_limit || !plan.launch.is_empty() || !self.pgs.pending.is_empty();
         self.autoscale.unmet = plan.unmet;
         self.autoscale_idle(&config, busy, &types, &bins, &demand);
     }
 
     fn autoscale_demand(&self) -> Demand {
-        let mut demand = Demand::default();
-        let d = self.demand();
-        for (shape, count) in d.queued.into_iter().chain(d.infeasible) {
-            demand.tasks.push((shape, Vec::new(), count));
-        }
+        let mut demand = Demand { tasks: self.tasks.autoscaler_demand(), ..Demand::default() };
         for (_, record) in self.pgs.iter() {
             if record.state != super::placement::PgState::Pending {
                 continue;
@@ -273,7 +276,7 @@ impl Head {
                     .map(|(_, b)| b.clone())
                     .collect();
                 let plan = autoscaler::plan(types, &config.limits, &without, demand);
-                if !plan.launch.is_empty() || !plan.unmet.is_empty() {
+                if !plan.launch.is_empty() || plan.unmet.iter().any(|(_, _, why)| *why == Unmet::AtLimit) {
                     continue;
                 }
                 gone.push(i);

@@ -321,6 +321,35 @@ impl TaskTable {
         shapes.into_iter().collect()
     }
 
+    /// What waits for a node the autoscaler could launch: each queued or infeasible task counted
+    /// once (a task can sit in both, and queues drop stale entries lazily), by shape and label
+    /// constraints. Tasks bound to a placement group or to one node are left out: no new node
+    /// helps them.
+    pub fn autoscaler_demand(&self) -> Vec<(ResourceSet, Vec<LabelConstraint>, u64)> {
+        let mut seen: rustc_hash::FxHashSet<TaskId> = rustc_hash::FxHashSet::default();
+        let mut shapes: BTreeMap<(ResourceSet, Vec<LabelConstraint>), u64> = BTreeMap::new();
+        let queued = self.queues.iter().flat_map(|q| q.iter().copied());
+        for task in queued.chain(self.infeasible.keys().copied()) {
+            if !seen.insert(task) {
+                continue;
+            }
+            let Some(record) = self.get(task) else { continue };
+            if !matches!(record.state, TaskState::Queued) {
+                continue;
+            }
+            let movable = match record.spec.strategy {
+                SchedulingStrategy::Default | SchedulingStrategy::Spread => true,
+                SchedulingStrategy::NodeAffinity { soft, .. } => soft,
+                SchedulingStrategy::PlacementGroup { .. } => false,
+            };
+            if movable {
+                let key = (record.spec.resources.clone(), record.spec.label_selector.clone());
+                *shapes.entry(key).or_default() += 1;
+            }
+        }
+        shapes.into_iter().map(|((r, l), n)| (r, l, n)).collect()
+    }
+
     /// The first task queued in `class`.
     fn queue_front(&self, class: u32) -> Option<TaskId> {
         self.queues[class as usize].front().copied()
@@ -668,7 +697,12 @@ impl Head {
                 _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
             };
         let request = record.spec.resources.clone();
-        if still_infeasible && self.autoscaler_could_hold(&request, &record.spec.label_selector) {
+        let movable = match record.spec.strategy {
+            SchedulingStrategy::Default | SchedulingStrategy::Spread => true,
+            SchedulingStrategy::NodeAffinity { soft, .. } => soft,
+            SchedulingStrategy::PlacementGroup { .. } => false,
+        };
+        if still_infeasible && movable && self.autoscaler_could_hold(&request, &record.spec.label_selector) {
             // A node the autoscaler can launch would hold it: it waits for one.
             self.tasks.infeasible.insert(task, self.now);
             let at = self.now + self.config.infeasible_grace;
