@@ -87,14 +87,13 @@ impl Head {
     /// The provider could not launch (the rest of) a request.
     pub(super) fn autoscale_launch_failed(&mut self, request: u64) {
         if let Some(launch) = self.autoscale.launching.remove(&request) {
-            self.autoscale_failed(launch.node_type, launch.left);
+            self.autoscale_failed(launch.node_type);
         }
     }
 
-    fn autoscale_failed(&mut self, node_type: usize, nodes: u32) {
+    fn autoscale_failed(&mut self, node_type: usize) {
         let Some(config) = &self.config.autoscaler else { return };
         let (max, backoff) = (config.max_launch_failures.max(1), config.failure_backoff);
-        let _ = nodes;
         // One failed request is one failure, however many nodes it asked for.
         let entry = self.autoscale.failures.entry(node_type).or_insert((0, Time::ZERO));
         entry.0 = entry.0.saturating_add(1);
