@@ -194,17 +194,17 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
     }
     let running = bins.iter().filter(|b| !b.launching).count() as f64;
     let launching = bins.iter().filter(|b| b.launching).count() as u64;
+    // Workers are the nodes of the types (a static node, without a type, is not one).
+    let workers = bins.iter().filter(|b| b.node_type.is_some()).count() as u64;
     let pending_cap = ((limits.upscaling_speed.max(0.0) * running).ceil() as u64).max(5);
-    let mut budget =
-        pending_cap.saturating_sub(launching).min(u64::from(limits.max_workers).saturating_sub(bins.len() as u64));
+    let mut budget = pending_cap.saturating_sub(launching).min(u64::from(limits.max_workers).saturating_sub(workers));
     let mut launch: BTreeMap<usize, u32> = BTreeMap::new();
     // Minimum workers first: they take demand like any node.
     for (t, ty) in types.iter().enumerate() {
         let short = ty.min_workers.saturating_sub(per_type[t]).min(ty.max_workers.saturating_sub(per_type[t]));
-        let short =
-            u64::from(short).min(u64::from(limits.max_workers).saturating_sub(bins.len() as u64 + launched(&launch)));
+        let short = u64::from(short).min(budget);
         for _ in 0..short {
-            rooms.push(Room::new(ty.resources.clone(), ty.labels.clone()));
+            rooms.push(Room::new(ty.resources.clone(), labels_of(ty)));
         }
         if short > 0 {
             *launch.entry(t).or_default() += short as u32;
@@ -221,8 +221,8 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
     while let Some(first) = items.iter().position(|i| i.count > 0) {
         let fits_type = |t: usize, item: &Item| {
             let ty = &types[t];
-            labels_match(&item.labels, &ty.labels)
-                && Room::new(ty.resources.clone(), ty.labels.clone()).copies(&item.need, 1) == 1
+            labels_match(&item.labels, &labels_of(ty))
+                && Room::new(ty.resources.clone(), Labels::new()).copies(&item.need, 1) == 1
         };
         let can_open = |t: usize| per_type[t] < types[t].max_workers;
         let candidates: Vec<usize> = (0..types.len()).filter(|&t| fits_type(t, &items[first]) && can_open(t)).collect();
@@ -259,7 +259,7 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
             }
         }
         let quota = u64::from(types[t].max_workers - per_type[t]);
-        let total_left = u64::from(limits.max_workers).saturating_sub(bins.len() as u64 + launched(&launch));
+        let total_left = u64::from(limits.max_workers).saturating_sub(workers + launched(&launch));
         let repeat = repeat.max(1).min(quota).min(budget).min(total_left);
         if repeat == 0 {
             // The cluster-wide limit: nothing more can open.
@@ -277,6 +277,14 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
         launch: launch.into_iter().filter(|(_, n)| *n > 0).collect(),
         unmet: unmet.into_iter().map(|((need, why), n)| (need, n, why)).collect(),
     }
+}
+
+/// A node type's labels as its nodes carry them: its own, and its name under
+/// [`NODE_TYPE_LABEL`] (so work can ask for a type by name).
+pub fn labels_of(ty: &NodeType) -> Labels {
+    let mut labels = ty.labels.clone();
+    labels.insert(NODE_TYPE_LABEL.to_string(), ty.name.clone());
+    labels
 }
 
 fn labels_match(constraints: &[LabelConstraint], labels: &Labels) -> bool {
@@ -404,7 +412,7 @@ fn fill(rooms: &mut [Room], item: &mut Item) {
 /// One empty node of `ty` filled first-fit with the items: the mean share of its resources used,
 /// and how many copies of each item it took.
 fn trial_fill(ty: &NodeType, items: &[Item]) -> (f64, Vec<u64>) {
-    let mut room = Room::new(ty.resources.clone(), ty.labels.clone());
+    let mut room = Room::new(ty.resources.clone(), labels_of(ty));
     let mut pattern = vec![0; items.len()];
     for (i, item) in items.iter().enumerate() {
         if item.count == 0 || !labels_match(&item.labels, &room.labels) {

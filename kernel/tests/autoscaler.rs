@@ -98,12 +98,16 @@ fn per_type_and_cluster_limits_hold_and_what_they_stop_is_reported() {
     let p = plan(&types, &roomy, &busy(10), &tasks(cpus(1), 40));
     assert_eq!(p.launch, vec![(0, 2), (1, 1)]);
     assert_eq!(p.unmet, vec![(cpus(1), 16, Unmet::AtLimit)]);
-    // The cluster's own limit: 10 nodes exist, 12 at most: two launches.
+    // The cluster's own limit: 10 workers exist, 12 at most: two launches. Static nodes (no
+    // type) are not workers and do not count.
     let l = Limits { max_workers: 12, upscaling_speed: 100.0 };
     let types = [node_type("small", cpus(4), 100)];
-    let p = plan(&types, &l, &busy(10), &tasks(cpus(1), 40));
+    let workers: Vec<Bin> = busy(10).into_iter().map(|b| Bin { node_type: Some(0), ..b }).collect();
+    let p = plan(&types, &l, &workers, &tasks(cpus(1), 40));
     assert_eq!(p.launch, vec![(0, 2)]);
     assert_eq!(p.unmet, vec![(cpus(1), 32, Unmet::AtLimit)]);
+    let p = plan(&types, &l, &busy(10), &tasks(cpus(1), 40));
+    assert_eq!(p.launch, vec![(0, 10)], "ten static nodes, no workers yet: ten launches (the demand)");
     // A shape no type has is infeasible, not at a limit.
     let p = plan(&types, &l, &busy(10), &tasks(cpus(1).with_gpu(Amount::units(1)), 3));
     assert_eq!((p.launch, p.unmet), (Vec::new(), vec![(cpus(1).with_gpu(Amount::units(1)), 3, Unmet::Infeasible)]));
@@ -116,8 +120,11 @@ fn min_workers_are_launched_without_demand_and_take_demand_first() {
     let p = plan(&[t.clone()], &limits(), &busy(10), &Demand::default());
     assert_eq!(p.launch, vec![(0, 2)]);
     // 16 one-CPU tasks fit the two minimum nodes: nothing more.
-    let p = plan(&[t], &limits(), &busy(10), &tasks(cpus(1), 16));
+    let p = plan(&[t.clone()], &limits(), &busy(10), &tasks(cpus(1), 16));
     assert_eq!(p.launch, vec![(0, 2)]);
+    // The upscaling speed bounds them too: 8 minimum with nothing running: 5 now.
+    t.min_workers = 8;
+    assert_eq!(plan(&[t], &limits(), &[], &Demand::default()).launch, vec![(0, 5)]);
 }
 
 #[test]
@@ -133,6 +140,10 @@ fn label_constraints_and_fractional_gpus_choose_the_type() {
     // Nine half-GPU tasks: 8 fit one T4 node (4 GPUs x 2), the ninth needs another.
     let p = plan(&types, &limits(), &busy(10), &demand);
     assert_eq!(p.launch, vec![(1, 2)]);
+    // A type can be asked for by name.
+    let by_name = vec![LabelConstraint::In { key: "keel.node-type".into(), values: vec!["a100".into()] }];
+    let demand = Demand { tasks: vec![(cpus(1), by_name, 1)], ..Demand::default() };
+    assert_eq!(plan(&types, &limits(), &busy(10), &demand).launch, vec![(0, 1)]);
 }
 
 // ---- against brute force ----

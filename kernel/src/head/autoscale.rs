@@ -113,7 +113,7 @@ impl Head {
         self.config.autoscaler.as_ref().is_some_and(|c| {
             c.node_types.iter().any(|t| {
                 t.max_workers > 0
-                    && labels.iter().all(|l| l.matches(&t.labels))
+                    && labels.iter().all(|l| l.matches(&autoscaler::labels_of(t)))
                     && crate::resources::ResourcePool::new(t.resources.clone()).could_ever_fit(resources)
             })
         })
@@ -162,7 +162,7 @@ impl Head {
                 bins.push(Bin {
                     node_type: Some(launch.node_type),
                     free: ty.resources.clone(),
-                    labels: ty.labels.clone(),
+                    labels: autoscaler::labels_of(ty),
                     launching: true,
                 });
             }
