@@ -206,9 +206,10 @@ pub fn workload(path: &Path) -> Result<Workload, String> {
                 _ => labelled += 1,
             }
         }
+        // The job's status is its tasks' worst: failed, then unknown, then completed.
         job.recorded.status = match (job.recorded.status, t.status) {
+            _ if job.tasks.is_empty() => t.status,
             (Status::Failed, _) | (_, Status::Failed) => Status::Failed,
-            (Status::Unknown, s) | (s, Status::Unknown) if job.tasks.is_empty() => s,
             (Status::Unknown, _) | (_, Status::Unknown) => Status::Unknown,
             _ => Status::Completed,
         };

@@ -143,9 +143,6 @@ impl Head {
         for request in expired {
             self.autoscale_launch_failed(request);
         }
-        let type_of = |labels: &crate::proto::Labels| {
-            labels.get(NODE_TYPE_LABEL).and_then(|name| config.node_types.iter().position(|t| &t.name == name))
-        };
         // Bins: the room of schedulable nodes, and launching nodes whole.
         let mut bins: Vec<Bin> = Vec::new();
         for node in self.live_nodes().collect::<Vec<_>>() {
@@ -154,7 +151,12 @@ impl Head {
                 continue;
             }
             let free = if n.schedulable { n.pool.available().clone() } else { ResourceSet::default() };
-            bins.push(Bin { node_type: type_of(&n.labels), free, labels: n.labels.clone(), launching: false });
+            bins.push(Bin {
+                node_type: type_index(&config, &n.labels),
+                free,
+                labels: n.labels.clone(),
+                launching: false,
+            });
         }
         for launch in self.autoscale.launching.values() {
             let ty = &config.node_types[launch.node_type];
@@ -227,15 +229,12 @@ impl Head {
         bins: &[Bin],
         demand: &Demand,
     ) {
-        let type_of = |labels: &crate::proto::Labels| {
-            labels.get(NODE_TYPE_LABEL).and_then(|name| config.node_types.iter().position(|t| &t.name == name))
-        };
         let mut per_type: BTreeMap<usize, u32> = BTreeMap::new();
         let mut idle: Vec<(NodeId, usize)> = Vec::new();
         let live: Vec<NodeId> = self.live_nodes().collect();
         for &node in &live {
             let Some(n) = self.cluster.node(node) else { continue };
-            let Some(t) = type_of(&n.labels) else { continue };
+            let Some(t) = type_index(config, &n.labels) else { continue };
             if self.autoscale.terminated.contains(&node) {
                 continue;
             }
@@ -325,4 +324,9 @@ impl Head {
                 .collect(),
         }
     }
+}
+
+/// The index of the node type a node's [`NODE_TYPE_LABEL`] names (`None`: not a managed node).
+fn type_index(config: &autoscaler::AutoscalerConfig, labels: &crate::proto::Labels) -> Option<usize> {
+    labels.get(NODE_TYPE_LABEL).and_then(|name| config.node_types.iter().position(|t| &t.name == name))
 }

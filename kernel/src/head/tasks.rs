@@ -337,12 +337,7 @@ impl TaskTable {
             if !matches!(record.state, TaskState::Queued) {
                 continue;
             }
-            let movable = match record.spec.strategy {
-                SchedulingStrategy::Default | SchedulingStrategy::Spread => true,
-                SchedulingStrategy::NodeAffinity { soft, .. } => soft,
-                SchedulingStrategy::PlacementGroup { .. } => false,
-            };
-            if movable {
+            if a_new_node_could_run(&record.spec.strategy) {
                 let key = (record.spec.resources.clone(), record.spec.label_selector.clone());
                 *shapes.entry(key).or_default() += 1;
             }
@@ -697,12 +692,10 @@ impl Head {
                 _ => !self.cluster.feasible_anywhere(&record.spec.resources, &record.spec.label_selector),
             };
         let request = record.spec.resources.clone();
-        let movable = match record.spec.strategy {
-            SchedulingStrategy::Default | SchedulingStrategy::Spread => true,
-            SchedulingStrategy::NodeAffinity { soft, .. } => soft,
-            SchedulingStrategy::PlacementGroup { .. } => false,
-        };
-        if still_infeasible && movable && self.autoscaler_could_hold(&request, &record.spec.label_selector) {
+        if still_infeasible
+            && a_new_node_could_run(&record.spec.strategy)
+            && self.autoscaler_could_hold(&request, &record.spec.label_selector)
+        {
             // A node the autoscaler can launch would hold it: it waits for one.
             self.tasks.infeasible.insert(task, self.now);
             let at = self.now + self.config.infeasible_grace;
@@ -994,5 +987,15 @@ pub(super) fn arg_ref(arg: &Arg) -> Option<ObjectId> {
     match arg {
         Arg::Ref(object) => Some(*object),
         Arg::Value { .. } => None,
+    }
+}
+
+/// Whether a task placed by `strategy` could run on a node launched for it: not one bound to a
+/// placement group's bundles or, hard, to one node.
+fn a_new_node_could_run(strategy: &SchedulingStrategy) -> bool {
+    match strategy {
+        SchedulingStrategy::Default | SchedulingStrategy::Spread => true,
+        SchedulingStrategy::NodeAffinity { soft, .. } => *soft,
+        SchedulingStrategy::PlacementGroup { .. } => false,
     }
 }
