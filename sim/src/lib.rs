@@ -11,12 +11,14 @@
 //!   random DAGs).
 //! - [`faults`]: fault kinds, schedules and the swarm mix drawn from the seed.
 //! - [`oracle`]: the properties every run must keep, kept apart from the world model.
+//! - [`autoscale`]: autoscaling clusters in TOML: settings, node types, simulated provider.
 //! - [`scenario`]: scenario files (TOML): cluster, workload, faults, expectations.
 //! - [`rng`]: one seed, one stream per concern.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod autoscale;
 pub mod faults;
 pub mod oracle;
 pub mod rng;

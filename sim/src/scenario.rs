@@ -864,7 +864,7 @@ impl Scenario {
 
 /// The line (1-based) where `field` (`fault[2].host`, `workload.kind`) is written in `text`, or
 /// where its table starts when it is missing.
-fn line_of(text: &str, field: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, field: &str) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
     let mut table = doc.as_table();
     let mut span = None;
