@@ -307,6 +307,12 @@ fn report(bar: &ProgressBar, json: bool, seed: u64, o: &Outcome, determinism: Op
         "seed {seed:<6} {verdict:<6} hash {}  {:>8} events  {:>7} ms simulated  faults {:<3} retries {:<4} rebuilt {:<5} nodes lost {:<3} ready {} failed {}",
         o.hash, o.counts.events, o.end_ms, o.counts.faults, h.retries, h.reconstructions, h.nodes_lost, o.counts.ready, o.counts.failed
     ));
+    if let Some(a) = &o.autoscale {
+        say(bar, format!(
+            "  autoscaler: {} launch requests ({} failed), {} nodes launched, {} stopped, {} preempted, peak {}, {} at the end; {:.3} node-hours, cost {:.4}",
+            a.requests, a.failed_requests, a.launched, a.terminated, a.preempted, a.peak_nodes, a.end_nodes, a.node_hours, a.cost
+        ));
+    }
     for v in &o.violations {
         say(bar, format!("  {v}"));
     }

@@ -71,10 +71,47 @@ pub struct Bin {
 pub struct Demand {
     /// Queued tasks: shape, label constraints, count.
     pub tasks: Vec<(ResourceSet, Vec<LabelConstraint>, u64)>,
-    /// Pending placement groups: strategy and bundles.
-    pub gangs: Vec<(PlacementStrategy, Vec<ResourceSet>)>,
+    /// Pending placement groups: their unplaced bundles.
+    pub gangs: Vec<Gang>,
     /// Explicit requests (`request_resources`): shape, count.
     pub requests: Vec<(ResourceSet, u64)>,
+}
+
+/// A pending placement group's bundles not placed yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gang {
+    /// The group's strategy.
+    pub strategy: PlacementStrategy,
+    /// The bundles still to place.
+    pub bundles: Vec<ResourceSet>,
+    /// The bins (indices into the plan's bins) that hold the group's placed bundles: a
+    /// STRICT_SPREAD group's others may not go there, and a STRICT_PACK group's may go nowhere
+    /// else (so no new node is launched for them).
+    pub placed: Vec<usize>,
+}
+
+impl Gang {
+    /// A group none of whose bundles is placed.
+    pub fn new(strategy: PlacementStrategy, bundles: Vec<ResourceSet>) -> Gang {
+        Gang { strategy, bundles, placed: Vec::new() }
+    }
+}
+
+impl Demand {
+    /// The same demand for the bins left when the bins `removed` (indices) are taken away: the
+    /// placed bundles' bin indices follow the bins they name.
+    pub fn without_bins(&self, removed: &[usize]) -> Demand {
+        let mut demand = self.clone();
+        for gang in &mut demand.gangs {
+            gang.placed = gang
+                .placed
+                .iter()
+                .filter(|b| !removed.contains(b))
+                .map(|&b| b - removed.iter().filter(|&&r| r < b).count())
+                .collect();
+        }
+        demand
+    }
 }
 
 /// Why demand was not served.
@@ -103,6 +140,10 @@ struct Item {
     count: u64,
     /// Copies must go to distinct bins (a STRICT_SPREAD gang's bundles: one item per gang).
     distinct: bool,
+    /// Bins (by index) it may not go to: those holding its gang's placed bundles.
+    avoid: Vec<usize>,
+    /// It may go only to bins that exist (the rest of a STRICT_PACK gang placed in part).
+    no_new_node: bool,
     size: u64,
 }
 
@@ -218,6 +259,11 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
     }
     // Then new nodes.
     let mut unmet: BTreeMap<(ResourceSet, Unmet), u64> = BTreeMap::new();
+    // The rest of a STRICT_PACK group placed in part waits for room beside its siblings: no
+    // new node can take it.
+    for item in items.iter_mut().filter(|i| i.no_new_node) {
+        item.count = 0;
+    }
     while let Some(first) = items.iter().position(|i| i.count > 0) {
         let fits_type = |t: usize, item: &Item| {
             let ty = &types[t];
@@ -327,18 +373,23 @@ fn items_of(types: &[NodeType], bins: &[Bin], demand: &Demand) -> Vec<Item> {
         add(need.clone(), Vec::new(), *count, false);
     }
     let mut spread_gangs = Vec::new();
-    for (strategy, bundles) in &demand.gangs {
-        match strategy {
+    let mut pack_rests = Vec::new();
+    for gang in &demand.gangs {
+        match gang.strategy {
             PlacementStrategy::StrictPack => {
                 let mut sum = ResourceSet::default();
-                for b in bundles {
+                for b in &gang.bundles {
                     sum.add(b);
                 }
-                add(sum, Vec::new(), 1, false);
+                if gang.placed.is_empty() {
+                    add(sum, Vec::new(), 1, false);
+                } else {
+                    pack_rests.push((sum, gang.placed.clone()));
+                }
             }
-            PlacementStrategy::StrictSpread => spread_gangs.push(bundles.clone()),
+            PlacementStrategy::StrictSpread => spread_gangs.push((gang.bundles.clone(), gang.placed.clone())),
             PlacementStrategy::Pack | PlacementStrategy::Spread => {
-                for b in bundles {
+                for b in &gang.bundles {
                     add(b.clone(), Vec::new(), 1, false);
                 }
             }
@@ -352,18 +403,31 @@ fn items_of(types: &[NodeType], bins: &[Bin], demand: &Demand) -> Vec<Item> {
             labels,
             count,
             distinct,
+            avoid: Vec::new(),
+            no_new_node: false,
         })
         .collect();
     // A STRICT_SPREAD gang: one distinct item of as many copies as bundles, each copy the
     // largest of the bundles in every resource (mixed bundles must not share a node either;
     // this may ask for a little more than they need, never for too little).
-    for bundles in spread_gangs {
+    // Bundles of a group placed in part keep away from (STRICT_SPREAD) or to (STRICT_PACK) the
+    // bins of their placed siblings.
+    for (bundles, mut avoid) in spread_gangs {
+        avoid.sort_unstable();
+        avoid.dedup();
         let mut cover = ResourceSet::default();
         for b in &bundles {
             widen(&mut cover, b);
         }
         let count = bundles.len() as u64;
-        items.push(Item { size: size_against(&cover, &scale), need: cover, labels: Vec::new(), count, distinct: true });
+        let size = size_against(&cover, &scale);
+        items.push(Item { size, need: cover, labels: Vec::new(), count, distinct: true, avoid, no_new_node: false });
+    }
+    for (need, placed) in pack_rests {
+        let size = size_against(&need, &scale);
+        // Only the bin its siblings are on will do: every other bin is avoided.
+        let avoid = (0..bins.len()).filter(|i| !placed.contains(i)).collect();
+        items.push(Item { size, need, labels: Vec::new(), count: 1, distinct: false, avoid, no_new_node: true });
     }
     items.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.need.cmp(&b.need)).then_with(|| a.labels.cmp(&b.labels)));
     items
@@ -395,11 +459,11 @@ fn size_of(r: &ResourceSet) -> u128 {
 
 /// Fills the rooms first-fit with `item`'s copies.
 fn fill(rooms: &mut [Room], item: &mut Item) {
-    for room in rooms.iter_mut() {
+    for (i, room) in rooms.iter_mut().enumerate() {
         if item.count == 0 {
             return;
         }
-        if !labels_match(&item.labels, &room.labels) {
+        if !labels_match(&item.labels, &room.labels) || item.avoid.binary_search(&i).is_ok() {
             continue;
         }
         let cap = if item.distinct { 1 } else { item.count };
@@ -415,7 +479,7 @@ fn trial_fill(ty: &NodeType, items: &[Item]) -> (f64, Vec<u64>) {
     let mut room = Room::new(ty.resources.clone(), labels_of(ty));
     let mut pattern = vec![0; items.len()];
     for (i, item) in items.iter().enumerate() {
-        if item.count == 0 || !labels_match(&item.labels, &room.labels) {
+        if item.count == 0 || item.no_new_node || !labels_match(&item.labels, &room.labels) {
             continue;
         }
         let cap = if item.distinct { 1 } else { item.count };
@@ -460,5 +524,8 @@ pub struct AutoscalerConfig {
 /// The label a launched node carries with its launch request's number (the provider sets it),
 /// so that the head counts it against its launch.
 pub const LAUNCH_LABEL: &str = "keel.launch";
+/// The label a launched node carries with the provider's name for its machine, so that a node
+/// registering again (after a partition, a daemon restart) does not count twice for its launch.
+pub const INSTANCE_LABEL: &str = "keel.instance";
 /// The label a launched node carries with its type's name.
 pub const NODE_TYPE_LABEL: &str = "keel.node-type";

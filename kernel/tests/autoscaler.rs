@@ -1,7 +1,7 @@
 //! The autoscaler's bin-packing: the cases Ray's users hit, and first-fit decreasing against the
 //! optimal packing of small random cases found by brute force.
 
-use keel_kernel::autoscaler::{plan, Bin, Demand, Limits, NodeType, Plan, Unmet};
+use keel_kernel::autoscaler::{plan, Bin, Demand, Gang, Limits, NodeType, Plan, Unmet};
 use keel_kernel::proto::{LabelConstraint, Labels, PlacementStrategy};
 use keel_kernel::{Amount, ResourceSet};
 use rand_core::{RngCore, SeedableRng};
@@ -68,8 +68,10 @@ fn large_items_go_first_so_nothing_is_launched_for_bad_ordering() {
 #[test]
 fn placement_groups_are_packed_as_gangs_and_a_gang_larger_than_any_node_is_infeasible() {
     let types = [node_type("m16", cpus(16), 100)];
-    let gang =
-        |strategy, n: usize, each: u64| Demand { gangs: vec![(strategy, vec![cpus(each); n])], ..Demand::default() };
+    let gang = |strategy, n: usize, each: u64| Demand {
+        gangs: vec![Gang::new(strategy, vec![cpus(each); n])],
+        ..Demand::default()
+    };
     // STRICT_SPREAD: four 4-CPU bundles on four distinct nodes, not one.
     let p = plan(&types, &limits(), &busy(10), &gang(PlacementStrategy::StrictSpread, 4, 4));
     assert_eq!(p.launch, vec![(0, 4)]);
@@ -77,7 +79,8 @@ fn placement_groups_are_packed_as_gangs_and_a_gang_larger_than_any_node_is_infea
     let p = plan(&types, &limits(), &busy(10), &gang(PlacementStrategy::StrictPack, 3, 8));
     assert_eq!((p.launch.clone(), p.unmet.clone()), (Vec::new(), vec![(cpus(24), 1, Unmet::Infeasible)]));
     // Mixed STRICT_SPREAD bundles must not share a node either: {3, 1} CPUs on 4-CPU nodes: two.
-    let mixed = Demand { gangs: vec![(PlacementStrategy::StrictSpread, vec![cpus(3), cpus(1)])], ..Demand::default() };
+    let mixed =
+        Demand { gangs: vec![Gang::new(PlacementStrategy::StrictSpread, vec![cpus(3), cpus(1)])], ..Demand::default() };
     let four = [node_type("m4", cpus(4), 100)];
     assert_eq!(plan(&four, &limits(), &busy(10), &mixed).launch, vec![(0, 2)]);
     // A larger type holds it.
@@ -88,6 +91,36 @@ fn placement_groups_are_packed_as_gangs_and_a_gang_larger_than_any_node_is_infea
     // m16 for the third bundle (half used, and smaller than an m32 at a quarter).
     let p = plan(&types, &limits(), &busy(10), &gang(PlacementStrategy::Pack, 3, 8));
     assert_eq!((p.launch, p.unmet), (vec![(0, 2)], Vec::new()));
+}
+
+#[test]
+fn the_rest_of_a_group_placed_in_part_keeps_its_strategy_against_its_placed_bundles() {
+    let types = [node_type("m4", cpus(4), 100)];
+    let free = |cpu: u64| Bin { node_type: Some(0), free: cpus(cpu), labels: Labels::new(), launching: false };
+    // A STRICT_SPREAD group lost one bundle; its sibling is on bin 0, which has room for it.
+    let lost = |placed: Vec<usize>| Demand {
+        gangs: vec![Gang { placed, ..Gang::new(PlacementStrategy::StrictSpread, vec![cpus(1)]) }],
+        ..Demand::default()
+    };
+    // Planned as new, it would "fit" beside its sibling and nothing would launch.
+    assert_eq!(plan(&types, &limits(), &[free(3)], &lost(Vec::new())).launch, Vec::new());
+    // Kept away from its sibling's node, it needs a node of its own ...
+    assert_eq!(plan(&types, &limits(), &[free(3)], &lost(vec![0])).launch, vec![(0, 1)]);
+    // ... and takes the room of another node where there is one.
+    assert_eq!(plan(&types, &limits(), &[free(3), free(2)], &lost(vec![0])), Plan::default());
+    // The rest of a STRICT_PACK group can only join its siblings' node: nothing new is launched
+    // for it, even when it does not fit there now.
+    let pack = Demand {
+        gangs: vec![Gang { placed: vec![0], ..Gang::new(PlacementStrategy::StrictPack, vec![cpus(2)]) }],
+        ..Demand::default()
+    };
+    assert_eq!(plan(&types, &limits(), &[free(1)], &pack), Plan::default());
+    // Taking bins away keeps the placed indices pointing at the same bins.
+    let d = Demand {
+        gangs: vec![Gang { placed: vec![0, 2, 3], ..Gang::new(PlacementStrategy::Spread, vec![]) }],
+        ..Demand::default()
+    };
+    assert_eq!(d.without_bins(&[1, 2]).gangs[0].placed, vec![0, 1]);
 }
 
 #[test]

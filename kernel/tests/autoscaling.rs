@@ -1,7 +1,9 @@
 //! The Head's autoscaling decisions, end to end in the in-memory cluster: the test plays the
 //! provider (it starts a node with the launch labels for each node launched).
 
-use keel_kernel::autoscaler::{AutoscalerConfig, Limits, NodeType, Unmet, LAUNCH_LABEL, NODE_TYPE_LABEL};
+use keel_kernel::autoscaler::{
+    AutoscalerConfig, Limits, NodeType, Unmet, INSTANCE_LABEL, LAUNCH_LABEL, NODE_TYPE_LABEL,
+};
 use keel_kernel::proto::{DriverToHead, Labels};
 use keel_kernel::testkit::{task, Cluster};
 use keel_kernel::*;
@@ -100,6 +102,33 @@ fn a_burst_grows_the_cluster_from_zero_runs_everything_and_shrinks_back_after_th
     assert_eq!(launches(&c).len(), 1, "no flapping: nothing launched again without demand");
     assert_eq!(c.head.live_nodes().count(), 0, "back to zero");
     c.check_invariants();
+}
+
+#[test]
+fn a_machine_that_registers_twice_counts_once_for_its_launch() {
+    let mut c = cluster(config(10, 0));
+    let job = c.start_job("twice");
+    for i in 0..8 {
+        c.submit(job, task(job, i, "ms=3000")).unwrap();
+    }
+    c.run_for(Duration::from_millis(1_500));
+    assert_eq!(launches(&c), vec![(0, "cpu4".into(), 2)]);
+    let mut labels = Labels::new();
+    labels.insert(LAUNCH_LABEL.into(), "0".into());
+    labels.insert(NODE_TYPE_LABEL.into(), "cpu4".into());
+    labels.insert(INSTANCE_LABEL.into(), "machine-1".into());
+    // The same machine registers, then registers again (as after a partition).
+    c.add_host(ResourceSet::cpus(4), labels.clone());
+    c.run_for(Duration::from_millis(100));
+    c.add_host(ResourceSet::cpus(4), labels.clone());
+    c.run_for(Duration::from_millis(100));
+    let status = c.head.autoscaler_status();
+    assert_eq!(status.launching, vec![(0, "cpu4".to_string(), 1)], "one node of the launch is still to come");
+    // The other machine settles the launch.
+    labels.insert(INSTANCE_LABEL.into(), "machine-2".into());
+    c.add_host(ResourceSet::cpus(4), labels);
+    c.run_for(Duration::from_millis(100));
+    assert!(c.head.autoscaler_status().launching.is_empty());
 }
 
 #[test]

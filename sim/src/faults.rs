@@ -95,6 +95,13 @@ pub enum Fault {
     },
     /// The job's driver exits: the Head ends the job and everything it owned.
     DriverExit,
+    /// The cloud takes back a node the autoscaler launched (a spot reclaim): the oldest one
+    /// running, of `node_type` when given. It stops at once and never comes back; the head finds
+    /// out when its heartbeats stop.
+    Preempt {
+        /// Only nodes of this type.
+        node_type: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -112,7 +119,11 @@ impl Fault {
             | Fault::CrashWorker { host }
             | Fault::Hang { host, .. }
             | Fault::Disconnect { host } => Some(*host),
-            Fault::Duplicate { .. } | Fault::Reorder { .. } | Fault::Swizzle { .. } | Fault::DriverExit => None,
+            Fault::Duplicate { .. }
+            | Fault::Reorder { .. }
+            | Fault::Swizzle { .. }
+            | Fault::DriverExit
+            | Fault::Preempt { .. } => None,
         }
     }
 
@@ -130,6 +141,7 @@ impl Fault {
             Fault::Swizzle { .. } => "swizzle",
             Fault::Disconnect { .. } => "disconnect",
             Fault::DriverExit => "driver_exit",
+            Fault::Preempt { .. } => "preempt",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`oracle`]: the properties every run must keep, kept apart from the world model.
 //! - [`autoscale`]: autoscaling clusters in TOML: settings, node types, simulated provider.
 //! - [`scenario`]: scenario files (TOML): cluster, workload, faults, expectations.
+//! - [`provider`]: the simulated cloud provider: launch delays and failures, spot reclaims, cost.
 //! - [`rng`]: one seed, one stream per concern.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@
 pub mod autoscale;
 pub mod faults;
 pub mod oracle;
+pub mod provider;
 pub mod rng;
 pub mod scenario;
 pub mod shrink;

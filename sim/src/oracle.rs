@@ -37,6 +37,12 @@ pub enum Property {
     Expectation,
     /// A kernel invariant check panicked.
     KernelInvariant,
+    /// The autoscaler never has more nodes launched or running than a type's `max_workers`
+    /// or the cluster's.
+    MaxWorkers,
+    /// No flapping: a node is not stopped while waiting work could use it and then launched
+    /// again for that work within the window.
+    NoFlapping,
 }
 
 impl fmt::Display for Property {
@@ -150,6 +156,18 @@ impl Observer {
     pub fn check_host_load(&mut self, now: Time, host: usize, total: &ResourceSet, load: &ResourceSet) {
         if !load.fits_in(total) {
             self.violate(Property::NoOverCommit, now, format!("host {host} runs {load:?} on {total:?}"));
+        }
+    }
+
+    /// The provider has launched nodes of a type: now `of_type` of that type and `total` in all
+    /// are launching or running (count, limit), which must stay within the limits.
+    pub fn on_launch(&mut self, now: Time, node_type: &str, of_type: (u64, u32), total: (u64, u32)) {
+        if of_type.0 > u64::from(of_type.1) {
+            let detail = format!("{} nodes of type {node_type}, above its max_workers {}", of_type.0, of_type.1);
+            self.violate(Property::MaxWorkers, now, detail);
+        }
+        if total.0 > u64::from(total.1) {
+            self.violate(Property::MaxWorkers, now, format!("{} worker nodes, above max_workers {}", total.0, total.1));
         }
     }
 

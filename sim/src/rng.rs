@@ -24,6 +24,8 @@ pub enum Stream {
     Nodes = 6,
     /// Choices made while a fault unfolds (which links a swizzle clogs, in which order).
     Unfold = 7,
+    /// The simulated cloud provider: launch delays and failures, spot lifetimes.
+    Provider = 8,
 }
 
 /// SplitMix64's finaliser.
@@ -72,6 +74,11 @@ impl Rng {
             return false;
         }
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// One element of `items` (non-empty).

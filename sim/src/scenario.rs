@@ -34,9 +34,17 @@
 //! min_reconstructions = 1
 //! ```
 //!
+//! An autoscaling cluster adds `[autoscaler]` and `[[node_type]]` tables (see
+//! [`crate::autoscale`]); `cluster.nodes` may then be 0. The simulated provider boots the nodes
+//! the head launches, the `preempt` fault takes one back, and `[expect]` takes `min_launched`,
+//! `max_launched`, `min_failed_launches`, `min_preempted` and `end_nodes` (by default the types'
+//! `min_workers`: the cluster must shrink back). Two more oracles hold on every such run: never
+//! more nodes than `max_workers`, and no flapping.
+//!
 //! A file that does not parse, or names something that does not exist, is refused with an error
 //! that names the file, the line and the field.
 
+use crate::autoscale::{AutoscaleSpec, NodeTypeSpec, Settings};
 use crate::faults::{Fault, Timed, SWARM_KINDS};
 use crate::oracle::{Property, Violation};
 use crate::rng::{Rng, Stream};
@@ -112,6 +120,13 @@ pub struct Scenario {
     /// default; 0: never).
     #[serde(default = "one_step")]
     pub check_every: u64,
+    /// The autoscaler's settings, for an autoscaling cluster (see [`crate::autoscale`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<Settings>,
+    /// The node types the autoscaler launches (the simulated provider boots them); `cluster`
+    /// then gives the static nodes beside them, and may have none.
+    #[serde(default, rename = "node_type", skip_serializing_if = "Vec::is_empty")]
+    pub node_types: Vec<NodeTypeSpec>,
 }
 
 fn one_step() -> u64 {
@@ -122,7 +137,7 @@ fn default_seeds() -> [u64; 2] {
     [0, 4]
 }
 
-/// The machines: `nodes` identical hosts.
+/// The machines: `nodes` identical hosts (none, when node types are given for the autoscaler).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
@@ -395,6 +410,7 @@ impl WorkloadSpec {
 /// | `swizzle` | `ms` |
 /// | `disconnect` | `host` |
 /// | `driver_exit` | |
+/// | `preempt` | `node_type` (any, when not given): the oldest running node the autoscaler launched is taken back |
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
@@ -426,9 +442,12 @@ pub struct FaultSpec {
     /// Maximum extra delay (reorder).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jitter_ms: Option<u64>,
+    /// Only nodes of this type (preempt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_type: Option<String>,
 }
 
-const FAULT_KINDS: [(&str, &[&str]); 11] = [
+const FAULT_KINDS: [(&str, &[&str]); 12] = [
     ("swizzle", &["ms"]),
     ("crash_node", &["host", "restart_ms"]),
     ("partition", &["host", "ms", "inbound", "outbound"]),
@@ -440,6 +459,7 @@ const FAULT_KINDS: [(&str, &[&str]); 11] = [
     ("reorder", &["jitter_ms", "ms"]),
     ("disconnect", &["host"]),
     ("driver_exit", &[]),
+    ("preempt", &["node_type"]),
 ];
 
 impl FaultSpec {
@@ -456,6 +476,7 @@ impl FaultSpec {
             extra_ms: None,
             p: None,
             jitter_ms: None,
+            node_type: None,
         };
         match t.fault {
             Fault::CrashNode { restart_ms, .. } => f.restart_ms = restart_ms,
@@ -467,6 +488,7 @@ impl FaultSpec {
             Fault::Duplicate { p, ms } => (f.p, f.ms) = (Some(p), Some(ms)),
             Fault::Reorder { jitter_ms, ms } => (f.jitter_ms, f.ms) = (Some(jitter_ms), Some(ms)),
             Fault::Swizzle { ms } => f.ms = Some(ms),
+            Fault::Preempt { ref node_type } => f.node_type = node_type.clone(),
             Fault::CrashWorker { .. } | Fault::Disconnect { .. } | Fault::DriverExit => {}
         }
         f
@@ -488,6 +510,7 @@ impl FaultSpec {
             ("extra_ms", self.extra_ms.is_some()),
             ("p", self.p.is_some()),
             ("jitter_ms", self.jitter_ms.is_some()),
+            ("node_type", self.node_type.is_some()),
         ];
         if let Some((extra, _)) = given.iter().find(|(f, g)| *g && !fields.contains(f)) {
             return Err((at(extra), format!("kind `{}` takes no `{extra}`", self.kind)));
@@ -519,6 +542,7 @@ impl FaultSpec {
             "swizzle" => Fault::Swizzle { ms: need(self.ms, "ms")? },
             "disconnect" => Fault::Disconnect { host: host()? },
             "driver_exit" => Fault::DriverExit,
+            "preempt" => Fault::Preempt { node_type: self.node_type.clone() },
             other => unreachable!("kind {other} is listed in FAULT_KINDS"),
         };
         Ok(Timed { at_ms: self.at_ms, fault })
@@ -563,6 +587,19 @@ pub struct Expect {
     /// The run ends (everything resolved and freed) by this time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub done_by_ms: Option<u64>,
+    /// The autoscaler launched at least this many nodes.
+    pub min_launched: u64,
+    /// ... and at most this many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_launched: Option<u64>,
+    /// At least this many launch requests failed.
+    pub min_failed_launches: u64,
+    /// At least this many nodes were taken back by the cloud.
+    pub min_preempted: u64,
+    /// Worker nodes the autoscaler keeps running at the end (by default, when node types are
+    /// given: the sum of their `min_workers`, since the cluster must shrink back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_nodes: Option<u32>,
 }
 
 impl Default for Expect {
@@ -575,6 +612,11 @@ impl Default for Expect {
             min_nodes_lost: 0,
             max_nodes_lost: None,
             done_by_ms: None,
+            min_launched: 0,
+            max_launched: None,
+            min_failed_launches: 0,
+            min_preempted: 0,
+            end_nodes: None,
         }
     }
 }
@@ -604,8 +646,14 @@ impl Scenario {
 
     fn check(&self) -> Result<(), (String, String)> {
         let bad = |field: &str, message: String| Err((field.to_string(), message));
-        if self.cluster.nodes == 0 {
-            return bad("cluster.nodes", "a cluster needs at least one node".into());
+        if self.cluster.nodes == 0 && self.node_types.is_empty() {
+            return bad("cluster.nodes", "a cluster needs at least one node, or node types to launch".into());
+        }
+        if self.autoscaler.is_some() && self.node_types.is_empty() {
+            return bad("autoscaler", "no node types to launch: give at least one [[node_type]]".into());
+        }
+        if let Some(spec) = self.autoscale() {
+            spec.check()?;
         }
         if self.cluster.nodes > 100_000 {
             return bad(
@@ -693,6 +741,14 @@ impl Scenario {
                     format!("host {h}, but the cluster has {} nodes (0..{})", self.cluster.nodes, self.cluster.nodes),
                 );
             }
+            if let Fault::Preempt { node_type } = &t.fault {
+                if self.node_types.is_empty() {
+                    return bad(&format!("fault[{i}].kind"), "nothing to preempt: no [[node_type]] is given".into());
+                }
+                if let Some(name) = node_type.as_ref().filter(|n| !self.node_types.iter().any(|t| &t.name == *n)) {
+                    return bad(&format!("fault[{i}].node_type"), format!("no node type `{name}`"));
+                }
+            }
             if t.at_ms >= self.timing.safety_ms {
                 return bad(
                     &format!("fault[{i}].at_ms"),
@@ -711,6 +767,14 @@ impl Scenario {
         let workload = self.workload.build(0)?;
         workload.validate().map_err(|m| ("workload".to_string(), m))?;
         Ok(())
+    }
+
+    /// The autoscaling cluster, when node types are given.
+    pub fn autoscale(&self) -> Option<AutoscaleSpec> {
+        (!self.node_types.is_empty()).then(|| AutoscaleSpec {
+            autoscaler: self.autoscaler.clone().unwrap_or_default(),
+            node_types: self.node_types.clone(),
+        })
     }
 
     /// The workload for `seed` (only random DAGs depend on it).
@@ -781,6 +845,7 @@ impl Scenario {
             exact_durations: false,
             crashed_stay_down: false,
             progress: None,
+            autoscale: self.autoscale(),
         }
     }
 
@@ -814,6 +879,8 @@ impl Scenario {
             // as every awaited value resolves with its reason and every oracle holds.
             expect: Expect { ready: "any".into(), ..Expect::default() },
             check_every: 1000,
+            autoscaler: None,
+            node_types: Vec::new(),
         }
     }
 
@@ -855,6 +922,24 @@ impl Scenario {
         }
         if let Some(by) = e.done_by_ms.filter(|by| o.end_ms > *by) {
             broken.push(format!("the run ended at {} ms, expected by {by} ms", o.end_ms));
+        }
+        let a = o.autoscale.clone().unwrap_or_default();
+        if a.launched < e.min_launched {
+            broken.push(format!("{} nodes launched, expected at least {}", a.launched, e.min_launched));
+        }
+        if let Some(max) = e.max_launched.filter(|m| a.launched > *m) {
+            broken.push(format!("{} nodes launched, expected at most {max}", a.launched));
+        }
+        if a.failed_requests < e.min_failed_launches {
+            broken.push(format!("{} launches failed, expected at least {}", a.failed_requests, e.min_failed_launches));
+        }
+        if a.preempted < e.min_preempted {
+            broken.push(format!("{} nodes preempted, expected at least {}", a.preempted, e.min_preempted));
+        }
+        let min_workers: u32 = self.node_types.iter().map(|t| t.min_workers).sum();
+        let end_nodes = e.end_nodes.or((!self.node_types.is_empty()).then_some(min_workers));
+        if let Some(want) = end_nodes.filter(|n| a.end_nodes != *n) {
+            broken.push(format!("{} autoscaled nodes running at the end, expected {want}", a.end_nodes));
         }
         for detail in broken {
             o.violations.push(Violation { property: Property::Expectation, at_ms: o.end_ms, detail });
@@ -926,6 +1011,25 @@ tasks = 4
         assert_eq!(s.seeds, [0, 4]);
         assert_eq!(s.timing.node_timeout_ms, 1000);
         assert_eq!(s.workload(0).tasks.len(), 4);
+    }
+
+    #[test]
+    fn autoscaling_scenarios_are_checked_against_their_node_types() {
+        let e = parse(&format!("{SMALL}\n[[fault]]\nat_ms = 5\nkind = \"preempt\"\n")).unwrap_err().to_string();
+        assert_eq!(e, "story.toml: line 12: fault[0].kind: nothing to preempt: no [[node_type]] is given");
+        let typed = SMALL.replace("nodes = 2", "nodes = 0")
+            + "\n[[node_type]]\nname = \"cpu2\"\ncpus = 2\nmax_workers = 3\nlaunch_min_s = 1\nlaunch_mean_s = 2\nlaunch_max_s = 3\n";
+        let s = parse(&typed).unwrap();
+        assert_eq!(s.autoscale().unwrap().config().node_types[0].name, "cpu2");
+        assert_eq!(s.params(0).autoscale, s.autoscale());
+        let e = parse(&format!("{typed}\n[[fault]]\nat_ms = 5\nkind = \"preempt\"\nnode_type = \"gpu\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "story.toml: line 21: fault[0].node_type: no node type `gpu`");
+        let e = parse(&typed.replace("max_workers = 3", "max_workers = 3\nmin_workers = 4")).unwrap_err().to_string();
+        assert_eq!(e, "story.toml: line 14: node_type[0].min_workers: 4 is above max_workers (3)");
+        let e = parse(&SMALL.replace("nodes = 2", "nodes = 0")).unwrap_err().to_string();
+        assert!(e.contains("cluster.nodes: a cluster needs at least one node, or node types to launch"), "{e}");
     }
 
     #[test]

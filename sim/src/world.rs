@@ -75,6 +75,11 @@ pub enum Tamper {
     OverCommit,
     /// The first value rebuilt is produced with different content.
     CorruptRebuild,
+    /// The provider boots one node more than each launch asks for.
+    OverLaunch,
+    /// The first node launched is stopped, as if by the autoscaler, soon after it registers,
+    /// while the work it was launched for still waits.
+    StopWanted,
 }
 
 /// Everything a run is made of.
@@ -117,6 +122,10 @@ pub struct Params {
     pub crashed_stay_down: bool,
     /// Told now and then how far the run is (for a progress bar).
     pub progress: Option<Progress>,
+    /// An autoscaling cluster: the head's autoscaler is configured from it (unless `head`
+    /// already has one), and a simulated provider carries out its launches and terminations.
+    /// The hosts above are then static nodes beside the autoscaler's.
+    pub autoscale: Option<crate::autoscale::AutoscaleSpec>,
 }
 
 /// A progress report: called every 65,536 events, and once at the end, with the simulated time
@@ -210,6 +219,23 @@ enum Event {
     Fault(Fault),
     /// A lasting fault ends.
     Heal(Heal),
+    /// A launched instance has booted: it becomes a host and registers.
+    Boot {
+        instance: usize,
+    },
+    /// The provider reports a launch request failed.
+    LaunchFailed {
+        request: u64,
+        reason: String,
+    },
+    /// The cloud takes a spot instance back.
+    Reclaim {
+        instance: usize,
+    },
+    /// The instance is stopped as if the autoscaler had terminated it (oracle self-tests).
+    TamperStop {
+        instance: usize,
+    },
     /// A worker's task is over (done, or its process died).
     WorkerEnd {
         host: usize,
@@ -298,6 +324,39 @@ struct Host {
     hang_next: Option<Duration>,
     clock_offset: Duration,
     steps: u64,
+    /// Stopped by the provider (terminated or taken back): it never comes back.
+    gone: bool,
+    /// The provider's instance it is.
+    instance: Option<usize>,
+}
+
+impl Host {
+    /// Host `index` of a run, up and not yet registered.
+    fn new(params: &Params, index: usize, spec: HostSpec) -> Host {
+        let mut config = params.node.clone();
+        config.seed = mix64(crate::rng::stream_seed(params.seed, Stream::Nodes) ^ index as u64);
+        Host {
+            spec,
+            node: Node::new(config),
+            id: None,
+            up: true,
+            inc: 0,
+            epoch: 0,
+            conn: ConnId(0),
+            store: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            timer: None,
+            paused_until: Time::ZERO,
+            cut_in_until: Time::ZERO,
+            cut_out_until: Time::ZERO,
+            clog: Duration::ZERO,
+            hang_next: None,
+            clock_offset: Duration::ZERO,
+            steps: 0,
+            gone: false,
+            instance: None,
+        }
+    }
 }
 
 /// The driver of the one job, following its workload plan.
@@ -419,6 +478,9 @@ pub struct World {
     head_steps: u64,
     /// Open spans of the timeline, by (host, incarnation, worker).
     open_spans: BTreeMap<(usize, u64, WorkerId), (Time, String)>,
+    /// The simulated provider, for an autoscaling cluster.
+    provider: Option<crate::provider::Provider>,
+    provider_rng: Rng,
 }
 
 /// The end of a run.
@@ -449,6 +511,9 @@ pub struct Outcome {
     /// When the driver registered, in nanoseconds: planned times count from then.
     #[serde(skip)]
     pub driver_started: u64,
+    /// What the autoscaler and its provider did, for an autoscaling cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::provider::AutoscaleReport>,
 }
 
 /// The Head's own counts at the end of a run.
@@ -475,35 +540,13 @@ const MS: u64 = 1_000_000;
 impl World {
     /// A world for `params`, ready to [`run`](World::run).
     pub fn new(mut params: Params) -> World {
+        let params_seed = params.seed;
         params.head.seed = crate::rng::stream_seed(params.seed, Stream::Head);
-        let hosts = params
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let mut config = params.node.clone();
-                config.seed = mix64(crate::rng::stream_seed(params.seed, Stream::Nodes) ^ i as u64);
-                Host {
-                    spec: spec.clone(),
-                    node: Node::new(config),
-                    id: None,
-                    up: true,
-                    inc: 0,
-                    epoch: 0,
-                    conn: ConnId(0),
-                    store: BTreeMap::new(),
-                    workers: BTreeMap::new(),
-                    timer: None,
-                    paused_until: Time::ZERO,
-                    cut_in_until: Time::ZERO,
-                    cut_out_until: Time::ZERO,
-                    clog: Duration::ZERO,
-                    hang_next: None,
-                    clock_offset: Duration::ZERO,
-                    steps: 0,
-                }
-            })
-            .collect();
+        if let Some(spec) = &params.autoscale {
+            params.head.autoscaler.get_or_insert_with(|| spec.config());
+        }
+        let provider = params.autoscale.clone().map(crate::provider::Provider::new);
+        let hosts = params.hosts.iter().enumerate().map(|(i, spec)| Host::new(&params, i, spec.clone())).collect();
         let mut world = World {
             now: Time::ZERO,
             seq: 0,
@@ -544,6 +587,8 @@ impl World {
             awaited_index: FxHashMap::default(),
             head_steps: 0,
             open_spans: BTreeMap::new(),
+            provider,
+            provider_rng: Rng::new(params_seed, Stream::Provider),
         };
         // Clocks of nodes differ by up to 50 ms (the Head never compares them).
         for i in 0..world.hosts.len() {
@@ -594,6 +639,7 @@ impl World {
                 .hosts
                 .iter()
                 .all(|h| !h.up || (h.store.is_empty() && h.workers.is_empty() && h.node.task_count() == 0))
+            && self.provider.as_ref().is_none_or(|p| p.settled())
     }
 
     fn finish(mut self, deadline: Time) -> Outcome {
@@ -687,6 +733,7 @@ impl World {
             runs: std::mem::take(&mut self.runs),
             job: self.driver.job,
             driver_started: self.driver.started.0,
+            autoscale: self.provider.as_ref().map(|p| p.report(self.now)),
         }
     }
 
@@ -859,13 +906,17 @@ impl World {
             }
             Event::Fault(fault) => self.inject(fault),
             Event::Heal(heal) => self.heal(heal),
+            Event::Boot { instance } => self.boot(instance),
+            Event::LaunchFailed { request, reason } => self.deliver_head(HeadInput::LaunchFailed { request, reason }),
+            Event::Reclaim { instance } => self.stop_instance(instance, "preempted"),
+            Event::TamperStop { instance } => self.stop_instance(instance, "terminated"),
             Event::SafetyEnd => {
                 self.safety_over = true;
                 self.log_ids(3, &[]);
                 for host in 0..self.hosts.len() {
                     let h = &mut self.hosts[host];
                     (h.clog, h.hang_next) = (Duration::ZERO, None);
-                    if !h.up && !self.params.crashed_stay_down {
+                    if !h.up && !h.gone && !self.params.crashed_stay_down {
                         self.restart(host);
                     }
                 }
@@ -1075,9 +1126,12 @@ impl World {
             // answers, such as `Reregister`, still reach it until it registers again.
             HeadOutput::NodeDead(_) => {}
             HeadOutput::NodeDrained(_) => {}
-            // The world's hosts are fixed: its scenarios configure no autoscaler, so the head
-            // asks for no launches and terminates nothing.
-            HeadOutput::Launch { .. } | HeadOutput::Terminate { .. } => {}
+            HeadOutput::Launch { request, node_type, count } => self.launch(request, &node_type, count),
+            HeadOutput::Terminate { node } => {
+                if let Some(instance) = self.by_node.get(&node).and_then(|&h| self.hosts[h].instance) {
+                    self.stop_instance(instance, "terminated");
+                }
+            }
         }
     }
 
@@ -1461,22 +1515,7 @@ impl World {
                 if !self.hosts[host].up {
                     return;
                 }
-                if self.params.record_runs {
-                    // The host's running attempts end with it.
-                    let inc = self.hosts[host].inc;
-                    let mut gone: Vec<_> =
-                        self.open_runs.keys().filter(|(h, i, _)| *h == host && *i == inc).copied().collect();
-                    gone.sort_unstable();
-                    for (h, i, worker) in gone {
-                        self.close_span(h, i, worker, "lost");
-                    }
-                }
-                let h = &mut self.hosts[host];
-                h.up = false;
-                h.inc += 1;
-                h.store.clear();
-                h.workers.clear();
-                h.timer = None;
+                self.take_down(host);
                 if let Some(ms) = restart_ms {
                     self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Restart(host)));
                 }
@@ -1557,6 +1596,15 @@ impl World {
                 self.hosts[host].inc += 1;
                 self.restart(host);
             }
+            Fault::Preempt { node_type } => {
+                let Some(p) = &self.provider else { return };
+                let matches = |t: usize| node_type.as_ref().is_none_or(|n| *n == p.spec.node_types[t].name);
+                let oldest =
+                    p.instances.iter().position(|i| i.ended.is_none() && i.host.is_some() && matches(i.node_type));
+                if let Some(instance) = oldest {
+                    self.stop_instance(instance, "preempted");
+                }
+            }
             Fault::DriverExit => {
                 if let Some(job) = self.driver.job.filter(|_| !self.driver.gone) {
                     self.driver.gone = true;
@@ -1578,11 +1626,169 @@ impl World {
             Heal::Duplicate => self.duplicate_p = 0.0,
             Heal::Reorder => self.reorder_jitter = None,
             Heal::Restart(host) => {
-                if !self.hosts[host].up {
+                if !self.hosts[host].up && !self.hosts[host].gone {
                     self.restart(host);
                 }
             }
         }
+    }
+
+    /// The host's machine stops: its workers and stored bytes are lost.
+    fn take_down(&mut self, host: usize) {
+        if self.params.record_runs {
+            // The host's running attempts end with it.
+            let inc = self.hosts[host].inc;
+            let mut gone: Vec<_> = self.open_runs.keys().filter(|(h, i, _)| *h == host && *i == inc).copied().collect();
+            gone.sort_unstable();
+            for (h, i, worker) in gone {
+                self.close_span(h, i, worker, "lost");
+            }
+        }
+        let h = &mut self.hosts[host];
+        h.up = false;
+        h.inc += 1;
+        h.store.clear();
+        h.workers.clear();
+        h.timer = None;
+    }
+
+    // ---- the provider ----
+
+    /// The head asks for `count` nodes of a type: the request fails as a whole, or each node
+    /// boots after its own delay.
+    fn launch(&mut self, request: u64, node_type: &str, count: u32) {
+        let Some(p) = &mut self.provider else { return };
+        p.requests += 1;
+        let Some(t) = p.spec.node_types.iter().position(|ty| ty.name == node_type) else {
+            p.failed_requests += 1;
+            let reason = format!("no node type `{node_type}`");
+            self.schedule(self.now, Event::LaunchFailed { request, reason });
+            return;
+        };
+        let ty = p.spec.node_types[t].clone();
+        let stopped = p.stopped_while_wanted[t];
+        self.log_ids(20, &[request, t as u64, u64::from(count)]);
+        if self.provider_rng.chance(ty.launch_fail_p) {
+            self.provider.as_mut().expect("checked").failed_requests += 1;
+            // The cloud's API answers within the shortest boot time.
+            let after = crate::autoscale::seconds(ty.launch_min_s * self.provider_rng.unit());
+            let reason = format!("{node_type}: the cloud has no capacity for {count} nodes");
+            self.schedule(self.now + after, Event::LaunchFailed { request, reason });
+            return;
+        }
+        let config = self.params.head.autoscaler.as_ref().expect("set with the provider");
+        let (limit, window) = (config.limits.max_workers, config.idle_timeout);
+        // Launched again for work that waited when one of its nodes was stopped: flapping.
+        if let Some(stopped) = stopped.filter(|s| self.now.saturating_since(*s) < window) {
+            let detail = format!(
+                "a node of type {node_type} was stopped at {} ms while waiting work could use it, and {count} more were launched {} ms later",
+                stopped.0 / MS,
+                self.now.saturating_since(stopped).0 / MS
+            );
+            self.obs.violate(Property::NoFlapping, self.now, detail);
+        }
+        let extra = u32::from(self.params.tamper == Some(Tamper::OverLaunch));
+        for _ in 0..count + extra {
+            let delay = ty.launch_delay(self.provider_rng.unit());
+            let p = self.provider.as_mut().expect("checked");
+            let instance = p.instances.len();
+            p.instances.push(crate::provider::Instance {
+                node_type: t,
+                request,
+                launched: self.now,
+                host: None,
+                ended: None,
+            });
+            self.schedule(self.now + delay, Event::Boot { instance });
+        }
+        let p = self.provider.as_mut().expect("checked");
+        p.note(self.now);
+        let (of_type, total) = (p.live(Some(t)), p.live(None));
+        self.obs.on_launch(self.now, node_type, (of_type, ty.max_workers), (total, limit));
+        if self.params.timeline {
+            let name = format!("launch {count} x {node_type} (request {request})");
+            let (start, end) = (self.now.0, self.now.0);
+            self.timeline.push(Span { host: usize::MAX, worker: None, name, start, end, how: "fault" });
+        }
+    }
+
+    /// An instance has booted: a new host, with the type's resources and the launch's labels.
+    fn boot(&mut self, instance: usize) {
+        let Some(p) = &mut self.provider else { return };
+        let inst = &p.instances[instance];
+        if inst.ended.is_some() {
+            return;
+        }
+        let ty = &p.spec.node_types[inst.node_type];
+        let kernel_type =
+            &self.params.head.autoscaler.as_ref().expect("set with the provider").node_types[inst.node_type];
+        let mut labels = keel_kernel::autoscaler::labels_of(kernel_type);
+        let request = inst.request;
+        labels.insert(keel_kernel::autoscaler::LAUNCH_LABEL.to_string(), request.to_string());
+        labels.insert(keel_kernel::autoscaler::INSTANCE_LABEL.to_string(), format!("i-{instance}"));
+        let spec = HostSpec { resources: ty.resources(), labels };
+        let lifetime = ty.preempt_mean_s.map(|mean| -mean * (1.0 - self.provider_rng.unit()).ln());
+        let host = self.hosts.len();
+        let mut h = Host::new(&self.params, host, spec);
+        h.clock_offset = Duration(self.provider_rng.below(50) * MS);
+        h.instance = Some(instance);
+        self.hosts.push(h);
+        let p = self.provider.as_mut().expect("checked");
+        p.instances[instance].host = Some(host);
+        p.note(self.now);
+        self.log_ids(21, &[instance as u64, host as u64]);
+        if let Some(s) = lifetime {
+            self.schedule(self.now + crate::autoscale::seconds(s), Event::Reclaim { instance });
+        }
+        if self.params.tamper == Some(Tamper::StopWanted) && !self.tamper_spent {
+            self.tamper_spent = true;
+            self.schedule(self.now + Duration::from_millis(50), Event::TamperStop { instance });
+        }
+        self.register(host);
+    }
+
+    /// An instance stops (`terminated` by the autoscaler, or `preempted` by the cloud).
+    fn stop_instance(&mut self, instance: usize, how: &'static str) {
+        let now = self.now;
+        let Some(p) = &mut self.provider else { return };
+        let inst = &mut p.instances[instance];
+        if inst.ended.is_some() {
+            return;
+        }
+        inst.ended = Some((now, how));
+        let (t, host) = (inst.node_type, inst.host);
+        p.note(now);
+        self.log_ids(22, &[instance as u64, u64::from(how == "preempted")]);
+        if how == "terminated" && self.work_waits_for(t) {
+            self.provider.as_mut().expect("checked").stopped_while_wanted[t] = Some(now);
+        }
+        if let Some(host) = host {
+            if self.params.timeline {
+                let name = format!("{how} (instance {instance})");
+                self.timeline.push(Span { host, worker: None, name, start: now.0, end: now.0, how: "fault" });
+            }
+            self.hosts[host].gone = true;
+            if self.hosts[host].up {
+                self.take_down(host);
+            }
+        }
+    }
+
+    /// Whether work waits that an empty node of type `t` could run: a queued task, or an
+    /// unplaced bundle of a group the driver made.
+    fn work_waits_for(&self, t: usize) -> bool {
+        let Some(config) = &self.params.head.autoscaler else { return false };
+        let pool = keel_kernel::resources::ResourcePool::new(config.node_types[t].resources.clone());
+        let demand = self.head.demand();
+        if demand.queued.iter().chain(&demand.infeasible).any(|(shape, _)| pool.could_ever_fit(shape)) {
+            return true;
+        }
+        self.driver.groups.iter().any(|&pg| {
+            let Some(nodes) = self.head.placement_group_nodes(pg) else { return false };
+            let g = &self.params.workload.groups[pg.0 as usize - 1];
+            let bundle = g.bundle.clone().unwrap_or_else(|| cpu_hundredths(g.cpu_hundredths));
+            nodes.iter().any(Option::is_none) && pool.could_ever_fit(&bundle)
+        })
     }
 
     /// A host comes back with a fresh daemon, registering as a new node.

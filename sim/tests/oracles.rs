@@ -42,6 +42,53 @@ fn broken(tamper: Option<Tamper>) -> Vec<Property> {
     p
 }
 
+/// A burst on an empty cluster that the autoscaler grows to its limit of four nodes.
+const AUTOSCALED: &str = r#"
+description = "oracle self-test: autoscaling"
+[cluster]
+nodes = 0
+cpus = 0
+[timing]
+safety_ms = 500
+liveness_ms = 120000
+[workload]
+kind = "independent"
+tasks = 24
+ms = 2000
+[autoscaler]
+period_s = 0.5
+idle_timeout_s = 5
+[[node_type]]
+name = "cpu2"
+cpus = 2
+max_workers = 4
+launch_min_s = 1
+launch_mean_s = 1.5
+launch_max_s = 3
+"#;
+
+fn broken_autoscaled(tamper: Option<Tamper>) -> Vec<Property> {
+    let outcome = scenario(AUTOSCALED).run(2, tamper);
+    let mut p: Vec<Property> = outcome.violations.iter().map(|v| v.property).collect();
+    p.dedup();
+    p
+}
+
+#[test]
+fn the_untampered_autoscaled_run_keeps_every_property() {
+    assert_eq!(broken_autoscaled(None), vec![]);
+}
+
+#[test]
+fn a_provider_launching_more_than_asked_is_caught_above_max_workers() {
+    assert!(broken_autoscaled(Some(Tamper::OverLaunch)).contains(&Property::MaxWorkers));
+}
+
+#[test]
+fn a_node_stopped_while_its_work_waits_and_launched_again_is_caught_as_flapping() {
+    assert!(broken_autoscaled(Some(Tamper::StopWanted)).contains(&Property::NoFlapping));
+}
+
 #[test]
 fn the_untampered_base_run_keeps_every_property() {
     assert_eq!(broken(None), vec![]);

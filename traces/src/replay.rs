@@ -557,6 +557,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         exact_durations: true,
         crashed_stay_down: true,
         progress,
+        autoscale: None,
     };
     let outcome = World::new(params).run();
     let job = outcome.job.ok_or("the simulated driver never registered")?;

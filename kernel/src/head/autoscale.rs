@@ -16,7 +16,7 @@
 //! could use it waits, so the cluster does not launch and stop for the same demand (Ray #50783).
 
 use super::{Head, HeadOutput, Timer};
-use crate::autoscaler::{self, Bin, Demand, NodeType, Unmet, LAUNCH_LABEL, NODE_TYPE_LABEL};
+use crate::autoscaler::{self, Bin, Demand, Gang, NodeType, Unmet, INSTANCE_LABEL, LAUNCH_LABEL, NODE_TYPE_LABEL};
 use crate::ids::{JobId, NodeId};
 use crate::resources::ResourceSet;
 use crate::time::Time;
@@ -29,6 +29,8 @@ pub(super) struct Launching {
     /// Nodes still to register.
     left: u32,
     since: Time,
+    /// The machines ([`INSTANCE_LABEL`]) that registered for it.
+    seen: Vec<String>,
 }
 
 /// The autoscaler's memory.
@@ -44,7 +46,7 @@ pub(super) struct AutoscaleState {
     /// What the last decision could not serve.
     pub unmet: Vec<(ResourceSet, u64, Unmet)>,
     /// Nodes the autoscaler terminated (they take no work; their loss is expected).
-    terminated: Vec<NodeId>,
+    pub terminated: Vec<NodeId>,
     started: bool,
 }
 
@@ -73,6 +75,13 @@ impl Head {
     pub(super) fn autoscale_registered(&mut self, labels: &crate::proto::Labels) {
         let Some(request) = labels.get(LAUNCH_LABEL).and_then(|r| r.parse::<u64>().ok()) else { return };
         let Some(launch) = self.autoscale.launching.get_mut(&request) else { return };
+        // A machine registering again is not one more node of its launch.
+        if let Some(instance) = labels.get(INSTANCE_LABEL) {
+            if launch.seen.contains(instance) {
+                return;
+            }
+            launch.seen.push(instance.clone());
+        }
         launch.left = launch.left.saturating_sub(1);
         let node_type = launch.node_type;
         if launch.left == 0 {
@@ -145,11 +154,13 @@ impl Head {
         }
         // Bins: the room of schedulable nodes, and launching nodes whole.
         let mut bins: Vec<Bin> = Vec::new();
+        let mut bin_nodes: Vec<NodeId> = Vec::new();
         for node in self.live_nodes().collect::<Vec<_>>() {
             let Some(n) = self.cluster.node(node) else { continue };
             if self.autoscale.terminated.contains(&node) {
                 continue;
             }
+            bin_nodes.push(node);
             let free = if n.schedulable { n.pool.available().clone() } else { ResourceSet::default() };
             bins.push(Bin {
                 node_type: type_index(&config, &n.labels),
@@ -179,12 +190,14 @@ impl Head {
                 _ => t.clone(),
             })
             .collect();
-        let demand = self.autoscale_demand();
+        let demand = self.autoscale_demand(&bin_nodes);
         let plan = autoscaler::plan(&types, &config.limits, &bins, &demand);
         for &(node_type, count) in &plan.launch {
             let request = self.autoscale.next_request;
             self.autoscale.next_request += 1;
-            self.autoscale.launching.insert(request, Launching { node_type, left: count, since: self.now });
+            self.autoscale
+                .launching
+                .insert(request, Launching { node_type, left: count, since: self.now, seen: Vec::new() });
             let name = config.node_types[node_type].name.clone();
             self.emit(HeadOutput::Launch { request, node_type: name, count });
         }
@@ -195,7 +208,9 @@ impl Head {
         self.autoscale_idle(&config, busy, &types, &bins, &demand);
     }
 
-    fn autoscale_demand(&self) -> Demand {
+    /// The demand; `bin_nodes` are the nodes of the plan's bins, in order (a group placed in
+    /// part names its placed bundles' bins).
+    fn autoscale_demand(&self, bin_nodes: &[NodeId]) -> Demand {
         let mut demand = Demand { tasks: self.tasks.autoscaler_demand(), ..Demand::default() };
         for (_, record) in self.pgs.iter() {
             if record.state != super::placement::PgState::Pending {
@@ -210,7 +225,13 @@ impl Head {
                 .map(|(r, _)| r.clone())
                 .collect();
             if !unplaced.is_empty() {
-                demand.gangs.push((record.spec.strategy, unplaced));
+                let placed = record
+                    .bundles
+                    .iter()
+                    .flatten()
+                    .filter_map(|b| bin_nodes.iter().position(|n| *n == b.node))
+                    .collect();
+                demand.gangs.push(Gang { placed, ..Gang::new(record.spec.strategy, unplaced) });
             }
         }
         for shapes in self.autoscale.requests.values() {
@@ -273,7 +294,9 @@ impl Head {
                     .filter(|(j, _)| *j != i && !gone.contains(j))
                     .map(|(_, b)| b.clone())
                     .collect();
-                let plan = autoscaler::plan(types, &config.limits, &without, demand);
+                let mut removed = gone.clone();
+                removed.push(i);
+                let plan = autoscaler::plan(types, &config.limits, &without, &demand.without_bins(&removed));
                 if !plan.launch.is_empty() || plan.unmet.iter().any(|(_, _, why)| *why == Unmet::AtLimit) {
                     continue;
                 }

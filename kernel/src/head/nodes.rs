@@ -238,7 +238,10 @@ impl Head {
     /// its bundles, and recover every still-referenced object that lost its last copy.
     pub(super) fn on_node_lost(&mut self, node: NodeId) {
         let Some(record) = self.nodes.remove(node) else { return };
-        self.stats.nodes_lost += 1;
+        // A node the autoscaler stopped was expected to go: it is not a loss.
+        if !self.autoscale.terminated.contains(&node) {
+            self.stats.nodes_lost += 1;
+        }
         self.cluster.remove_node(node);
         self.emit(HeadOutput::NodeDead(node));
         // Copies first, so that tasks retried below see their lost arguments as missing.
