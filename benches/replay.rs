@@ -23,7 +23,7 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn options(nodes: Vec<NodeShape>) -> Options {
-    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None }
+    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None, autoscale: None }
 }
 
 fn nasa() -> Option<(Vec<Job>, Vec<NodeShape>)> {

@@ -43,6 +43,17 @@ use std::path::{Path, PathBuf};
 ///   keel replay --compare before.json after.json    (two saved `--json` results)
 ///   keel replay ~/.keel/head/head.journal --verify
 ///   keel replay --synthetic 1000000 --nodes 10000
+///   keel replay trace.swf --autoscale cluster.toml --report out/
+///
+/// An autoscaling cluster file (--autoscale):
+///   [autoscaler]
+///   idle_timeout_s = 60        # optional: max_workers, upscaling_speed, period_s, launch_timeout_s, ...
+///   [[node_type]]
+///   name = "cpu32"
+///   cpus = 32
+///   max_workers = 20
+///   launch_min_s = 30          # optional: boot delay min, mean and max
+///   cost_per_hour = 1.20       # optional: for the cost report
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -113,6 +124,14 @@ pub struct ReplayArgs {
     /// output exactly as the recorded head did, byte for byte (no simulation).
     #[arg(long)]
     verify: bool,
+    /// Replay on an autoscaling cluster: the autoscaler launches the file's node types as the
+    /// work asks for them (a simulated provider boots them after their launch delay, and may
+    /// fail launches or take spot nodes back), and stops them when idle. The static nodes are
+    /// then only those of --cluster or --nodes (none by default). Reports node-hours, cost, the
+    /// tasks' pending time, and (with --report) nodes over time. See `keel up --help` for the
+    /// file's format.
+    #[arg(long, value_name = "TOML")]
+    autoscale: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,7 +366,16 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
     }
     let started = std::time::Instant::now();
     let loaded = load(args, file)?;
-    let nodes = cluster(args, &loaded, args.nodes)?;
+    let autoscale = match &args.autoscale {
+        Some(path) => Some(keel_sim::autoscale::AutoscaleSpec::load_simulated(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    // With an autoscaler, static nodes only where asked for.
+    let nodes = if autoscale.is_some() && args.nodes.is_none() && args.cluster.is_none() {
+        Vec::new()
+    } else {
+        cluster(args, &loaded, args.nodes)?
+    };
     let vs_nodes = args.vs_nodes.map(|n| cluster(args, &loaded, Some(n))).transpose()?;
     let Loaded { jobs, what, skipped, .. } = loaded;
     if jobs.is_empty() {
@@ -359,6 +387,7 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         failures: parse_failures(&args.fail)?,
         seed: args.seed,
         progress: None,
+        autoscale,
     };
     let read_in = started.elapsed();
     // The bar follows simulated time up to the last submit (the tail after it is short).
@@ -458,7 +487,8 @@ fn policy(p: PolicyArg) -> Policy {
 }
 
 fn describe(o: &Options) -> String {
-    format!("{} nodes, {:?}", o.nodes.len(), o.policy).to_lowercase()
+    let scaled = if o.autoscale.is_some() { " + autoscaler" } else { "" };
+    format!("{} nodes{scaled}, {:?}", o.nodes.len(), o.policy).to_lowercase()
 }
 
 /// A saved `--json` result: its name (file and settings) and its summary.
@@ -495,6 +525,10 @@ fn print_comparison(a_name: &str, a: &keel_traces::replay::Summary, b_name: &str
     row("bounded slowdown mean", a.bounded_slowdown.mean, b.bounded_slowdown.mean);
     row("jobs per hour", a.jobs_per_hour, b.jobs_per_hour);
     row("node-hours", a.node_hours, b.node_hours);
+    row("task pending p50 (s)", a.task_pending_s.p50, b.task_pending_s.p50);
+    if let (Some(x), Some(y)) = (&a.autoscale, &b.autoscale) {
+        row("autoscaler cost", x.cost, y.cost);
+    }
     for (k, v) in &a.utilisation {
         row(&format!("{k} utilisation (%)"), v * 100.0, b.utilisation.get(k).copied().unwrap_or(0.0) * 100.0);
     }
@@ -514,15 +548,16 @@ fn print_summary(
 ) {
     let s = &r.summary;
     println!("{} ({what})", file.display());
+    let on = match &options.autoscale {
+        Some(a) => {
+            let types: Vec<&str> = a.node_types.iter().map(|t| t.name.as_str()).collect();
+            format!("{} static nodes and an autoscaler ({})", options.nodes.len(), types.join(", "))
+        }
+        None => format!("{} nodes", options.nodes.len()),
+    };
     println!(
-        "replayed {} jobs on {} nodes, {:?} policy, seed {}: {} completed, {} unfinished, {} attempts retried",
-        s.jobs,
-        options.nodes.len(),
-        args.policy,
-        args.seed,
-        s.completed,
-        s.unfinished,
-        s.retries
+        "replayed {} jobs on {on}, {:?} policy, seed {}: {} completed, {} unfinished, {} attempts retried",
+        s.jobs, args.policy, args.seed, s.completed, s.unfinished, s.retries
     );
     println!("makespan {}; {:.1} jobs/h; {:.1} node-hours", human_seconds(s.makespan_s), s.jobs_per_hour, s.node_hours);
     println!("{:<24}{:>12}{:>12}{:>12}{:>12}{:>12}", "", "mean", "p50", "p95", "p99", "max");
@@ -532,11 +567,29 @@ fn print_summary(
     row("completion time (s)", &s.completion_s);
     row("queueing delay (s)", &s.wait_s);
     row("bounded slowdown", &s.bounded_slowdown);
+    row("task pending (s)", &s.task_pending_s);
     if let Some(recorded) = &s.recorded_wait_s {
         row("recorded wait (s)", recorded);
     }
     let util: Vec<String> = s.utilisation.iter().map(|(k, v)| format!("{k} {:.1}%", v * 100.0)).collect();
     println!("utilisation: {}", util.join(", "));
+    if let Some(a) = &s.autoscale {
+        let hours: Vec<String> = a.node_hours_by_type.iter().map(|(t, h)| format!("{t} {h:.1}")).collect();
+        println!(
+            "autoscaler: {} launch requests ({} failed), {} nodes launched, {} stopped when idle, {} preempted, \
+             at most {} at once, {} at the end; {:.1} node-hours ({}), cost {:.2}",
+            a.requests,
+            a.failed_requests,
+            a.launched,
+            a.terminated,
+            a.preempted,
+            a.peak_nodes,
+            a.end_nodes,
+            a.node_hours,
+            hours.join(", "),
+            a.cost
+        );
+    }
     if let Some(f) = &s.gpu_fragmentation {
         println!(
             "GPU fragmentation: {:.1}% of GPU capacity idle on partly used GPUs ({:.1}% of the idle GPU capacity), at most {:.1} GPUs",

@@ -91,6 +91,44 @@ fn a_cluster_file_replaces_the_traces_cluster_and_nodes_takes_its_first_or_repea
 }
 
 #[test]
+fn an_autoscaled_replay_reports_its_nodes_and_a_bad_cluster_file_is_named() {
+    let dir = scratch("autoscale");
+    let spec = dir.join("scale.toml");
+    std::fs::write(
+        &spec,
+        "[autoscaler]\nidle_timeout_s = 30\n\n[[node_type]]\nname = \"cpu4\"\ncpus = 4\nmax_workers = 3\n\
+         launch_min_s = 5\nlaunch_mean_s = 10\nlaunch_max_s = 30\ncost_per_hour = 1\n",
+    )
+    .unwrap();
+    let spec = spec.display().to_string();
+    let report = dir.join("report");
+    let out = Command::new(KEEL)
+        .args(["replay", &data("small.swf"), "--autoscale", &spec, "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("on 0 static nodes and an autoscaler (cpu4)"), "{text}");
+    assert!(text.contains("task pending (s)") && text.contains("autoscaler: "), "{text}");
+    let svg = std::fs::read_to_string(report.join("nodes.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Autoscaled nodes over time"));
+    // 12 CPUs at most: the 8-processor gang runs on two nodes at once; everything completes and
+    // the cluster is empty at the end.
+    let r = replay_json(&[&data("small.swf"), "--autoscale", &spec]).unwrap();
+    let a = &r["summary"]["autoscale"];
+    assert_eq!(r["summary"]["completed"], 3, "{r}");
+    assert!(a["launched"].as_u64().unwrap() >= 2 && a["peak_nodes"].as_u64().unwrap() <= 3, "{a}");
+    assert_eq!(a["end_nodes"], 0, "{a}");
+    assert!(a["node_hours"].as_f64().unwrap() > 0.0 && a["cost"] == a["node_hours"], "{a}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[node_type]]\nname = \"x\"\ncpus = 2\nmax_workers = 1\nmin_workers = 2\n").unwrap();
+    let err = replay_json(&[&data("small.swf"), "--autoscale", &bad.display().to_string()]).unwrap_err();
+    assert!(err.contains("bad.toml: line 5: node_type[0].min_workers: 2 is above max_workers (1)"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_header_less_swf_file_needs_nodes_and_compressed_csv_files_are_read() {
     let dir = scratch("formats");
     let text = std::fs::read_to_string(data("small.swf")).unwrap();

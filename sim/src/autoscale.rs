@@ -175,9 +175,24 @@ impl NodeTypeSpec {
                 return Err((at(field), format!("{v} is not an amount (from 0, below 1e9)")));
             }
         }
+        if self.gpus > 1.0 && self.gpus.fract() != 0.0 {
+            return Err((at("gpus"), format!("{}: above one, GPUs come whole (a fraction shares one GPU)", self.gpus)));
+        }
+        let plain = |s: &str| !s.is_empty() && !s.contains([',', '=']) && !s.chars().any(char::is_whitespace);
         for (name, &v) in &self.resources {
-            if name.is_empty() || !(0.0..1e9).contains(&v) {
+            if !plain(name) {
+                return Err((at("resources"), format!("`{name}`: a name is non-empty, without spaces, `,` or `=`")));
+            }
+            if !(0.0..1e9).contains(&v) {
                 return Err((at(&format!("resources.{name}")), format!("{v} is not an amount of `{name}`")));
+            }
+        }
+        for (key, value) in &self.labels {
+            if !plain(key) || value.contains(',') || value.chars().any(char::is_whitespace) {
+                return Err((
+                    at("labels"),
+                    format!("`{key} = {value}`: keys are non-empty, without spaces, `,` or `=`; values without spaces or `,`"),
+                ));
             }
         }
         if self.resources().is_empty() {
@@ -263,16 +278,6 @@ impl AutoscaleSpec {
                 return Err((at("name"), format!("`{}` is also node_type[{j}]'s name", t.name)));
             }
             t.check(&at)?;
-            let launch_timeout = self.autoscaler.launch_timeout_s;
-            if t.launch_max_s >= launch_timeout {
-                return Err((
-                    at("launch_max_s"),
-                    format!(
-                        "{} s is not below autoscaler.launch_timeout_s ({launch_timeout} s): slow launches would be given up on while they still boot",
-                        t.launch_max_s
-                    ),
-                ));
-            }
         }
         let s = &self.autoscaler;
         let durations = [
@@ -290,6 +295,38 @@ impl AutoscaleSpec {
             return Err(("autoscaler.upscaling_speed".into(), format!("{} is not a speed", s.upscaling_speed)));
         }
         Ok(())
+    }
+
+    /// Checks what only a simulation uses: every simulated launch boots within the launch
+    /// timeout (a later one would be given up on while it still boots).
+    pub fn check_simulated(&self) -> Result<(), (String, String)> {
+        let launch_timeout = self.autoscaler.launch_timeout_s;
+        for (i, t) in self.node_types.iter().enumerate() {
+            if t.launch_max_s >= launch_timeout {
+                return Err((
+                    format!("node_type[{i}].launch_max_s"),
+                    format!(
+                        "{} s is not below autoscaler.launch_timeout_s ({launch_timeout} s): slow launches would be given up on while they still boot",
+                        t.launch_max_s
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks a cluster file for a simulation (see [`AutoscaleSpec::check_simulated`]).
+    pub fn load_simulated(path: &Path) -> Result<AutoscaleSpec, ScenarioError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })?;
+        let spec = AutoscaleSpec::parse(path, &text)?;
+        spec.check_simulated().map_err(|(field, message)| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            line: line_of(&text, &field),
+            field,
+            message,
+        })?;
+        Ok(spec)
     }
 
     /// The kernel's configuration.
@@ -376,6 +413,15 @@ cost_per_hour = 0.5
     }
 
     #[test]
+    fn a_simulation_refuses_launches_slower_than_the_launch_timeout() {
+        let slow = TWO.replace("cost_per_hour = 0.5", "launch_max_s = 900");
+        let spec = parse(&slow).expect("a real provider may boot slowly: its own timeout decides");
+        let (field, message) = spec.check_simulated().unwrap_err();
+        assert_eq!(field, "node_type[1].launch_max_s");
+        assert!(message.starts_with("900 s is not below autoscaler.launch_timeout_s (600 s)"), "{message}");
+    }
+
+    #[test]
     fn bad_cluster_files_name_the_line_and_the_field() {
         let cases = [
             (
@@ -395,11 +441,9 @@ cost_per_hour = 0.5
                 "line 3: autoscaler.idle_timeout_s: -1 s is not a duration",
             ),
             (TWO.replace("cpus = 4\n", "cpus = 4\ncolour = 1\n"), "unknown field `colour`"),
-            (
-                TWO.replace("cost_per_hour = 0.5", "launch_max_s = 900"),
-                "node_type[1].launch_max_s: 900 s is not below autoscaler.launch_timeout_s (600 s)",
-            ),
             ("[autoscaler]\n".to_string(), "missing field `node_type`"),
+            (TWO.replace("gpus = 1", "gpus = 1.5"), "line 14: node_type[1].gpus: 1.5: above one, GPUs come whole"),
+            (TWO.replace("accel = \"t4\"", "\"a,b\" = \"t4\""), "node_type[1].labels: `a,b = t4`"),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err().to_string();

@@ -10,7 +10,7 @@
 
 use crate::autoscale::AutoscaleSpec;
 use keel_kernel::Time;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One node the provider was asked for.
@@ -40,7 +40,7 @@ pub(crate) struct Provider {
 }
 
 /// Worker nodes at a moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodesAt {
     /// Simulated time, in milliseconds.
     pub ms: u64,
@@ -51,7 +51,7 @@ pub struct NodesAt {
 }
 
 /// What the autoscaler and its provider did in a run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AutoscaleReport {
     /// Launch requests the head made.
     pub requests: u64,
@@ -67,6 +67,8 @@ pub struct AutoscaleReport {
     pub peak_nodes: u32,
     /// Worker nodes running at the end.
     pub end_nodes: u32,
+    /// The most nodes of each type at once (booting or running).
+    pub peak_by_type: BTreeMap<String, u32>,
     /// Node-hours billed, by type.
     pub node_hours_by_type: BTreeMap<String, f64>,
     /// Node-hours billed in all.
@@ -133,6 +135,26 @@ impl Provider {
             *by_type.entry(t.name.clone()).or_default() += hours;
             cost += hours * t.cost_per_hour;
         }
+        // Peaks per type: a sweep of launches (+1) and ends (-1), ends first at one time.
+        let mut peak_by_type: BTreeMap<String, u32> = BTreeMap::new();
+        for (t, ty) in self.spec.node_types.iter().enumerate() {
+            let mut steps: Vec<(Time, i8)> = Vec::new();
+            for i in self.instances.iter().filter(|i| i.node_type == t) {
+                steps.push((i.launched, 1));
+                if let Some((at, _)) = i.ended {
+                    steps.push((at, -1));
+                }
+            }
+            steps.sort_unstable();
+            let (mut level, mut peak) = (0i64, 0i64);
+            for (_, d) in steps {
+                level += i64::from(d);
+                peak = peak.max(level);
+            }
+            if peak > 0 {
+                peak_by_type.insert(ty.name.clone(), peak as u32);
+            }
+        }
         let ended = |how: &str| self.instances.iter().filter(|i| i.ended.is_some_and(|(_, h)| h == how)).count() as u64;
         AutoscaleReport {
             requests: self.requests,
@@ -142,6 +164,7 @@ impl Provider {
             preempted: ended("preempted"),
             peak_nodes: self.series.iter().map(|s| s.booting + s.running).max().unwrap_or(0),
             end_nodes: self.running(),
+            peak_by_type,
             node_hours: by_type.values().sum(),
             node_hours_by_type: by_type,
             cost,

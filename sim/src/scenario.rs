@@ -654,6 +654,7 @@ impl Scenario {
         }
         if let Some(spec) = self.autoscale() {
             spec.check()?;
+            spec.check_simulated()?;
         }
         if self.cluster.nodes > 100_000 {
             return bad(

@@ -48,6 +48,9 @@ pub struct Options {
     pub seed: u64,
     /// Told now and then how far the replay is (for a progress bar).
     pub progress: Option<ReplayProgress>,
+    /// An autoscaler and its node types, launched by the simulated provider beside `nodes`
+    /// (which may then be empty).
+    pub autoscale: Option<keel_sim::autoscale::AutoscaleSpec>,
 }
 
 /// A progress report: called now and then with the simulated time (ms), the events handled and
@@ -208,7 +211,8 @@ pub struct Summary {
     pub utilisation: std::collections::BTreeMap<String, f64>,
     /// Jobs completed per hour.
     pub jobs_per_hour: f64,
-    /// Nodes times the makespan, hours.
+    /// Nodes times the makespan, hours; with an autoscaler, the static nodes' and the hours its
+    /// nodes were billed, from launch to stop.
     pub node_hours: f64,
     /// GPU fragmentation, on clusters with GPUs: see [`GpuFragmentation`].
     #[serde(default)]
@@ -226,6 +230,13 @@ pub struct Summary {
     pub events: u64,
     /// The event log's hash (the same inputs and seed give the same hash).
     pub hash: String,
+    /// How long tasks waited for resources: from when they could run (submitted, and every
+    /// value they take made) to their first start, seconds.
+    #[serde(default)]
+    pub task_pending_s: Stats,
+    /// What the autoscaler did (launches, node-hours, cost), when it ran.
+    #[serde(default)]
+    pub autoscale: Option<keel_sim::provider::AutoscaleReport>,
 }
 
 /// How much idle GPU capacity lay on GPUs that were partly in use (shared by fractional tasks),
@@ -473,7 +484,7 @@ fn in_time_order(mut w: Workload, origin: Vec<Origin>) -> (Workload, Vec<Origin>
 /// Replays `jobs` on `options.nodes` (all but those that never ran in the trace; `Replay::jobs`
 /// lists the replayed ones in the order given).
 pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
-    if options.nodes.is_empty() {
+    if options.nodes.is_empty() && options.autoscale.is_none() {
         return Err("the cluster has no nodes".into());
     }
     // Jobs that never ran in the trace (withdrawn while waiting) have nothing to replay.
@@ -504,7 +515,10 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     // Heartbeats only matter to notice failures; over months of trace time, one a second per
     // node would be most of the simulation's work. With failures to notice: one a minute, and a
     // node is declared dead three minutes after it failed; without: one a day.
-    let heartbeat = if options.failures.is_empty() { Duration::from_secs(86_400) } else { Duration::from_secs(60) };
+    // Spot nodes taken back are failures to notice too.
+    let spot = options.autoscale.as_ref().is_some_and(|a| a.node_types.iter().any(|t| t.preempt_mean_s.is_some()));
+    let heartbeat =
+        if options.failures.is_empty() && !spot { Duration::from_secs(86_400) } else { Duration::from_secs(60) };
     let mut head =
         HeadConfig { heartbeat_period: heartbeat, node_timeout: Duration(heartbeat.0 * 3), ..HeadConfig::default() };
     head.scheduler.spread_threshold = match options.policy {
@@ -539,6 +553,9 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         })
         .fold(0u64, |a, b| a.saturating_add(b));
     let bound_ms = span.saturating_add(serial).saturating_add(600_000 * (1 + options.failures.len() as u64));
+    // When each task is submitted, and the tasks whose values it takes (for its pending time).
+    let submitted: Vec<(u64, Vec<usize>)> =
+        workload.tasks.iter().map(|t| (t.at_ms, t.deps.iter().map(|(d, _)| *d).collect())).collect();
     let params = Params {
         seed: options.seed,
         hosts,
@@ -557,8 +574,15 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         exact_durations: true,
         crashed_stay_down: true,
         progress,
-        autoscale: None,
+        autoscale: options.autoscale.clone(),
     };
+    // What the cluster could ever have: its nodes, and every node the autoscaler may launch.
+    let mut reachable = options.nodes.clone();
+    for t in options.autoscale.iter().flat_map(|a| &a.node_types) {
+        let shape =
+            NodeShape { name: t.name.clone(), resources: t.resources(), gpu_model: t.labels.get(GPU_MODEL).cloned() };
+        reachable.extend(std::iter::repeat_n(shape, t.max_workers.min(100_000) as usize));
+    }
     let outcome = World::new(params).run();
     let job = outcome.job.ok_or("the simulated driver never registered")?;
     // The driver starts a moment after the clock does: plan times are from its start.
@@ -567,7 +591,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         .map(|j| JobResult {
             id: j.id.clone(),
             submit_ms: j.submit_ms - t0,
-            infeasible: !fits(j, &options.nodes),
+            infeasible: !fits(j, &reachable),
             start_ms: None,
             end_ms: None,
             retries: 0,
@@ -584,11 +608,21 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         (0..origin.len()).map(|i| (TaskId::child(TaskId::driver(job), 0, i as u64), i)).collect();
     // Per planned task: finished end, and every attempt's start.
     let mut finished_end: Vec<Option<u64>> = vec![None; origin.len()];
+    let mut first_start: Vec<Option<u64>> = vec![None; origin.len()];
     let mut busy: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-    let capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
+    let static_capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
         acc.add(&n.resources);
         acc
     });
+    // Shares over time are of the most the cluster had: its nodes and the autoscaler's peak.
+    let mut capacity = static_capacity.clone();
+    if let (Some(spec), Some(report)) = (&options.autoscale, &outcome.autoscale) {
+        for t in &spec.node_types {
+            for _ in 0..report.peak_by_type.get(&t.name).copied().unwrap_or(0) {
+                capacity.add(&t.resources());
+            }
+        }
+    }
     let capacity_of: Vec<(String, f64)> = resource_amounts(&capacity).into_iter().filter(|(_, c)| *c > 0.0).collect();
     let share = |amounts: &[(String, f64)], name: &str, cap: f64| {
         amounts.iter().find(|(n, _)| n == name).map_or(0.0, |(_, a)| a / cap)
@@ -607,6 +641,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         if run.attempt > 0 && o.counted {
             r.retries += 1;
         }
+        first_start[i] = Some(first_start[i].map_or(ms(run.start), |s: u64| s.min(ms(run.start))));
         if run.how == "finished" {
             finished_end[i] = Some(ms(run.end));
             if o.think {
@@ -647,12 +682,33 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     // Utilisation is over the whole time anything ran (attempts lost to failures and jobs that
     // never finished included), so that it never exceeds the capacity.
     let busy_until_s = usage.iter().map(|u| u.1).max().unwrap_or(0).max(makespan_ms) as f64 / 1000.0;
-    let utilisation = resource_amounts(&capacity)
+    // Of what the cluster offered: its nodes over that time, and the autoscaler's nodes while they
+    // were billed.
+    let mut offered: std::collections::BTreeMap<String, f64> =
+        resource_amounts(&static_capacity).into_iter().map(|(name, cap)| (name, cap * busy_until_s)).collect();
+    if let (Some(spec), Some(report)) = (&options.autoscale, &outcome.autoscale) {
+        for t in &spec.node_types {
+            let seconds = report.node_hours_by_type.get(&t.name).copied().unwrap_or(0.0) * 3600.0;
+            for (name, amount) in resource_amounts(&t.resources()) {
+                *offered.entry(name).or_default() += amount * seconds;
+            }
+        }
+    }
+    let utilisation = offered
         .into_iter()
-        .filter(|(_, cap)| *cap > 0.0)
-        .map(|(name, cap)| {
+        .filter(|(_, offered)| *offered > 0.0)
+        .map(|(name, offered)| {
             let used = busy.get(&name).copied().unwrap_or(0.0);
-            (name, if busy_until_s > 0.0 { used / (cap * busy_until_s) } else { 0.0 })
+            (name, used / offered)
+        })
+        .collect();
+    // A task could run once submitted and once every value it takes was made.
+    let pending: Vec<f64> = (0..origin.len())
+        .filter(|&i| origin[i].counted)
+        .filter_map(|i| {
+            let (at_ms, deps) = &submitted[i];
+            let ready = deps.iter().filter_map(|d| finished_end[*d]).fold(*at_ms, u64::max);
+            first_start[i].map(|s| s.saturating_sub(ready) as f64 / 1000.0)
         })
         .collect();
     let recorded: Vec<f64> = results.iter().filter_map(|r| r.recorded_wait_ms).map(|w| w as f64 / 1000.0).collect();
@@ -675,13 +731,16 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         bounded_slowdown: Stats::of(completed.iter().filter_map(|r| r.bounded_slowdown()).collect()),
         utilisation,
         jobs_per_hour: if makespan_s > 0.0 { completed.len() as f64 / (makespan_s / 3600.0) } else { 0.0 },
-        node_hours: options.nodes.len() as f64 * makespan_s / 3600.0,
+        node_hours: options.nodes.len() as f64 * makespan_s / 3600.0
+            + outcome.autoscale.as_ref().map_or(0.0, |a| a.node_hours),
         gpu_fragmentation,
         recorded_wait_s: (!recorded.is_empty()).then(|| Stats::of(recorded)),
         failure_reasons: outcome.failure_reasons.clone(),
         simulated_s: outcome.end_ms as f64 / 1000.0,
         events: outcome.counts.events,
         hash: outcome.hash.clone(),
+        task_pending_s: Stats::of(pending),
+        autoscale: outcome.autoscale.clone(),
     };
     usage.sort_by_key(|u| (u.0, u.1));
     let resources = capacity_of.into_iter().map(|(name, _)| name).collect();

@@ -1,5 +1,6 @@
 //! A replay's report: `summary.json`, `jobs.csv`, and SVG plots of utilisation over time, queue
-//! length over time and the completion-time CDF. Two runs (a comparison) are overlaid.
+//! length over time, the completion-time CDF, and, with an autoscaler, its nodes over time. Two
+//! runs (a comparison) are overlaid.
 
 use crate::replay::Replay;
 use std::fmt::Write as _;
@@ -89,6 +90,28 @@ pub fn write(dir: &Path, runs: &[(&str, &Replay)]) -> std::io::Result<Vec<PathBu
         cdf.push((label.to_string(), points));
     }
     put("jct_cdf.svg", chart("Job completion time (CDF)", "seconds", "% of jobs", &cdf))?;
+    // With an autoscaler: its nodes over time, running and launched (booting or running).
+    let mut nodes = Vec::new();
+    for (label, r) in runs {
+        let Some(a) = &r.summary.autoscale else { continue };
+        let series = &a.nodes_over_time;
+        for (what, count) in [("running", 0usize), ("launched", 1)] {
+            let level =
+                |n: &keel_sim::provider::NodesAt| f64::from(if count == 0 { n.running } else { n.running + n.booting });
+            let mut steps = Vec::new();
+            let mut last = 0.0;
+            for n in series {
+                steps.push((n.ms, level(n) - last));
+                last = level(n);
+            }
+            let curve = binned(steps, end_ms);
+            let name = if runs.len() > 1 { format!("{label}: {what}") } else { what.to_string() };
+            nodes.push((name, curve.iter().enumerate().map(|(i, v)| (x_of(i), *v)).collect()));
+        }
+    }
+    if !nodes.is_empty() {
+        put("nodes.svg", chart("Autoscaled nodes over time", "hours", "nodes (time-weighted mean)", &nodes))?;
+    }
     Ok(written)
 }
 

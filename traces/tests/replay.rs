@@ -27,7 +27,7 @@ fn job(id: &str, submit_ms: u64, tasks: Vec<Task>, gang: bool) -> Job {
 }
 
 fn options(nodes: Vec<NodeShape>) -> Options {
-    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None }
+    Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None, autoscale: None }
 }
 
 /// Within the simulated network's few milliseconds of latency.
@@ -267,4 +267,50 @@ fn progress_reports_count_jobs_done_and_end_with_every_job() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.last(), Some(&4), "{seen:?}");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
+
+/// An autoscaler of four-CPU nodes that boot in exactly 10 s and stop after 60 s idle.
+fn autoscaler(max_workers: u32) -> keel_sim::autoscale::AutoscaleSpec {
+    let text = format!(
+        "[autoscaler]\nperiod_s = 1\nidle_timeout_s = 60\n\n[[node_type]]\nname = \"cpu4\"\ncpus = 4\nmax_workers = {max_workers}\n\
+         launch_min_s = 10\nlaunch_mean_s = 10\nlaunch_max_s = 10\ncost_per_hour = 3.6\n"
+    );
+    keel_sim::autoscale::AutoscaleSpec::parse(std::path::Path::new("cluster.toml"), &text).unwrap()
+}
+
+#[test]
+fn an_autoscaled_replay_launches_for_bursts_bills_node_hours_and_shrinks_to_nothing() {
+    // Two bursts an hour apart, of 8 one-CPU tasks of 100 s each: two nodes per burst.
+    let burst = |id: &str, at: u64| job(id, at, vec![task(1, 100_000, vec![], 8)], false);
+    let jobs = vec![burst("A", 0), burst("B", 3_600_000)];
+    let options = Options { autoscale: Some(autoscaler(4)), ..options(Vec::new()) };
+    let r = replay(&jobs, &options).unwrap();
+    let s = &r.summary;
+    assert_eq!((s.completed, s.unfinished), (2, 0));
+    let a = s.autoscale.as_ref().expect("an autoscaler report");
+    // The nodes of the first burst are stopped after their idle minute, long before the second.
+    assert_eq!((a.launched, a.terminated, a.end_nodes, a.peak_nodes), (4, 4, 0, 2));
+    // Each node: launched, 10 s to boot, about 100 s of work (the first decision comes within a
+    // second), 60 s idle, then stopped at the next decision: about 171 s, billed at 3.6 an hour.
+    let hours = a.node_hours_by_type["cpu4"];
+    assert!((hours - 4.0 * 171.0 / 3600.0).abs() < 4.0 * 3.0 / 3600.0, "{hours}");
+    assert!((a.cost - hours * 3.6).abs() < 1e-9);
+    assert!((s.node_hours - hours).abs() < 1e-9, "no static nodes: only the autoscaler's hours");
+    // Tasks wait for their node to boot: about 10 s, plus up to a decision period.
+    assert!(s.task_pending_s.p50 >= 10.0 && s.task_pending_s.max < 12.5, "{:?}", s.task_pending_s);
+    // The same settings give the same run.
+    assert_eq!(replay(&jobs, &options).unwrap().summary.hash, s.hash);
+}
+
+#[test]
+fn work_no_autoscaled_type_can_hold_is_reported_infeasible_and_the_rest_runs() {
+    let jobs = vec![
+        job("small", 0, vec![task(2, 1_000, vec![], 1)], false),
+        job("huge", 0, vec![task(16, 1_000, vec![], 1)], false),
+    ];
+    let options = Options { autoscale: Some(autoscaler(2)), ..options(Vec::new()) };
+    let r = replay(&jobs, &options).unwrap();
+    assert!(!r.jobs[0].infeasible && r.jobs[0].end_ms.is_some(), "{:?}", r.jobs[0]);
+    assert!(r.jobs[1].infeasible && r.jobs[1].end_ms.is_none(), "{:?}", r.jobs[1]);
+    assert_eq!(r.summary.autoscale.as_ref().unwrap().launched, 1);
 }

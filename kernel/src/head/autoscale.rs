@@ -141,6 +141,14 @@ impl Head {
     pub(super) fn on_autoscale_timer(&mut self) {
         let Some(config) = self.config.autoscaler.clone() else { return };
         self.set_timer(self.now + config.period, Timer::Autoscale);
+        // Nodes stopped at the last decision are gone (their provider has been told): forget
+        // them now rather than when their silence reaches the node timeout, so that they weigh
+        // on nothing meanwhile. They are idle and drained: nothing is lost with them.
+        for node in self.autoscale.terminated.clone() {
+            if self.nodes.get(node).is_some() {
+                self.on_node_lost(node);
+            }
+        }
         // Launches that did not register in time failed.
         let expired: Vec<u64> = self
             .autoscale
