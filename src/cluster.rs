@@ -9,10 +9,14 @@
 use keel_daemon::client::{self, keel_home, SubmitOptions, SubmitOutcome};
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
+use keel_kernel::autoscaler::{Unmet, NODE_TYPE_LABEL};
 use keel_kernel::proto::{LabelConstraint, Labels};
 use keel_kernel::{Amount, NodeConfig, ResourceSet};
-use keel_net::wire::{ClusterStatus, Stream, WorkerProgram};
+use keel_net::wire::{AutoscalerReport, ClusterStatus, Stream, WorkerProgram};
 use keel_net::{Token, DEFAULT_MAX_FRAME};
+use keel_provider::local::{LocalOptions, LocalProvider};
+use keel_provider::SharedProvider;
+use keel_sim::autoscale::AutoscaleSpec;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -128,19 +132,47 @@ pub struct NodeArgs {
 /// `keel stop` or Ctrl-C. Writes the address and the token to the Keel home, so that
 /// `keel submit`, `keel status` and `keel stop` find the cluster without flags.
 ///
-/// Example: keel up --nodes 3   then   keel submit -- echo hello
+/// With --autoscale FILE, the cluster grows and shrinks with its work: when tasks wait, the
+/// head's autoscaler launches nodes of the file's types, each a `keel node` process on this
+/// machine (its log in the run directory printed at start), and stops nodes idle for
+/// idle_timeout_s. `keel status` shows the launches in flight, the demand no node serves and
+/// the types left alone after failed launches. A cluster file (every [autoscaler] field and
+/// every field but name and max_workers optional; the simulator's launch_* and preempt_mean_s
+/// fields are ignored here):
+///
+///   [autoscaler]
+///   period_s = 5             # how often the autoscaler decides
+///   idle_timeout_s = 60      # a node idle this long is stopped
+///   launch_timeout_s = 600   # a node not registered by then is stopped, its launch failed
+///   max_launch_failures = 3  # failed launches of a type in a row before it is left
+///   failure_backoff_s = 300  # alone this long
+///
+///   [[node_type]]
+///   name = "cpu2"
+///   cpus = 2
+///   memory_gib = 4
+///   labels = { zone = "a" }
+///   min_workers = 0          # nodes kept whatever the demand
+///   max_workers = 4
+///
+/// Examples: keel up --nodes 3   then   keel submit -- echo hello
+///           keel up --autoscale cluster.toml   then   keel submit -- echo hello; keel status
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct UpArgs {
-    /// How many nodes.
-    #[arg(long, default_value_t = 2)]
-    nodes: usize,
+    /// How many fixed nodes (in this process). Default: 2; with --autoscale, none (only the
+    /// autoscaler's nodes).
+    #[arg(long)]
+    nodes: Option<usize>,
     /// CPUs per node (default: this machine's cores, shared among the nodes, at least 1).
     #[arg(long)]
     cpus: Option<f64>,
     /// The head's port (0 picks a free one).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
+    /// Autoscale with the node types and settings of this cluster file (TOML, see above).
+    #[arg(long, value_name = "FILE")]
+    autoscale: Option<PathBuf>,
 }
 
 /// Show the cluster: nodes with their resources in use, jobs, queued and infeasible demand.
@@ -273,6 +305,21 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// Ctrl-C or `SIGTERM`.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match &mut term {
+            Some(t) => drop(t.recv().await),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())
 }
@@ -364,7 +411,7 @@ pub fn run_node(args: &NodeArgs) -> Result<(), String> {
         println!("keel node: data port {}", node.data_addr());
         tokio::select! {
             r = node.wait() => r.map_err(|e| e.to_string()),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = interrupted() => Ok(()),
         }
     });
     let _ = std::fs::remove_dir_all(store);
@@ -373,45 +420,102 @@ pub fn run_node(args: &NodeArgs) -> Result<(), String> {
 
 /// `keel up`.
 pub fn run_up(args: &UpArgs) -> Result<(), String> {
-    if args.nodes == 0 {
-        return Err("--nodes must be at least 1".into());
+    // A bad cluster file is reported before anything starts.
+    let spec = args.autoscale.as_deref().map(AutoscaleSpec::load).transpose().map_err(|e| e.to_string())?;
+    let nodes = args.nodes.unwrap_or(if spec.is_some() { 0 } else { 2 });
+    if nodes == 0 && spec.is_none() {
+        return Err("--nodes must be at least 1 (or give --autoscale FILE)".into());
     }
     let home = keel_home();
     let token_file = home.join("token");
     let token = token_at(&token_file, true)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let cpus = args.cpus.unwrap_or_else(|| (cores / args.nodes as f64).max(1.0).floor());
+    let cpus = args.cpus.unwrap_or_else(|| (cores / nodes.max(1) as f64).max(1.0).floor());
     let worker = command_worker()?;
     let run_dir = home.join("up").join(std::process::id().to_string());
     let store_root = shm_dir().join(format!("keel-up-{}", std::process::id()));
+    let mut options = HeadOptions::new(format!("127.0.0.1:{}", args.port), token.clone());
+    let provider = match &spec {
+        Some(spec) => Some(autoscaling(&mut options, spec, &token_file, &run_dir)?),
+        None => None,
+    };
     let result = runtime()?.block_on(async {
-        let head = head::start(HeadOptions::new(format!("127.0.0.1:{}", args.port), token.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let head = head::start(options).await.map_err(|e| e.to_string())?;
         let addr = head.addr().to_string();
-        let mut nodes = Vec::new();
-        for i in 0..args.nodes {
+        let mut handles = Vec::new();
+        for i in 0..nodes {
             let resources = ResourceSet { cpu: Amount::from_f64(cpus).ok_or("bad --cpus")?, ..ResourceSet::default() };
             let (work, store) = (run_dir.join(format!("node-{i}")), store_root.join(format!("node-{i}")));
             let options = NodeOptions::new(&addr, token.clone(), resources, work, store, worker.clone());
-            nodes.push(node::start(options).await.map_err(|e| e.to_string())?);
+            handles.push(node::start(options).await.map_err(|e| e.to_string())?);
         }
         write_address(&home, &addr)?;
-        println!("keel up: head on {addr}, {} nodes of {cpus} CPUs each", args.nodes);
+        match &spec {
+            None => println!("keel up: head on {addr}, {nodes} nodes of {cpus} CPUs each"),
+            Some(spec) => print_autoscaling(&addr, spec, nodes, cpus),
+        }
         println!("  logs:   {}", run_dir.display());
+        if spec.is_some() {
+            println!("          (an autoscaled node's log: autoscaled/TYPE-N/node.log in there)");
+        }
         println!("  try:    keel submit -- echo hello");
         println!("  stop:   keel stop (or Ctrl-C)");
+        let _ = std::io::stdout().flush();
         tokio::select! {
             _ = head.wait() => {}
-            _ = tokio::signal::ctrl_c() => println!("keel up: interrupted"),
+            () = interrupted() => println!("keel up: interrupted"),
         }
-        for n in &nodes {
+        if let Some(provider) = &provider {
+            let done = provider.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+            done.await;
+        }
+        for n in &handles {
             n.abort();
         }
         Ok(())
     });
     let _ = std::fs::remove_dir_all(store_root);
     result
+}
+
+/// Sets the head up to autoscale with `spec`, its nodes local `keel node` processes; returns
+/// the provider (for `keel up` to stop its nodes when interrupted).
+fn autoscaling(
+    options: &mut HeadOptions,
+    spec: &AutoscaleSpec,
+    token_file: &Path,
+    run_dir: &Path,
+) -> Result<SharedProvider, String> {
+    let config = spec.config();
+    let keel = std::env::current_exe().map_err(|e| format!("cannot find the keel executable: {e}"))?;
+    let mut local = LocalOptions::new(keel, token_file, run_dir.join("autoscaled"));
+    // A node the head has given up on does not linger.
+    local.register_within = Some(std::time::Duration::from_nanos(config.launch_timeout.0));
+    options.config.autoscaler = Some(config);
+    let provider = keel_provider::shared(LocalProvider::new(local));
+    options.provider = Some(provider.clone());
+    Ok(provider)
+}
+
+fn print_autoscaling(addr: &str, spec: &AutoscaleSpec, nodes: usize, cpus: f64) {
+    let fixed = if nodes == 0 { String::new() } else { format!(" and {nodes} fixed nodes of {cpus} CPUs each") };
+    println!("keel up: head on {addr}, autoscaling{fixed}");
+    for t in &spec.node_types {
+        println!(
+            "  type:   {} ({}), {} to {} nodes",
+            t.name,
+            resources_text(&t.resources()),
+            t.min_workers,
+            t.max_workers
+        );
+    }
+    let s = &spec.autoscaler;
+    println!(
+        "  nodes:  `keel node` processes started when work waits (at most {} in all), stopped after {} s idle",
+        spec.max_workers(),
+        s.idle_timeout_s
+    );
+    println!("  watch:  keel status  (nodes, queued work, the autoscaler's launches and failures)");
 }
 
 /// `keel status`.
@@ -467,7 +571,48 @@ fn status_json(s: &ClusterStatus) -> serde_json::Value {
         "reconstructions": s.reconstructions,
         "uptime_s": s.uptime_s,
         "connections": s.connections,
+        "autoscaler": s.autoscaler.as_ref().map(|a| serde_json::json!({
+            "launching": a.launching.iter().map(|(request, ty, left)| serde_json::json!({
+                "request": request, "node_type": ty, "nodes_left": left,
+            })).collect::<Vec<_>>(),
+            "unmet": a.unmet.iter().map(|(shape, count, why)| serde_json::json!({
+                "shape": res(shape), "count": count, "why": unmet_text(*why),
+            })).collect::<Vec<_>>(),
+            "backing_off": a.backing_off.iter().map(|(ty, left)| serde_json::json!({
+                "node_type": ty, "seconds_left": left,
+            })).collect::<Vec<_>>(),
+            "launches_failed": a.launches_failed,
+            "last_launch_failure": a.last_launch_failure,
+        })),
     })
+}
+
+fn unmet_text(why: Unmet) -> &'static str {
+    match why {
+        Unmet::Infeasible => "no node type can hold it",
+        Unmet::AtLimit => "held back by a limit",
+    }
+}
+
+fn print_autoscaler(a: &AutoscalerReport) {
+    let left: u32 = a.launching.iter().map(|(_, _, n)| n).sum();
+    println!(
+        "autoscaler: {left} nodes launching, {} types backing off, {} launches failed",
+        a.backing_off.len(),
+        a.launches_failed
+    );
+    for (request, ty, n) in &a.launching {
+        println!("  launching    {n} x {ty} (request {request})");
+    }
+    for (shape, count, why) in &a.unmet {
+        println!("  unmet        {count} x {} ({})", resources_text(shape), unmet_text(*why));
+    }
+    for (ty, seconds) in &a.backing_off {
+        println!("  backing off  {ty} ({seconds:.0} s left)");
+    }
+    if let Some(reason) = &a.last_launch_failure {
+        println!("  last failed launch: {reason}");
+    }
 }
 
 fn print_status(addr: &str, s: &ClusterStatus) {
@@ -476,8 +621,9 @@ fn print_status(addr: &str, s: &ClusterStatus) {
     for n in &s.nodes {
         let mut used = n.total.clone();
         used.sub(&n.available);
+        let ty = n.labels.get(NODE_TYPE_LABEL).map(|t| format!(" ({t})")).unwrap_or_default();
         println!(
-            "  {:<6} {:<22} used {} of {}",
+            "  {:<6} {:<22} used {} of {}{ty}",
             n.id.to_string(),
             n.addr,
             resources_text(&used),
@@ -501,6 +647,9 @@ fn print_status(addr: &str, s: &ClusterStatus) {
         "tasks: {} submitted, {} finished, {} failed, {} retried, {} rebuilt; {} nodes lost",
         s.tasks_submitted, s.tasks_finished, s.tasks_failed, s.retries, s.reconstructions, s.nodes_lost
     );
+    if let Some(a) = &s.autoscaler {
+        print_autoscaler(a);
+    }
 }
 
 /// `keel submit`; returns the process exit code.

@@ -5,17 +5,26 @@
 //! since the head started, drains every output and queues each on the right connection's writer.
 //! A connection that sends garbage, an oversized frame or a message its role may not send is
 //! closed with a logged reason; nothing else is affected.
+//!
+//! With a provider ([`HeadOptions::provider`]), the machine's `Launch` and `Terminate` outputs
+//! are handed to it, and so are the registrations of nodes, so that it knows which of its nodes
+//! came up; like frames, they leave once the journal holds what caused them. The launches it
+//! reports failed come back to the core as `HeadInput::LaunchFailed`, journaled like every
+//! input. The provider carries the decisions out; it makes none.
 
 use crate::conn::{self, Outbound};
 use crate::journal::{Entry, Journal, JournalError};
+use keel_kernel::autoscaler::NodeType;
 use keel_kernel::head::HeadOutput;
 use keel_kernel::ids::{ConnId, JobId, NodeId};
-use keel_kernel::proto::{DriverToHead, Hello, Welcome};
+use keel_kernel::proto::{DriverToHead, Hello, Labels, Welcome};
 use keel_kernel::{Head, HeadConfig, HeadInput, InputError, Time};
 use keel_net::wire::{
-    AdminRequest, ClusterStatus, Demand, FromHead, NodeStatus, PeerInfo, Register, ToHead, WorkerProgram,
+    AdminRequest, AutoscalerReport, ClusterStatus, Demand, FromHead, NodeStatus, PeerInfo, Register, ToHead,
+    WorkerProgram,
 };
 use keel_net::{Connection, Listener, NetError, Tcp, Token, Transport, DEFAULT_MAX_FRAME, KEEPALIVE_EVERY};
+use keel_provider::{Events, Provider, ProviderEvent, SharedProvider};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +52,11 @@ pub struct HeadOptions {
     pub journal: Option<PathBuf>,
     /// A snapshot is taken, and the journal started afresh, once the journal holds this many bytes.
     pub snapshot_after_bytes: u64,
+    /// Who starts and stops nodes for the autoscaler (`config.autoscaler`). The head attaches it
+    /// when it listens and shuts it down when it stops (not when aborted: then its owner does).
+    /// A head restarted from a journal does not know of launches its provider did not carry out
+    /// for it: they time out as failed launches.
+    pub provider: Option<SharedProvider>,
 }
 
 impl HeadOptions {
@@ -55,6 +69,7 @@ impl HeadOptions {
             max_frame: DEFAULT_MAX_FRAME,
             journal: None,
             snapshot_after_bytes: DEFAULT_SNAPSHOT_AFTER_BYTES,
+            provider: None,
         }
     }
 }
@@ -106,6 +121,14 @@ enum CoreEvent {
     Register { conn: ConnId, peer: String, register: Register, tx: mpsc::UnboundedSender<Outbound<FromHead>> },
     Frame { conn: ConnId, msg: ToHead },
     Closed { conn: ConnId, why: Option<String> },
+    Provider(ProviderEvent),
+}
+
+/// What the core asks of the provider, queued like frames until the journal is synced.
+enum ProviderCall {
+    Launch { request: u64, node_type: NodeType, count: u32 },
+    Registered { node: NodeId, labels: Labels },
+    Terminate { node: NodeId, labels: Labels },
 }
 
 /// Binds the listening socket and starts the head; returns once it accepts connections.
@@ -171,6 +194,12 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
         .map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| HeadError::Listen { addr: options.listen.clone(), source })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    if let Some(provider) = &options.provider {
+        let tx = events_tx.clone();
+        let events = Events::new(move |e| drop(tx.send(CoreEvent::Provider(e))));
+        lock(provider).attach(addr, events);
+        core.provider = Some(provider.clone());
+    }
     let next_conn = Arc::new(AtomicU64::new(first_conn));
     let token = options.token.clone();
     let max_frame = options.max_frame;
@@ -334,6 +363,18 @@ struct Core {
     snapshot_after_bytes: u64,
     /// What the batch decided, for its [`Entry::Decided`] record.
     decided: Decided,
+    provider: Option<SharedProvider>,
+    /// Calls waiting for the journal to be synced.
+    provider_calls: Vec<ProviderCall>,
+    /// Launches the provider reported failed, and the last one's reason (for status).
+    launches_failed: u64,
+    last_launch_failure: Option<String>,
+    /// Nodes handed to the provider to stop, until they are declared dead (an expected loss).
+    stopped: std::collections::BTreeSet<NodeId>,
+}
+
+fn lock(provider: &SharedProvider) -> std::sync::MutexGuard<'_, dyn Provider> {
+    provider.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The outputs of a batch, counted and hashed (see [`Entry::Decided`]).
@@ -393,6 +434,11 @@ impl Core {
             max_conn: 0,
             snapshot_after_bytes: DEFAULT_SNAPSHOT_AFTER_BYTES,
             decided: Decided::default(),
+            provider: None,
+            provider_calls: Vec::new(),
+            launches_failed: 0,
+            last_launch_failure: None,
+            stopped: std::collections::BTreeSet::new(),
         }
     }
 
@@ -401,7 +447,16 @@ impl Core {
         Time(self.base.0 + self.start.elapsed().as_nanos() as u64).max(self.head.now())
     }
 
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<CoreEvent>) {
+    async fn run(mut self, events: mpsc::UnboundedReceiver<CoreEvent>) {
+        self.serve(events).await;
+        if let Some(provider) = self.provider.take() {
+            tracing::info!("stopping the provider's nodes");
+            let done = lock(&provider).shutdown();
+            done.await;
+        }
+    }
+
+    async fn serve(&mut self, mut events: mpsc::UnboundedReceiver<CoreEvent>) {
         loop {
             let deadline = self.head.poll_timeout();
             let event = match deadline {
@@ -494,6 +549,16 @@ impl Core {
         for (conn, item) in self.pending.drain(..) {
             if let Some(c) = self.conns.get(&conn) {
                 let _ = c.tx.send(item);
+            }
+        }
+        if let Some(provider) = &self.provider {
+            let mut provider = lock(provider);
+            for call in self.provider_calls.drain(..) {
+                match call {
+                    ProviderCall::Launch { request, node_type, count } => provider.launch(request, &node_type, count),
+                    ProviderCall::Registered { node, labels } => provider.registered(node, &labels),
+                    ProviderCall::Terminate { node, labels } => provider.terminate(node, &labels),
+                }
             }
         }
         if let Some(j) = self.journal.as_mut() {
@@ -692,6 +757,13 @@ impl Core {
                     _ => {}
                 }
             }
+            CoreEvent::Provider(ProviderEvent::LaunchFailed { request, reason }) => {
+                tracing::warn!(request, reason, "the provider could not launch nodes");
+                self.launches_failed += 1;
+                self.last_launch_failure = Some(reason.clone());
+                self.input(HeadInput::LaunchFailed { request, reason });
+            }
+            CoreEvent::Provider(other) => tracing::debug!(?other, "a provider event this head does not use"),
         }
     }
 
@@ -715,6 +787,9 @@ impl Core {
                         tracing::info!(%node, %addr, %host, "node registered");
                         self.nodes.insert(node, NodeEntry { conn, info: PeerInfo { node, addr, host, store_dir } });
                         self.routes.insert(node, conn);
+                        if let (Some(_), Some(n)) = (&self.provider, self.head.cluster().node(node)) {
+                            self.provider_calls.push(ProviderCall::Registered { node, labels: n.labels.clone() });
+                        }
                         Role::Node(node)
                     }
                     (Welcome::JobRegistered(job), Role::PendingDriver { program }) => {
@@ -757,22 +832,38 @@ impl Core {
                 }
             }
             HeadOutput::NodeDead(node) => {
-                tracing::warn!(%node, "node declared dead");
+                if self.stopped.remove(&node) {
+                    tracing::info!(%node, "a node the autoscaler stopped is gone");
+                } else {
+                    tracing::warn!(%node, "node declared dead");
+                }
                 self.nodes.remove(&node);
             }
             HeadOutput::NodeDrained(node) => tracing::info!(%node, "node drained"),
-            // The head daemon runs no provider yet, and so configures no autoscaler: these are
-            // only emitted when one is configured.
-            HeadOutput::Launch { request, node_type, count } => {
-                tracing::warn!(
-                    request,
-                    node_type,
-                    count,
-                    "the autoscaler asked for nodes, but this head has no provider"
-                );
+            HeadOutput::Launch { request, node_type, count } => self.launch(request, &node_type, count),
+            HeadOutput::Terminate { node } => {
+                if self.provider.is_none() {
+                    tracing::warn!(%node, "the autoscaler would stop this idle node, but this head has no provider");
+                    return;
+                }
+                let labels = self.head.cluster().node(node).map(|n| n.labels.clone()).unwrap_or_default();
+                tracing::info!(%node, "the autoscaler stops this idle node");
+                self.provider_calls.push(ProviderCall::Terminate { node, labels });
+                self.stopped.insert(node);
             }
-            HeadOutput::Terminate { node } => tracing::warn!(%node, "the autoscaler would stop this idle node"),
         }
+    }
+
+    /// Queues a launch for the provider.
+    fn launch(&mut self, request: u64, node_type: &str, count: u32) {
+        if self.provider.is_none() {
+            tracing::warn!(request, node_type, count, "the autoscaler asked for nodes, but this head has no provider");
+            return;
+        }
+        let config = self.head.config().autoscaler.as_ref().expect("only an autoscaler launches");
+        let ty = config.node_types.iter().find(|t| t.name == node_type).expect("the autoscaler launches its own types");
+        tracing::info!(request, node_type, count, "the autoscaler launches nodes");
+        self.provider_calls.push(ProviderCall::Launch { request, node_type: ty.clone(), count });
     }
 
     /// A new node learns where every peer is and every job's program; the other nodes and the
@@ -838,6 +929,23 @@ impl Core {
             reconstructions: stats.reconstructions,
             uptime_s: self.start.elapsed().as_secs_f64(),
             connections: self.conns.values().filter(|c| !matches!(c.role, Role::Admin)).count() as u64,
+            autoscaler: self.head.config().autoscaler.is_some().then(|| self.autoscaler_report()),
+        }
+    }
+
+    fn autoscaler_report(&self) -> AutoscalerReport {
+        let status = self.head.autoscaler_status();
+        let now = self.now();
+        AutoscalerReport {
+            launching: status.launching,
+            unmet: status.unmet,
+            backing_off: status
+                .backing_off
+                .into_iter()
+                .map(|(ty, until)| (ty, until.0.saturating_sub(now.0) as f64 / 1e9))
+                .collect(),
+            launches_failed: self.launches_failed,
+            last_launch_failure: self.last_launch_failure.clone(),
         }
     }
 }

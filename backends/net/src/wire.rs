@@ -178,6 +178,23 @@ pub struct ClusterStatus {
     pub uptime_s: f64,
     /// Open connections of nodes (registered or not yet) and drivers.
     pub connections: u64,
+    /// The autoscaler's state, when the head runs one.
+    pub autoscaler: Option<AutoscalerReport>,
+}
+
+/// The autoscaler in [`ClusterStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalerReport {
+    /// Launches not yet registered: request, node type, nodes still to come.
+    pub launching: Vec<(u64, String, u32)>,
+    /// Demand the last decision could not serve: shape, count, and why.
+    pub unmet: Vec<(ResourceSet, u64, keel_kernel::autoscaler::Unmet)>,
+    /// Node types left alone after failed launches, with the seconds left.
+    pub backing_off: Vec<(String, f64)>,
+    /// Launches the provider reported failed since the head started.
+    pub launches_failed: u64,
+    /// The last one's reason.
+    pub last_launch_failure: Option<String>,
 }
 
 /// One node in [`ClusterStatus`].
