@@ -489,6 +489,8 @@ fn autoscaling(
     let config = spec.config();
     let keel = std::env::current_exe().map_err(|e| format!("cannot find the keel executable: {e}"))?;
     let mut local = LocalOptions::new(keel, token_file, run_dir.join("autoscaled"));
+    local.programs =
+        spec.node_types.iter().filter_map(|t| Some((t.name.clone(), PathBuf::from(t.program.as_ref()?)))).collect();
     // A node the head has given up on does not linger.
     local.register_within = Some(std::time::Duration::from_nanos(config.launch_timeout.0));
     options.config.autoscaler = Some(config);

@@ -26,8 +26,9 @@ min_workers = 0
 max_workers = 3
 "#;
 
-/// A good type, and a type whose nodes refuse their resources (no node offers a fraction of
-/// more than one GPU); one failed launch and the type is left alone.
+/// A good type, and a type whose nodes' program fails before they register (`false`, in place
+/// of a wrapper script that cannot prepare the machine); one failed launch and the type is left
+/// alone.
 const ONE_BROKEN: &str = r#"
 [autoscaler]
 period_s = 0.5
@@ -43,8 +44,9 @@ max_workers = 2
 [[node_type]]
 name = "broken"
 cpus = 1
-gpus = 1.5
+gpus = 1
 max_workers = 2
+program = "false"
 "#;
 
 fn scratch(name: &str) -> PathBuf {
@@ -201,10 +203,11 @@ fn a_burst_of_tasks_grows_the_cluster_from_no_nodes_and_it_shrinks_back_to_none_
         assert_eq!(out.trim(), format!("task {i} done"), "{err}");
     }
     assert!(most <= 3, "more nodes than max_workers: {most}");
-    // Idle for idle_timeout_s, the nodes are stopped; the head then declares them gone.
+    // Idle for idle_timeout_s, the nodes are stopped; the head forgets them at its next
+    // decision, and a node it stopped is no loss.
     let done = up.until("every node is stopped", Duration::from_secs(25), |s| s.nodes.is_empty());
     assert_eq!((done.tasks_finished, done.tasks_failed), (3, 0), "{done:#?}");
-    assert!(done.nodes_lost >= 2, "{done:#?}");
+    assert_eq!(done.nodes_lost, 0, "{done:#?}");
     let autoscaler = done.autoscaler.expect("the head reports its autoscaler");
     assert_eq!((autoscaler.launches_failed, autoscaler.launching.len()), (0, 0), "{autoscaler:#?}");
     // Only `keel up` is left of the cluster: no node process, no worker.
@@ -240,7 +243,6 @@ fn a_type_whose_nodes_cannot_start_fails_its_launches_and_the_cluster_goes_on() 
     assert!(autoscaler.launches_failed >= 1, "{autoscaler:#?}");
     let reason = autoscaler.last_launch_failure.unwrap_or_default();
     assert!(reason.contains("`broken`") && reason.contains("before it registered"), "{reason}");
-    assert!(reason.contains("invalid resources"), "the node's own error: {reason}");
     assert_eq!(status.tasks_failed, 0, "the waiting task is not failed: {status:#?}");
     assert!(waits.try_wait().unwrap().is_none(), "the GPU task waits for a node");
     // The cluster still serves: a CPU task gets a `cpu1` node and runs.

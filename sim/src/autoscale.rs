@@ -31,6 +31,8 @@
 //! launch_fail_p = 0.0          # probability that a launch request fails as a whole
 //! preempt_mean_s = 3600        # spot nodes: mean lifetime before the cloud reclaims one
 //! cost_per_hour = 0.40         # for the cost report
+//! # The local provider only (`keel up --autoscale`):
+//! program = "/opt/keel-node.sh"  # run instead of `keel` (given `node` and its flags)
 //! ```
 //!
 //! Errors name the file, the line and the field.
@@ -123,6 +125,11 @@ pub struct NodeTypeSpec {
     /// Price of a node-hour, for the cost report.
     #[serde(default)]
     pub cost_per_hour: f64,
+    /// The local provider only: the program a node of this type runs, given `node` and the
+    /// node's flags, instead of this `keel` executable (a wrapper script that prepares the
+    /// machine and ends with `exec keel "$@"`, say). Simulations ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
 }
 
 fn launch_min() -> f64 {
@@ -221,6 +228,9 @@ impl NodeTypeSpec {
         }
         if let Some(p) = self.preempt_mean_s.filter(|p| !(*p > 0.0 && *p <= SECONDS_MAX)) {
             return Err((at("preempt_mean_s"), format!("{p} s is not a lifetime (above 0, at most ten years)")));
+        }
+        if self.program.as_ref().is_some_and(|p| p.trim().is_empty()) {
+            return Err((at("program"), "an empty program: leave it out to run `keel`".into()));
         }
         if !(0.0..1e9).contains(&self.cost_per_hour) {
             return Err((at("cost_per_hour"), format!("{} is not a price", self.cost_per_hour)));

@@ -54,6 +54,9 @@ pub struct LocalOptions {
     pub register_within: Option<Duration>,
     /// Arguments added to every `keel node` (`--store-capacity 512MiB`, say).
     pub node_args: Vec<String>,
+    /// Per node type (by name): the program its nodes run instead of `keel` (given the same
+    /// arguments), such as a wrapper script that prepares the machine.
+    pub programs: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl LocalOptions {
@@ -67,6 +70,7 @@ impl LocalOptions {
             grace: Duration::from_secs(5),
             register_within: None,
             node_args: Vec::new(),
+            programs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -174,7 +178,8 @@ impl LocalProvider {
         let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| format!("{}: {e}", log_path.display()))?;
         let args = node_args(&head, &self.options, &dir, ty, request, &id);
-        let mut command = tokio::process::Command::new(&self.options.keel);
+        let program = self.options.programs.get(&ty.name).unwrap_or(&self.options.keel).clone();
+        let mut command = tokio::process::Command::new(&program);
         command.args(&args).stdin(Stdio::null()).stdout(log).stderr(log_err);
         // Its own process group (a terminal's Ctrl-C reaches `keel up`, which stops the nodes in
         // order), killed if dropped, and stopped if this process dies.
@@ -191,7 +196,7 @@ impl LocalProvider {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", self.options.keel.display()))?;
+        let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let pid = child.id().unwrap_or(0);
         let (stop_tx, stop_rx) = oneshot::channel();
         let running = Running { request, node_type: ty.name.clone(), pid, node: None, stop: Some(stop_tx) };
