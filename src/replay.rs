@@ -46,14 +46,25 @@ use std::path::{Path, PathBuf};
 ///   keel replay trace.swf --autoscale cluster.toml --report out/
 ///
 /// An autoscaling cluster file (--autoscale):
-///   [autoscaler]
-///   idle_timeout_s = 60        # optional: max_workers, upscaling_speed, period_s, launch_timeout_s, ...
+///   [autoscaler]               # every field optional
+///   max_workers = 40           # worker nodes in all (default: the sum of the types' maxima)
+///   upscaling_speed = 1.0      # at most max(5, speed x nodes running) launching at once
+///   period_s = 5               # how often the autoscaler decides
+///   idle_timeout_s = 60        # an idle node is stopped after this long
+///   launch_timeout_s = 600     # a node not registered this long after its launch has failed
+///   max_launch_failures = 3    # failed launches in a row before a type is left alone ...
+///   failure_backoff_s = 300    # ... for this long
 ///   [[node_type]]
 ///   name = "cpu32"
-///   cpus = 32
+///   cpus = 32                  # and gpus, memory_gib, resources = { .. }, labels = { .. }
+///   min_workers = 0
 ///   max_workers = 20
-///   launch_min_s = 30          # optional: boot delay min, mean and max
-///   cost_per_hour = 1.20       # optional: for the cost report
+///   launch_min_s = 30          # boot delay: min + an exponential tail of this mean, at most max
+///   launch_mean_s = 60
+///   launch_max_s = 180
+///   launch_fail_p = 0.05       # probability that a launch request fails as a whole
+///   preempt_mean_s = 7200      # spot nodes: mean lifetime before the cloud takes one back
+///   cost_per_hour = 1.20       # for the cost report
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -128,8 +139,7 @@ pub struct ReplayArgs {
     /// work asks for them (a simulated provider boots them after their launch delay, and may
     /// fail launches or take spot nodes back), and stops them when idle. The static nodes are
     /// then only those of --cluster or --nodes (none by default). Reports node-hours, cost, the
-    /// tasks' pending time, and (with --report) nodes over time. See `keel up --help` for the
-    /// file's format.
+    /// tasks' pending time, and (with --report) nodes over time. The file's format is above.
     #[arg(long, value_name = "TOML")]
     autoscale: Option<PathBuf>,
 }

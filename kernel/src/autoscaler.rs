@@ -142,8 +142,9 @@ struct Item {
     distinct: bool,
     /// Bins (by index) it may not go to: those holding its gang's placed bundles.
     avoid: Vec<usize>,
-    /// It may go only to bins that exist (the rest of a STRICT_PACK gang placed in part).
-    no_new_node: bool,
+    /// It may go only to these bins (the rest of a STRICT_PACK gang placed in part: its
+    /// siblings' node), and never to a new node.
+    only: Option<Vec<usize>>,
     size: u64,
 }
 
@@ -261,7 +262,7 @@ pub fn plan(types: &[NodeType], limits: &Limits, bins: &[Bin], demand: &Demand) 
     let mut unmet: BTreeMap<(ResourceSet, Unmet), u64> = BTreeMap::new();
     // The rest of a STRICT_PACK group placed in part waits for room beside its siblings: no
     // new node can take it.
-    for item in items.iter_mut().filter(|i| i.no_new_node) {
+    for item in items.iter_mut().filter(|i| i.only.is_some()) {
         item.count = 0;
     }
     while let Some(first) = items.iter().position(|i| i.count > 0) {
@@ -404,7 +405,7 @@ fn items_of(types: &[NodeType], bins: &[Bin], demand: &Demand) -> Vec<Item> {
             count,
             distinct,
             avoid: Vec::new(),
-            no_new_node: false,
+            only: None,
         })
         .collect();
     // A STRICT_SPREAD gang: one distinct item of as many copies as bundles, each copy the
@@ -421,13 +422,14 @@ fn items_of(types: &[NodeType], bins: &[Bin], demand: &Demand) -> Vec<Item> {
         }
         let count = bundles.len() as u64;
         let size = size_against(&cover, &scale);
-        items.push(Item { size, need: cover, labels: Vec::new(), count, distinct: true, avoid, no_new_node: false });
+        items.push(Item { size, need: cover, labels: Vec::new(), count, distinct: true, avoid, only: None });
     }
-    for (need, placed) in pack_rests {
+    for (need, mut placed) in pack_rests {
+        placed.sort_unstable();
+        placed.dedup();
         let size = size_against(&need, &scale);
-        // Only the bin its siblings are on will do: every other bin is avoided.
-        let avoid = (0..bins.len()).filter(|i| !placed.contains(i)).collect();
-        items.push(Item { size, need, labels: Vec::new(), count: 1, distinct: false, avoid, no_new_node: true });
+        let only = Some(placed);
+        items.push(Item { size, need, labels: Vec::new(), count: 1, distinct: false, avoid: Vec::new(), only });
     }
     items.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.need.cmp(&b.need)).then_with(|| a.labels.cmp(&b.labels)));
     items
@@ -463,7 +465,9 @@ fn fill(rooms: &mut [Room], item: &mut Item) {
         if item.count == 0 {
             return;
         }
-        if !labels_match(&item.labels, &room.labels) || item.avoid.binary_search(&i).is_ok() {
+        let barred = item.avoid.binary_search(&i).is_ok()
+            || item.only.as_ref().is_some_and(|only| only.binary_search(&i).is_err());
+        if barred || !labels_match(&item.labels, &room.labels) {
             continue;
         }
         let cap = if item.distinct { 1 } else { item.count };
@@ -479,7 +483,7 @@ fn trial_fill(ty: &NodeType, items: &[Item]) -> (f64, Vec<u64>) {
     let mut room = Room::new(ty.resources.clone(), labels_of(ty));
     let mut pattern = vec![0; items.len()];
     for (i, item) in items.iter().enumerate() {
-        if item.count == 0 || item.no_new_node || !labels_match(&item.labels, &room.labels) {
+        if item.count == 0 || item.only.is_some() || !labels_match(&item.labels, &room.labels) {
             continue;
         }
         let cap = if item.distinct { 1 } else { item.count };

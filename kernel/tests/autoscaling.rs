@@ -132,6 +132,33 @@ fn a_machine_that_registers_twice_counts_once_for_its_launch() {
 }
 
 #[test]
+fn a_stopped_machine_that_registers_again_is_stopped_again_and_given_no_work() {
+    let mut c = cluster(config(10, 0));
+    let job = c.start_job("again");
+    c.submit(job, task(job, 0, "ms=100")).unwrap();
+    c.run_for(Duration::from_millis(1_500));
+    let mut labels = Labels::new();
+    labels.insert(LAUNCH_LABEL.into(), "0".into());
+    labels.insert(NODE_TYPE_LABEL.into(), "cpu4".into());
+    labels.insert(INSTANCE_LABEL.into(), "machine-1".into());
+    c.add_host(ResourceSet::cpus(4), labels.clone());
+    // The task runs, the node idles past the timeout and is stopped.
+    c.run_for(Duration::from_secs(10));
+    assert_eq!(terminated(&c).len(), 1);
+    // The machine outlived its stop and registers again: it is stopped again at once.
+    c.add_host(ResourceSet::cpus(4), labels);
+    c.run_for(Duration::from_millis(100));
+    let stopped = terminated(&c);
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    let again = stopped[1].1;
+    let spec = task(job, 1, "ms=100");
+    c.submit(job, spec.clone()).unwrap();
+    c.run_for(Duration::from_millis(100));
+    assert_ne!(c.head.task_node(spec.task), Some(again), "no work goes to a machine being stopped");
+    assert_eq!(c.head.stats().nodes_lost, 0);
+}
+
+#[test]
 fn work_only_a_launchable_node_could_run_waits_instead_of_failing_as_infeasible() {
     let mut c = cluster(config(10, 0));
     let job = c.start_job("patient");

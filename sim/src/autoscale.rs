@@ -212,10 +212,10 @@ impl NodeTypeSpec {
             ));
         }
         let (min, mean, max) = (self.launch_min_s, self.launch_mean_s, self.launch_max_s);
-        if !(0.0..=SECONDS_MAX).contains(&min)
-            || !(min..=SECONDS_MAX).contains(&mean)
-            || !(mean..=SECONDS_MAX).contains(&max)
-        {
+        if !(0.0..=SECONDS_MAX).contains(&min) {
+            return Err((at("launch_min_s"), format!("{min} s is not a delay (from 0, at most ten years)")));
+        }
+        if !(min..=SECONDS_MAX).contains(&mean) || !(mean..=SECONDS_MAX).contains(&max) {
             return Err((
                 at("launch_mean_s"),
                 format!(
@@ -297,9 +297,16 @@ impl AutoscaleSpec {
             ("autoscaler.failure_backoff_s", s.failure_backoff_s),
         ];
         for (field, v) in durations {
-            if !(v > 0.0 && v <= SECONDS_MAX) {
-                return Err((field.into(), format!("{v} s is not a duration (above 0, at most ten years)")));
+            if !(0.001..=SECONDS_MAX).contains(&v) {
+                return Err((field.into(), format!("{v} s is not a duration (from 1 ms, at most ten years)")));
             }
+        }
+        let min_workers: u64 = self.node_types.iter().map(|t| u64::from(t.min_workers)).sum();
+        if let Some(max) = s.max_workers.filter(|m| u64::from(*m) < min_workers.max(1)) {
+            return Err((
+                "autoscaler.max_workers".into(),
+                format!("{max} leaves no room for the types' min_workers ({min_workers}) or for any node"),
+            ));
         }
         if !(s.upscaling_speed >= 0.0 && s.upscaling_speed <= 1e6) {
             return Err(("autoscaler.upscaling_speed".into(), format!("{} is not a speed", s.upscaling_speed)));
@@ -307,16 +314,17 @@ impl AutoscaleSpec {
         Ok(())
     }
 
-    /// Checks what only a simulation uses: every simulated launch boots within the launch
-    /// timeout (a later one would be given up on while it still boots).
+    /// Checks what only a simulation uses: every simulated launch boots and registers, with a
+    /// second to spare, within the launch timeout (a later one would be given up on while it
+    /// still boots, and launched again).
     pub fn check_simulated(&self) -> Result<(), (String, String)> {
         let launch_timeout = self.autoscaler.launch_timeout_s;
         for (i, t) in self.node_types.iter().enumerate() {
-            if t.launch_max_s >= launch_timeout {
+            if t.launch_max_s + 1.0 >= launch_timeout {
                 return Err((
                     format!("node_type[{i}].launch_max_s"),
                     format!(
-                        "{} s is not below autoscaler.launch_timeout_s ({launch_timeout} s): slow launches would be given up on while they still boot",
+                        "{} s is not a second below autoscaler.launch_timeout_s ({launch_timeout} s): slow launches would be given up on while they still boot",
                         t.launch_max_s
                     ),
                 ));
@@ -428,7 +436,7 @@ cost_per_hour = 0.5
         let spec = parse(&slow).expect("a real provider may boot slowly: its own timeout decides");
         let (field, message) = spec.check_simulated().unwrap_err();
         assert_eq!(field, "node_type[1].launch_max_s");
-        assert!(message.starts_with("900 s is not below autoscaler.launch_timeout_s (600 s)"), "{message}");
+        assert!(message.starts_with("900 s is not a second below autoscaler.launch_timeout_s (600 s)"), "{message}");
     }
 
     #[test]
@@ -452,6 +460,15 @@ cost_per_hour = 0.5
             ),
             (TWO.replace("cpus = 4\n", "cpus = 4\ncolour = 1\n"), "unknown field `colour`"),
             ("[autoscaler]\n".to_string(), "missing field `node_type`"),
+            (
+                TWO.replace("idle_timeout_s = 30", "period_s = 1e-10"),
+                "autoscaler.period_s: 0.0000000001 s is not a duration",
+            ),
+            (TWO.replace("idle_timeout_s = 30", "max_workers = 0"), "autoscaler.max_workers: 0 leaves no room"),
+            (
+                TWO.replace("cpus = 4\n", "cpus = 4\nlaunch_min_s = -1\n"),
+                "node_type[0].launch_min_s: -1 s is not a delay",
+            ),
             (TWO.replace("gpus = 1", "gpus = 1.5"), "line 14: node_type[1].gpus: 1.5: above one, GPUs come whole"),
             (TWO.replace("accel = \"t4\"", "\"a,b\" = \"t4\""), "node_type[1].labels: `a,b = t4`"),
         ];

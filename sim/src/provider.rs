@@ -135,24 +135,11 @@ impl Provider {
             *by_type.entry(t.name.clone()).or_default() += hours;
             cost += hours * t.cost_per_hour;
         }
-        // Peaks per type: a sweep of launches (+1) and ends (-1), ends first at one time.
         let mut peak_by_type: BTreeMap<String, u32> = BTreeMap::new();
         for (t, ty) in self.spec.node_types.iter().enumerate() {
-            let mut steps: Vec<(Time, i8)> = Vec::new();
-            for i in self.instances.iter().filter(|i| i.node_type == t) {
-                steps.push((i.launched, 1));
-                if let Some((at, _)) = i.ended {
-                    steps.push((at, -1));
-                }
-            }
-            steps.sort_unstable();
-            let (mut level, mut peak) = (0i64, 0i64);
-            for (_, d) in steps {
-                level += i64::from(d);
-                peak = peak.max(level);
-            }
-            if peak > 0 {
-                peak_by_type.insert(ty.name.clone(), peak as u32);
+            let most = peak(self.instances.iter().filter(|i| i.node_type == t));
+            if most > 0 {
+                peak_by_type.insert(ty.name.clone(), most);
             }
         }
         let ended = |how: &str| self.instances.iter().filter(|i| i.ended.is_some_and(|(_, h)| h == how)).count() as u64;
@@ -162,13 +149,32 @@ impl Provider {
             launched: self.instances.len() as u64,
             terminated: ended("terminated"),
             preempted: ended("preempted"),
-            peak_nodes: self.series.iter().map(|s| s.booting + s.running).max().unwrap_or(0),
+            peak_nodes: peak(self.instances.iter()),
             end_nodes: self.running(),
             peak_by_type,
-            node_hours: by_type.values().sum(),
+            node_hours: by_type.values().fold(0.0, |a, h| a + h),
             node_hours_by_type: by_type,
             cost,
             nodes_over_time: self.series.clone(),
         }
     }
+}
+
+/// The most instances alive at once: a sweep of launches (+1) and ends (-1), ends first at one
+/// time.
+fn peak<'a>(instances: impl Iterator<Item = &'a Instance>) -> u32 {
+    let mut steps: Vec<(Time, i8)> = Vec::new();
+    for i in instances {
+        steps.push((i.launched, 1));
+        if let Some((at, _)) = i.ended {
+            steps.push((at, -1));
+        }
+    }
+    steps.sort_unstable();
+    let (mut level, mut most) = (0i64, 0i64);
+    for (_, d) in steps {
+        level += i64::from(d);
+        most = most.max(level);
+    }
+    most as u32
 }

@@ -652,6 +652,22 @@ impl Scenario {
         if self.autoscaler.is_some() && self.node_types.is_empty() {
             return bad("autoscaler", "no node types to launch: give at least one [[node_type]]".into());
         }
+        if self.node_types.is_empty() {
+            let e = &self.expect;
+            let autoscaled = [
+                ("expect.min_launched", e.min_launched > 0),
+                ("expect.max_launched", e.max_launched.is_some()),
+                ("expect.min_failed_launches", e.min_failed_launches > 0),
+                ("expect.min_preempted", e.min_preempted > 0),
+                ("expect.end_nodes", e.end_nodes.is_some()),
+            ];
+            if let Some((field, _)) = autoscaled.iter().find(|(_, given)| *given) {
+                return bad(field, "an autoscaler's expectation, but no [[node_type]] is given".into());
+            }
+        }
+        if self.cluster.nodes == 0 && self.swarm.is_some() {
+            return bad("swarm", "a swarm's faults strike the static nodes, and the cluster has none".into());
+        }
         if let Some(spec) = self.autoscale() {
             spec.check()?;
             spec.check_simulated()?;
@@ -1031,6 +1047,15 @@ tasks = 4
         assert_eq!(e, "story.toml: line 14: node_type[0].min_workers: 4 is above max_workers (3)");
         let e = parse(&SMALL.replace("nodes = 2", "nodes = 0")).unwrap_err().to_string();
         assert!(e.contains("cluster.nodes: a cluster needs at least one node, or node types to launch"), "{e}");
+        let e = parse(&format!("{SMALL}\n[expect]\nmin_launched = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("expect.min_launched: an autoscaler's expectation, but no [[node_type]]"), "{e}");
+        let e = parse(&format!("{typed}\n[swarm]\nfaults = 2\nuntil_ms = 100\n")).unwrap_err().to_string();
+        assert!(e.contains("swarm: a swarm's faults strike the static nodes"), "{e}");
+        // A fault on every host before any host exists does nothing (and does not panic).
+        let swizzle =
+            format!("{typed}\n[autoscaler]\nidle_timeout_s = 1\n\n[[fault]]\nat_ms = 1\nkind = \"swizzle\"\nms = 50\n");
+        let swizzle = parse(&swizzle).unwrap();
+        assert_eq!(swizzle.run(0, None).violations, Vec::new());
     }
 
     #[test]

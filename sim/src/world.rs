@@ -629,8 +629,14 @@ impl World {
         self.finish(deadline)
     }
 
-    /// Every awaited value resolved, released, and the cluster quiet.
+    /// Every awaited value resolved, released, the cluster quiet, and an autoscaled cluster
+    /// shrunk back.
     fn finished(&self) -> bool {
+        self.quiet() && self.provider.as_ref().is_none_or(|p| p.settled())
+    }
+
+    /// Every awaited value resolved, released, and the cluster quiet.
+    fn quiet(&self) -> bool {
         self.safety_over
             && (self.driver.released || self.driver.gone)
             && self.head.task_records() == 0
@@ -639,7 +645,6 @@ impl World {
                 .hosts
                 .iter()
                 .all(|h| !h.up || (h.store.is_empty() && h.workers.is_empty() && h.node.task_count() == 0))
-            && self.provider.as_ref().is_none_or(|p| p.settled())
     }
 
     fn finish(mut self, deadline: Time) -> Outcome {
@@ -667,7 +672,8 @@ impl World {
                     shown.join(", ")
                 ),
             );
-        } else if !self.finished() {
+        } else if !self.quiet() {
+            // (An autoscaled cluster that did not shrink back is the expectations' to report.)
             let stored: u64 = self.hosts.iter().filter(|h| h.up).map(|h| h.store.len() as u64).sum();
             let examples: Vec<String> = self
                 .hosts
@@ -1543,6 +1549,9 @@ impl World {
             Fault::Swizzle { ms } => {
                 // Clog a random half of the hosts one by one, then unclog them in another order.
                 let n = self.hosts.len();
+                if n == 0 {
+                    return;
+                }
                 let mut chosen: Vec<usize> = (0..n).filter(|_| self.unfold_rng.chance(0.5)).collect();
                 if chosen.is_empty() {
                     chosen.push(self.unfold_rng.below(n as u64) as usize);
@@ -1778,9 +1787,11 @@ impl World {
     /// unplaced bundle of a group the driver made.
     fn work_waits_for(&self, t: usize) -> bool {
         let Some(config) = &self.params.head.autoscaler else { return false };
-        let pool = keel_kernel::resources::ResourcePool::new(config.node_types[t].resources.clone());
-        let demand = self.head.demand();
-        if demand.queued.iter().chain(&demand.infeasible).any(|(shape, _)| pool.could_ever_fit(shape)) {
+        let ty = &config.node_types[t];
+        let pool = keel_kernel::resources::ResourcePool::new(ty.resources.clone());
+        let labels = keel_kernel::autoscaler::labels_of(ty);
+        let waiting = self.head.waiting_shapes();
+        if waiting.iter().any(|(shape, on, _)| pool.could_ever_fit(shape) && on.iter().all(|c| c.matches(&labels))) {
             return true;
         }
         self.driver.groups.iter().any(|&pg| {

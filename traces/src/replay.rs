@@ -609,6 +609,9 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
     // Per planned task: finished end, and every attempt's start.
     let mut finished_end: Vec<Option<u64>> = vec![None; origin.len()];
     let mut first_start: Vec<Option<u64>> = vec![None; origin.len()];
+    // The first time each task's values were made (a value rebuilt later does not delay what
+    // had already started).
+    let mut first_end: Vec<Option<u64>> = vec![None; origin.len()];
     let mut busy: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
     let static_capacity = options.nodes.iter().fold(ResourceSet::default(), |mut acc, n| {
         acc.add(&n.resources);
@@ -644,6 +647,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         first_start[i] = Some(first_start[i].map_or(ms(run.start), |s: u64| s.min(ms(run.start))));
         if run.how == "finished" {
             finished_end[i] = Some(ms(run.end));
+            first_end[i] = Some(first_end[i].map_or(ms(run.end), |e: u64| e.min(ms(run.end))));
             if o.think {
                 r.submit_ms = ms(run.end);
             }
@@ -707,7 +711,7 @@ pub fn replay(jobs: &[Job], options: &Options) -> Result<Replay, String> {
         .filter(|&i| origin[i].counted)
         .filter_map(|i| {
             let (at_ms, deps) = &submitted[i];
-            let ready = deps.iter().filter_map(|d| finished_end[*d]).fold(*at_ms, u64::max);
+            let ready = deps.iter().filter_map(|d| first_end[*d]).fold(*at_ms, u64::max);
             first_start[i].map(|s| s.saturating_sub(ready) as f64 / 1000.0)
         })
         .collect();

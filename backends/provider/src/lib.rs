@@ -9,8 +9,9 @@
 //! The contract, for any provider (local processes, a cloud, Kubernetes):
 //! - every node started for request `r` registers with the labels `keel.launch=r`
 //!   ([`LAUNCH_LABEL`]), its type's labels ([`labels_of`](keel_kernel::autoscaler::labels_of),
-//!   which include `keel.node-type`), and whatever the provider needs to find it again (the
-//!   local provider adds [`INSTANCE_LABEL`]);
+//!   which include `keel.node-type`), and its machine's unique name under `keel.instance`
+//!   ([`INSTANCE_LABEL`]): the Head counts a machine once by it, and stops again a machine it
+//!   stopped that registers anew;
 //! - a request the provider cannot complete is reported once, as
 //!   [`ProviderEvent::LaunchFailed`]; a node that registered is no longer the provider's to
 //!   report (the Head notices a lost node by its heartbeats);
@@ -29,10 +30,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod local;
 
-pub use keel_kernel::autoscaler::{LAUNCH_LABEL, NODE_TYPE_LABEL};
-
-/// The label with which the local provider finds its node process again.
-pub const INSTANCE_LABEL: &str = "keel.instance";
+pub use keel_kernel::autoscaler::{INSTANCE_LABEL, LAUNCH_LABEL, NODE_TYPE_LABEL};
 
 /// What a provider reports after the call that caused it returned.
 #[derive(Clone, Debug, PartialEq, Eq)]

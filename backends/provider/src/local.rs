@@ -133,6 +133,13 @@ impl State {
         if self.instances.values().any(|i| i.request == request) {
             self.failed.insert(request);
         }
+        // The Head counts the whole request as failed and may launch again: its other nodes
+        // that have not registered are stopped, so that none comes late on top of the new ones.
+        for running in self.instances.values_mut().filter(|i| i.request == request && i.node.is_none()) {
+            if let Some(stop) = running.stop.take() {
+                let _ = stop.send(());
+            }
+        }
         events.launch_failed(request, reason);
     }
 }
@@ -359,27 +366,36 @@ impl Watch {
         self.ended(status);
     }
 
-    /// `SIGTERM`, then `SIGKILL` after the grace period; returns once the process is reaped.
+    /// `SIGTERM` to the node's process group (the node, or a wrapper `program` and the node it
+    /// runs), then `SIGKILL` to the group after the grace period; returns once the process is
+    /// reaped and nothing of its group is left.
     async fn stop(&self, child: &mut Child, pid: Option<u32>) -> std::io::Result<ExitStatus> {
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on our own unreaped child; no memory is involved.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let group = |signal: i32| {
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) with a negative pid signals the process group the child leads
+                // (it was started in a group of its own); no memory is involved.
+                unsafe { libc::kill(-(pid as i32), signal) == 0 }
+            } else {
+                false
             }
-        }
-        if let Ok(status) = tokio::time::timeout(self.grace, child.wait()).await {
-            return status;
-        }
-        tracing::warn!(instance = %self.id, grace_s = self.grace.as_secs_f64(), "the node did not stop in time; killing it");
-        let _ = child.start_kill();
-        let status = child.wait().await;
-        if let Some(pid) = pid {
-            // Whatever it left in its process group goes too.
-            // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
+        };
+        group(libc::SIGTERM);
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(instance = %self.id, grace_s = self.grace.as_secs_f64(), "the node did not stop in time; killing it");
+                group(libc::SIGKILL);
+                let _ = child.start_kill();
+                child.wait().await
             }
+        };
+        // A wrapper that did not `exec` leaves the node it started: it has the SIGTERM too, and
+        // the rest of the grace period to stop, then the group is killed.
+        while group(0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        group(libc::SIGKILL);
         status
     }
 

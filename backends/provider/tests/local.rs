@@ -202,3 +202,40 @@ async fn shutdown_stops_every_node_and_later_launches_fail() {
     assert!(reason.contains("shutting down"), "{reason}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_wrapper_that_does_not_exec_leaves_no_node_behind_when_stopped() {
+    let dir = scratch("wrapper");
+    // The wrapper runs the "node" as its child (which ignores SIGTERM) and waits for it.
+    let body = "sh -c \"trap '' TERM; while :; do sleep 0.05; done\" & echo $! > \"$work/child\"; wait";
+    let (mut p, mut rx) = provider(&dir, body, |_| {});
+    p.launch(7, &node_type("wrapped"), 1);
+    until("the instance starts", || p.instances().len() == 1).await;
+    let id = p.instances()[0].id.clone();
+    let child_file = dir.join("run").join(&id).join("child");
+    until("the wrapper starts its node", || std::fs::read_to_string(&child_file).is_ok_and(|s| s.ends_with('\n')))
+        .await;
+    let child: u32 = std::fs::read_to_string(&child_file).unwrap().trim().parse().unwrap();
+    let node = NodeId(5);
+    p.registered(node, &labels_of_instance(&id));
+    p.terminate(node, &labels_of_instance(&id));
+    until("the instance is reaped", || p.instances().is_empty()).await;
+    until("the wrapper's node is gone too", || !alive(child)).await;
+    assert!(rx.try_recv().is_err(), "a stopped node is no failed launch");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn when_one_node_of_a_request_fails_its_unregistered_siblings_are_stopped() {
+    let dir = scratch("siblings");
+    let body = "case \"$work\" in *-0) exit 3;; *) trap 'exit 0' TERM; while :; do sleep 0.05; done;; esac";
+    let (mut p, mut rx) = provider(&dir, body, |_| {});
+    p.launch(9, &node_type("cpu"), 2);
+    let ProviderEvent::LaunchFailed { request, .. } = next_event(&mut rx).await else { panic!("not a failure") };
+    assert_eq!(request, 9);
+    // The sibling would register late, on top of whatever the Head launches instead.
+    until("the sibling is stopped and reaped", || p.instances().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "the request failed once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

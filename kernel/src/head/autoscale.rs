@@ -47,6 +47,9 @@ pub(super) struct AutoscaleState {
     pub unmet: Vec<(ResourceSet, u64, Unmet)>,
     /// Nodes the autoscaler terminated (they take no work; their loss is expected).
     pub terminated: Vec<NodeId>,
+    /// The machines ([`INSTANCE_LABEL`]) of the last nodes it terminated, newest last: one that
+    /// registers again (it outlived its stop) is stopped again rather than given work.
+    stopped_instances: std::collections::VecDeque<String>,
     started: bool,
 }
 
@@ -66,13 +69,18 @@ impl Head {
     pub(super) fn autoscale_start(&mut self) {
         if self.config.autoscaler.is_some() && !self.autoscale.started {
             self.autoscale.started = true;
-            let at = self.now + self.config.autoscaler.as_ref().expect("set").period;
+            let at = self.now + period(self.config.autoscaler.as_ref().expect("set"));
             self.set_timer(at, Timer::Autoscale);
         }
     }
 
-    /// A node registered: settle its launch, if it came from one.
-    pub(super) fn autoscale_registered(&mut self, labels: &crate::proto::Labels) {
+    /// A node registered: settle its launch, if it came from one; stop it again if it is a
+    /// machine the autoscaler already stopped.
+    pub(super) fn autoscale_registered(&mut self, node: NodeId, labels: &crate::proto::Labels) {
+        if labels.get(INSTANCE_LABEL).is_some_and(|i| self.autoscale.stopped_instances.contains(i)) {
+            self.autoscale_stop(node);
+            return;
+        }
         let Some(request) = labels.get(LAUNCH_LABEL).and_then(|r| r.parse::<u64>().ok()) else { return };
         let Some(launch) = self.autoscale.launching.get_mut(&request) else { return };
         // A machine registering again is not one more node of its launch.
@@ -140,7 +148,7 @@ impl Head {
     /// One decision: timeouts, launches, idle nodes.
     pub(super) fn on_autoscale_timer(&mut self) {
         let Some(config) = self.config.autoscaler.clone() else { return };
-        self.set_timer(self.now + config.period, Timer::Autoscale);
+        self.set_timer(self.now + period(&config), Timer::Autoscale);
         // Nodes stopped at the last decision are gone (their provider has been told): forget
         // them now rather than when their silence reaches the node timeout, so that they weigh
         // on nothing meanwhile. They are idle and drained: nothing is lost with them.
@@ -220,7 +228,7 @@ impl Head {
     /// part names its placed bundles' bins).
     fn autoscale_demand(&self, bin_nodes: &[NodeId]) -> Demand {
         let mut demand = Demand { tasks: self.tasks.autoscaler_demand(), ..Demand::default() };
-        for (_, record) in self.pgs.iter() {
+        for record in self.pgs.pending.iter().filter_map(|pg| self.pgs.get(*pg)) {
             if record.state != super::placement::PgState::Pending {
                 continue;
             }
@@ -312,16 +320,28 @@ impl Head {
             }
             *count -= 1;
             self.autoscale.idle_since.remove(&node);
-            self.autoscale.terminated.push(node);
-            // It drains (no new work goes there) and is stopped; it is idle, so not reported
-            // drained separately.
-            if let Some(record) = self.nodes.get_mut(node) {
-                record.draining = true;
-                record.drained_reported = true;
-            }
-            self.cluster.set_schedulable(node, false);
-            self.emit(HeadOutput::Terminate { node });
+            self.autoscale_stop(node);
         }
+    }
+
+    /// Stops a node: it drains (no new work goes there; it is idle, so not reported drained
+    /// separately), its provider is told, and its machine is remembered.
+    fn autoscale_stop(&mut self, node: NodeId) {
+        /// Machines remembered as stopped.
+        const REMEMBERED: usize = 4096;
+        self.autoscale.terminated.push(node);
+        if let Some(instance) = self.cluster.node(node).and_then(|n| n.labels.get(INSTANCE_LABEL)).cloned() {
+            if self.autoscale.stopped_instances.len() == REMEMBERED {
+                self.autoscale.stopped_instances.pop_front();
+            }
+            self.autoscale.stopped_instances.push_back(instance);
+        }
+        if let Some(record) = self.nodes.get_mut(node) {
+            record.draining = true;
+            record.drained_reported = true;
+        }
+        self.cluster.set_schedulable(node, false);
+        self.emit(HeadOutput::Terminate { node });
     }
 
     /// No task, actor or bundle there, and no only copy of a referenced object.
@@ -355,6 +375,12 @@ impl Head {
                 .collect(),
         }
     }
+}
+
+/// How often the autoscaler decides: its period, and at least a millisecond (a zero period
+/// would decide forever at one instant).
+fn period(config: &autoscaler::AutoscalerConfig) -> crate::time::Duration {
+    config.period.max(crate::time::Duration::from_millis(1))
 }
 
 /// The index of the node type a node's [`NODE_TYPE_LABEL`] names (`None`: not a managed node).

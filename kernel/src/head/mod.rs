@@ -231,7 +231,7 @@ pub struct HeadStats {
     pub retries: u64,
     /// Finished tasks re-run to rebuild lost objects.
     pub reconstructions: u64,
-    /// Nodes declared dead.
+    /// Nodes declared dead (not counting those the autoscaler stopped).
     pub nodes_lost: u64,
     /// Inputs refused with an [`InputError`].
     pub inputs_refused: u64,
@@ -454,6 +454,13 @@ impl Head {
         Demand { queued: self.tasks.queued_shapes(), infeasible: infeasible.into_iter().collect() }
     }
 
+    /// Queued and infeasible tasks a node of the right shape could run (not those bound to a
+    /// group's bundle or, hard, to one node), as counts per shape and label constraints: the
+    /// task demand the autoscaler sees.
+    pub fn waiting_shapes(&self) -> Vec<(ResourceSet, Vec<crate::proto::LabelConstraint>, u64)> {
+        self.tasks.autoscaler_demand()
+    }
+
     /// Whether `job` is running (registered and not finished).
     pub fn job_running(&self, job: JobId) -> bool {
         self.jobs.is_running(job)
@@ -487,8 +494,10 @@ impl Head {
             Hello::RegisterNode { version, resources, labels } => {
                 let registered =
                     self.check_version(version).and_then(|()| self.register_node(resources, labels.clone()));
-                if registered.is_ok() {
-                    self.autoscale_registered(&labels);
+                if let Ok(node) = registered {
+                    self.emit(HeadOutput::ToConn { conn, msg: Welcome::NodeRegistered(node) });
+                    self.autoscale_registered(node, &labels);
+                    return Ok(());
                 }
                 registered.map(Welcome::NodeRegistered)
             }

@@ -147,6 +147,20 @@ impl IdBits {
         Some(w as u32 * 64 + bit)
     }
 
+    /// The ids, ascending.
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    w as u32 * 64 + bit
+                })
+            })
+        })
+    }
+
     /// `self |= other`.
     fn union_with(&mut self, other: &IdBits) {
         if self.words.len() < other.words.len() {
@@ -313,9 +327,11 @@ impl TaskTable {
     /// Queued tasks per resource shape (classes of equal resources merged), in shape order.
     pub fn queued_shapes(&self) -> Vec<(ResourceSet, u64)> {
         let mut shapes: BTreeMap<ResourceSet, u64> = BTreeMap::new();
-        for (class, queue) in self.queues.iter().enumerate() {
+        // Only the classes with a queue: a long run makes many classes, most of them idle.
+        for class in self.queued.iter() {
+            let queue = &self.queues[class as usize];
             if !queue.is_empty() {
-                *shapes.entry(self.classes.keys[class].resources.clone()).or_default() += queue.len() as u64;
+                *shapes.entry(self.classes.keys[class as usize].resources.clone()).or_default() += queue.len() as u64;
             }
         }
         shapes.into_iter().collect()
@@ -328,7 +344,7 @@ impl TaskTable {
     pub fn autoscaler_demand(&self) -> Vec<(ResourceSet, Vec<LabelConstraint>, u64)> {
         let mut seen: rustc_hash::FxHashSet<TaskId> = rustc_hash::FxHashSet::default();
         let mut shapes: BTreeMap<(ResourceSet, Vec<LabelConstraint>), u64> = BTreeMap::new();
-        let queued = self.queues.iter().flat_map(|q| q.iter().copied());
+        let queued = self.queued.iter().flat_map(|class| self.queues[class as usize].iter().copied());
         for task in queued.chain(self.infeasible.keys().copied()) {
             if !seen.insert(task) {
                 continue;
