@@ -55,6 +55,15 @@ fn terminated(c: &Cluster) -> Vec<(Time, NodeId)> {
         .collect()
 }
 
+/// The labels of a `cpu4` node of launch `request` on machine `instance`.
+fn launched(request: &str, instance: &str) -> Labels {
+    let mut labels = Labels::new();
+    labels.insert(LAUNCH_LABEL.into(), request.into());
+    labels.insert(NODE_TYPE_LABEL.into(), "cpu4".into());
+    labels.insert(INSTANCE_LABEL.into(), instance.into());
+    labels
+}
+
 /// Plays the provider: starts the nodes of every launch not yet started.
 fn provide(c: &mut Cluster, started: &mut usize) {
     let all = launches(c);
@@ -113,10 +122,7 @@ fn a_machine_that_registers_twice_counts_once_for_its_launch() {
     }
     c.run_for(Duration::from_millis(1_500));
     assert_eq!(launches(&c), vec![(0, "cpu4".into(), 2)]);
-    let mut labels = Labels::new();
-    labels.insert(LAUNCH_LABEL.into(), "0".into());
-    labels.insert(NODE_TYPE_LABEL.into(), "cpu4".into());
-    labels.insert(INSTANCE_LABEL.into(), "machine-1".into());
+    let mut labels = launched("0", "machine-1");
     // The same machine registers, then registers again (as after a partition).
     c.add_host(ResourceSet::cpus(4), labels.clone());
     c.run_for(Duration::from_millis(100));
@@ -137,10 +143,7 @@ fn a_stopped_machine_that_registers_again_is_stopped_again_and_given_no_work() {
     let job = c.start_job("again");
     c.submit(job, task(job, 0, "ms=100")).unwrap();
     c.run_for(Duration::from_millis(1_500));
-    let mut labels = Labels::new();
-    labels.insert(LAUNCH_LABEL.into(), "0".into());
-    labels.insert(NODE_TYPE_LABEL.into(), "cpu4".into());
-    labels.insert(INSTANCE_LABEL.into(), "machine-1".into());
+    let labels = launched("0", "machine-1");
     c.add_host(ResourceSet::cpus(4), labels.clone());
     // The task runs, the node idles past the timeout and is stopped.
     c.run_for(Duration::from_secs(10));

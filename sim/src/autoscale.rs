@@ -37,7 +37,7 @@
 //!
 //! Errors name the file, the line and the field.
 
-use crate::scenario::{line_of, ScenarioError};
+use crate::scenario::{parse_checked, read, ScenarioError};
 use keel_kernel::autoscaler::{AutoscalerConfig, Limits, NodeType};
 use keel_kernel::proto::Labels;
 use keel_kernel::{Amount, Duration, ResourceSet};
@@ -254,24 +254,12 @@ pub fn seconds(s: f64) -> Duration {
 impl AutoscaleSpec {
     /// Reads and checks a cluster file.
     pub fn load(path: &Path) -> Result<AutoscaleSpec, ScenarioError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })?;
-        AutoscaleSpec::parse(path, &text)
+        AutoscaleSpec::parse(path, &read(path)?)
     }
 
     /// Parses and checks a cluster file's text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<AutoscaleSpec, ScenarioError> {
-        let spec: AutoscaleSpec = toml::from_str(text).map_err(|e| ScenarioError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
-        })?;
-        spec.check().map_err(|(field, message)| ScenarioError::Invalid {
-            file: path.to_path_buf(),
-            line: line_of(text, &field),
-            field,
-            message,
-        })?;
-        Ok(spec)
+        parse_checked(path, text, AutoscaleSpec::check)
     }
 
     /// Checks the values; the error names the field (`node_type[1].max_workers`).
@@ -335,16 +323,10 @@ impl AutoscaleSpec {
 
     /// Reads and checks a cluster file for a simulation (see [`AutoscaleSpec::check_simulated`]).
     pub fn load_simulated(path: &Path) -> Result<AutoscaleSpec, ScenarioError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })?;
-        let spec = AutoscaleSpec::parse(path, &text)?;
-        spec.check_simulated().map_err(|(field, message)| ScenarioError::Invalid {
-            file: path.to_path_buf(),
-            line: line_of(&text, &field),
-            field,
-            message,
-        })?;
-        Ok(spec)
+        parse_checked(path, &read(path)?, |spec: &AutoscaleSpec| {
+            spec.check()?;
+            spec.check_simulated()
+        })
     }
 
     /// The kernel's configuration.

@@ -621,27 +621,38 @@ impl Default for Expect {
     }
 }
 
+/// The text of a TOML file, or the error naming it.
+pub(crate) fn read(path: &Path) -> Result<String, ScenarioError> {
+    std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })
+}
+
+/// TOML text parsed and then checked by `check`, whose error names a field; errors name the
+/// file (`path`) and the line.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    check: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ScenarioError> {
+    let value: T = toml::from_str(text)
+        .map_err(|e| ScenarioError::Parse { file: path.to_path_buf(), message: e.to_string().trim().to_string() })?;
+    check(&value).map_err(|(field, message)| ScenarioError::Invalid {
+        file: path.to_path_buf(),
+        line: line_of(text, &field),
+        field,
+        message,
+    })?;
+    Ok(value)
+}
+
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: path.to_path_buf(), source })?;
-        Scenario::parse(path, &text)
+        Scenario::parse(path, &read(path)?)
     }
 
     /// Parses and checks scenario text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
-            file: path.to_path_buf(),
-            message: e.to_string().trim().to_string(),
-        })?;
-        scenario.check().map_err(|(field, message)| ScenarioError::Invalid {
-            file: path.to_path_buf(),
-            line: line_of(text, &field),
-            field,
-            message,
-        })?;
-        Ok(scenario)
+        parse_checked(path, text, Scenario::check)
     }
 
     fn check(&self) -> Result<(), (String, String)> {
@@ -966,7 +977,7 @@ impl Scenario {
 
 /// The line (1-based) where `field` (`fault[2].host`, `workload.kind`) is written in `text`, or
 /// where its table starts when it is missing.
-pub(crate) fn line_of(text: &str, field: &str) -> Option<usize> {
+fn line_of(text: &str, field: &str) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
     let mut table = doc.as_table();
     let mut span = None;

@@ -35,11 +35,16 @@ kind = "crash_worker"
 host = 1
 "#;
 
-fn broken(tamper: Option<Tamper>) -> Vec<Property> {
-    let outcome = scenario(BASE).run(1, tamper);
+/// The properties a run of `text` breaks (each once).
+fn broken_by(text: &str, seed: u64, tamper: Option<Tamper>) -> Vec<Property> {
+    let outcome = scenario(text).run(seed, tamper);
     let mut p: Vec<Property> = outcome.violations.iter().map(|v| v.property).collect();
     p.dedup();
     p
+}
+
+fn broken(tamper: Option<Tamper>) -> Vec<Property> {
+    broken_by(BASE, 1, tamper)
 }
 
 /// A burst on an empty cluster that the autoscaler grows to its limit of four nodes.
@@ -68,10 +73,7 @@ launch_max_s = 3
 "#;
 
 fn broken_autoscaled(tamper: Option<Tamper>) -> Vec<Property> {
-    let outcome = scenario(AUTOSCALED).run(2, tamper);
-    let mut p: Vec<Property> = outcome.violations.iter().map(|v| v.property).collect();
-    p.dedup();
-    p
+    broken_by(AUTOSCALED, 2, tamper)
 }
 
 #[test]
