@@ -3,7 +3,7 @@
 //! knowing every job, task, object and placement group it had accepted. The same file is a
 //! recording of the run.
 //!
-//! Format: the 8 bytes `KEELJNL1`, then records of `u32` length, `u32` CRC-32 of the body, and
+//! Format: the 8 bytes `KEELJNL2`, then records of `u32` length, `u32` CRC-32 of the body, and
 //! the body (postcard of an [`Entry`]: an input with its time, a timer run, or a job's program).
 //! A record cut short at the end (the head died while writing it) is dropped on open and the file
 //! truncated there; a record whose checksum fails anywhere else is corruption, reported with its
@@ -21,7 +21,7 @@
 //! what the snapshot already has, and is dropped. A restart loads the snapshot and replays the
 //! journal's records after it.
 //!
-//! Snapshot format: the 8 bytes `KEELSNP1`, a `u64` length, a `u32` CRC-32 of the body, and the
+//! Snapshot format: the 8 bytes `KEELSNP3`, a `u64` length, a `u32` CRC-32 of the body, and the
 //! body (postcard of a [`Snapshot`]).
 
 use keel_kernel::ids::JobId;
@@ -33,9 +33,10 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"KEELJNL2";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNP2";
-/// Written by an earlier Keel whose records and machine had another layout.
-const OLDER: [&[u8; 8]; 2] = [b"KEELJNL1", b"KEELSNP1"];
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNP3";
+/// Written by an earlier Keel whose records or machine had another layout (version 2 snapshots
+/// hold a Head without the autoscaler's record of the machines it stopped).
+const OLDER: [&[u8; 8]; 3] = [b"KEELJNL1", b"KEELSNP1", b"KEELSNP2"];
 /// Records larger than this are corruption, not inputs.
 const MAX_RECORD: u32 = 256 << 20;
 
@@ -556,6 +557,9 @@ mod tests {
         std::fs::write(&path, b"KEELJNL1\0\0\0\0").unwrap();
         let older = Journal::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(older.contains("earlier version of Keel") && older.contains("--state-dir"), "{older}");
+        let snapshot = path.with_extension("snapshot");
+        std::fs::write(&snapshot, [&b"KEELSNP2"[..], &[0u8; 16]].concat()).unwrap();
+        assert!(matches!(read_snapshot(&snapshot), Err(JournalError::OlderVersion { .. })));
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
