@@ -7,13 +7,40 @@
 //! - `noop-tasks`: `--tasks` no-op tasks submitted from one driver, then all awaited: tasks/s.
 //! - `round-trip`: `--round-trips` sequential submit-then-get of a no-op task: p50 and p99 of
 //!   each run, in microseconds (median of the runs' p50s and of their p99s).
+//! - `startup`: a fresh process of this program, from its start to its first task's result
+//!   (the embedded cluster started on the way), in seconds.
+//! - `actor-calls`: one actor, `--tasks` method calls submitted then awaited (calls/s), and
+//!   `--round-trips` sequential calls (p50, microseconds).
+//! - `put-get`: a 100 MiB buffer put, then got back: GB/s each way.
+//! - `small-puts`: 10,000 puts of 1 KiB: puts/s.
+//! - `map-reduce`: 200 map tasks each returning 1 MiB, 10 reduce tasks each taking 20 of them
+//!   by reference: seconds.
+//! - `chain`: 1,000 tasks, each taking the previous one's result: seconds.
+//! - `idle-memory`: resident memory of this process and every process under it (the embedded
+//!   head and node, and the workers), idle after the warm-up: MiB.
 //!
 //! `--json` prints one JSON object per workload instead.
 
-use keel::{remote, Remote};
+use keel::{actor, method, remote, ActorClass, Method, ObjectRef, Remote};
 use std::time::{Duration, Instant};
 
 static NOOP: Remote<(), ()> = remote("noop", |()| ());
+static MIB: Remote<(u64,), Vec<u8>> = remote("mib", |(i,)| vec![i as u8; 1 << 20]);
+static REDUCE: Remote<(Vec<ObjectRef<Vec<u8>>>,), u64> = remote("reduce", |(parts,)| {
+    let keel = keel::current().expect("a task runs under a cluster");
+    let parts = keel.get_all(&parts).expect("the map outputs");
+    parts.iter().map(|p| p.len() as u64).sum()
+});
+static NEXT: Remote<(u64,), u64> = remote("next", |(x,)| x + 1);
+
+struct Counter {
+    calls: u64,
+}
+static COUNTER: ActorClass<Counter, ()> = actor("Counter", |()| Counter { calls: 0 });
+static TICK: Method<Counter, (), u64> = method("Counter.tick", |c, ()| {
+    c.calls += 1;
+    c.calls
+});
 
 struct Args {
     runs: usize,
@@ -34,6 +61,7 @@ fn parse() -> Args {
             "--tasks" => args.tasks = num("--tasks").max(1),
             "--round-trips" => args.round_trips = num("--round-trips").max(1),
             "--json" => args.json = true,
+            "--startup-probe" => {}
             "-h" | "--help" => {
                 println!("bench [--runs N] [--tasks N] [--round-trips N] [--json]");
                 std::process::exit(0);
@@ -55,13 +83,24 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// A figure with the digits that matter.
+fn shown(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
 fn report(args: &Args, name: &str, unit: &str, figures: &[(&str, Vec<f64>)]) {
     if args.json {
         let fields: Vec<String> = figures
             .iter()
             .map(|(what, xs)| {
                 let (med, min, max) = summary(xs.clone());
-                format!("\"{what}\":{{\"median\":{med:.1},\"min\":{min:.1},\"max\":{max:.1}}}")
+                format!("\"{what}\":{{\"median\":{med},\"min\":{min},\"max\":{max}}}")
             })
             .collect();
         println!("{{\"workload\":\"{name}\",\"unit\":\"{unit}\",\"runs\":{},{}}}", args.runs, fields.join(","));
@@ -70,15 +109,42 @@ fn report(args: &Args, name: &str, unit: &str, figures: &[(&str, Vec<f64>)]) {
             .iter()
             .map(|(what, xs)| {
                 let (med, min, max) = summary(xs.clone());
-                format!("{what} {med:.0} {unit} [{min:.0}, {max:.0}]")
+                let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+                format!("{what} {}{unit} [{}, {}]", shown(med), shown(min), shown(max))
             })
             .collect();
         println!("{name:<12} {} (median [min, max] of {} runs)", parts.join(", "), args.runs);
     }
 }
 
+/// Resident memory of `pid` and every process under it, in bytes.
+fn tree_rss(pid: u32) -> u64 {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024;
+    let mut children = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                children.extend(list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+    }
+    rss + children.into_iter().map(tree_rss).sum::<u64>()
+}
+
 fn main() -> keel::Result<()> {
-    let keel = keel::init(&[&NOOP])?;
+    let began = Instant::now();
+    let functions: [&'static dyn keel::Registered; 6] = [&NOOP, &MIB, &REDUCE, &NEXT, &COUNTER, &TICK];
+    let keel = keel::init(&functions)?;
+    if std::env::args().any(|a| a == "--startup-probe") {
+        keel.get(&NOOP.call(&keel, ())?)?;
+        println!("{}", began.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let args = parse();
     // Warm-up: workers started, code paths and allocators warm.
     let warm: Vec<_> = (0..1_000).map(|_| NOOP.call(&keel, ())).collect::<keel::Result<_>>()?;
@@ -108,5 +174,91 @@ fn main() -> keel::Result<()> {
         p99s.push(percentile(&times, 0.99));
     }
     report(&args, "round-trip", "us", &[("p50", p50s), ("p99", p99s)]);
+
+    let idle: Vec<f64> = (0..args.runs)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            tree_rss(std::process::id()) as f64 / (1u64 << 20) as f64
+        })
+        .collect();
+    report(&args, "idle-memory", "MiB", &[("resident", idle)]);
+
+    let exe = std::env::current_exe().expect("this program");
+    let mut startups = Vec::new();
+    for _ in 0..args.runs {
+        let out = std::process::Command::new(&exe)
+            .arg("--startup-probe")
+            .env_remove("KEEL_ADDRESS")
+            .output()
+            .expect("a probe process");
+        let text = String::from_utf8_lossy(&out.stdout);
+        startups.push(text.trim().parse::<f64>().expect("the probe prints seconds") * 1e3);
+    }
+    report(&args, "startup", "ms", &[("to first result", startups)]);
+
+    let counter = COUNTER.create(&keel, ())?;
+    keel.get(counter.ready())?;
+    let (mut rates, mut p50s) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        let refs: Vec<_> = (0..args.tasks).map(|_| TICK.call(&keel, &counter, ())).collect::<keel::Result<_>>()?;
+        keel.get_all(&refs)?;
+        rates.push(args.tasks as f64 / start.elapsed().as_secs_f64());
+        let mut times = Vec::with_capacity(args.round_trips);
+        for _ in 0..args.round_trips {
+            let start = Instant::now();
+            keel.get(&TICK.call(&keel, &counter, ())?)?;
+            times.push(start.elapsed());
+        }
+        times.sort();
+        p50s.push(percentile(&times, 0.50));
+    }
+    report(&args, "actor-calls", "", &[("calls/s", rates), ("sync p50 us", p50s)]);
+
+    let buffer = vec![7u8; 100 << 20];
+    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        let r = keel.put(&buffer)?;
+        puts.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
+        let start = Instant::now();
+        let back = keel.get(&r)?;
+        gets.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
+        assert_eq!(back.len(), buffer.len());
+    }
+    report(&args, "put-get", "GB/s", &[("put", puts), ("get", gets)]);
+
+    let small = vec![1u8; 1024];
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        let refs: Vec<_> = (0..10_000).map(|_| keel.put(&small)).collect::<keel::Result<_>>()?;
+        rates.push(refs.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    report(&args, "small-puts", "puts/s", &[("rate", rates)]);
+
+    let mut walls = Vec::new();
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        let maps: Vec<_> = (0..200).map(|i| MIB.call(&keel, (i,))).collect::<keel::Result<_>>()?;
+        let reduces: Vec<_> =
+            maps.chunks(20).map(|part| REDUCE.call(&keel, (part.to_vec(),))).collect::<keel::Result<_>>()?;
+        let total: u64 = keel.get_all(&reduces)?.into_iter().sum();
+        assert_eq!(total, 200 << 20);
+        walls.push(start.elapsed().as_secs_f64());
+    }
+    report(&args, "map-reduce", "s", &[("wall", walls)]);
+
+    let mut walls = Vec::new();
+    for _ in 0..args.runs {
+        let start = Instant::now();
+        let mut last = NEXT.call(&keel, (0,))?;
+        for _ in 1..1_000 {
+            last = NEXT.call(&keel, (&last,))?;
+        }
+        assert_eq!(keel.get(&last)?, 1_000);
+        walls.push(start.elapsed().as_secs_f64());
+    }
+    report(&args, "chain", "s", &[("wall", walls)]);
     Ok(())
 }
