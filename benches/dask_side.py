@@ -12,11 +12,19 @@ BEGAN = time.perf_counter()
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from side_common import percentile, report, tree_rss  # noqa: E402
+from side_common import (  # noqa: E402
+    common_arguments,
+    idle_memory,
+    latencies,
+    percentile,
+    rates,
+    report,
+    startups,
+    walls,
+)
 
 
 def noop(_=None):
@@ -47,14 +55,7 @@ class Counter:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--round-trips", type=int, default=2_000)
-    parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--startup-probe", action="store_true")
-    args = parser.parse_args()
+    args = common_arguments(argparse.ArgumentParser())
 
     import numpy as np
     from dask.distributed import Client, LocalCluster
@@ -71,59 +72,23 @@ def main():
 
     client.gather(client.map(noop, range(1_000), pure=False))
 
-    rates = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        client.gather(client.map(noop, range(args.tasks), pure=False))
-        rates.append(args.tasks / (time.perf_counter() - start))
-    report(args, "noop-tasks", "tasks/s", [("throughput", rates)])
-
-    p50s, p99s = [], []
-    for _ in range(args.runs):
-        times = []
-        for _ in range(args.round_trips):
-            start = time.perf_counter()
-            client.submit(noop, pure=False).result()
-            times.append((time.perf_counter() - start) * 1e6)
-        times.sort()
-        p50s.append(percentile(times, 0.50))
-        p99s.append(percentile(times, 0.99))
-    report(args, "round-trip", "us", [("p50", p50s), ("p99", p99s)])
-
-    idle = []
-    for _ in range(args.runs):
-        time.sleep(0.2)
-        idle.append(tree_rss(os.getpid()) / (1 << 20))
-    report(args, "idle-memory", "MiB", [("resident", idle)])
-
-    startups = []
-    for _ in range(args.runs):
-        out = subprocess.run(
-            [sys.executable, __file__, "--startup-probe", "--cpus", str(args.cpus)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        startups.append(float(out.stdout.strip().splitlines()[-1]) * 1e3)
-    report(args, "startup", "ms", [("to first result", startups)])
+    throughput = rates(args.runs, args.tasks, lambda: client.gather(client.map(noop, range(args.tasks), pure=False)))
+    report(args, "noop-tasks", "tasks/s", [("throughput", throughput)])
+    trips = [latencies(args.round_trips, lambda: client.submit(noop, pure=False).result()) for _ in range(args.runs)]
+    report(args, "round-trip", "us", [("p50", [percentile(t, 0.50) for t in trips]), ("p99", [percentile(t, 0.99) for t in trips])])
+    report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
+    report(args, "startup", "ms", [("to first result", startups(args.runs, __file__, args.cpus))])
 
     counter = client.submit(Counter, actor=True).result()
     counter.tick().result()
-    rates, p50s = [], []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        calls = [counter.tick() for _ in range(args.tasks)]
-        for c in calls:
-            c.result()
-        rates.append(args.tasks / (time.perf_counter() - start))
-        times = []
-        for _ in range(args.round_trips):
-            start = time.perf_counter()
-            counter.tick().result()
-            times.append((time.perf_counter() - start) * 1e6)
-        times.sort()
-        p50s.append(percentile(times, 0.50))
-    report(args, "actor-calls", "", [("calls/s", rates), ("sync p50 us", p50s)])
+
+    def many_calls():
+        for call in [counter.tick() for _ in range(args.tasks)]:
+            call.result()
+
+    calls = rates(args.runs, args.tasks, many_calls)
+    sync = [percentile(latencies(args.round_trips, lambda: counter.tick().result()), 0.50) for _ in range(args.runs)]
+    report(args, "actor-calls", "", [("calls/s", calls), ("sync p50 us", sync)])
 
     buffer = np.full(100 << 20, 7, dtype=np.uint8)
     puts, gets = [], []
@@ -139,33 +104,23 @@ def main():
     report(args, "put-get", "GB/s", [("put", puts), ("get", gets)])
 
     small = bytes(1024)
-    rates = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        futures = [client.scatter(small, hash=False) for _ in range(10_000)]
-        rates.append(len(futures) / (time.perf_counter() - start))
-        del futures
-    report(args, "small-puts", "puts/s", [("rate", rates)])
+    scatter = lambda: [client.scatter(small, hash=False) for _ in range(10_000)]  # noqa: E731
+    report(args, "small-puts", "puts/s", [("rate", rates(args.runs, 10_000, scatter))])
 
-    walls = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
+    def map_reduce():
         maps = client.map(mib, range(200), pure=False)
         reduces = [client.submit(reduce, *maps[i : i + 20], pure=False) for i in range(0, 200, 20)]
         assert sum(client.gather(reduces)) == 200 << 20
-        walls.append(time.perf_counter() - start)
-        del maps, reduces
-    report(args, "map-reduce", "s", [("wall", walls)])
 
-    walls = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
+    report(args, "map-reduce", "s", [("wall", walls(args.runs, map_reduce))])
+
+    def chain():
         last = client.submit(nxt, 0, pure=False)
         for _ in range(1, 1_000):
             last = client.submit(nxt, last, pure=False)
         assert last.result() == 1_000
-        walls.append(time.perf_counter() - start)
-    report(args, "chain", "s", [("wall", walls)])
+
+    report(args, "chain", "s", [("wall", walls(args.runs, chain))])
     client.close()
     cluster.close()
 

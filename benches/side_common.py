@@ -1,9 +1,12 @@
-"""What `ray_side.py` and `dask_side.py` share: memory of a process tree, percentiles, and
-report lines in the format of `examples/bench.rs`."""
+"""What `ray_side.py` and `dask_side.py` share: the options, the timing loops, memory of a
+process tree, percentiles, and report lines in the format of `examples/bench.rs`."""
 
 import json
 import os
 import statistics
+import subprocess
+import sys
+import time
 
 
 def tree_rss(pid):
@@ -40,3 +43,65 @@ def report(args, name, unit, figures):
     else:
         parts = [f"{what} {statistics.median_low(xs):.4g} {unit} [{min(xs):.4g}, {max(xs):.4g}]" for what, xs in figures]
         print(f"{name:<12} {', '.join(parts)} (median [min, max] of {args.runs} runs)", flush=True)
+
+
+def rates(runs, count, batch):
+    """Per run: `batch()` does `count` operations; their rate per second."""
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        batch()
+        out.append(count / (time.perf_counter() - start))
+    return out
+
+
+def latencies(count, one):
+    """`count` sequential calls of `one()`, each timed: sorted microseconds."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        one()
+        times.append((time.perf_counter() - start) * 1e6)
+    times.sort()
+    return times
+
+
+def walls(runs, once):
+    """Per run: the seconds `once()` takes."""
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def idle_memory(runs):
+    """Per run, after a pause: the resident memory of this process tree, in MiB."""
+    out = []
+    for _ in range(runs):
+        time.sleep(0.2)
+        out.append(tree_rss(os.getpid()) / (1 << 20))
+    return out
+
+
+def startups(runs, script, cpus):
+    """Per run: a fresh `script --startup-probe` process's time to its first result, in ms."""
+    out = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, script, "--startup-probe", "--cpus", str(cpus)], capture_output=True, text=True, check=True
+        )
+        out.append(float(done.stdout.strip().splitlines()[-1]) * 1e3)
+    return out
+
+
+def common_arguments(parser):
+    """The options both sides take, with the defaults of `examples/bench.rs`."""
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--round-trips", type=int, default=2_000)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--startup-probe", action="store_true")
+    return parser.parse_args()
