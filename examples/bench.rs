@@ -19,7 +19,7 @@
 //! - `idle-memory`: resident memory of this process and every process under it (the embedded
 //!   head and node, and the workers), idle after the warm-up: MiB.
 //!
-//! `--json` prints one JSON object per workload instead.
+//! `--json` prints one JSON object per workload instead; `--only noop-tasks,chain` runs only those.
 
 use keel::{actor, method, remote, ActorClass, Method, ObjectRef, Remote};
 use std::time::{Duration, Instant};
@@ -47,10 +47,18 @@ struct Args {
     tasks: usize,
     round_trips: usize,
     json: bool,
+    /// Workloads to run (all when empty).
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
 }
 
 fn parse() -> Args {
-    let mut args = Args { runs: 5, tasks: 20_000, round_trips: 2_000, json: false };
+    let mut args = Args { runs: 5, tasks: 20_000, round_trips: 2_000, json: false, only: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -61,9 +69,12 @@ fn parse() -> Args {
             "--tasks" => args.tasks = num("--tasks").max(1),
             "--round-trips" => args.round_trips = num("--round-trips").max(1),
             "--json" => args.json = true,
+            "--only" => args.only.extend(
+                it.next().expect("--only takes workload names, comma-separated").split(',').map(str::to_string),
+            ),
             "--startup-probe" => {}
             "-h" | "--help" => {
-                println!("bench [--runs N] [--tasks N] [--round-trips N] [--json]");
+                println!("bench [--runs N] [--tasks N] [--round-trips N] [--json] [--only WORKLOAD,...]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (try --help)"),
@@ -151,114 +162,124 @@ fn main() -> keel::Result<()> {
     keel.get_all(&warm)?;
     drop(warm);
 
-    let mut rates = Vec::new();
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let refs: Vec<_> = (0..args.tasks).map(|_| NOOP.call(&keel, ())).collect::<keel::Result<_>>()?;
-        keel.get_all(&refs)?;
-        rates.push(args.tasks as f64 / start.elapsed().as_secs_f64());
-    }
-    report(&args, "noop-tasks", "tasks/s", &[("throughput", rates)]);
-
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        let mut times = Vec::with_capacity(args.round_trips);
-        for _ in 0..args.round_trips {
+    if args.wants("noop-tasks") {
+        let mut rates = Vec::new();
+        for _ in 0..args.runs {
             let start = Instant::now();
-            let r = NOOP.call(&keel, ())?;
-            keel.get(&r)?;
-            times.push(start.elapsed());
+            let refs: Vec<_> = (0..args.tasks).map(|_| NOOP.call(&keel, ())).collect::<keel::Result<_>>()?;
+            keel.get_all(&refs)?;
+            rates.push(args.tasks as f64 / start.elapsed().as_secs_f64());
         }
-        times.sort();
-        p50s.push(percentile(&times, 0.50));
-        p99s.push(percentile(&times, 0.99));
+        report(&args, "noop-tasks", "tasks/s", &[("throughput", rates)]);
     }
-    report(&args, "round-trip", "us", &[("p50", p50s), ("p99", p99s)]);
-
-    let idle: Vec<f64> = (0..args.runs)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(200));
-            tree_rss(std::process::id()) as f64 / (1u64 << 20) as f64
-        })
-        .collect();
-    report(&args, "idle-memory", "MiB", &[("resident", idle)]);
-
-    let exe = std::env::current_exe().expect("this program");
-    let mut startups = Vec::new();
-    for _ in 0..args.runs {
-        let out = std::process::Command::new(&exe)
-            .arg("--startup-probe")
-            .env_remove("KEEL_ADDRESS")
-            .output()
-            .expect("a probe process");
-        let text = String::from_utf8_lossy(&out.stdout);
-        startups.push(text.trim().parse::<f64>().expect("the probe prints seconds") * 1e3);
+    if args.wants("round-trip") {
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let mut times = Vec::with_capacity(args.round_trips);
+            for _ in 0..args.round_trips {
+                let start = Instant::now();
+                let r = NOOP.call(&keel, ())?;
+                keel.get(&r)?;
+                times.push(start.elapsed());
+            }
+            times.sort();
+            p50s.push(percentile(&times, 0.50));
+            p99s.push(percentile(&times, 0.99));
+        }
+        report(&args, "round-trip", "us", &[("p50", p50s), ("p99", p99s)]);
     }
-    report(&args, "startup", "ms", &[("to first result", startups)]);
-
-    let counter = COUNTER.create(&keel, ())?;
-    keel.get(counter.ready())?;
-    let (mut rates, mut p50s) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let refs: Vec<_> = (0..args.tasks).map(|_| TICK.call(&keel, &counter, ())).collect::<keel::Result<_>>()?;
-        keel.get_all(&refs)?;
-        rates.push(args.tasks as f64 / start.elapsed().as_secs_f64());
-        let mut times = Vec::with_capacity(args.round_trips);
-        for _ in 0..args.round_trips {
+    if args.wants("idle-memory") {
+        let idle: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                tree_rss(std::process::id()) as f64 / (1u64 << 20) as f64
+            })
+            .collect();
+        report(&args, "idle-memory", "MiB", &[("resident", idle)]);
+    }
+    if args.wants("startup") {
+        let exe = std::env::current_exe().expect("this program");
+        let mut startups = Vec::new();
+        for _ in 0..args.runs {
+            let out = std::process::Command::new(&exe)
+                .arg("--startup-probe")
+                .env_remove("KEEL_ADDRESS")
+                .output()
+                .expect("a probe process");
+            let text = String::from_utf8_lossy(&out.stdout);
+            startups.push(text.trim().parse::<f64>().expect("the probe prints seconds") * 1e3);
+        }
+        report(&args, "startup", "ms", &[("to first result", startups)]);
+    }
+    if args.wants("actor-calls") {
+        let counter = COUNTER.create(&keel, ())?;
+        keel.get(counter.ready())?;
+        let (mut rates, mut p50s) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
             let start = Instant::now();
-            keel.get(&TICK.call(&keel, &counter, ())?)?;
-            times.push(start.elapsed());
+            let refs: Vec<_> = (0..args.tasks).map(|_| TICK.call(&keel, &counter, ())).collect::<keel::Result<_>>()?;
+            keel.get_all(&refs)?;
+            rates.push(args.tasks as f64 / start.elapsed().as_secs_f64());
+            let mut times = Vec::with_capacity(args.round_trips);
+            for _ in 0..args.round_trips {
+                let start = Instant::now();
+                keel.get(&TICK.call(&keel, &counter, ())?)?;
+                times.push(start.elapsed());
+            }
+            times.sort();
+            p50s.push(percentile(&times, 0.50));
         }
-        times.sort();
-        p50s.push(percentile(&times, 0.50));
+        report(&args, "actor-calls", "", &[("calls/s", rates), ("sync p50 us", p50s)]);
     }
-    report(&args, "actor-calls", "", &[("calls/s", rates), ("sync p50 us", p50s)]);
-
-    let buffer = vec![7u8; 100 << 20];
-    let (mut puts, mut gets) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let r = keel.put(&buffer)?;
-        puts.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
-        let start = Instant::now();
-        let back = keel.get(&r)?;
-        gets.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
-        assert_eq!(back.len(), buffer.len());
-    }
-    report(&args, "put-get", "GB/s", &[("put", puts), ("get", gets)]);
-
-    let small = vec![1u8; 1024];
-    let mut rates = Vec::new();
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let refs: Vec<_> = (0..10_000).map(|_| keel.put(&small)).collect::<keel::Result<_>>()?;
-        rates.push(refs.len() as f64 / start.elapsed().as_secs_f64());
-    }
-    report(&args, "small-puts", "puts/s", &[("rate", rates)]);
-
-    let mut walls = Vec::new();
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let maps: Vec<_> = (0..200).map(|i| MIB.call(&keel, (i,))).collect::<keel::Result<_>>()?;
-        let reduces: Vec<_> =
-            maps.chunks(20).map(|part| REDUCE.call(&keel, (part.to_vec(),))).collect::<keel::Result<_>>()?;
-        let total: u64 = keel.get_all(&reduces)?.into_iter().sum();
-        assert_eq!(total, 200 << 20);
-        walls.push(start.elapsed().as_secs_f64());
-    }
-    report(&args, "map-reduce", "s", &[("wall", walls)]);
-
-    let mut walls = Vec::new();
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let mut last = NEXT.call(&keel, (0,))?;
-        for _ in 1..1_000 {
-            last = NEXT.call(&keel, (&last,))?;
+    if args.wants("put-get") {
+        let buffer = vec![7u8; 100 << 20];
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let start = Instant::now();
+            let r = keel.put(&buffer)?;
+            puts.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
+            let start = Instant::now();
+            let back = keel.get(&r)?;
+            gets.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
+            assert_eq!(back.len(), buffer.len());
         }
-        assert_eq!(keel.get(&last)?, 1_000);
-        walls.push(start.elapsed().as_secs_f64());
+        report(&args, "put-get", "GB/s", &[("put", puts), ("get", gets)]);
     }
-    report(&args, "chain", "s", &[("wall", walls)]);
+    if args.wants("small-puts") {
+        let small = vec![1u8; 1024];
+        let mut rates = Vec::new();
+        for _ in 0..args.runs {
+            let start = Instant::now();
+            let refs: Vec<_> = (0..10_000).map(|_| keel.put(&small)).collect::<keel::Result<_>>()?;
+            rates.push(refs.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        report(&args, "small-puts", "puts/s", &[("rate", rates)]);
+    }
+    if args.wants("map-reduce") {
+        let mut walls = Vec::new();
+        for _ in 0..args.runs {
+            let start = Instant::now();
+            let maps: Vec<_> = (0..200).map(|i| MIB.call(&keel, (i,))).collect::<keel::Result<_>>()?;
+            let reduces: Vec<_> =
+                maps.chunks(20).map(|part| REDUCE.call(&keel, (part.to_vec(),))).collect::<keel::Result<_>>()?;
+            let total: u64 = keel.get_all(&reduces)?.into_iter().sum();
+            assert_eq!(total, 200 << 20);
+            walls.push(start.elapsed().as_secs_f64());
+        }
+        report(&args, "map-reduce", "s", &[("wall", walls)]);
+    }
+    if args.wants("chain") {
+        let mut walls = Vec::new();
+        for _ in 0..args.runs {
+            let start = Instant::now();
+            let mut last = NEXT.call(&keel, (0,))?;
+            for _ in 1..1_000 {
+                last = NEXT.call(&keel, (&last,))?;
+            }
+            assert_eq!(keel.get(&last)?, 1_000);
+            walls.push(start.elapsed().as_secs_f64());
+        }
+        report(&args, "chain", "s", &[("wall", walls)]);
+    }
     Ok(())
 }

@@ -3,13 +3,16 @@
 //! The worker's standard output and error are replaced by pipes read by two threads. Each chunk
 //! read is copied to the original descriptors (the node's log files) and sent to the node as the
 //! running attempt's output. Before an attempt's end is reported, [`Capture::sync`] flushes
-//! Rust's buffers and pushes a marker through each pipe, and waits until both readers have passed
-//! it: everything the attempt printed has then been sent, ahead of its end.
+//! Rust's buffers and, unless both pipes are empty and both readers idle (an attempt that printed
+//! nothing, the common case, costs two `ioctl`s), pushes a marker through each pipe and waits
+//! until both readers have passed it: everything the attempt printed has then been sent, ahead of
+//! its end.
 
 use keel_kernel::ids::TaskId;
 use keel_net::wire::{FromWorker, Stream};
 use std::io::Write;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +24,11 @@ const MARK: &[u8] = b"\x00\x1bkeel-output-mark\x1b\x00";
 pub(crate) type Current = Arc<Mutex<Option<(TaskId, u32)>>>;
 
 pub(crate) struct Capture {
+    /// The write ends (fds 1 and 2).
     pipes: [RawFd; 2],
+    /// The read ends, and whether each reader holds bytes it took from its pipe but has not
+    /// forwarded yet.
+    readers: [(RawFd, Arc<AtomicBool>); 2],
     marks: std_mpsc::Receiver<Stream>,
 }
 
@@ -31,6 +38,7 @@ impl Capture {
         let send = Arc::new(send);
         let (mark_tx, marks) = std_mpsc::channel();
         let mut pipes = [0; 2];
+        let mut readers: [(RawFd, Arc<AtomicBool>); 2] = Default::default();
         for (i, (fd, stream)) in [(1, Stream::Stdout), (2, Stream::Stderr)].into_iter().enumerate() {
             let mut ends = [0; 2];
             // SAFETY: plain descriptor calls on descriptors this process owns.
@@ -48,11 +56,13 @@ impl Capture {
             pipes[i] = fd;
             let (current, send, mark_tx) = (current.clone(), send.clone(), mark_tx.clone());
             let read_end = ends[0];
+            let busy = Arc::new(AtomicBool::new(false));
+            readers[i] = (read_end, busy.clone());
             std::thread::Builder::new()
                 .name(format!("keel-capture-{fd}"))
-                .spawn(move || pump(read_end, original, stream, current, send, mark_tx))?;
+                .spawn(move || pump(read_end, original, stream, current, send, mark_tx, busy))?;
         }
-        Ok(Capture { pipes, marks })
+        Ok(Capture { pipes, readers, marks })
     }
 
     /// Returns once everything printed so far has been forwarded (or after ten seconds, should a
@@ -61,6 +71,17 @@ impl Capture {
     pub fn sync(&self) {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
+        // The pipe is read first, then the flag: a reader sets its flag before it takes bytes
+        // out of the pipe, so bytes written before this call are seen in one or the other.
+        let clean = self.readers.iter().all(|(fd, busy)| {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int into `queued`.
+            let asked = unsafe { libc::ioctl(*fd, libc::FIONREAD, &mut queued) };
+            asked == 0 && queued == 0 && !busy.load(Ordering::SeqCst)
+        });
+        if clean {
+            return;
+        }
         for fd in self.pipes {
             // SAFETY: a write to a descriptor this process owns.
             unsafe { libc::write(fd, MARK.as_ptr().cast(), MARK.len()) };
@@ -80,10 +101,21 @@ fn pump(
     current: Current,
     send: Arc<dyn Fn(FromWorker) + Send + Sync>,
     marks: std_mpsc::Sender<Stream>,
+    busy: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     let mut pending: Vec<u8> = Vec::new();
     loop {
+        // Wait for bytes without taking them, and say so before taking them (see `sync`).
+        let mut ready = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd this function owns.
+        if unsafe { libc::poll(&mut ready, 1, -1) } < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        busy.store(true, Ordering::SeqCst);
         // SAFETY: reading into a buffer this function owns.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
@@ -116,6 +148,8 @@ fn pump(
             }
             let _ = marks.send(stream);
         }
+        // A possible start of a mark held back keeps the reader busy.
+        busy.store(!pending.is_empty(), Ordering::SeqCst);
     }
 }
 

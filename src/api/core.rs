@@ -35,13 +35,25 @@ pub(crate) enum Incoming {
 
 enum Cmd {
     Send(DriverToHead),
-    Subscribe { object: ObjectId, reply: oneshot::Sender<Result<Resolution, String>> },
+    /// Answer each of `objects` into its slot of `gather` (one message to the head for all).
+    Subscribe {
+        objects: Vec<ObjectId>,
+        gather: Arc<Gather>,
+    },
     Forget(ObjectId),
     Invalidate(ObjectId),
     Finish(oneshot::Sender<()>),
-    Barrier(oneshot::Sender<()>),
-    Named { namespace: String, name: String, reply: oneshot::Sender<Option<ActorId>> },
-    Group { pg: PlacementGroupId, reply: oneshot::Sender<GroupOutcome> },
+    /// Run this once everything sent before has been handed to the link.
+    Then(Box<dyn FnOnce() + Send>),
+    Named {
+        namespace: String,
+        name: String,
+        reply: oneshot::Sender<Option<ActorId>>,
+    },
+    Group {
+        pg: PlacementGroupId,
+        reply: oneshot::Sender<GroupOutcome>,
+    },
 }
 
 /// What became of a placement group: the node of each bundle, or why it failed.
@@ -49,6 +61,89 @@ pub(crate) type GroupOutcome = std::result::Result<Vec<NodeId>, ErrorReason>;
 
 /// Tells the node whether the task is blocked waiting for objects (worker mode only).
 pub(crate) type BlockHook = Box<dyn Fn(bool) + Send + Sync>;
+
+/// The answers for a batch of awaited objects: the core fills one slot per object, and one user
+/// thread sleeps until enough are filled. One wake-up for a whole batch, however large.
+pub(crate) struct Gather {
+    state: Mutex<Gathered>,
+    filled: std::sync::Condvar,
+}
+
+struct Gathered {
+    answers: Vec<Option<Result<Resolution, String>>>,
+    filled: usize,
+    /// How many answers the waiter needs before it is woken.
+    need: usize,
+}
+
+impl Gather {
+    fn new(len: usize, need: usize) -> Arc<Gather> {
+        let state = Gathered { answers: vec![None; len], filled: 0, need: need.min(len) };
+        Arc::new(Gather { state: Mutex::new(state), filled: std::sync::Condvar::new() })
+    }
+
+    fn answer(&self, index: usize, answer: Result<Resolution, String>) {
+        let mut s = self.state.lock().expect("gather");
+        // After [`Gather::take`] (a wait that timed out) late answers have nowhere to go.
+        if let Some(slot @ None) = s.answers.get_mut(index) {
+            *slot = Some(answer);
+            s.filled += 1;
+            if s.filled == s.need {
+                self.filled.notify_all();
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        let s = self.state.lock().expect("gather");
+        s.filled >= s.need
+    }
+
+    /// Sleeps until enough answers are in or `deadline` passes.
+    fn sleep(&self, deadline: Option<std::time::Instant>) {
+        let mut s = self.state.lock().expect("gather");
+        while s.filled < s.need {
+            s = match deadline {
+                None => self.filled.wait(s).expect("gather"),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.filled.wait_timeout(s, left).expect("gather").0
+                }
+            };
+        }
+    }
+
+    /// The answers so far, one per object in order (`None`: not yet answered).
+    pub fn take(&self) -> Vec<Option<Result<Resolution, String>>> {
+        std::mem::take(&mut self.state.lock().expect("gather").answers)
+    }
+}
+
+/// One object's slot in a [`Gather`]. A slot dropped unanswered (the core ended) is answered
+/// with the connection's loss, so that no waiter sleeps forever.
+struct Slot {
+    gather: Arc<Gather>,
+    index: usize,
+    answered: bool,
+}
+
+impl Slot {
+    fn answer(mut self, answer: Result<Resolution, String>) {
+        self.answered = true;
+        self.gather.answer(self.index, answer);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gather.answer(self.index, Err("the connection to the cluster is closed".into()));
+        }
+    }
+}
 
 /// What user threads share with the core.
 pub(crate) struct Shared {
@@ -138,57 +233,40 @@ impl Shared {
         self.cmds.send(Cmd::Send(msg)).map_err(|_| lost())
     }
 
-    /// Asks to be told what becomes of `object`.
-    pub fn subscribe(&self, object: ObjectId) -> Result<oneshot::Receiver<Resolution>> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Subscribe { object, reply }).map_err(|_| lost())?;
-        let (tx, out) = oneshot::channel();
-        self.handle.spawn(async move {
-            if let Ok(Ok(r)) = rx.await {
-                let _ = tx.send(r);
-            }
-        });
-        Ok(out)
+    /// Asks to be told what becomes of each of `objects`; the answers gather in the result, and
+    /// [`Shared::wait_gathered`] waits until `need` of them are in.
+    pub fn subscribe(&self, objects: Vec<ObjectId>, need: usize) -> Result<Arc<Gather>> {
+        let gather = Gather::new(objects.len(), need);
+        self.cmds.send(Cmd::Subscribe { objects, gather: gather.clone() }).map_err(|_| lost())?;
+        Ok(gather)
+    }
+
+    /// Waits (a blocking call; not from inside an async task) until `gather` has the answers it
+    /// needs, or `deadline` passes. Only a real wait counts as blocked (and lends the task's
+    /// CPUs, in a worker): what the core knows already comes back at once.
+    pub fn wait_gathered(&self, gather: &Gather, deadline: Option<std::time::Instant>) {
+        if gather.done() {
+            return;
+        }
+        let _blocked = self.blocked();
+        gather.sleep(deadline);
     }
 
     /// Waits for `object` (a blocking call; not from inside an async task).
     pub fn resolve(&self, object: ObjectId) -> Result<Resolution> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Subscribe { object, reply }).map_err(|_| lost())?;
-        let answer = self.wait_for(rx).ok_or(());
-        match answer {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(why)) => Err(Error::Connection(why)),
-            Err(_) => Err(lost()),
+        let gather = self.subscribe(vec![object], 1)?;
+        self.wait_gathered(&gather, None);
+        match gather.take().pop().flatten() {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(why)) => Err(Error::Connection(why)),
+            None => Err(lost()),
         }
     }
 
-    /// Waits for `rx` on this (user) thread; `None` if its sender went away. What the core
-    /// knows already comes back within microseconds: only a real wait counts as blocked (and
-    /// lends the task's CPUs, in a worker).
-    pub fn wait_for<T>(&self, mut rx: oneshot::Receiver<T>) -> Option<T> {
-        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(200);
-        loop {
-            match rx.try_recv() {
-                Ok(answer) => return Some(answer),
-                Err(oneshot::error::TryRecvError::Closed) => return None,
-                Err(oneshot::error::TryRecvError::Empty) if std::time::Instant::now() < spin_until => {
-                    std::thread::yield_now()
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    let _blocked = self.blocked();
-                    return rx.blocking_recv().ok();
-                }
-            }
-        }
-    }
-
-    /// Returns once everything sent before has been handed to the link (a blocking call).
-    pub fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Barrier(tx)).is_ok() {
-            let _ = rx.blocking_recv();
-        }
+    /// Runs `f` on the core once everything sent before has been handed to the link (without
+    /// waiting for it).
+    pub fn then(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.cmds.send(Cmd::Then(Box::new(f)));
     }
 
     /// Asks the head for the actor named `name`.
@@ -226,10 +304,6 @@ impl Shared {
 
     pub fn forget(&self, object: ObjectId) {
         let _ = self.cmds.send(Cmd::Forget(object));
-    }
-
-    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.handle.spawn(fut);
     }
 
     pub fn add_peer(&self, info: PeerInfo) {
@@ -346,7 +420,7 @@ async fn fetch(addr: &str, token: &Token, object: ObjectId) -> Result<Vec<u8>, S
 #[derive(Default)]
 struct Awaited {
     resolution: Option<Resolution>,
-    waiters: Vec<oneshot::Sender<Result<Resolution, String>>>,
+    waiters: Vec<Slot>,
     subscribed: bool,
 }
 
@@ -387,18 +461,25 @@ async fn run(
                         }
                         out(msg);
                     }
-                    Cmd::Subscribe { object, reply } => {
-                        let entry = objects.entry(object).or_default();
-                        if let Some(r) = &entry.resolution {
-                            let _ = reply.send(Ok(r.clone()));
-                        } else if let Some(why) = &gone {
-                            let _ = reply.send(Err(why.clone()));
-                        } else {
-                            entry.waiters.push(reply);
-                            if !entry.subscribed {
-                                entry.subscribed = true;
-                                out(DriverToHead::Subscribe(vec![object]));
+                    Cmd::Subscribe { objects: wanted_now, gather } => {
+                        let mut ask = Vec::new();
+                        for (index, object) in wanted_now.into_iter().enumerate() {
+                            let slot = Slot { gather: gather.clone(), index, answered: false };
+                            let entry = objects.entry(object).or_default();
+                            if let Some(r) = &entry.resolution {
+                                slot.answer(Ok(r.clone()));
+                            } else if let Some(why) = &gone {
+                                slot.answer(Err(why.clone()));
+                            } else {
+                                entry.waiters.push(slot);
+                                if !entry.subscribed {
+                                    entry.subscribed = true;
+                                    ask.push(object);
+                                }
                             }
+                        }
+                        if !ask.is_empty() {
+                            out(DriverToHead::Subscribe(ask));
                         }
                     }
                     Cmd::Forget(object) => {
@@ -415,9 +496,7 @@ async fn run(
                         out(DriverToHead::FinishJob);
                         let _ = done.send(());
                     }
-                    Cmd::Barrier(done) => {
-                        let _ = done.send(());
-                    }
+                    Cmd::Then(f) => f(),
                     Cmd::Named { namespace, name, reply } => {
                         let waiting = named.entry((namespace.clone(), name.clone())).or_default();
                         waiting.push(reply);
@@ -492,7 +571,7 @@ async fn run(
                     Incoming::Lost(why) => {
                         for (_, a) in objects.iter_mut() {
                             for w in a.waiters.drain(..) {
-                                let _ = w.send(Err(why.clone()));
+                                w.answer(Err(why.clone()));
                             }
                         }
                         named.clear();
@@ -508,7 +587,7 @@ async fn run(
 fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
     if let Some(a) = objects.get_mut(&object) {
         for w in a.waiters.drain(..) {
-            let _ = w.send(Ok(r.clone()));
+            w.answer(Ok(r.clone()));
         }
         a.resolution = Some(r);
     }
@@ -649,7 +728,7 @@ async fn read_head(
 /// Connects a driver: to `KEEL_ADDRESS`, or to a local cluster started in this process.
 pub(crate) fn connect_driver() -> Result<Keel> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("keel")
         .enable_all()
         .build()

@@ -266,16 +266,14 @@ impl Keel {
 
     /// Waits for every value, in order; the first failure is returned.
     pub fn get_all<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
-        let waits: Vec<_> = refs.iter().map(|r| self.inner.shared.subscribe(r.id())).collect::<Result<_>>()?;
+        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), refs.len())?;
+        self.inner.shared.wait_gathered(&gather, None);
         refs.iter()
-            .zip(waits)
-            .map(|(r, w)| {
-                let resolution = self
-                    .inner
-                    .shared
-                    .wait_for(w)
-                    .ok_or_else(|| Error::Connection("the cluster connection closed".into()))?;
-                self.decode(r.id(), resolution)
+            .zip(gather.take())
+            .map(|(r, answer)| match answer {
+                Some(Ok(resolution)) => self.decode(r.id(), resolution),
+                Some(Err(why)) => Err(Error::Connection(why)),
+                None => Err(Error::Connection("the cluster connection closed".into())),
             })
             .collect()
     }
@@ -283,42 +281,16 @@ impl Keel {
     /// Waits until `n` of `refs` are resolved (ready or failed) or `timeout` passes; returns the
     /// indices of the resolved ones and of the others, each in order.
     pub fn wait<T>(&self, refs: &[ObjectRef<T>], n: usize, timeout: Duration) -> Result<(Vec<usize>, Vec<usize>)> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (i, r) in refs.iter().enumerate() {
-            let w = self.inner.shared.subscribe(r.id())?;
-            let tx = tx.clone();
-            self.inner.shared.spawn(async move {
-                if w.await.is_ok() {
-                    let _ = tx.send(i);
-                }
-            });
-        }
-        drop(tx);
-        let deadline = std::time::Instant::now() + timeout;
-        let mut ready = Vec::new();
-        // What is ready already comes back within microseconds: only a real wait counts as
-        // blocked (and lends the task's CPUs, in a worker).
-        let spin_until = std::time::Instant::now() + Duration::from_micros(200);
-        let mut blocked = None;
-        while ready.len() < n.min(refs.len()) {
-            let now = std::time::Instant::now();
-            if blocked.is_none() && now >= spin_until {
-                blocked = Some(self.inner.shared.blocked());
-            }
-            let until = if blocked.is_none() { spin_until.min(deadline) } else { deadline };
-            match rx.recv_timeout(until.saturating_duration_since(now)) {
-                Ok(i) => ready.push(i),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {}
-                Err(_) => break,
+        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), n)?;
+        self.inner.shared.wait_gathered(&gather, Some(std::time::Instant::now() + timeout));
+        let (mut ready, mut rest) = (Vec::new(), Vec::new());
+        for (i, answer) in gather.take().into_iter().enumerate() {
+            if matches!(answer, Some(Ok(_))) {
+                ready.push(i);
+            } else {
+                rest.push(i);
             }
         }
-        drop(blocked);
-        // Whatever else resolved meanwhile counts too.
-        while let Ok(i) = rx.try_recv() {
-            ready.push(i);
-        }
-        ready.sort_unstable();
-        let rest = (0..refs.len()).filter(|i| ready.binary_search(i).is_err()).collect();
         Ok((ready, rest))
     }
 

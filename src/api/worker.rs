@@ -137,12 +137,13 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         // Everything it printed goes before its end.
         capture.sync();
         *current.lock().expect("current") = None;
-        // What the function sent (its submissions, the handles it dropped) goes before its end.
-        keel.inner.shared.barrier();
+        // What the function sent (its submissions, the handles it dropped) goes before its end:
+        // the core sends the end after them, and this thread goes on to the next task.
         let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
-        if wtx.send(Outbound::Frame(done)).is_err() {
-            break;
-        }
+        let to_node = wtx.clone();
+        keel.inner.shared.then(move || {
+            let _ = to_node.send(Outbound::Frame(done));
+        });
         // The result, which holds these references, is recorded with the end. A normal task's
         // handles are released by the head when its attempt ends: let them go quietly (a release
         // sent now would come from a worker that runs nothing). An actor's are the actor's own:
