@@ -11,25 +11,31 @@
 //!   (the embedded cluster started on the way), in seconds.
 //! - `actor-calls`: one actor, `--tasks` method calls submitted then awaited (calls/s), and
 //!   `--round-trips` sequential calls (p50, microseconds).
-//! - `put-get`: a 100 MiB buffer put, then got back: GB/s each way.
-//! - `small-puts`: 10,000 puts of 1 KiB: puts/s.
-//! - `map-reduce`: 200 map tasks each returning 1 MiB, 10 reduce tasks each taking 20 of them
-//!   by reference: seconds.
+//! - `put-get`: a 100 MiB buffer put (`put_bytes`), then got back (`get_bytes`: a view mapped
+//!   from the store, no copy): GB/s each way.
+//! - `small-puts`: 10,000 puts of 1 KiB (`put_bytes`): puts/s.
+//! - `map-reduce`: 200 map tasks each returning 1 MiB (a `Blob`), 10 reduce tasks each taking 20
+//!   of them by reference and reading them where they lie: seconds.
 //! - `chain`: 1,000 tasks, each taking the previous one's result: seconds.
+//! - `reconstruction`: a fresh process of this program starts a head whose failure-detection
+//!   timeout is 1 s (nodes' heartbeats every 100 ms) and two nodes in it, makes a 1 MiB value on
+//!   the second node, then kills that node (its daemon and workers stop, and its store directory
+//!   goes, as with a machine lost): seconds from the kill to the value read again, rebuilt from
+//!   its lineage on the other node.
 //! - `idle-memory`: resident memory of this process and every process under it (the embedded
 //!   head and node, and the workers), idle after the warm-up: MiB.
 //!
 //! `--json` prints one JSON object per workload instead; `--only noop-tasks,chain` runs only those.
 
-use keel::{actor, method, remote, ActorClass, Method, ObjectRef, Remote};
+use keel::{actor, method, remote, ActorClass, Blob, Method, ObjectRef, Remote};
 use std::time::{Duration, Instant};
 
 static NOOP: Remote<(), ()> = remote("noop", |()| ());
-static MIB: Remote<(u64,), Vec<u8>> = remote("mib", |(i,)| vec![i as u8; 1 << 20]);
-static REDUCE: Remote<(Vec<ObjectRef<Vec<u8>>>,), u64> = remote("reduce", |(parts,)| {
+static MIB: Remote<(u64,), Blob> = remote("mib", |(i,)| Blob(vec![i as u8; 1 << 20]));
+static REDUCE: Remote<(Vec<ObjectRef<Blob>>,), u64> = remote("reduce", |(parts,)| {
     let keel = keel::current().expect("a task runs under a cluster");
-    let parts = keel.get_all(&parts).expect("the map outputs");
-    parts.iter().map(|p| p.len() as u64).sum()
+    // Each part is read where it lies (mapped from the store), as Ray reads a NumPy array.
+    parts.iter().map(|p| keel.get_bytes(p).expect("a map output").len() as u64).sum()
 });
 static NEXT: Remote<(u64,), u64> = remote("next", |(x,)| x + 1);
 
@@ -72,7 +78,7 @@ fn parse() -> Args {
             "--only" => args.only.extend(
                 it.next().expect("--only takes workload names, comma-separated").split(',').map(str::to_string),
             ),
-            "--startup-probe" => {}
+            "--startup-probe" | "--reconstruction-probe" => {}
             "-h" | "--help" => {
                 println!("bench [--runs N] [--tasks N] [--round-trips N] [--json] [--only WORKLOAD,...]");
                 std::process::exit(0);
@@ -150,6 +156,10 @@ fn tree_rss(pid: u32) -> u64 {
 fn main() -> keel::Result<()> {
     let began = Instant::now();
     let functions: [&'static dyn keel::Registered; 6] = [&NOOP, &MIB, &REDUCE, &NEXT, &COUNTER, &TICK];
+    if std::env::args().any(|a| a == "--reconstruction-probe") && std::env::var_os("KEEL_WORKER_SOCKET").is_none() {
+        println!("{}", reconstruction(&functions)?);
+        return Ok(());
+    }
     let keel = keel::init(&functions)?;
     if std::env::args().any(|a| a == "--startup-probe") {
         keel.get(&NOOP.call(&keel, ())?)?;
@@ -211,6 +221,24 @@ fn main() -> keel::Result<()> {
         }
         report(&args, "startup", "ms", &[("to first result", startups)]);
     }
+    if args.wants("reconstruction") {
+        let exe = std::env::current_exe().expect("this program");
+        let mut seconds = Vec::new();
+        for _ in 0..args.runs {
+            let out = std::process::Command::new(&exe)
+                .arg("--reconstruction-probe")
+                .env_remove("KEEL_ADDRESS")
+                .output()
+                .expect("a probe process");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let value = text.trim().parse::<f64>();
+            seconds.push(value.unwrap_or_else(|_| {
+                panic!("the reconstruction probe failed: {text}{}", String::from_utf8_lossy(&out.stderr))
+            }));
+        }
+        report(&args, "reconstruction", "s", &[("kill to value", seconds)]);
+    }
+
     if args.wants("actor-calls") {
         let counter = COUNTER.create(&keel, ())?;
         keel.get(counter.ready())?;
@@ -236,10 +264,10 @@ fn main() -> keel::Result<()> {
         let (mut puts, mut gets) = (Vec::new(), Vec::new());
         for _ in 0..args.runs {
             let start = Instant::now();
-            let r = keel.put(&buffer)?;
+            let r = keel.put_bytes(&buffer)?;
             puts.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
             let start = Instant::now();
-            let back = keel.get(&r)?;
+            let back = keel.get_bytes(&r)?;
             gets.push(buffer.len() as f64 / start.elapsed().as_secs_f64() / 1e9);
             assert_eq!(back.len(), buffer.len());
         }
@@ -250,7 +278,7 @@ fn main() -> keel::Result<()> {
         let mut rates = Vec::new();
         for _ in 0..args.runs {
             let start = Instant::now();
-            let refs: Vec<_> = (0..10_000).map(|_| keel.put(&small)).collect::<keel::Result<_>>()?;
+            let refs: Vec<_> = (0..10_000).map(|_| keel.put_bytes(&small)).collect::<keel::Result<_>>()?;
             rates.push(refs.len() as f64 / start.elapsed().as_secs_f64());
         }
         report(&args, "small-puts", "puts/s", &[("rate", rates)]);
@@ -282,4 +310,76 @@ fn main() -> keel::Result<()> {
         report(&args, "chain", "s", &[("wall", walls)]);
     }
     Ok(())
+}
+
+/// Workload 9, in a process of its own: see the module's documentation.
+fn reconstruction(functions: &[&'static dyn keel::Registered]) -> keel::Result<f64> {
+    use keel_daemon::head::{self, HeadOptions};
+    use keel_daemon::node::{self, NodeOptions};
+    let dir = std::env::temp_dir().join(format!("keel-bench-reconstruction-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let token = keel_net::Token::generate();
+    let token_file = dir.join("token");
+    token.save(&token_file).expect("the token file");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+    let (head, nodes, ids) = rt.block_on(async {
+        let mut options = HeadOptions::new("127.0.0.1:0", token.clone());
+        options.config.node_timeout = keel_kernel::Duration::from_millis(1_000);
+        options.config.heartbeat_period = keel_kernel::Duration::from_millis(100);
+        let head = head::start(options).await.expect("a head");
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let (work, store) = (dir.join(format!("node-{i}")), dir.join(format!("store-{i}")));
+            let worker = keel_net::wire::WorkerProgram::new("/bin/false", Vec::new());
+            let options = NodeOptions {
+                config: keel_kernel::NodeConfig {
+                    heartbeat_period: keel_kernel::Duration::from_millis(100),
+                    ..keel_kernel::NodeConfig::default()
+                },
+                ..NodeOptions::new(
+                    head.addr().to_string(),
+                    token.clone(),
+                    keel::ResourceSet::cpus(1),
+                    work,
+                    store,
+                    worker,
+                )
+            };
+            nodes.push(node::start(options).await.expect("a node"));
+        }
+        let ids = loop {
+            let status = keel_daemon::client::status(&head.addr().to_string(), &token).await.expect("status");
+            if status.nodes.len() == 2 {
+                break status.nodes.iter().map(|n| (n.id, n.addr.clone())).collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        (head, nodes, ids)
+    });
+    std::env::set_var("KEEL_ADDRESS", head.addr().to_string());
+    std::env::set_var("KEEL_TOKEN_FILE", &token_file);
+    let keel = keel::init(functions)?;
+    // The value is made on the second node (the soft affinity lets its rebuild go elsewhere).
+    let (victim, victim_addr) = ids[1].clone();
+    let options = keel::TaskOptions {
+        strategy: keel::SchedulingStrategy::NodeAffinity { node: victim, soft: true },
+        ..keel::TaskOptions::default()
+    };
+    let value = MIB.call_with(&keel, (9,), &options)?;
+    keel.wait(std::slice::from_ref(&value), 1, Duration::from_secs(30))?;
+    let index = nodes.iter().position(|n| n.data_addr().to_string() == victim_addr).expect("the victim is one of ours");
+    let killed = Instant::now();
+    nodes[index].abort();
+    let back = keel.get_bytes(&value)?;
+    let seconds = killed.elapsed().as_secs_f64();
+    assert!(back.len() == 1 << 20 && back.iter().all(|&b| b == 9), "the rebuilt value differs");
+    drop(back);
+    drop(keel);
+    for n in &nodes {
+        n.abort();
+    }
+    head.abort();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(seconds)
 }

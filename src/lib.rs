@@ -30,8 +30,9 @@
 mod api;
 
 pub use api::{
-    actor, current, init, method, remote, ActorClass, ActorHandle, ActorOptions, ActorState, ArgFor, Args, Error,
-    Handle, IntoArgs, Keel, Method, ObjectRef, PlacementGroup, Registered, Remote, Result, TaskOptions,
+    actor, current, init, method, remote, ActorClass, ActorHandle, ActorOptions, ActorState, ArgFor, Args, Blob,
+    BlobView, Error, Handle, IntoArgs, Keel, Method, ObjectRef, PlacementGroup, Registered, Remote, Result,
+    TaskOptions,
 };
 pub use keel_kernel::errors::{ErrorReason, TaskFailure};
 pub use keel_kernel::proto::{LabelConstraint, PlacementStrategy, SchedulingStrategy};

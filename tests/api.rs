@@ -5,8 +5,8 @@
 //! address in `KEEL_ADDRESS`); part two against the embedded default (no address).
 
 use keel::{
-    actor, method, remote, ActorClass, ActorOptions, Error, ErrorReason, Keel, Method, ObjectRef, PlacementStrategy,
-    Remote, TaskFailure, TaskOptions,
+    actor, method, remote, ActorClass, ActorOptions, Blob, Error, ErrorReason, Keel, Method, ObjectRef,
+    PlacementStrategy, Remote, TaskFailure, TaskOptions,
 };
 use keel_daemon::head::{self, HeadOptions};
 use keel_daemon::node::{self, NodeOptions};
@@ -150,6 +150,17 @@ fn puts_small_and_large_round_trip_and_feed_tasks(keel: &Keel) {
     assert_eq!(keel.get(&refs[0]).unwrap(), big);
     let sums: Vec<_> = refs.iter().map(|r| CHECKSUM.call(keel, (r,)).unwrap()).collect();
     assert_eq!(keel.get_all(&sums).unwrap(), vec![expected; 4]);
+    // Bytes as one block: written straight into a node's store, read back mapped from it (no
+    // copy), and the same value to anything that decodes it.
+    let blob = keel.put_bytes(&big).unwrap();
+    let view = keel.get_bytes(&blob).unwrap();
+    assert!(view.is_mapped(), "{view:?}");
+    assert_eq!(&*view, &big[..]);
+    assert_eq!(keel.get(&blob).unwrap(), Blob(big.clone()));
+    let small = keel.put_bytes(b"inline").unwrap();
+    let view = keel.get_bytes(&small).unwrap();
+    assert!(!view.is_mapped(), "a small value travels inline: {view:?}");
+    assert_eq!(&*view, b"inline");
 }
 
 fn wait_returns_the_first_finished_and_leaves_the_rest(keel: &Keel) {

@@ -320,11 +320,17 @@ impl Shared {
         }
     }
 
-    /// Stores a driver's large put on a node and returns the node's id: written into the store
-    /// directory of a node on this machine and adopted by it (no copy through a socket), else
-    /// uploaded to a node's data port. Nodes are tried in turn, starting at one chosen by the
-    /// object's id so that puts spread over the nodes.
-    pub fn store(&self, object: ObjectId, bytes: &[u8], host: &str) -> Result<NodeId> {
+    /// Stores a driver's large put on a node and returns the node's id: `fill` writes its `size`
+    /// bytes straight into the store of a node on this machine, which adopts it (no copy through
+    /// a socket), else into a buffer uploaded to a node's data port. Nodes are tried in turn,
+    /// starting at one chosen by the object's id so that puts spread over the nodes.
+    pub fn store(
+        &self,
+        object: ObjectId,
+        size: usize,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+        host: &str,
+    ) -> Result<NodeId> {
         let mut peers: Vec<PeerInfo> = Vec::new();
         // Just after connecting, the head may not have introduced the nodes yet.
         for _ in 0..500 {
@@ -341,18 +347,24 @@ impl Shared {
         peers.rotate_left(start);
         // Nodes on this machine first.
         peers.sort_by_key(|p| p.host != host);
-        let size = bytes.len() as u64;
         let mut problems = Vec::new();
+        let mut buffer: Option<Vec<u8>> = None;
         for p in &peers {
             let stored = if p.host == host && Path::new(&p.store_dir).is_dir() {
-                match keel_shm::write_sealed(Path::new(&p.store_dir), object, bytes) {
-                    Ok(()) => self.block(keel_daemon::client::adopt_put(&p.addr, &self.token, object, size)),
+                match keel_shm::write_sealed_with(Path::new(&p.store_dir), object, size as u64, &mut *fill) {
+                    Ok(()) => self.block(keel_daemon::client::adopt_put(&p.addr, &self.token, object, size as u64)),
                     Err(e) => {
                         problems.push(format!("{}: {e}", p.node));
                         continue;
                     }
                 }
             } else {
+                if buffer.is_none() {
+                    let mut b = Vec::with_capacity(size);
+                    fill(&mut b).map_err(|e| Error::Setup(format!("cannot serialise the value: {e}")))?;
+                    buffer = Some(b);
+                }
+                let bytes = buffer.as_deref().expect("filled");
                 self.block(keel_daemon::client::upload_put(&p.addr, &self.token, object, bytes))
             };
             match stored {
@@ -452,6 +464,18 @@ async fn run(
                             DriverToHead::Put { object, .. } => Some(*object),
                             _ => None,
                         };
+                        // This process made the put: it knows the value without asking the
+                        // head (should its holder be lost, the read fails and the head is asked).
+                        if let DriverToHead::Put { object, inline, node, .. } = &msg {
+                            let data = match (inline, node) {
+                                (Some(bytes), _) => Some(ObjectData::Inline(bytes.clone())),
+                                (None, Some(node)) => Some(ObjectData::At(vec![*node])),
+                                (None, None) => None,
+                            };
+                            if let Some(data) = data {
+                                objects.entry(*object).or_default().resolution = Some(Resolution::Ready(data));
+                            }
+                        }
                         if let Some(key) = key {
                             wanted.insert(key);
                             resend.push((key, msg.clone()));

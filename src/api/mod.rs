@@ -1,11 +1,14 @@
 //! The API's types: [`Keel`], [`ObjectRef`], [`Remote`], [`TaskOptions`], [`Error`].
 
+mod blob;
 mod capture;
 mod core;
 mod local;
 mod worker;
 
-use self::core::{Resolution, Shared};
+use self::blob::BlobSlice;
+pub use self::blob::{Blob, BlobView};
+use self::core::{Bytes, Resolution, Shared};
 use keel_kernel::errors::ErrorReason;
 use keel_kernel::ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use keel_kernel::proto::{
@@ -238,24 +241,48 @@ impl Keel {
 
     /// Stores `value` in the cluster and returns a reference to it.
     pub fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let Encoded { bytes, nested, .. } =
-            serialize(value).map_err(|e| Error::Setup(format!("cannot serialise the value: {e}")))?;
+        let object = self.store_value(value)?;
+        Ok(self.handle(object))
+    }
+
+    /// Stores `bytes` as a [`Blob`] without copying them into one first (a large value is
+    /// serialised straight into the store's shared memory).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectRef<Blob>> {
+        let object = self.store_value(&BlobSlice(bytes))?;
+        Ok(self.handle(object))
+    }
+
+    /// Serialises `value` where it will live: inline in the message when small, else straight
+    /// into a store's shared memory (this worker's node, or a node on this machine), uploaded to
+    /// a node otherwise. Returns the new object's id once the head has been told.
+    fn store_value<V: Serialize + ?Sized>(&self, value: &V) -> Result<ObjectId> {
+        let cannot = |e: postcard::Error| Error::Setup(format!("cannot serialise the value: {e}"));
+        let size = postcard::experimental::serialized_size(value).map_err(cannot)?;
         let object = self.next_put_id();
-        let size = bytes.len() as u64;
-        let msg = if bytes.len() <= INLINE_MAX_BYTES {
-            DriverToHead::Put { object, size, inline: Some(bytes), node: None, nested }
-        } else if let Some((node, dir)) = &self.inner.local_node {
-            keel_shm::write_sealed(dir, object, &bytes).map_err(|e| Error::Setup(e.to_string()))?;
-            DriverToHead::Put { object, size, inline: None, node: Some(*node), nested }
+        let msg = if size <= INLINE_MAX_BYTES {
+            let Encoded { bytes, nested, .. } = serialize(value).map_err(cannot)?;
+            DriverToHead::Put { object, size: bytes.len() as u64, inline: Some(bytes), node: None, nested }
         } else {
-            // A driver has no store: a node keeps the bytes (written straight into its store on
-            // this machine, else uploaded), and the head learns where from this driver's own
-            // `Put`, in order with its other messages.
-            let node = self.inner.shared.store(object, &bytes, &self.inner.host)?;
-            DriverToHead::Put { object, size, inline: None, node: Some(node), nested }
+            let mut nested = Vec::new();
+            let mut fill = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+                nested = serialize_into(value, out)?;
+                Ok(())
+            };
+            let node = match &self.inner.local_node {
+                Some((node, dir)) => {
+                    keel_shm::write_sealed_with(dir, object, size as u64, &mut fill)
+                        .map_err(|e| Error::Setup(e.to_string()))?;
+                    *node
+                }
+                // A driver has no store: a node keeps the bytes (written straight into its store
+                // on this machine, else uploaded), and the head learns where from this driver's
+                // own `Put`, in order with its other messages.
+                None => self.inner.shared.store(object, size, &mut fill, &self.inner.host)?,
+            };
+            DriverToHead::Put { object, size: size as u64, inline: None, node: Some(node), nested }
         };
         self.send(msg)?;
-        Ok(self.handle(object))
+        Ok(object)
     }
 
     /// Waits for the value of `r`.
@@ -363,38 +390,60 @@ impl Keel {
         self.send(DriverToHead::Cancel { task: r.id().task, force, recursive: true })
     }
 
+    /// Waits for the [`Blob`] of `r` and returns its bytes where they lie: mapped from the store
+    /// when a node on this machine holds them (no copy, whatever the size), else owned.
+    pub fn get_bytes(&self, r: &ObjectRef<Blob>) -> Result<BlobView> {
+        let resolution = self.inner.shared.resolve(r.id())?;
+        let bytes = self.value_bytes(r.id(), resolution)?;
+        BlobView::new(bytes).map_err(|detail| Error::Decode { object: r.id(), detail })
+    }
+
     fn decode<T: DeserializeOwned>(&self, object: ObjectId, resolution: Resolution) -> Result<T> {
-        let decode = |bytes: &[u8]| {
-            decoding_with(self, || postcard::from_bytes::<T>(bytes))
-                .map_err(|e| Error::Decode { object, detail: e.to_string() })
-        };
+        let bytes = self.value_bytes(object, resolution)?;
+        decoding_with(self, || postcard::from_bytes::<T>(&bytes))
+            .map_err(|e| Error::Decode { object, detail: e.to_string() })
+    }
+
+    /// The bytes of a resolved value: inline, or read from a holder.
+    fn value_bytes(&self, object: ObjectId, resolution: Resolution) -> Result<Bytes> {
         match resolution {
             Resolution::Failed(reason) => Err(Error::Task(reason)),
             Resolution::Refused(why) => Err(Error::Refused(why)),
-            Resolution::Ready(ObjectData::Inline(bytes)) => decode(&bytes),
+            Resolution::Ready(ObjectData::Inline(bytes)) => Ok(Bytes::Owned(bytes)),
             Resolution::Ready(ObjectData::At(nodes)) => {
-                match self.inner.shared.read(object, &nodes, &self.inner.host) {
-                    Ok(bytes) => decode(&bytes),
-                    Err(first) => {
-                        // The holders known when it was ready are gone: ask the head again (it
-                        // answers once the value is rebuilt or found elsewhere), then read again.
-                        self.inner.shared.invalidate(object);
-                        match self.inner.shared.resolve(object)? {
-                            Resolution::Ready(ObjectData::At(nodes)) => {
-                                let bytes =
-                                    self.inner.shared.read(object, &nodes, &self.inner.host).map_err(|_| first)?;
-                                decode(&bytes)
+                let mut failed = match self.inner.shared.read(object, &nodes, &self.inner.host) {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) => e,
+                };
+                // The holders known when it was ready are gone. Until the head has noticed (a
+                // dead node is declared so after its timeout, and the value then rebuilt or
+                // found elsewhere), it names them again: ask again, a little later each time.
+                let deadline = std::time::Instant::now() + UNREADABLE_FOR;
+                let mut delay = Duration::from_millis(2);
+                loop {
+                    self.inner.shared.invalidate(object);
+                    match self.inner.shared.resolve(object)? {
+                        Resolution::Ready(ObjectData::At(nodes)) => {
+                            match self.inner.shared.read(object, &nodes, &self.inner.host) {
+                                Ok(bytes) => return Ok(bytes),
+                                Err(e) if std::time::Instant::now() < deadline => failed = e,
+                                Err(_) => return Err(failed),
                             }
-                            Resolution::Ready(ObjectData::Inline(bytes)) => decode(&bytes),
-                            Resolution::Failed(reason) => Err(Error::Task(reason)),
-                            Resolution::Refused(why) => Err(Error::Refused(why)),
                         }
+                        Resolution::Ready(ObjectData::Inline(bytes)) => return Ok(Bytes::Owned(bytes)),
+                        Resolution::Failed(reason) => return Err(Error::Task(reason)),
+                        Resolution::Refused(why) => return Err(Error::Refused(why)),
                     }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(20));
                 }
             }
         }
     }
 }
+
+/// How long a value whose holders cannot be read is asked for again before the read fails.
+const UNREADABLE_FOR: Duration = Duration::from_secs(60);
 
 /// A reference to a value in the cluster (a task's result or a put). Cloning is cheap; when the
 /// last clone in this process is dropped, the cluster may free the value.
@@ -535,6 +584,46 @@ thread_local! {
 /// Serialises `value`, collecting the [`ObjectRef`]s inside it: the cluster keeps them alive as
 /// long as the value lives.
 fn serialize<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Encoded, postcard::Error> {
+    let (bytes, keep) = capturing(|| postcard::to_allocvec(value));
+    let nested = nested_ids(&keep);
+    Ok(Encoded { bytes: bytes?, nested, keep })
+}
+
+/// Serialises `value` into `out`; returns the references inside (their handles are dropped: the
+/// caller's own keep them alive).
+fn serialize_into<T: Serialize + ?Sized>(value: &T, out: &mut dyn std::io::Write) -> std::io::Result<Vec<ObjectId>> {
+    /// A postcard output that writes through (keeping the first error, which postcard cannot carry).
+    struct Through<'a> {
+        out: &'a mut dyn std::io::Write,
+        failed: &'a mut Option<std::io::Error>,
+    }
+    impl postcard::ser_flavors::Flavor for Through<'_> {
+        type Output = ();
+        fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+            self.try_extend(&[byte])
+        }
+        fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+            self.out.write_all(bytes).map_err(|e| {
+                *self.failed = Some(e);
+                postcard::Error::SerializeBufferFull
+            })
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    let mut failed = None;
+    let (written, keep) =
+        capturing(|| postcard::serialize_with_flavor::<T, _, ()>(value, Through { out, failed: &mut failed }));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    written.map_err(std::io::Error::other)?;
+    Ok(nested_ids(&keep))
+}
+
+/// Runs a serialisation, collecting handles on the [`ObjectRef`]s it meets.
+fn capturing<R>(f: impl FnOnce() -> R) -> (R, Vec<Handle>) {
     /// Pops this serialisation's list even if a `Serialize` impl panics.
     struct Frame;
     impl Drop for Frame {
@@ -545,13 +634,17 @@ fn serialize<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Encoded, p
     }
     CAPTURE.with(|c| c.borrow_mut().push(Vec::new()));
     let frame = Frame;
-    let bytes = postcard::to_allocvec(value);
+    let out = f();
     let keep = CAPTURE.with(|c| c.borrow_mut().last_mut().map(std::mem::take)).unwrap_or_default();
     drop(frame);
+    (out, keep)
+}
+
+fn nested_ids(keep: &[Handle]) -> Vec<ObjectId> {
     let mut nested: Vec<ObjectId> = keep.iter().map(|h| h.object).collect();
     nested.sort_unstable();
     nested.dedup();
-    Ok(Encoded { bytes: bytes?, nested, keep })
+    nested
 }
 
 /// Runs `f` with `keel` as the owner of the references it decodes.
