@@ -198,7 +198,7 @@ impl World {
         let must_refuse = match &input {
             HeadInput::FromDriver { job, .. } | HeadInput::DriverDisconnected(job) => !self.job_running(*job),
             HeadInput::FromNode { node, .. } | HeadInput::DrainNode(node) => !self.node_handed_out(*node),
-            HeadInput::Connect { .. } | HeadInput::LaunchFailed { .. } => false,
+            HeadInput::Connect { .. } | HeadInput::LaunchFailed { .. } | HeadInput::NodeDisconnected(_) => false,
         };
         let refused_before = self.head.stats().inputs_refused;
         let result = self.head.handle_input(self.now, input.clone());

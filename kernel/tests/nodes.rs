@@ -215,3 +215,29 @@ fn a_value_sealed_by_an_attempt_cancelled_in_flight_is_deleted() {
     assert!(c.hosts[0].store.is_empty(), "the orphaned value of {out} is still stored");
     assert!(c.hosts[0].node.local_object(out).is_none(), "the node still lists {out}");
 }
+
+#[test]
+fn a_node_whose_connection_closes_is_lost_at_once_and_its_task_runs_again_elsewhere() {
+    let mut c = cluster(2);
+    let job = c.start_job("crash");
+    let spec = task(job, 0, "ms=20000");
+    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    c.run_for(Duration::from_millis(50));
+    let old = c.head.task_node(t).expect("running");
+    let host = c.host_of(old).unwrap();
+    // The process dies and the head's end of its connection closes: no waiting for the deadline.
+    c.crash_host(host);
+    c.head_input(HeadInput::NodeDisconnected(old)).unwrap();
+    assert!(is_dead(&c, old), "a node whose connection closed is still live");
+    assert!(!c.head.live_nodes().any(|n| n == old));
+    c.run_for(Duration::from_millis(10));
+    assert_eq!(c.head.task_attempt(t), Some(1), "the task was not retried at once");
+    assert_ne!(c.head.task_node(t), Some(old));
+    // A second notice, or one for a node long gone, changes nothing.
+    c.head_input(HeadInput::NodeDisconnected(old)).unwrap();
+    c.check_invariants();
+    c.run_for(Duration::from_secs(30));
+    assert!(matches!(c.fetch(job, out), Some(Ok(_))));
+}

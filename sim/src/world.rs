@@ -1017,6 +1017,7 @@ impl World {
             HeadInput::DrainNode(_) => 13,
             HeadInput::DriverDisconnected(_) => 14,
             HeadInput::LaunchFailed { .. } => 17,
+            HeadInput::NodeDisconnected(_) => 18,
         };
         match &input {
             HeadInput::FromDriver { msg: DriverToHead::SubmitTask(spec), .. } => {
@@ -1054,6 +1055,7 @@ impl World {
             HeadInput::DrainNode(n) => self.log_ids(kind, &[n.0]),
             HeadInput::DriverDisconnected(j) => self.log_ids(kind, &[j.0]),
             HeadInput::LaunchFailed { request, .. } => self.log_ids(kind, &[*request]),
+            HeadInput::NodeDisconnected(n) => self.log_ids(kind, &[n.0]),
         }
         let now = self.now;
         if self.guard("head input", |w| {
@@ -1521,6 +1523,7 @@ impl World {
                 if !self.hosts[host].up {
                     return;
                 }
+                self.connection_closed(host);
                 self.take_down(host);
                 if let Some(ms) = restart_ms {
                     self.schedule(self.now + Duration(ms.saturating_mul(MS)), Event::Heal(Heal::Restart(host)));
@@ -1600,6 +1603,7 @@ impl World {
                     return;
                 }
                 // Messages in flight on the connection are lost; the daemon starts over.
+                self.connection_closed(host);
                 self.hosts[host].epoch += 1;
                 self.hosts[host].up = false;
                 self.hosts[host].inc += 1;
@@ -1643,6 +1647,17 @@ impl World {
     }
 
     /// The host's machine stops: its workers and stored bytes are lost.
+    /// The host's daemon crashed or its connection broke: the head's end sees the connection
+    /// close once what was sent before it has arrived (TCP delivers the close in order, and holds
+    /// it back across a partition like any segment). A host cut off without a close (a machine
+    /// that vanished) is noticed only by its deadline.
+    fn connection_closed(&mut self, host: usize) {
+        let Some(node) = self.hosts[host].id else { return };
+        // From the head's own end of the connection: no epoch of the host's applies.
+        let event = Event::ToHead { from: Endpoint::Head, epoch: 0, input: HeadInput::NodeDisconnected(node) };
+        self.send(Endpoint::Host(host), Endpoint::Head, 0, event);
+    }
+
     fn take_down(&mut self, host: usize) {
         if self.params.record_runs {
             // The host's running attempts end with it.

@@ -749,10 +749,12 @@ impl Core {
                         self.jobs.remove(&job);
                         self.input(HeadInput::DriverDisconnected(job));
                     }
-                    // The machine decides when the node is dead (heartbeats stop); only the route goes.
+                    // A node whose connection is gone registers again as a new node: this one
+                    // is lost now (its tasks retried, its objects rebuilt), not at its deadline.
                     Role::Node(node) if self.routes.get(&node) == Some(&conn) => {
                         self.routes.remove(&node);
-                        tracing::info!(%node, "node connection closed");
+                        tracing::info!(%node, "node connection closed; the node is lost");
+                        self.input(HeadInput::NodeDisconnected(node));
                     }
                     _ => {}
                 }

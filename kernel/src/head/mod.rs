@@ -151,6 +151,11 @@ pub enum HeadInput {
         /// Why, for reports.
         reason: String,
     },
+    /// A node's connection is gone. A node whose link to the head breaks registers again as a new
+    /// node, so nothing can be heard of this one any more: it is lost now, without waiting for
+    /// its deadline (a crashed node process is noticed as soon as its connection closes). A node
+    /// no longer live is ignored.
+    NodeDisconnected(NodeId),
 }
 
 /// Everything the Head asks its host to do.
@@ -306,6 +311,10 @@ impl Head {
             HeadInput::DriverDisconnected(job) => self.on_driver_gone(job),
             HeadInput::LaunchFailed { request, .. } => {
                 self.autoscale_launch_failed(request);
+                Ok(())
+            }
+            HeadInput::NodeDisconnected(node) => {
+                self.on_node_lost(node);
                 Ok(())
             }
         };
