@@ -21,6 +21,7 @@ from side_common import (  # noqa: E402
     latencies,
     percentile,
     rates,
+    reconstructions,
     report,
     startups,
     walls,
@@ -54,8 +55,36 @@ class Counter:
         return self.calls
 
 
+def reconstruction_probe():
+    """Workload 9: two single-threaded worker processes; a 1 MiB value made on the second; that
+    worker's process killed (its nanny starts another); the seconds from the kill to the value
+    read again, recomputed by the scheduler. Dask notices a dead worker when its connection
+    closes, so no timeout applies."""
+    from dask.distributed import Client, LocalCluster, wait
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    victim = sorted(client.scheduler_info()["workers"])[1]
+    value = client.submit(mib, 9, workers=[victim], allow_other_workers=True, pure=False)
+    wait(value)
+    killed = time.perf_counter()
+    try:
+        client.run(os._exit, 1, workers=[victim], wait=False)
+    except Exception:  # the worker dies under the call
+        pass
+    back = value.result()
+    seconds = time.perf_counter() - killed
+    assert back.nbytes == 1 << 20 and (back == 9).all()
+    client.close()
+    cluster.close()
+    print(seconds)
+
+
 def main():
     args = common_arguments(argparse.ArgumentParser())
+    if args.reconstruction_probe:
+        reconstruction_probe()
+        return
 
     import numpy as np
     from dask.distributed import Client, LocalCluster
@@ -78,6 +107,7 @@ def main():
     report(args, "round-trip", "us", [("p50", [percentile(t, 0.50) for t in trips]), ("p99", [percentile(t, 0.99) for t in trips])])
     report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
     report(args, "startup", "ms", [("to first result", startups(args.runs, __file__, args.cpus))])
+    report(args, "reconstruction", "s", [("kill to value", reconstructions(args.runs, __file__, args.cpus))])
 
     counter = client.submit(Counter, actor=True).result()
     counter.tick().result()

@@ -20,14 +20,55 @@ from side_common import (  # noqa: E402
     latencies,
     percentile,
     rates,
+    reconstructions,
     report,
     startups,
     walls,
 )
 
 
+def reconstruction_probe():
+    """Workload 9: two one-CPU nodes under a head whose health checks declare a node dead after
+    1 s (every 100 ms, 10 misses); a 1 MiB value made on the second node; that node killed; the
+    seconds from the kill to the value read again (rebuilt from its lineage on the first)."""
+    import numpy as np
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    checks = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 100,
+        "health_check_timeout_ms": 100,
+        "health_check_failure_threshold": 10,
+    }
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": checks})
+    cluster.add_node(num_cpus=1)
+    victim = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="ERROR")
+
+    @ray.remote(max_retries=3)
+    def mib(i):
+        return np.full(1 << 20, i, dtype=np.uint8)
+
+    on_victim = NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
+    value = mib.options(scheduling_strategy=on_victim).remote(9)
+    ray.wait([value], fetch_local=False)
+    killed = time.perf_counter()
+    cluster.remove_node(victim, allow_graceful=False)
+    back = ray.get(value)
+    seconds = time.perf_counter() - killed
+    assert back.nbytes == 1 << 20 and (back == 9).all()
+    ray.shutdown()
+    cluster.shutdown()
+    print(seconds)
+
+
 def main():
     args = common_arguments(argparse.ArgumentParser())
+    if args.reconstruction_probe:
+        reconstruction_probe()
+        return
 
     import numpy as np
     import ray
@@ -72,6 +113,7 @@ def main():
     report(args, "round-trip", "us", [("p50", [percentile(t, 0.50) for t in trips]), ("p99", [percentile(t, 0.99) for t in trips])])
     report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
     report(args, "startup", "ms", [("to first result", startups(args.runs, __file__, args.cpus))])
+    report(args, "reconstruction", "s", [("kill to value", reconstructions(args.runs, __file__, args.cpus))])
 
     counter = Counter.remote()
     ray.get(counter.tick.remote())

@@ -85,15 +85,24 @@ def idle_memory(runs):
     return out
 
 
-def startups(runs, script, cpus):
-    """Per run: a fresh `script --startup-probe` process's time to its first result, in ms."""
+def probes(runs, script, flag, cpus):
+    """Per run: the figure a fresh `script FLAG` process prints last (seconds)."""
     out = []
     for _ in range(runs):
-        done = subprocess.run(
-            [sys.executable, script, "--startup-probe", "--cpus", str(cpus)], capture_output=True, text=True, check=True
-        )
-        out.append(float(done.stdout.strip().splitlines()[-1]) * 1e3)
+        done = subprocess.run([sys.executable, script, flag, "--cpus", str(cpus)], capture_output=True, text=True, check=True)
+        out.append(float(done.stdout.strip().splitlines()[-1]))
     return out
+
+
+def startups(runs, script, cpus):
+    """Per run: a fresh `script --startup-probe` process's time to its first result, in ms."""
+    return [s * 1e3 for s in probes(runs, script, "--startup-probe", cpus)]
+
+
+def reconstructions(runs, script, cpus):
+    """Per run: a fresh `script --reconstruction-probe` process's time from killing the node
+    that holds a value to the value read again, in seconds."""
+    return probes(runs, script, "--reconstruction-probe", cpus)
 
 
 def common_arguments(parser):
@@ -104,4 +113,5 @@ def common_arguments(parser):
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--startup-probe", action="store_true")
+    parser.add_argument("--reconstruction-probe", action="store_true")
     return parser.parse_args()

@@ -617,8 +617,8 @@ fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolu
     }
 }
 
-type HeadReader = keel_net::FrameReader<tokio::net::tcp::OwnedReadHalf>;
-type HeadWriter = keel_net::FrameWriter<tokio::net::tcp::OwnedWriteHalf>;
+type HeadReader = keel_net::FrameReader<keel_net::transport::TcpRead>;
+type HeadWriter = keel_net::FrameWriter<keel_net::transport::TcpWrite>;
 
 enum Registration {
     Refused(String),

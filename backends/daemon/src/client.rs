@@ -93,8 +93,8 @@ pub enum SubmitOutcome {
 
 /// A driver's connection: one job.
 pub struct Driver {
-    reader: keel_net::FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: keel_net::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    reader: keel_net::FrameReader<keel_net::transport::TcpRead>,
+    writer: keel_net::FrameWriter<keel_net::transport::TcpWrite>,
     job: JobId,
     addr: String,
 }

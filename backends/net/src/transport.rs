@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 /// A connection's halves and its local address (the interface that reaches the peer).
 pub struct Connection<R, W> {
@@ -51,41 +52,217 @@ pub trait Listener: Send + Sync + 'static {
 }
 
 /// The operating system's TCP, with Nagle's algorithm off (frames are batched by their writers).
+///
+/// A connection to a listener of this same process (the embedded default's driver, head and node
+/// share one) does not go through the kernel: it is a pair of in-memory pipes, handed to the
+/// listener as any other accepted connection. The frames, the handshake and the closing are the
+/// same; the system calls and the loopback stack are saved. Other processes reach the listener
+/// over TCP as usual.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tcp;
 
+/// Bytes buffered in each direction of an in-process connection before a writer waits (TCP's
+/// buffers give the same back-pressure).
+const IN_PROCESS_BUFFER: usize = 4 << 20;
+
+type InProcess = tokio::io::DuplexStream;
+
+/// Listeners of this process by address, for in-process connections.
+type Registry = std::sync::Mutex<std::collections::HashMap<SocketAddr, (u64, Handoff)>>;
+
+/// Where a listener takes its in-process connections from.
+type Handoff = mpsc::UnboundedSender<Accepted<TcpRead, TcpWrite>>;
+
+fn registry() -> &'static Registry {
+    static LISTENERS: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    LISTENERS.get_or_init(Default::default)
+}
+
+/// The in-process listener that `addr` reaches: bound to it, or to the wildcard address on its
+/// port when `addr` is a loopback address.
+fn in_process(addr: &str) -> Option<Handoff> {
+    let target: SocketAddr = addr.parse().ok()?;
+    let listeners = registry().lock().ok()?;
+    let wildcard = |ip: std::net::IpAddr| SocketAddr::new(ip, target.port());
+    listeners
+        .get(&target)
+        .or_else(|| {
+            target.ip().is_loopback().then_some(()).and_then(|()| {
+                listeners
+                    .get(&wildcard(std::net::Ipv4Addr::UNSPECIFIED.into()))
+                    .or_else(|| listeners.get(&wildcard(std::net::Ipv6Addr::UNSPECIFIED.into())))
+            })
+        })
+        .filter(|(_, tx)| !tx.is_closed())
+        .map(|(_, tx)| tx.clone())
+}
+
+/// A TCP connection's reading half, or an in-process connection's.
+#[derive(Debug)]
+pub enum TcpRead {
+    /// Over the operating system's TCP.
+    Os(tokio::net::tcp::OwnedReadHalf),
+    /// Within this process.
+    InProcess(tokio::io::ReadHalf<InProcess>),
+}
+
+/// A TCP connection's writing half, or an in-process connection's.
+#[derive(Debug)]
+pub enum TcpWrite {
+    /// Over the operating system's TCP.
+    Os(tokio::net::tcp::OwnedWriteHalf),
+    /// Within this process.
+    InProcess(tokio::io::WriteHalf<InProcess>),
+}
+
+impl AsyncRead for TcpRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpRead::Os(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            TcpRead::InProcess(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TcpWrite {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TcpWrite::Os(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            TcpWrite::InProcess(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TcpWrite::Os(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+            TcpWrite::InProcess(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TcpWrite::Os(w) => w.is_write_vectored(),
+            TcpWrite::InProcess(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpWrite::Os(w) => std::pin::Pin::new(w).poll_flush(cx),
+            TcpWrite::InProcess(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpWrite::Os(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            TcpWrite::InProcess(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 impl Transport for Tcp {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-    type Listener = tokio::net::TcpListener;
+    type Read = TcpRead;
+    type Write = TcpWrite;
+    type Listener = TcpListen;
 
     async fn connect(&self, addr: &str) -> io::Result<Connection<Self::Read, Self::Write>> {
+        if let Some(listener) = in_process(addr) {
+            let (ours, theirs) = tokio::io::duplex(IN_PROCESS_BUFFER);
+            let (their_read, their_write) = tokio::io::split(theirs);
+            let (our_read, our_write) = tokio::io::split(ours);
+            let target: SocketAddr = addr.parse().map_err(io::Error::other)?;
+            // Both ends see loopback addresses, as over TCP on this machine.
+            let local = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+            let theirs = Connection {
+                read: TcpRead::InProcess(their_read),
+                write: TcpWrite::InProcess(their_write),
+                local: target,
+            };
+            if listener.send((theirs, local)).is_ok() {
+                return Ok(Connection {
+                    read: TcpRead::InProcess(our_read),
+                    write: TcpWrite::InProcess(our_write),
+                    local,
+                });
+            }
+            // The listener went away meanwhile: TCP says what became of it.
+        }
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
         let (read, write) = stream.into_split();
-        Ok(Connection { read, write, local })
+        Ok(Connection { read: TcpRead::Os(read), write: TcpWrite::Os(write), local })
     }
 
     async fn bind(&self, addr: &str) -> io::Result<Self::Listener> {
-        tokio::net::TcpListener::bind(addr).await
+        let os = tokio::net::TcpListener::bind(addr).await?;
+        let local = os.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut listeners) = registry().lock() {
+            listeners.insert(local, (id, tx));
+        }
+        Ok(TcpListen { os, local, id, in_process: tokio::sync::Mutex::new(rx) })
     }
 }
 
-impl Listener for tokio::net::TcpListener {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
+/// A TCP listener that also accepts this process's own connections (see [`Tcp`]).
+#[derive(Debug)]
+pub struct TcpListen {
+    os: tokio::net::TcpListener,
+    local: SocketAddr,
+    /// Its entry in the registry (a later listener may have the same address).
+    id: u64,
+    in_process: tokio::sync::Mutex<mpsc::UnboundedReceiver<Accepted<TcpRead, TcpWrite>>>,
+}
+
+impl Drop for TcpListen {
+    fn drop(&mut self) {
+        if let Ok(mut listeners) = registry().lock() {
+            if listeners.get(&self.local).is_some_and(|(id, _)| *id == self.id) {
+                listeners.remove(&self.local);
+            }
+        }
+    }
+}
+
+impl Listener for TcpListen {
+    type Read = TcpRead;
+    type Write = TcpWrite;
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        tokio::net::TcpListener::local_addr(self)
+        Ok(self.local)
     }
 
     async fn accept(&self) -> io::Result<(Connection<Self::Read, Self::Write>, SocketAddr)> {
-        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr()?;
-        let (read, write) = stream.into_split();
-        Ok((Connection { read, write, local }, peer))
+        let mut in_process = self.in_process.lock().await;
+        tokio::select! {
+            accepted = self.os.accept() => {
+                let (stream, peer) = accepted?;
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr()?;
+                let (read, write) = stream.into_split();
+                Ok((Connection { read: TcpRead::Os(read), write: TcpWrite::Os(write), local }, peer))
+            }
+            Some(accepted) = in_process.recv() => Ok(accepted),
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A node that runs until `SIGTERM`.
 const SERVES: &str = "trap 'exit 0' TERM; while :; do sleep 0.05; done";
-/// A node that ignores `SIGTERM`.
-const STUBBORN: &str = "trap '' TERM; while :; do sleep 0.05; done";
+/// A node that ignores `SIGTERM`, and says so once it does (a signal before its `trap` would
+/// still stop it).
+const STUBBORN: &str = "trap '' TERM; : > \"$work/trapped\"; while :; do sleep 0.05; done";
 /// Instance `*-1` ignores `SIGTERM`, the others stop on it.
 const MIXED: &str = "case \"$work\" in *-1) trap '' TERM;; *) trap 'exit 0' TERM;; esac; while :; do sleep 0.05; done";
 /// A node that refuses its flags.
@@ -151,8 +152,8 @@ async fn a_node_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let (mut p, mut rx) = provider(&dir, STUBBORN, |_| {});
     p.launch(0, &node_type("cpu"), 1);
     let pid = p.instances()[0].pid;
-    let args_file = dir.join("run").join("cpu-0").join("args");
-    until("the node started", || args_file.exists()).await;
+    let trapped = dir.join("run").join("cpu-0").join("trapped");
+    until("the node ignores SIGTERM", || trapped.exists()).await;
     p.registered(NodeId(2), &labels_of_instance("cpu-0"));
     // Found by its node id alone.
     let started = Instant::now();
