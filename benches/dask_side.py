@@ -100,12 +100,12 @@ def main():
         return
 
     client.gather(client.map(noop, range(1_000), pure=False))
+    report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
 
     throughput = rates(args.runs, args.tasks, lambda: client.gather(client.map(noop, range(args.tasks), pure=False)))
     report(args, "noop-tasks", "tasks/s", [("throughput", throughput)])
     trips = [latencies(args.round_trips, lambda: client.submit(noop, pure=False).result()) for _ in range(args.runs)]
     report(args, "round-trip", "us", [("p50", [percentile(t, 0.50) for t in trips]), ("p99", [percentile(t, 0.99) for t in trips])])
-    report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
     report(args, "startup", "ms", [("to first result", startups(args.runs, __file__, args.cpus))])
     report(args, "reconstruction", "s", [("kill to value", reconstructions(args.runs, __file__, args.cpus))])
 

@@ -106,12 +106,12 @@ def main():
             return self.calls
 
     ray.get([noop.remote() for _ in range(1_000)])
+    report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
 
     throughput = rates(args.runs, args.tasks, lambda: ray.get([noop.remote() for _ in range(args.tasks)]))
     report(args, "noop-tasks", "tasks/s", [("throughput", throughput)])
     trips = [latencies(args.round_trips, lambda: ray.get(noop.remote())) for _ in range(args.runs)]
     report(args, "round-trip", "us", [("p50", [percentile(t, 0.50) for t in trips]), ("p99", [percentile(t, 0.99) for t in trips])])
-    report(args, "idle-memory", "MiB", [("resident", idle_memory(args.runs))])
     report(args, "startup", "ms", [("to first result", startups(args.runs, __file__, args.cpus))])
     report(args, "reconstruction", "s", [("kill to value", reconstructions(args.runs, __file__, args.cpus))])
 

@@ -23,7 +23,7 @@
 //!   goes, as with a machine lost): seconds from the kill to the value read again, rebuilt from
 //!   its lineage on the other node.
 //! - `idle-memory`: resident memory of this process and every process under it (the embedded
-//!   head and node, and the workers), idle after the warm-up: MiB.
+//!   head and node, and the workers), idle after the warm-up (1,000 no-op tasks): MiB.
 //!
 //! `--json` prints one JSON object per workload instead; `--only noop-tasks,chain` runs only those.
 
@@ -172,6 +172,15 @@ fn main() -> keel::Result<()> {
     keel.get_all(&warm)?;
     drop(warm);
 
+    if args.wants("idle-memory") {
+        let idle: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                tree_rss(std::process::id()) as f64 / (1u64 << 20) as f64
+            })
+            .collect();
+        report(&args, "idle-memory", "MiB", &[("resident", idle)]);
+    }
     if args.wants("noop-tasks") {
         let mut rates = Vec::new();
         for _ in 0..args.runs {
@@ -197,15 +206,6 @@ fn main() -> keel::Result<()> {
             p99s.push(percentile(&times, 0.99));
         }
         report(&args, "round-trip", "us", &[("p50", p50s), ("p99", p99s)]);
-    }
-    if args.wants("idle-memory") {
-        let idle: Vec<f64> = (0..args.runs)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(200));
-                tree_rss(std::process::id()) as f64 / (1u64 << 20) as f64
-            })
-            .collect();
-        report(&args, "idle-memory", "MiB", &[("resident", idle)]);
     }
     if args.wants("startup") {
         let exe = std::env::current_exe().expect("this program");

@@ -63,7 +63,7 @@ pub struct Tcp;
 
 /// Bytes buffered in each direction of an in-process connection before a writer waits (TCP's
 /// buffers give the same back-pressure).
-const IN_PROCESS_BUFFER: usize = 4 << 20;
+const IN_PROCESS_BUFFER: usize = 256 << 10;
 
 type InProcess = tokio::io::DuplexStream;
 
