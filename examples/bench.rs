@@ -19,9 +19,11 @@
 //! - `chain`: 1,000 tasks, each taking the previous one's result: seconds.
 //! - `reconstruction`: a fresh process of this program starts a head whose failure-detection
 //!   timeout is 1 s (nodes' heartbeats every 100 ms) and two nodes in it, makes a 1 MiB value on
-//!   the second node, then kills that node (its daemon and workers stop, and its store directory
-//!   goes, as with a machine lost): seconds from the kill to the value read again, rebuilt from
-//!   its lineage on the other node.
+//!   the second node, then kills that node's daemon (its workers stop, its store directory goes,
+//!   and its connection to the head closes, as when a node process dies): seconds from the kill
+//!   to the value read again, rebuilt from its lineage on the other node. The closed connection
+//!   tells the head at once; a machine that vanishes without closing it is found by the 1 s
+//!   deadline instead.
 //! - `idle-memory`: resident memory of this process and every process under it (the embedded
 //!   head and node, and the workers), idle after the warm-up (1,000 no-op tasks): MiB.
 //!

@@ -173,6 +173,13 @@ fn wait_returns_the_first_finished_and_leaves_the_rest(keel: &Keel) {
     assert_eq!((ready, rest), (vec![0, 2], vec![1]));
     let (ready, _) = keel.wait(&refs, 3, Duration::from_millis(10)).unwrap();
     assert!(ready.len() < 3, "the slow task cannot have finished");
+    // get_all returns a failure once it is known, without waiting for the slow one before it.
+    let started = Instant::now();
+    match keel.get_all(&[refs[1].clone(), PANICS.call(keel, ()).unwrap()]) {
+        Err(Error::Task(ErrorReason::TaskFailed { .. })) => {}
+        other => panic!("expected the second task's failure, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(2_000), "get_all waited for the 3 s task");
     // Cancelling the slow one (killing its worker) fails it with the reason, and frees its CPU.
     keel.cancel(&refs[1], true).unwrap();
     match keel.get(&refs[1]) {

@@ -129,6 +129,8 @@ pub enum Op {
     Drain(Who),
     /// A driver's connection drops.
     DriverGone(Who),
+    /// A node's connection drops (it is lost at once).
+    NodeGone(Who),
     /// Time passes (nodes that send nothing are declared dead after the node timeout).
     Advance {
         /// Milliseconds.
@@ -365,6 +367,12 @@ impl World {
             Op::DriverGone(job) => {
                 let job = self.job(job);
                 let _ = self.input(HeadInput::DriverDisconnected(job));
+            }
+            Op::NodeGone(node) => {
+                let node = self.node(node);
+                // Accepted whatever the node: a node no longer live is ignored.
+                assert_eq!(self.input(HeadInput::NodeDisconnected(node)), Ok(()));
+                assert!(!self.head.live_nodes().any(|n| n == node), "a disconnected node is still live");
             }
             Op::Advance { ms } => {
                 self.now = self.now + Duration::from_millis(u64::from(ms));

@@ -1646,7 +1646,6 @@ impl World {
         }
     }
 
-    /// The host's machine stops: its workers and stored bytes are lost.
     /// The host's daemon crashed or its connection broke: the head's end sees the connection
     /// close once what was sent before it has arrived (TCP delivers the close in order, and holds
     /// it back across a partition like any segment). A host cut off without a close (a machine
@@ -1658,6 +1657,7 @@ impl World {
         self.send(Endpoint::Host(host), Endpoint::Head, 0, event);
     }
 
+    /// The host's machine stops: its workers and stored bytes are lost.
     fn take_down(&mut self, host: usize) {
         if self.params.record_runs {
             // The host's running attempts end with it.

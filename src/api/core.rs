@@ -35,10 +35,10 @@ pub(crate) enum Incoming {
 
 enum Cmd {
     Send(DriverToHead),
-    /// Answer each of `objects` into its slot of `gather` (one message to the head for all).
+    /// Answer each object into its slot (one message to the head for all). The slots are made by
+    /// the caller: should the command never be carried out, dropping them answers the waiter.
     Subscribe {
-        objects: Vec<ObjectId>,
-        gather: Arc<Gather>,
+        objects: Vec<(ObjectId, Slot)>,
     },
     Forget(ObjectId),
     Invalidate(ObjectId),
@@ -74,11 +74,15 @@ struct Gathered {
     filled: usize,
     /// How many answers the waiter needs before it is woken.
     need: usize,
+    /// Wake the waiter at the first answer that is not a value.
+    stop_at_failure: bool,
+    failed: bool,
 }
 
 impl Gather {
-    fn new(len: usize, need: usize) -> Arc<Gather> {
-        let state = Gathered { answers: vec![None; len], filled: 0, need: need.min(len) };
+    fn new(len: usize, need: usize, stop_at_failure: bool) -> Arc<Gather> {
+        let state =
+            Gathered { answers: vec![None; len], filled: 0, need: need.min(len), stop_at_failure, failed: false };
         Arc::new(Gather { state: Mutex::new(state), filled: std::sync::Condvar::new() })
     }
 
@@ -86,9 +90,11 @@ impl Gather {
         let mut s = self.state.lock().expect("gather");
         // After [`Gather::take`] (a wait that timed out) late answers have nowhere to go.
         if let Some(slot @ None) = s.answers.get_mut(index) {
+            let failure = !matches!(answer, Ok(Resolution::Ready(_)));
             *slot = Some(answer);
             s.filled += 1;
-            if s.filled == s.need {
+            if s.filled == s.need || (failure && s.stop_at_failure && !s.failed) {
+                s.failed |= failure;
                 self.filled.notify_all();
             }
         }
@@ -96,13 +102,13 @@ impl Gather {
 
     fn done(&self) -> bool {
         let s = self.state.lock().expect("gather");
-        s.filled >= s.need
+        s.filled >= s.need || (s.stop_at_failure && s.failed)
     }
 
     /// Sleeps until enough answers are in or `deadline` passes.
     fn sleep(&self, deadline: Option<std::time::Instant>) {
         let mut s = self.state.lock().expect("gather");
-        while s.filled < s.need {
+        while s.filled < s.need && !(s.stop_at_failure && s.failed) {
             s = match deadline {
                 None => self.filled.wait(s).expect("gather"),
                 Some(d) => {
@@ -124,7 +130,7 @@ impl Gather {
 
 /// One object's slot in a [`Gather`]. A slot dropped unanswered (the core ended) is answered
 /// with the connection's loss, so that no waiter sleeps forever.
-struct Slot {
+pub(crate) struct Slot {
     gather: Arc<Gather>,
     index: usize,
     answered: bool,
@@ -234,10 +240,16 @@ impl Shared {
     }
 
     /// Asks to be told what becomes of each of `objects`; the answers gather in the result, and
-    /// [`Shared::wait_gathered`] waits until `need` of them are in.
-    pub fn subscribe(&self, objects: Vec<ObjectId>, need: usize) -> Result<Arc<Gather>> {
-        let gather = Gather::new(objects.len(), need);
-        self.cmds.send(Cmd::Subscribe { objects, gather: gather.clone() }).map_err(|_| lost())?;
+    /// [`Shared::wait_gathered`] waits until `need` of them are in, or with `stop_at_failure`
+    /// until one is not a value.
+    pub fn subscribe(&self, objects: Vec<ObjectId>, need: usize, stop_at_failure: bool) -> Result<Arc<Gather>> {
+        let gather = Gather::new(objects.len(), need, stop_at_failure);
+        let objects = objects
+            .into_iter()
+            .enumerate()
+            .map(|(index, object)| (object, Slot { gather: gather.clone(), index, answered: false }))
+            .collect();
+        self.cmds.send(Cmd::Subscribe { objects }).map_err(|_| lost())?;
         Ok(gather)
     }
 
@@ -254,7 +266,7 @@ impl Shared {
 
     /// Waits for `object` (a blocking call; not from inside an async task).
     pub fn resolve(&self, object: ObjectId) -> Result<Resolution> {
-        let gather = self.subscribe(vec![object], 1)?;
+        let gather = self.subscribe(vec![object], 1, false)?;
         self.wait_gathered(&gather, None);
         match gather.take().pop().flatten() {
             Some(Ok(r)) => Ok(r),
@@ -352,7 +364,15 @@ impl Shared {
         for p in &peers {
             let stored = if p.host == host && Path::new(&p.store_dir).is_dir() {
                 match keel_shm::write_sealed_with(Path::new(&p.store_dir), object, size as u64, &mut *fill) {
-                    Ok(()) => self.block(keel_daemon::client::adopt_put(&p.addr, &self.token, object, size as u64)),
+                    Ok(()) => {
+                        let adopted =
+                            self.block(keel_daemon::client::adopt_put(&p.addr, &self.token, object, size as u64));
+                        if adopted.is_err() {
+                            // Not the node's: it would never delete it.
+                            let _ = std::fs::remove_file(keel_shm::path_of(Path::new(&p.store_dir), object));
+                        }
+                        adopted
+                    }
                     Err(e) => {
                         problems.push(format!("{}: {e}", p.node));
                         continue;
@@ -485,10 +505,9 @@ async fn run(
                         }
                         out(msg);
                     }
-                    Cmd::Subscribe { objects: wanted_now, gather } => {
+                    Cmd::Subscribe { objects: wanted_now } => {
                         let mut ask = Vec::new();
-                        for (index, object) in wanted_now.into_iter().enumerate() {
-                            let slot = Slot { gather: gather.clone(), index, answered: false };
+                        for (object, slot) in wanted_now {
                             let entry = objects.entry(object).or_default();
                             if let Some(r) = &entry.resolution {
                                 slot.answer(Ok(r.clone()));

@@ -264,8 +264,9 @@ impl Keel {
             DriverToHead::Put { object, size: bytes.len() as u64, inline: Some(bytes), node: None, nested }
         } else {
             let mut nested = Vec::new();
+            // The handles on the references inside go: the caller's own keep them alive.
             let mut fill = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
-                nested = serialize_into(value, out)?;
+                nested = serialize_into(value, out)?.0;
                 Ok(())
             };
             let node = match &self.inner.local_node {
@@ -291,12 +292,25 @@ impl Keel {
         self.decode(r.id(), resolution)
     }
 
-    /// Waits for every value, in order; the first failure is returned.
+    /// Waits for every value, in order. A failure is returned as soon as one is known (the first
+    /// in `refs`' order among those known then), without waiting for the rest.
     pub fn get_all<T: DeserializeOwned>(&self, refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
-        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), refs.len())?;
+        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), refs.len(), true)?;
         self.inner.shared.wait_gathered(&gather, None);
+        let answers = gather.take();
+        let failure =
+            answers.iter().position(|a| matches!(a, Some(answer) if !matches!(answer, Ok(Resolution::Ready(_)))));
+        if let Some(i) = failure {
+            let answer = answers.into_iter().nth(i).flatten().expect("a known failure");
+            return Err(match answer {
+                Ok(Resolution::Failed(reason)) => Error::Task(reason),
+                Ok(Resolution::Refused(why)) => Error::Refused(why),
+                Ok(Resolution::Ready(_)) => unreachable!("a value is no failure"),
+                Err(why) => Error::Connection(why),
+            });
+        }
         refs.iter()
-            .zip(gather.take())
+            .zip(answers)
             .map(|(r, answer)| match answer {
                 Some(Ok(resolution)) => self.decode(r.id(), resolution),
                 Some(Err(why)) => Err(Error::Connection(why)),
@@ -308,7 +322,7 @@ impl Keel {
     /// Waits until `n` of `refs` are resolved (ready or failed) or `timeout` passes; returns the
     /// indices of the resolved ones and of the others, each in order.
     pub fn wait<T>(&self, refs: &[ObjectRef<T>], n: usize, timeout: Duration) -> Result<(Vec<usize>, Vec<usize>)> {
-        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), n)?;
+        let gather = self.inner.shared.subscribe(refs.iter().map(|r| r.id()).collect(), n, false)?;
         self.inner.shared.wait_gathered(&gather, Some(std::time::Instant::now() + timeout));
         let (mut ready, mut rest) = (Vec::new(), Vec::new());
         for (i, answer) in gather.take().into_iter().enumerate() {
@@ -420,6 +434,8 @@ impl Keel {
                 // found elsewhere), it names them again: ask again, a little later each time.
                 let deadline = std::time::Instant::now() + UNREADABLE_FOR;
                 let mut delay = Duration::from_millis(2);
+                // Waiting, in a worker, lends the task's CPUs.
+                let _blocked = self.inner.shared.blocked();
                 loop {
                     self.inner.shared.invalidate(object);
                     match self.inner.shared.resolve(object)? {
@@ -553,24 +569,50 @@ pub type ActorState = Option<Box<dyn std::any::Any + Send>>;
 pub trait Registered: Sync {
     /// Its name.
     fn name(&self) -> &'static str;
-    /// Decodes the arguments, runs the code (on the worker's actor, for a method), encodes the result.
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String>;
+    /// Decodes the arguments, runs the code (on the worker's actor, for a method), encodes the
+    /// result: a small one into bytes, a large one through `store`, which writes it in place.
+    fn invoke(
+        &self,
+        actor: &mut ActorState,
+        args: &[&[u8]],
+        store: &mut StoreLarge<'_>,
+    ) -> std::result::Result<Encoded, String>;
 }
 
 /// A value's bytes, the references serialised inside it, and a handle on each of them: a task's
 /// worker holds those until the cluster has its result, so that the references outlive the
 /// task's own handles.
 pub struct Encoded {
-    /// The bytes.
+    /// The bytes (empty when the value was stored).
     pub bytes: Vec<u8>,
+    /// The size of a value written through a [`StoreLarge`] rather than into `bytes`.
+    pub stored: Option<u64>,
     /// The references inside, sorted.
     pub nested: Vec<ObjectId>,
     /// A handle on each reference inside.
     pub keep: Vec<Handle>,
 }
 
-fn encode<R: Serialize>(result: &R) -> std::result::Result<Encoded, String> {
-    serialize(result).map_err(|e| format!("cannot serialise the result: {e}"))
+/// Writes a large value of the given size in place: the writer is handed to the closure, which
+/// serialises into it.
+pub type StoreLarge<'a> = dyn FnMut(usize, &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> std::result::Result<(), String>
+    + 'a;
+
+/// Encodes a result: inline when small, else serialised straight into its place through `store`
+/// (no intermediate buffer of its size).
+fn encode<R: Serialize>(result: &R, store: &mut StoreLarge<'_>) -> std::result::Result<Encoded, String> {
+    let cannot = |e: postcard::Error| format!("cannot serialise the result: {e}");
+    let size = postcard::experimental::serialized_size(result).map_err(cannot)?;
+    if size <= INLINE_MAX_BYTES {
+        return serialize(result).map_err(cannot);
+    }
+    let mut inside = None;
+    store(size, &mut |out| {
+        inside = Some(serialize_into(result, out)?);
+        Ok(())
+    })?;
+    let (nested, keep) = inside.expect("the store wrote the value");
+    Ok(Encoded { bytes: Vec::new(), stored: Some(size as u64), nested, keep })
 }
 
 thread_local! {
@@ -586,12 +628,14 @@ thread_local! {
 fn serialize<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Encoded, postcard::Error> {
     let (bytes, keep) = capturing(|| postcard::to_allocvec(value));
     let nested = nested_ids(&keep);
-    Ok(Encoded { bytes: bytes?, nested, keep })
+    Ok(Encoded { bytes: bytes?, stored: None, nested, keep })
 }
 
-/// Serialises `value` into `out`; returns the references inside (their handles are dropped: the
-/// caller's own keep them alive).
-fn serialize_into<T: Serialize + ?Sized>(value: &T, out: &mut dyn std::io::Write) -> std::io::Result<Vec<ObjectId>> {
+/// Serialises `value` into `out`; returns the references inside, and a handle on each.
+fn serialize_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<(Vec<ObjectId>, Vec<Handle>)> {
     /// A postcard output that writes through (keeping the first error, which postcard cannot carry).
     struct Through<'a> {
         out: &'a mut dyn std::io::Write,
@@ -619,7 +663,7 @@ fn serialize_into<T: Serialize + ?Sized>(value: &T, out: &mut dyn std::io::Write
         return Err(e);
     }
     written.map_err(std::io::Error::other)?;
-    Ok(nested_ids(&keep))
+    Ok((nested_ids(&keep), keep))
 }
 
 /// Runs a serialisation, collecting handles on the [`ObjectRef`]s it meets.
@@ -683,8 +727,13 @@ impl<A: Args, R: Serialize> Registered for Remote<A, R> {
         self.name
     }
 
-    fn invoke(&self, _: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
-        encode(&(self.f)(A::decode(args)?))
+    fn invoke(
+        &self,
+        _: &mut ActorState,
+        args: &[&[u8]],
+        store: &mut StoreLarge<'_>,
+    ) -> std::result::Result<Encoded, String> {
+        encode(&(self.f)(A::decode(args)?), store)
     }
 }
 
@@ -716,9 +765,14 @@ impl<S: Send + 'static, A: Args> Registered for ActorClass<S, A> {
         self.name
     }
 
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
+    fn invoke(
+        &self,
+        actor: &mut ActorState,
+        args: &[&[u8]],
+        store: &mut StoreLarge<'_>,
+    ) -> std::result::Result<Encoded, String> {
         *actor = Some(Box::new((self.new)(A::decode(args)?)));
-        encode(&())
+        encode(&(), store)
     }
 }
 
@@ -727,12 +781,17 @@ impl<S: 'static, A: Args, R: Serialize> Registered for Method<S, A, R> {
         self.name
     }
 
-    fn invoke(&self, actor: &mut ActorState, args: &[&[u8]]) -> std::result::Result<Encoded, String> {
+    fn invoke(
+        &self,
+        actor: &mut ActorState,
+        args: &[&[u8]],
+        store: &mut StoreLarge<'_>,
+    ) -> std::result::Result<Encoded, String> {
         let state = actor
             .as_mut()
             .and_then(|a| a.downcast_mut::<S>())
             .ok_or_else(|| format!("{} called on a worker that does not host an actor of its class", self.name))?;
-        encode(&(self.f)(state, A::decode(args)?))
+        encode(&(self.f)(state, A::decode(args)?), store)
     }
 }
 
@@ -873,7 +932,7 @@ pub trait ArgFor<T> {
 
 impl<T: Serialize> ArgFor<T> for T {
     fn into_arg(self, keep: &mut Vec<Handle>) -> Result<Arg> {
-        let Encoded { bytes: data, nested, keep: held } =
+        let Encoded { bytes: data, nested, keep: held, .. } =
             serialize(&self).map_err(|e| Error::Setup(format!("cannot serialise an argument: {e}")))?;
         // The references inside stay held until the task is submitted: the value may have held
         // the last handles, and the cluster must hear of the task before it hears they are gone.

@@ -1,7 +1,7 @@
 //! Worker mode: a node started this binary to run tasks. `init` lands here and never returns.
 
 use super::core::{Incoming, Shared};
-use super::{ActorState, Error, IdSpace, Inner, Keel, Registered, Result, INLINE_MAX_BYTES};
+use super::{ActorState, Error, IdSpace, Inner, Keel, Registered, Result};
 use keel_daemon::conn::{self, Outbound};
 use keel_daemon::worker::{WorkerEnv, WorkerLink};
 use keel_kernel::errors::TaskFailure;
@@ -205,12 +205,17 @@ fn execute(
             }
         });
     }
+    let object = ObjectId::for_return(spec.task, 1);
+    // A large result is serialised straight into the node's store.
+    let mut store = |size: usize, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>| {
+        keel_shm::write_sealed_with(dir, object, size as u64, fill).map_err(|e| format!("cannot store the result: {e}"))
+    };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        super::decoding_with(keel, || function.invoke(actor, &parts))
+        super::decoding_with(keel, || function.invoke(actor, &parts, &mut store))
     }));
     drop(parts);
     drop(mapped);
-    let super::Encoded { bytes, nested, keep: handles } = match result {
+    let super::Encoded { bytes, stored, nested, keep: handles } = match result {
         Ok(Ok(encoded)) => encoded,
         Ok(Err(message)) => return failed(message),
         Err(panic) => {
@@ -223,13 +228,11 @@ fn execute(
         }
     };
     *keep = handles;
-    let object = ObjectId::for_return(spec.task, 1);
-    let size = bytes.len() as u64;
-    if bytes.len() <= INLINE_MAX_BYTES {
-        return TaskOutcome::Finished(vec![ReturnValue { object, size, inline: Some(bytes), nested }]);
-    }
-    match keel_shm::write_sealed(dir, object, &bytes) {
-        Ok(()) => TaskOutcome::Finished(vec![ReturnValue { object, size, inline: None, nested }]),
-        Err(e) => failed(format!("cannot store the result: {e}")),
+    match stored {
+        Some(size) => TaskOutcome::Finished(vec![ReturnValue { object, size, inline: None, nested }]),
+        None => {
+            let size = bytes.len() as u64;
+            TaskOutcome::Finished(vec![ReturnValue { object, size, inline: Some(bytes), nested }])
+        }
     }
 }

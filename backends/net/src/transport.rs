@@ -83,15 +83,15 @@ fn registry() -> &'static Registry {
 fn in_process(addr: &str) -> Option<Handoff> {
     let target: SocketAddr = addr.parse().ok()?;
     let listeners = registry().lock().ok()?;
-    let wildcard = |ip: std::net::IpAddr| SocketAddr::new(ip, target.port());
+    // A loopback dial reaches a listener on the wildcard address of the same family.
+    let wildcard = match target.ip() {
+        std::net::IpAddr::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        std::net::IpAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+    };
     listeners
         .get(&target)
         .or_else(|| {
-            target.ip().is_loopback().then_some(()).and_then(|()| {
-                listeners
-                    .get(&wildcard(std::net::Ipv4Addr::UNSPECIFIED.into()))
-                    .or_else(|| listeners.get(&wildcard(std::net::Ipv6Addr::UNSPECIFIED.into())))
-            })
+            target.ip().is_loopback().then(|| listeners.get(&SocketAddr::new(wildcard, target.port()))).flatten()
         })
         .filter(|(_, tx)| !tx.is_closed())
         .map(|(_, tx)| tx.clone())
@@ -187,8 +187,10 @@ impl Transport for Tcp {
             let (their_read, their_write) = tokio::io::split(theirs);
             let (our_read, our_write) = tokio::io::split(ours);
             let target: SocketAddr = addr.parse().map_err(io::Error::other)?;
-            // Both ends see loopback addresses, as over TCP on this machine.
-            let local = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+            // The dialling end's address is the one it dialled, as over TCP on this machine
+            // (the address a node advertises to its peers derives from it).
+            let ip = if target.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { target.ip() };
+            let local = SocketAddr::new(ip, 0);
             let theirs = Connection {
                 read: TcpRead::InProcess(their_read),
                 write: TcpWrite::InProcess(their_write),

@@ -137,9 +137,20 @@ pub fn write_sealed_with(
             self.0.flush()
         }
     }
+    /// Removes the partial file unless it was sealed, even when `fill` panics.
+    struct Partial(PathBuf);
+    impl Drop for Partial {
+        fn drop(&mut self) {
+            if !self.0.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
     let partial = partial_path_of(dir, object);
+    let mut guard = None;
     let written = (|| {
         let file = OpenOptions::new().write(true).create_new(true).open(&partial)?;
+        guard = Some(Partial(partial.clone()));
         // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
         let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
         fill(&mut out)?;
@@ -150,11 +161,14 @@ pub fn write_sealed_with(
         Ok(())
     })();
     if let Err(source) = written {
-        let _ = std::fs::remove_file(&partial);
         return Err(StoreError::Io { path: partial, source });
     }
     let path = path_of(dir, object);
-    std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })
+    std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })?;
+    if let Some(g) = guard.as_mut() {
+        g.0 = PathBuf::new();
+    }
+    Ok(())
 }
 
 /// An object being written.
