@@ -155,6 +155,24 @@ fn tree_rss(pid: u32) -> u64 {
     rss + children.into_iter().map(tree_rss).sum::<u64>()
 }
 
+/// Per run: the seconds a fresh process of this program, started with `flag`, prints.
+fn probes(args: &Args, flag: &str) -> Vec<f64> {
+    let exe = std::env::current_exe().expect("this program");
+    (0..args.runs)
+        .map(|_| {
+            let out = std::process::Command::new(&exe)
+                .arg(flag)
+                .env_remove("KEEL_ADDRESS")
+                .output()
+                .expect("a probe process");
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.trim().parse::<f64>().unwrap_or_else(|_| {
+                panic!("the {flag} process printed no figure: {text}{}", String::from_utf8_lossy(&out.stderr))
+            })
+        })
+        .collect()
+}
+
 fn main() -> keel::Result<()> {
     let began = Instant::now();
     let functions: [&'static dyn keel::Registered; 6] = [&NOOP, &MIB, &REDUCE, &NEXT, &COUNTER, &TICK];
@@ -210,35 +228,11 @@ fn main() -> keel::Result<()> {
         report(&args, "round-trip", "us", &[("p50", p50s), ("p99", p99s)]);
     }
     if args.wants("startup") {
-        let exe = std::env::current_exe().expect("this program");
-        let mut startups = Vec::new();
-        for _ in 0..args.runs {
-            let out = std::process::Command::new(&exe)
-                .arg("--startup-probe")
-                .env_remove("KEEL_ADDRESS")
-                .output()
-                .expect("a probe process");
-            let text = String::from_utf8_lossy(&out.stdout);
-            startups.push(text.trim().parse::<f64>().expect("the probe prints seconds") * 1e3);
-        }
+        let startups = probes(&args, "--startup-probe").into_iter().map(|s| s * 1e3).collect();
         report(&args, "startup", "ms", &[("to first result", startups)]);
     }
     if args.wants("reconstruction") {
-        let exe = std::env::current_exe().expect("this program");
-        let mut seconds = Vec::new();
-        for _ in 0..args.runs {
-            let out = std::process::Command::new(&exe)
-                .arg("--reconstruction-probe")
-                .env_remove("KEEL_ADDRESS")
-                .output()
-                .expect("a probe process");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let value = text.trim().parse::<f64>();
-            seconds.push(value.unwrap_or_else(|_| {
-                panic!("the reconstruction probe failed: {text}{}", String::from_utf8_lossy(&out.stderr))
-            }));
-        }
-        report(&args, "reconstruction", "s", &[("kill to value", seconds)]);
+        report(&args, "reconstruction", "s", &[("kill to value", probes(&args, "--reconstruction-probe"))]);
     }
 
     if args.wants("actor-calls") {

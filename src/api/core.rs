@@ -255,9 +255,15 @@ impl Shared {
 
     /// Waits (a blocking call; not from inside an async task) until `gather` has the answers it
     /// needs, or `deadline` passes. Only a real wait counts as blocked (and lends the task's
-    /// CPUs, in a worker): what the core knows already comes back at once.
+    /// CPUs, in a worker): what the core knows already comes back within microseconds, so the
+    /// first 200 µs of sleep are not reported.
     pub fn wait_gathered(&self, gather: &Gather, deadline: Option<std::time::Instant>) {
         if gather.done() {
+            return;
+        }
+        let grace = std::time::Instant::now() + std::time::Duration::from_micros(200);
+        gather.sleep(Some(deadline.map_or(grace, |d| d.min(grace))));
+        if gather.done() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return;
         }
         let _blocked = self.blocked();
