@@ -405,6 +405,10 @@ fn shm_dir() -> PathBuf {
 /// `keel node`.
 pub fn run_node(args: &NodeArgs) -> Result<(), String> {
     let options = node_options(args)?;
+    let swept = keel_shm::sweep_orphans(&shm_dir(), "keel-");
+    if swept > 0 {
+        tracing::info!(swept, "removed the object stores of node processes that died");
+    }
     let store = options.store_dir.clone();
     let result = runtime()?.block_on(async {
         let node = node::start(options).await.map_err(|e| e.to_string())?;

@@ -35,6 +35,8 @@ pub(crate) async fn start() -> Result<(String, Token, Embedded)> {
     let pid = std::process::id();
     let work = std::env::temp_dir().join(format!("keel-embedded-{pid}"));
     let shm = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    // Stores left by embedded clusters whose programs died hold memory until someone deletes them.
+    keel_shm::sweep_orphans(&shm, "keel-embedded-");
     let store = shm.join(format!("keel-embedded-{pid}"));
     let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let exe = std::env::current_exe().map_err(|e| Error::Setup(e.to_string()))?;

@@ -106,6 +106,37 @@ pub fn partial_path_of(dir: &Path, object: ObjectId) -> PathBuf {
     dir.join(format!(".{}-{}.partial", object.task.0, object.index))
 }
 
+/// The file in a store's directory that its owner holds locked while the store lives.
+const OWNER: &str = ".owner";
+
+/// Removes the store directories in `base` left by processes that died without cleaning up (a
+/// node killed outright leaves its objects in memory until someone deletes them): those named
+/// `{prefix}{pid}` or `{prefix}{pid}-...` whose process is not running here and whose owner's lock
+/// is free (a process of another pid namespace sharing this directory still holds it). Returns
+/// how many went.
+pub fn sweep_orphans(base: &Path, prefix: &str) -> usize {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(base) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let Ok(pid) = rest.split('-').next().unwrap_or_default().parse::<u32>() else { continue };
+        if Path::new("/proc").join(pid.to_string()).exists() || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // The lock, held until the directory is gone, also keeps two sweepers apart.
+        let owner = File::open(entry.path().join(OWNER)).ok();
+        // SAFETY: a plain call on a descriptor this function owns.
+        let free =
+            owner.as_ref().is_none_or(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0);
+        if free && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes and seals `object` in the store directory `dir` from another process than the one
 /// that owns the store (a worker); the owner then [`ShmStore::adopt`]s it.
 pub fn write_sealed(dir: &Path, object: ObjectId, bytes: &[u8]) -> Result<(), StoreError> {
@@ -212,6 +243,8 @@ pub struct ShmStore {
     used: u64,
     sealed: BTreeMap<ObjectId, Held>,
     creating: BTreeMap<ObjectId, u64>,
+    /// Locked while the store lives (see [`sweep_orphans`]).
+    _owner: File,
 }
 
 impl ShmStore {
@@ -223,7 +256,19 @@ impl ShmStore {
             std::fs::remove_dir_all(dir).map_err(io)?;
         }
         std::fs::create_dir_all(dir).map_err(io)?;
-        Ok(ShmStore { dir: dir.to_path_buf(), capacity, used: 0, sealed: BTreeMap::new(), creating: BTreeMap::new() })
+        let owner = File::create(dir.join(OWNER)).map_err(io)?;
+        // SAFETY: a plain call on a descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&owner), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io(io::Error::last_os_error()));
+        }
+        Ok(ShmStore {
+            dir: dir.to_path_buf(),
+            capacity,
+            used: 0,
+            sealed: BTreeMap::new(),
+            creating: BTreeMap::new(),
+            _owner: owner,
+        })
     }
 
     /// Its directory.
@@ -382,6 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn directories_of_dead_processes_are_swept_and_those_of_live_ones_kept() {
+        let base = std::env::temp_dir().join(format!("keel-shm-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // A pid above the system's largest cannot be running.
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        let me = std::process::id();
+        for name in
+            [format!("keel-{}-12", max + 1), format!("keel-{}", max + 2), format!("keel-{me}-3"), "keel-x".into()]
+        {
+            std::fs::create_dir_all(base.join(name).join("sub")).unwrap();
+        }
+        std::fs::write(base.join(format!("keel-{}-9", max + 3)), b"a file, not a store").unwrap();
+        // A live store whose process this one cannot see (another pid namespace) holds its lock.
+        let hidden = ShmStore::open(&base.join(format!("keel-{}-5", max + 4)), 1 << 20).unwrap();
+        assert_eq!(sweep_orphans(&base, "keel-"), 2);
+        assert!(hidden.dir().join(OWNER).exists(), "a live store was swept");
+        drop(hidden);
+        assert_eq!(sweep_orphans(&base, "keel-"), 1, "a store whose owner is gone was kept");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut kept = vec![format!("keel-{}-9", max + 3), format!("keel-{me}-3"), "keel-x".to_string()];
+        kept.sort();
+        assert_eq!(left, kept);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
     fn a_sealed_object_reads_back_through_the_store_and_through_a_second_mapping() {
         let mut s = store("seal", 1 << 20);
         let mut c = s.create(o(1), 5).unwrap();
@@ -424,7 +497,8 @@ mod tests {
         assert_eq!(s.used(), 60);
         s.abort(c);
         assert_eq!(s.used(), 0);
-        assert_eq!(std::fs::read_dir(s.dir()).unwrap().count(), 0);
+        let left = std::fs::read_dir(s.dir()).unwrap().filter(|e| e.as_ref().unwrap().file_name() != OWNER).count();
+        assert_eq!(left, 0);
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
 
