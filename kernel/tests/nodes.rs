@@ -19,6 +19,17 @@ fn is_dead(c: &Cluster, node: NodeId) -> bool {
     c.head_log.iter().any(|(_, o)| *o == HeadOutput::NodeDead(node))
 }
 
+/// Submits a 20 s task, subscribes to its value and lets it start: (task, value, node, host).
+fn long_task_running(c: &mut Cluster, job: JobId) -> (TaskId, ObjectId, NodeId, usize) {
+    let spec = task(job, 0, "ms=20000");
+    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
+    c.submit(job, spec).unwrap();
+    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
+    c.run_for(Duration::from_millis(50));
+    let node = c.head.task_node(t).expect("running");
+    (t, out, node, c.host_of(node).unwrap())
+}
+
 #[test]
 fn a_node_busy_with_a_long_task_is_never_declared_dead() {
     let mut c = cluster(1);
@@ -52,13 +63,7 @@ fn a_silent_node_is_declared_dead_after_the_timeout_and_not_before() {
 fn a_node_cut_off_then_healed_rejoins_as_a_new_node_and_its_task_runs_again() {
     let mut c = cluster(2);
     let job = c.start_job("partition");
-    let spec = task(job, 0, "ms=20000");
-    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
-    c.submit(job, spec).unwrap();
-    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
-    c.run_for(Duration::from_millis(50));
-    let old = c.head.task_node(t).expect("running");
-    let host = c.host_of(old).unwrap();
+    let (t, out, old, host) = long_task_running(&mut c, job);
     c.set_partitioned(host, true);
     c.run_for(Duration::from_secs(8));
     assert!(is_dead(&c, old));
@@ -220,13 +225,7 @@ fn a_value_sealed_by_an_attempt_cancelled_in_flight_is_deleted() {
 fn a_node_whose_connection_closes_is_lost_at_once_and_its_task_runs_again_elsewhere() {
     let mut c = cluster(2);
     let job = c.start_job("crash");
-    let spec = task(job, 0, "ms=20000");
-    let (t, out) = (spec.task, spec.return_ids().next().unwrap());
-    c.submit(job, spec).unwrap();
-    c.driver(job, DriverToHead::Subscribe(vec![out])).unwrap();
-    c.run_for(Duration::from_millis(50));
-    let old = c.head.task_node(t).expect("running");
-    let host = c.host_of(old).unwrap();
+    let (t, out, old, host) = long_task_running(&mut c, job);
     // The process dies and the head's end of its connection closes: no waiting for the deadline.
     c.crash_host(host);
     c.head_input(HeadInput::NodeDisconnected(old)).unwrap();
