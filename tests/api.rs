@@ -43,6 +43,12 @@ static COUNTER_ADD: Method<Counter, (i64,), i64> = method("Counter.add", |c, (x,
     c.total
 });
 static COUNTER_SEEN: Method<Counter, (), Vec<i64>> = method("Counter.seen", |c, ()| c.seen.clone());
+static COUNTER_SLOW_ADD: Method<Counter, (i64, u64), i64> = method("Counter.slow_add", |c, (x, ms)| {
+    std::thread::sleep(Duration::from_millis(ms));
+    c.total += x;
+    c.seen.push(x);
+    c.total
+});
 static WHERE: Remote<(), u64> = remote("where", |()| std::env::var("KEEL_NODE_ID").unwrap().parse().unwrap());
 const PART: usize = 1 << 20;
 static PART_OF: Remote<(u64,), Vec<u8>> =
@@ -80,6 +86,7 @@ const FUNCTIONS: &[&dyn keel::Registered] = &[
     &SUM_OF_SQUARES,
     &COUNTER,
     &COUNTER_ADD,
+    &COUNTER_SLOW_ADD,
     &COUNTER_SEEN,
     &WHERE,
     &PART_OF,
@@ -244,7 +251,7 @@ fn an_impossible_request_is_reported_as_infeasible(keel: &Keel) {
     }
 }
 
-fn an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed(keel: &Keel) {
+fn an_actor_keeps_state_runs_calls_in_order_is_found_by_name_skips_a_cancelled_call_and_dies_when_killed(keel: &Keel) {
     let options = ActorOptions { name: Some("the-counter".into()), ..ActorOptions::default() };
     let counter = COUNTER.create_with(keel, (10,), &options).unwrap();
     keel.get(counter.ready()).unwrap();
@@ -257,6 +264,19 @@ fn an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_kille
     assert_eq!(found.id(), counter.id());
     assert_eq!(keel.get(&COUNTER_ADD.call(keel, &found, (1,)).unwrap()).unwrap(), 221);
     assert!(keel.get_actor::<Counter>("", "no-such-actor").unwrap().is_none());
+    // The calls after a slow one are already with the actor's worker; one cancelled there before
+    // it starts is skipped, and the ones around it run in order.
+    let slow = COUNTER_SLOW_ADD.call(keel, &counter, (100, 300)).unwrap();
+    let doomed = COUNTER_ADD.call(keel, &counter, (1_000,)).unwrap();
+    let after = COUNTER_ADD.call(keel, &counter, (5,)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    keel.cancel(&doomed, false).unwrap();
+    assert_eq!(keel.get(&slow).unwrap(), 321);
+    match keel.get(&doomed) {
+        Err(Error::Task(ErrorReason::Cancelled { .. })) => {}
+        other => panic!("expected the call to be cancelled, got {other:?}"),
+    }
+    assert_eq!(keel.get(&after).unwrap(), 326, "the cancelled call ran");
     keel.kill(&counter, true).unwrap();
     match keel.get(&COUNTER_ADD.call(keel, &counter, (1,)).unwrap()) {
         Err(Error::Task(ErrorReason::ActorDied { .. })) => {}
@@ -519,9 +539,10 @@ fn main() {
         parents_waiting_for_their_children_on_every_cpu_lend_their_cpus_and_do_not_deadlock(&keel)
     });
     check("an_impossible_request_is_reported_as_infeasible", || an_impossible_request_is_reported_as_infeasible(&keel));
-    check("an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed", || {
-        an_actor_keeps_state_runs_calls_in_order_is_found_by_name_and_dies_when_killed(&keel)
-    });
+    check(
+        "an_actor_keeps_state_runs_calls_in_order_is_found_by_name_skips_a_cancelled_call_and_dies_when_killed",
+        || an_actor_keeps_state_runs_calls_in_order_is_found_by_name_skips_a_cancelled_call_and_dies_when_killed(&keel),
+    );
     check("a_placement_group_reserves_bundles_on_distinct_nodes_and_runs_tasks_in_them", || {
         a_placement_group_reserves_bundles_on_distinct_nodes_and_runs_tasks_in_them(&keel)
     });

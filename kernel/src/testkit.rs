@@ -88,6 +88,9 @@ enum Event {
 }
 
 // Inputs are stored beside the queue (they are not `Ord`); the queue holds keys.
+/// What a node hands a worker: the attempt and where its arguments are.
+type Execution = (std::sync::Arc<TaskSpec>, u32, Vec<ExecArg>);
+
 type HeadInputKey = u64;
 type NodeInputKey = u64;
 
@@ -106,6 +109,9 @@ pub struct Host {
     pub store: BTreeMap<ObjectId, Vec<u8>>,
     /// Workers' current work: (task, attempt) and when it completes.
     running: BTreeMap<WorkerId, (TaskId, u32)>,
+    /// Attempts handed to a busy worker, which it runs in order after its current one (the flag:
+    /// interrupted before it started, so it is skipped as cancelled).
+    ahead: BTreeMap<WorkerId, std::collections::VecDeque<(Execution, bool)>>,
     resources: ResourceSet,
     labels: Labels,
     conn: ConnId,
@@ -184,6 +190,7 @@ impl Cluster {
             partitioned: false,
             store: BTreeMap::new(),
             running: BTreeMap::new(),
+            ahead: BTreeMap::new(),
             resources,
             labels,
             conn,
@@ -262,6 +269,7 @@ impl Cluster {
         h.up = false;
         h.store.clear();
         h.running.clear();
+        h.ahead.clear();
     }
 
     /// Cuts a host off from the network, or heals the cut. A cut host keeps running; if the head
@@ -434,11 +442,42 @@ impl Cluster {
         if !self.hosts[host].up {
             return;
         }
-        if let NodeInput::TaskDone { worker, .. } | NodeInput::WorkerExited { worker, .. } = &input {
-            self.hosts[host].running.remove(worker);
-        }
+        let next_of = match &input {
+            NodeInput::TaskDone { worker, .. } => {
+                self.hosts[host].running.remove(worker);
+                Some(*worker)
+            }
+            NodeInput::WorkerExited { worker, .. } => {
+                self.hosts[host].running.remove(worker);
+                self.hosts[host].ahead.remove(worker);
+                None
+            }
+            _ => None,
+        };
         let _ = self.hosts[host].node.handle_input(self.now, input);
         self.drain_node(host);
+        if let Some(worker) = next_of {
+            self.run_next(host, worker);
+        }
+    }
+
+    /// A worker that ended its attempt runs the next one handed to it ahead, if any.
+    fn run_next(&mut self, host: usize, worker: WorkerId) {
+        if self.hosts[host].running.contains_key(&worker) {
+            return;
+        }
+        let Some(queue) = self.hosts[host].ahead.get_mut(&worker) else { return };
+        let ((spec, attempt, args), interrupted) = queue.pop_front().expect("ahead queues are never kept empty");
+        if queue.is_empty() {
+            self.hosts[host].ahead.remove(&worker);
+        }
+        if interrupted {
+            let (task, outcome) = (spec.task, TaskOutcome::Failed(TaskFailure::Cancelled));
+            self.hosts[host].running.insert(worker, (task, attempt));
+            self.send_node(host, NodeInput::TaskDone { worker, task, attempt, outcome }, Duration::ZERO);
+        } else {
+            self.execute(host, worker, spec, attempt, args);
+        }
     }
 
     fn drain_node(&mut self, host: usize) {
@@ -467,10 +506,26 @@ impl Cluster {
             NodeOutput::StartWorker { worker, .. } => {
                 self.send_node(host, NodeInput::WorkerStarted { worker }, latency)
             }
-            NodeOutput::Execute { worker, spec, attempt, args } => self.execute(host, worker, spec, attempt, args),
-            NodeOutput::InterruptTask { .. } => {}
+            NodeOutput::Execute { worker, spec, attempt, args } => {
+                let h = &self.hosts[host];
+                if h.running.contains_key(&worker) || h.ahead.contains_key(&worker) {
+                    self.hosts[host].ahead.entry(worker).or_default().push_back(((spec, attempt, args), false));
+                } else {
+                    self.execute(host, worker, spec, attempt, args);
+                }
+            }
+            NodeOutput::InterruptTask { worker, task, attempt } => {
+                // A worker skips an attempt it holds but has not started; a running one goes on.
+                let queue = self.hosts[host].ahead.get_mut(&worker).into_iter().flatten();
+                for ((spec, a, _), interrupted) in queue {
+                    if spec.task == task && *a == attempt {
+                        *interrupted = true;
+                    }
+                }
+            }
             NodeOutput::KillWorker { worker } => {
                 self.hosts[host].running.remove(&worker);
+                self.hosts[host].ahead.remove(&worker);
                 self.send_node(host, NodeInput::WorkerExited { worker, exit_code: None }, latency);
             }
             NodeOutput::SendObject { object, to, .. } => self.transfer(host, object, to),
@@ -482,6 +537,7 @@ impl Cluster {
                 let h = &mut self.hosts[host];
                 h.store.clear();
                 h.running.clear();
+                h.ahead.clear();
                 h.id = None;
                 self.register(host);
             }

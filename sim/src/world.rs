@@ -32,7 +32,7 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 use smallvec::{smallvec, SmallVec};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -289,6 +289,9 @@ impl Ord for Scheduled {
     }
 }
 
+/// What a node hands a worker: the attempt and where its arguments are.
+type Execution = (Arc<TaskSpec>, u32, Vec<ExecArg>);
+
 /// A simulated worker's current work.
 #[derive(Clone, Debug)]
 struct Work {
@@ -314,6 +317,9 @@ struct Host {
     /// Object contents held: size and digest.
     store: BTreeMap<ObjectId, (u64, u64)>,
     workers: BTreeMap<WorkerId, Work>,
+    /// Attempts handed to a busy worker, which it runs in order after its current one (the flag:
+    /// interrupted before it started, so it is skipped as cancelled).
+    ahead: BTreeMap<WorkerId, VecDeque<(Execution, bool)>>,
     timer: Option<Time>,
     paused_until: Time,
     /// Messages from the head are held back until then (a partition; TCP delivers them late).
@@ -345,6 +351,7 @@ impl Host {
             conn: ConnId(0),
             store: BTreeMap::new(),
             workers: BTreeMap::new(),
+            ahead: BTreeMap::new(),
             timer: None,
             paused_until: Time::ZERO,
             cut_in_until: Time::ZERO,
@@ -847,6 +854,9 @@ impl World {
                         h.store.insert(object, (size, digest));
                     }
                 }
+                if ends_worker {
+                    h.ahead.remove(&worker);
+                }
                 if ends_worker || h.workers.get(&worker).is_some_and(|w| w.actor.is_none()) {
                     h.workers.remove(&worker);
                 } else if let Some(w) = h.workers.get_mut(&worker) {
@@ -854,6 +864,9 @@ impl World {
                     w.task = TaskId(0);
                 }
                 self.deliver_node(host, input);
+                if !ends_worker {
+                    self.run_next(host, inc, worker);
+                }
             }
             Event::ToDriver(msg) => self.deliver_driver(msg),
             Event::BytesArrive { host, inc, object, size, digest } => {
@@ -1291,13 +1304,30 @@ impl World {
                 let delay = Duration(self.params.worker_start.0 + self.proc_rng.below(self.params.worker_start.0 + 1));
                 self.local(host, delay, NodeInput::WorkerStarted { worker });
             }
-            NodeOutput::Execute { worker, spec, attempt, args } => self.execute(host, worker, spec, attempt, args),
-            NodeOutput::InterruptTask { .. } | NodeOutput::ToWorker { .. } => {}
+            NodeOutput::Execute { worker, spec, attempt, args } => {
+                let h = &mut self.hosts[host];
+                let busy = h.workers.get(&worker).is_some_and(|w| w.task != TaskId(0));
+                if busy || h.ahead.contains_key(&worker) {
+                    h.ahead.entry(worker).or_default().push_back(((spec, attempt, args), false));
+                } else {
+                    self.execute(host, worker, spec, attempt, args);
+                }
+            }
+            NodeOutput::InterruptTask { worker, task, attempt } => {
+                // A worker skips an attempt it holds but has not started; a running one goes on.
+                for ((spec, a, _), interrupted) in self.hosts[host].ahead.get_mut(&worker).into_iter().flatten() {
+                    if spec.task == task && *a == attempt {
+                        *interrupted = true;
+                    }
+                }
+            }
+            NodeOutput::ToWorker { .. } => {}
             NodeOutput::KillWorker { worker } => {
                 if self.params.timeline || self.params.record_runs {
                     self.close_span(host, self.hosts[host].inc, worker, "killed");
                 }
                 self.hosts[host].workers.remove(&worker);
+                self.hosts[host].ahead.remove(&worker);
                 self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: None });
             }
             NodeOutput::SendObject { object, to, .. } => self.transfer(host, object, to),
@@ -1312,6 +1342,7 @@ impl World {
                 h.timer = None;
                 h.store.clear();
                 h.workers.clear();
+                h.ahead.clear();
                 if let Some(old) = h.id.take() {
                     self.by_node.remove(&old);
                 }
@@ -1343,6 +1374,32 @@ impl World {
             ),
         }
         self.local(host, took, NodeInput::SendEnded { object, to });
+    }
+
+    /// A worker of incarnation `inc` that ended its attempt runs the next one handed to it ahead,
+    /// if any.
+    fn run_next(&mut self, host: usize, inc: u64, worker: WorkerId) {
+        let h = &mut self.hosts[host];
+        let idle = h.workers.get(&worker).is_none_or(|w| w.task == TaskId(0));
+        if !h.up || h.inc != inc || !idle {
+            return;
+        }
+        let Some(queue) = h.ahead.get_mut(&worker) else { return };
+        let ((spec, attempt, args), interrupted) = queue.pop_front().expect("ahead queues are never kept empty");
+        if queue.is_empty() {
+            h.ahead.remove(&worker);
+        }
+        if interrupted {
+            let task = spec.task;
+            if let Some(w) = h.workers.get_mut(&worker) {
+                w.task = task;
+            }
+            let outcome = TaskOutcome::Failed(TaskFailure::Cancelled);
+            let input = NodeInput::TaskDone { worker, task, attempt, outcome };
+            self.schedule(self.now, Event::WorkerEnd { host, inc, worker, input });
+        } else {
+            self.execute(host, worker, spec, attempt, args);
+        }
     }
 
     fn execute(&mut self, host: usize, worker: WorkerId, spec: Arc<TaskSpec>, attempt: u32, args: Vec<ExecArg>) {
@@ -1583,6 +1640,7 @@ impl World {
                         self.close_span(host, self.hosts[host].inc, worker, "died");
                     }
                     self.hosts[host].workers.remove(&worker);
+                    self.hosts[host].ahead.remove(&worker);
                     self.local(host, Duration::ZERO, NodeInput::WorkerExited { worker, exit_code: Some(137) });
                 }
             }
@@ -1673,6 +1731,7 @@ impl World {
         h.inc += 1;
         h.store.clear();
         h.workers.clear();
+        h.ahead.clear();
         h.timer = None;
     }
 
@@ -1827,6 +1886,7 @@ impl World {
         h.node = Node::new(config);
         h.store.clear();
         h.workers.clear();
+        h.ahead.clear();
         h.timer = None;
         if let Some(old) = h.id.take() {
             self.by_node.remove(&old);

@@ -9,9 +9,9 @@ use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
 use keel_kernel::node::ExecArg;
 use keel_kernel::proto::{Arg, DriverToHead, Function, ReturnValue, TaskOutcome, TaskSpec};
 use keel_net::wire::{FromWorker, PeerInfo, ToWorker};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::mpsc;
 
 struct Execute {
@@ -19,6 +19,51 @@ struct Execute {
     attempt: u32,
     args: Vec<ExecArg>,
     store_dir: String,
+    /// Interrupted before it started: it is skipped and ends as cancelled.
+    interrupted: bool,
+}
+
+/// The attempts the node handed to this worker, in the order it runs them: an actor's next methods
+/// come while the current one runs.
+#[derive(Default)]
+struct Inbox {
+    /// The attempts not started, and whether the node's connection closed.
+    state: Mutex<(VecDeque<Execute>, bool)>,
+    ready: Condvar,
+}
+
+impl Inbox {
+    fn push(&self, exec: Execute) {
+        self.state.lock().expect("inbox").0.push_back(exec);
+        self.ready.notify_one();
+    }
+
+    /// Marks a held attempt interrupted; one already started runs on (it cannot be stopped).
+    fn interrupt(&self, task: TaskId, attempt: u32) {
+        let mut state = self.state.lock().expect("inbox");
+        if let Some(exec) = state.0.iter_mut().find(|e| e.spec.task == task && e.attempt == attempt) {
+            exec.interrupted = true;
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("inbox").1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next attempt, waiting for one; `None` once the connection closed and none is left.
+    fn next(&self) -> Option<Execute> {
+        let mut state = self.state.lock().expect("inbox");
+        loop {
+            if let Some(exec) = state.0.pop_front() {
+                return Some(exec);
+            }
+            if state.1 {
+                return None;
+            }
+            state = self.ready.wait(state).expect("inbox");
+        }
+    }
 }
 
 /// Serves tasks until the node closes the socket, then exits the process.
@@ -57,15 +102,14 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let guard = runtime.enter();
     let (wtx, wrx) = mpsc::unbounded_channel::<Outbound<FromWorker>>();
     conn::spawn_writer(writer, wrx, None);
-    let (exec_tx, exec_rx) = std::sync::mpsc::channel::<Execute>();
+    let inbox = Arc::new(Inbox::default());
     let (itx, irx) = mpsc::unbounded_channel();
+    let to_inbox = inbox.clone();
     runtime.spawn(async move {
         loop {
             match reader.recv::<ToWorker>("message to a worker").await {
                 Ok(ToWorker::Execute { spec, attempt, args, store_dir }) => {
-                    if exec_tx.send(Execute { spec, attempt, args, store_dir }).is_err() {
-                        return;
-                    }
+                    to_inbox.push(Execute { spec, attempt, args, store_dir, interrupted: false });
                 }
                 Ok(ToWorker::Message(m)) => {
                     let _ = itx.send(Incoming::Msg(m));
@@ -73,9 +117,11 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
                 Ok(ToWorker::Peer(info)) => {
                     let _ = itx.send(Incoming::Peer(info));
                 }
-                // A running function cannot be stopped from outside; a forced cancel kills the process.
-                Ok(ToWorker::Interrupt { .. }) => {}
+                // A running function cannot be stopped from outside (a forced cancel kills the
+                // process); one not started yet is skipped.
+                Ok(ToWorker::Interrupt { task, attempt }) => to_inbox.interrupt(task, attempt),
                 Err(e) => {
+                    to_inbox.close();
                     let _ = itx.send(Incoming::Lost(e.to_string()));
                     return;
                 }
@@ -123,7 +169,16 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let mut actor: ActorState = None;
     // An actor's call's result references, held until its next call (see below).
     let mut actor_keep: Vec<super::Handle> = Vec::new();
-    while let Ok(exec) = exec_rx.recv() {
+    while let Some(exec) = inbox.next() {
+        if exec.interrupted {
+            let outcome = TaskOutcome::Failed(TaskFailure::Cancelled);
+            let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
+            let to_node = wtx.clone();
+            keel.inner.shared.then(move || {
+                let _ = to_node.send(Outbound::Frame(done));
+            });
+            continue;
+        }
         // The head recorded the previous actor call's result, which holds those references:
         // they go now, in a call of the same actor, which the head charges them to.
         drop(std::mem::take(&mut actor_keep));

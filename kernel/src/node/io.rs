@@ -251,6 +251,9 @@ pub enum TaskPhase {
     ActorQueued(WorkerId),
     /// Executing in a worker.
     Running(WorkerId),
+    /// An actor method handed to its worker behind the running one; the worker runs it next, in
+    /// order. A cancel reaches it as an interrupt: a worker that has not started it skips it.
+    SentAhead(WorkerId),
 }
 
 /// One copy of an object in the local store.

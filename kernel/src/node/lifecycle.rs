@@ -111,7 +111,9 @@ impl Node {
             other => other,
         };
         self.end_running(task, outcome);
-        self.workers.set_state(worker, WorkerState::Idle);
+        if !self.promote_sent_ahead(worker) {
+            self.workers.set_state(worker, WorkerState::Idle);
+        }
         for (object, size) in sealed {
             self.seal_here(object, size, true);
         }
@@ -141,11 +143,12 @@ impl Node {
         if record.attempt != attempt {
             return Err(InputError::StaleAttempt { task, attempt, node: me });
         }
-        let TaskPhase::Running(worker) = record.phase else {
+        let (TaskPhase::Running(worker) | TaskPhase::SentAhead(worker)) = record.phase else {
             self.abort_task(task, TaskFailure::Cancelled);
             return Ok(());
         };
-        // A method is never force-cancelled: killing its worker would kill the actor.
+        // A method is never force-cancelled: killing its worker would kill the actor. (Only
+        // methods are sent ahead.)
         let is_method = matches!(record.spec.kind, TaskKind::ActorMethod { .. });
         if force && !is_method {
             self.kill_busy_worker(worker, task, TaskFailure::Cancelled);

@@ -47,6 +47,12 @@
 //! - **Task lifecycle** (`tasks`, `lifecycle`): `TaskStarted` when an attempt is handed to a worker,
 //!   `TaskEnded` when it ends (finished, failed, worker died, cancelled), always with the head's
 //!   attempt number.
+//! - **Actor pipelining**: while an actor's worker runs a method, up to `actor_pipeline - 1` of
+//!   the next methods whose arguments are local are handed to it ahead (`SentAhead`); it runs them
+//!   in order, so a call does not wait for the node between two methods. Each becomes `Running`
+//!   (with its `TaskStarted`) when the one before it ends. If the worker dies, they end as
+//!   `WorkerDied` like the methods still queued; a cancel reaches them as an interrupt, which the
+//!   worker honours by skipping a method it has not started.
 //! - **Heartbeats**: every `heartbeat_period` from registration, on their own timer that no other
 //!   input moves.
 //! - **Drain**: running tasks and hosted actors go on; a `RunTask` for anything but a method of an
@@ -125,6 +131,10 @@ pub struct NodeConfig {
     pub object_store_capacity_bytes: u64,
     /// Idle pool workers kept for reuse; the oldest idle beyond this are killed.
     pub max_idle_workers: usize,
+    /// Actor methods an actor's worker holds at once: the running one and those handed to it
+    /// ahead, which it runs in order without waiting for the node between them. 1 hands a method
+    /// over only when the worker is idle.
+    pub actor_pipeline: usize,
     /// Seed of the machine's randomness (its decisions currently need none; kept so that any future
     /// random choice stays reproducible).
     pub seed: u64,
@@ -138,6 +148,7 @@ impl Default for NodeConfig {
             pull_max_attempts: 3,
             object_store_capacity_bytes: 2 << 30,
             max_idle_workers: 8,
+            actor_pipeline: 16,
             seed: 0,
         }
     }
@@ -167,6 +178,8 @@ pub struct Node {
     tasks: FxHashMap<TaskId, Task>,
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
+    /// Methods handed to a busy actor worker behind its running one, in the order it runs them.
+    sent_ahead: BTreeMap<WorkerId, VecDeque<TaskId>>,
     /// The attempts this node ended most recently: a `RunTask` for one of them is a copy of an
     /// order already carried out, refused instead of run twice.
     ended: RecentAttempts,
@@ -217,6 +230,7 @@ impl Node {
             outputs: VecDeque::new(),
             tasks: FxHashMap::default(),
             actor_queues: BTreeMap::new(),
+            sent_ahead: BTreeMap::new(),
             ended: RecentAttempts::default(),
         };
         node.check_invariants();
@@ -404,9 +418,14 @@ impl Node {
         self.pulls.len()
     }
 
-    /// Methods queued for an actor worker, in the order they will run.
+    /// Methods queued for an actor worker and not yet handed to it, in the order they will run.
     pub fn actor_queue(&self, worker: WorkerId) -> Vec<TaskId> {
         self.actor_queues.get(&worker).map(|q| q.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Methods handed to an actor worker behind its running one, in the order it runs them.
+    pub fn sent_ahead(&self, worker: WorkerId) -> Vec<TaskId> {
+        self.sent_ahead.get(&worker).map(|q| q.iter().copied().collect()).unwrap_or_default()
     }
 
     // ---- internals shared by the submodules ----
@@ -500,6 +519,7 @@ impl Node {
         self.left = false;
         self.tasks.clear();
         self.actor_queues.clear();
+        self.sent_ahead.clear();
         self.workers.clear();
         self.objects.clear();
         self.pulls.clear();

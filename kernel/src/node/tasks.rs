@@ -216,16 +216,50 @@ impl Node {
         self.emit(NodeOutput::StartWorker { worker, job, kind, gpus });
     }
 
-    /// Runs the method at the front of an idle actor worker's queue once its arguments are local.
+    /// Hands the methods at the front of an actor worker's queue to it, in order, while their
+    /// arguments are local: the first to an idle worker, the next ones ahead of a running method
+    /// up to `actor_pipeline` in all.
     pub(super) fn dispatch_actor(&mut self, worker: WorkerId) {
-        let idle = self.workers.get(worker).is_some_and(|w| w.state == WorkerState::Idle);
-        let Some(&front) = self.actor_queues.get(&worker).and_then(|q| q.front()) else { return };
-        if !idle || !self.tasks[&front].missing.is_empty() {
-            return;
+        while let Some(&front) = self.actor_queues.get(&worker).and_then(|q| q.front()) {
+            if !self.tasks[&front].missing.is_empty() {
+                return;
+            }
+            match self.workers.get(worker).map(|w| w.state) {
+                Some(WorkerState::Idle) => {
+                    self.dequeue_method(worker, front);
+                    self.execute(front, worker);
+                    assert_eq!(self.tasks[&front].phase, TaskPhase::Running(worker));
+                }
+                Some(WorkerState::Busy(running)) if self.room_ahead(worker, running) => {
+                    self.dequeue_method(worker, front);
+                    self.hand_over(front, worker);
+                    self.tasks.get_mut(&front).expect("task exists").phase = TaskPhase::SentAhead(worker);
+                    self.sent_ahead.entry(worker).or_default().push_back(front);
+                }
+                _ => return,
+            }
         }
-        self.dequeue_method(worker, front);
-        self.execute(front, worker);
-        assert_eq!(self.tasks[&front].phase, TaskPhase::Running(worker));
+    }
+
+    /// Whether a worker running `running` takes one more method ahead: only behind a method (an
+    /// actor's creation must succeed first), and within `actor_pipeline`.
+    fn room_ahead(&self, worker: WorkerId, running: TaskId) -> bool {
+        let behind_method = matches!(self.tasks[&running].spec.kind, TaskKind::ActorMethod { .. });
+        let held = 1 + self.sent_ahead.get(&worker).map_or(0, VecDeque::len);
+        behind_method && held < self.config.actor_pipeline
+    }
+
+    /// The worker ended its running method: the first one handed to it ahead runs now (true), or
+    /// there is none (false).
+    pub(super) fn promote_sent_ahead(&mut self, worker: WorkerId) -> bool {
+        let Some(queue) = self.sent_ahead.get_mut(&worker) else { return false };
+        let next = queue.pop_front().expect("sent-ahead queues are never kept empty");
+        if queue.is_empty() {
+            self.sent_ahead.remove(&worker);
+        }
+        assert_eq!(self.tasks[&next].phase, TaskPhase::SentAhead(worker));
+        self.start_running(next, worker);
+        true
     }
 
     fn dequeue_method(&mut self, worker: WorkerId, task: TaskId) {
@@ -239,6 +273,12 @@ impl Node {
 
     /// Hands an attempt to a started, idle (or just started) worker.
     pub(super) fn execute(&mut self, task: TaskId, worker: WorkerId) {
+        self.hand_over(task, worker);
+        self.start_running(task, worker);
+    }
+
+    /// Sends an attempt, with where its arguments are, to a worker.
+    fn hand_over(&mut self, task: TaskId, worker: WorkerId) {
         let record = &self.tasks[&task];
         assert!(record.missing.is_empty(), "{task} executed before its arguments arrived");
         let args: Vec<ExecArg> = record
@@ -257,9 +297,15 @@ impl Node {
             })
             .collect();
         let (spec, attempt) = (record.spec.clone(), record.attempt);
-        self.workers.set_state(worker, WorkerState::Busy(task));
-        self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::Running(worker);
         self.emit(NodeOutput::Execute { worker, spec, attempt, args });
+    }
+
+    /// The worker runs `task` from now on.
+    fn start_running(&mut self, task: TaskId, worker: WorkerId) {
+        self.workers.set_state(worker, WorkerState::Busy(task));
+        let record = self.tasks.get_mut(&task).expect("task exists");
+        record.phase = TaskPhase::Running(worker);
+        let attempt = record.attempt;
         self.send_to_head(NodeToHead::TaskStarted { task, attempt, worker });
     }
 
@@ -278,6 +324,13 @@ impl Node {
             TaskPhase::ActorQueued(worker) => {
                 self.dequeue_method(worker, task);
                 self.dispatch_actor(worker);
+            }
+            TaskPhase::SentAhead(worker) => {
+                let queue = self.sent_ahead.get_mut(&worker).expect("sent-ahead queue exists");
+                queue.retain(|t| *t != task);
+                if queue.is_empty() {
+                    self.sent_ahead.remove(&worker);
+                }
             }
             TaskPhase::Fetching | TaskPhase::Running(_) => {}
         }
@@ -307,11 +360,23 @@ impl Node {
 
     /// Fails every method queued for an actor worker that is going away.
     pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
+        // The methods handed to it ahead first, in the order it would have run them; one whose
+        // cancel was asked ends as cancelled, as a running one does.
+        let ahead: VecDeque<TaskId> = self.sent_ahead.get(&worker).cloned().unwrap_or_default();
+        for task in ahead {
+            let failure = if self.tasks[&task].cancel_requested {
+                TaskFailure::Cancelled
+            } else {
+                TaskFailure::WorkerDied { exit_code }
+            };
+            self.abort_task(task, failure);
+        }
         let queued: VecDeque<TaskId> = self.actor_queues.get(&worker).cloned().unwrap_or_default();
         for task in queued {
             self.abort_task(task, TaskFailure::WorkerDied { exit_code });
         }
         assert!(!self.actor_queues.contains_key(&worker), "methods left for a dead actor worker");
+        assert!(!self.sent_ahead.contains_key(&worker), "methods left with a dead actor worker");
     }
 
     pub(super) fn check_task(&self, id: TaskId, task: &Task) {
@@ -345,6 +410,12 @@ impl Node {
                 let state = self.workers.get(w).map(|i| i.state);
                 assert_eq!(state, Some(WorkerState::Busy(id)), "{id} running on {w}");
             }
+            TaskPhase::SentAhead(w) => {
+                assert!(task.missing.is_empty(), "{id} handed over without its arguments");
+                assert!(matches!(task.spec.kind, TaskKind::ActorMethod { .. }), "{id} sent ahead is not a method");
+                let ahead = self.sent_ahead.get(&w).is_some_and(|q| q.contains(&id));
+                assert!(ahead, "{id} not among the methods sent ahead to {w}");
+            }
         }
     }
 
@@ -357,6 +428,19 @@ impl Node {
             for task in queue {
                 let phase = self.tasks.get(task).map(|t| t.phase);
                 assert_eq!(phase, Some(TaskPhase::ActorQueued(*worker)), "{task} queued on {worker}");
+            }
+        }
+        for (worker, ahead) in &self.sent_ahead {
+            assert!(!ahead.is_empty(), "empty sent-ahead queue kept for {worker}");
+            assert!(ahead.len() < self.config.actor_pipeline, "{worker} holds more methods than actor_pipeline");
+            let Some(WorkerState::Busy(running)) = self.workers.get(*worker).map(|w| w.state) else {
+                panic!("methods sent ahead to {worker}, which runs nothing");
+            };
+            let behind_method = matches!(self.tasks[&running].spec.kind, TaskKind::ActorMethod { .. });
+            assert!(behind_method, "methods sent ahead to {worker} behind {running}, not a method");
+            for task in ahead {
+                let phase = self.tasks.get(task).map(|t| t.phase);
+                assert_eq!(phase, Some(TaskPhase::SentAhead(*worker)), "{task} sent ahead to {worker}");
             }
         }
     }

@@ -95,8 +95,8 @@ fn actor_creation_gets_a_dedicated_worker_that_is_never_reused_for_tasks() {
 }
 
 #[test]
-fn actor_methods_run_one_at_a_time_in_arrival_order() {
-    let mut h = Harness::new();
+fn with_a_pipeline_of_one_actor_methods_run_one_at_a_time_in_arrival_order() {
+    let mut h = Harness::with_config(NodeConfig { actor_pipeline: 1, ..NodeConfig::default() });
     let aw = h.run_on_new_worker(actor_creation(1, 7));
     // Methods arriving while the constructor runs wait for it.
     let out = h.head(run_task(method(2, 7, 0), 0, Allocation::default(), vec![], Some(aw)));
@@ -132,9 +132,106 @@ fn actor_method_waits_behind_an_earlier_method_still_fetching_arguments() {
     let out = h.head(run_task(method(3, 7, 1), 0, Allocation::default(), vec![], Some(aw)));
     assert!(executed(&out).is_empty(), "the later method does not overtake");
     let out = h.input(NodeInput::ObjectSealed { object: obj(1), size: 10 });
-    assert_eq!(executed(&out), vec![(aw, TaskId(2))]);
+    assert_eq!(executed(&out), vec![(aw, TaskId(2)), (aw, TaskId(3))], "in order, the later one ahead");
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::SentAhead(aw)));
     let out = h.finish(aw, TaskId(2));
-    assert_eq!(executed(&out), vec![(aw, TaskId(3))]);
+    assert!(executed(&out).is_empty());
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::Running(aw)));
+}
+
+fn pipeline(depth: usize) -> Harness {
+    Harness::with_config(NodeConfig { actor_pipeline: depth, ..NodeConfig::default() })
+}
+
+/// A harness whose actor (7) runs on the returned worker, created and idle.
+fn idle_actor(h: &mut Harness) -> WorkerId {
+    let aw = h.run_on_new_worker(actor_creation(1, 7));
+    h.finish(aw, TaskId(1));
+    aw
+}
+
+fn started(out: &[NodeOutput]) -> Vec<TaskId> {
+    to_head(out)
+        .into_iter()
+        .filter_map(|m| if let NodeToHead::TaskStarted { task, .. } = m { Some(task) } else { None })
+        .collect()
+}
+
+#[test]
+fn actor_methods_are_handed_over_ahead_up_to_the_pipeline_in_order() {
+    let mut h = pipeline(3);
+    let aw = h.run_on_new_worker(actor_creation(1, 7));
+    for (n, seq) in [(2, 0), (3, 1), (4, 2), (5, 3), (6, 4)] {
+        let out = h.head(run_task(method(n, 7, seq), 0, Allocation::default(), vec![], Some(aw)));
+        assert!(executed(&out).is_empty(), "nothing goes ahead of the actor's creation");
+    }
+    let out = h.finish(aw, TaskId(1));
+    let ran = |tasks: &[u64]| tasks.iter().map(|t| (aw, TaskId(*t))).collect::<Vec<_>>();
+    assert_eq!(executed(&out), ran(&[2, 3, 4]), "the running method and two ahead of it");
+    assert_eq!(started(&out), vec![TaskId(2)], "only the running one has started");
+    assert_eq!(h.node.worker(aw).unwrap().state, WorkerState::Busy(TaskId(2)));
+    assert_eq!(h.node.sent_ahead(aw), vec![TaskId(3), TaskId(4)]);
+    assert_eq!(h.node.actor_queue(aw), vec![TaskId(5), TaskId(6)]);
+    let out = h.finish(aw, TaskId(2));
+    assert_eq!(started(&out), vec![TaskId(3)]);
+    assert_eq!(executed(&out), ran(&[5]));
+    assert_eq!(h.node.worker(aw).unwrap().state, WorkerState::Busy(TaskId(3)));
+    // A report for a method the worker has not reached is out of order.
+    let err = h.refused(NodeInput::TaskDone {
+        worker: aw,
+        task: TaskId(4),
+        attempt: 0,
+        outcome: TaskOutcome::Finished(vec![inline_return(TaskId(4))]),
+    });
+    assert!(matches!(err, InputError::StaleAttempt { .. }));
+    for next in [3, 4, 5] {
+        h.finish(aw, TaskId(next));
+    }
+    let out = h.finish(aw, TaskId(6));
+    assert!(executed(&out).is_empty());
+    assert_eq!(h.node.worker(aw).unwrap().state, WorkerState::Idle);
+    assert!(h.node.sent_ahead(aw).is_empty() && h.node.actor_queue(aw).is_empty());
+}
+
+#[test]
+fn cancelled_method_sent_ahead_is_interrupted_and_ends_as_the_worker_reports_it() {
+    let mut h = pipeline(4);
+    let aw = idle_actor(&mut h);
+    for (n, seq) in [(2, 0), (3, 1), (4, 2)] {
+        h.head(run_task(method(n, 7, seq), 0, Allocation::default(), vec![], Some(aw)));
+    }
+    assert_eq!(h.node.sent_ahead(aw), vec![TaskId(3), TaskId(4)]);
+    // The worker holds it: the node cannot take it back, it asks the worker to skip it.
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(3), attempt: 0, force: true });
+    assert_eq!(out, vec![NodeOutput::InterruptTask { worker: aw, task: TaskId(3), attempt: 0 }]);
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::SentAhead(aw)));
+    h.finish(aw, TaskId(2));
+    // The worker skipped it.
+    let cancelled = TaskOutcome::Failed(crate::errors::TaskFailure::Cancelled);
+    let out = h.done(aw, TaskId(3), cancelled.clone());
+    assert_eq!(ended(&out), vec![(TaskId(3), 0, cancelled)]);
+    assert_eq!(h.node.worker(aw).unwrap().state, WorkerState::Busy(TaskId(4)));
+    // One the worker had started before the interrupt ends as it ran.
+    h.head(HeadToNode::CancelTask { task: TaskId(4), attempt: 0, force: false });
+    let out = h.finish(aw, TaskId(4));
+    assert_eq!(ended(&out), vec![(TaskId(4), 0, TaskOutcome::Finished(vec![inline_return(TaskId(4))]))]);
+}
+
+#[test]
+fn actor_worker_death_fails_its_running_method_then_those_sent_ahead_then_the_queued_ones() {
+    let mut h = pipeline(2);
+    let aw = idle_actor(&mut h);
+    for (n, seq) in [(2, 0), (3, 1), (4, 2)] {
+        h.head(run_task(method(n, 7, seq), 0, Allocation::default(), vec![], Some(aw)));
+    }
+    assert_eq!(h.node.sent_ahead(aw), vec![TaskId(3)]);
+    assert_eq!(h.node.actor_queue(aw), vec![TaskId(4)]);
+    let out = h.input(NodeInput::WorkerExited { worker: aw, exit_code: Some(9) });
+    let died = TaskOutcome::Failed(crate::errors::TaskFailure::WorkerDied { exit_code: Some(9) });
+    let order: Vec<_> = ended(&out).into_iter().map(|(t, _, o)| (t, o)).collect();
+    assert_eq!(order, vec![(TaskId(2), died.clone()), (TaskId(3), died.clone()), (TaskId(4), died)]);
+    assert!(matches!(to_head(&out)[0], NodeToHead::ActorWorkerDied { .. }), "the actor's death goes first");
+    assert_eq!(h.node.task_count(), 0);
 }
 
 fn task_with_refs_method(n: u64, seq: u64, refs: &[ObjectId]) -> TaskSpec {
@@ -191,9 +288,9 @@ fn cancelled_queued_method_leaves_the_others_in_order() {
     assert_eq!(ended(&out), vec![(TaskId(3), 0, cancelled)]);
     assert_eq!(h.node.actor_queue(aw), vec![TaskId(2), TaskId(4)]);
     let out = h.finish(aw, TaskId(1));
-    assert_eq!(executed(&out), vec![(aw, TaskId(2))]);
-    let out = h.finish(aw, TaskId(2));
-    assert_eq!(executed(&out), vec![(aw, TaskId(4))]);
+    assert_eq!(executed(&out), vec![(aw, TaskId(2)), (aw, TaskId(4))]);
+    h.finish(aw, TaskId(2));
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::Running(aw)));
 }
 
 #[test]
