@@ -304,8 +304,8 @@ fn report(bar: &ProgressBar, json: bool, seed: u64, o: &Outcome, determinism: Op
     };
     let h = &o.head;
     say(bar, format!(
-        "seed {seed:<6} {verdict:<6} hash {}  {:>8} events  {:>7} ms simulated  faults {:<3} retries {:<4} rebuilt {:<5} nodes lost {:<3} ready {} failed {}",
-        o.hash, o.counts.events, o.end_ms, o.counts.faults, h.retries, h.reconstructions, h.nodes_lost, o.counts.ready, o.counts.failed
+        "seed {seed:<6} {verdict:<6} hash {}  {:>8} events  {:>7} ms simulated  faults {:<3} retries {:<4} rebuilt {:<5} nodes lost {:<3} pipelined {:<5} ready {} failed {}",
+        o.hash, o.counts.events, o.end_ms, o.counts.faults, h.retries, h.reconstructions, h.nodes_lost, h.pipelined, o.counts.ready, o.counts.failed
     ));
     if let Some(a) = &o.autoscale {
         say(bar, format!(

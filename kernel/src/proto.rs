@@ -484,6 +484,10 @@ pub enum HeadToNode {
         args: Vec<(ObjectId, ArgSource)>,
         /// For an actor method: the worker hosting the actor.
         actor_worker: Option<WorkerId>,
+        /// Run it after this attempt of a task on this node ends, in the resources that one holds
+        /// (a successor handed over ahead of time, so that a worker goes from one task to the next
+        /// without a round trip to the head). If that attempt has ended already, run it now.
+        after: Option<(TaskId, u32)>,
     },
     /// Cancel a task attempt; `force` kills its worker.
     CancelTask {
@@ -523,6 +527,14 @@ pub enum HeadToNode {
     Reregister,
     /// Stop accepting work; running tasks finish.
     Drain,
+    /// A successor handed over to follow a task (`RunTask::after`) runs now on its own: the task
+    /// it followed is blocked and lent it its CPUs.
+    StartNow {
+        /// The successor.
+        task: TaskId,
+        /// Its attempt.
+        attempt: u32,
+    },
 }
 
 /// How a task attempt ended, as the node reports it.

@@ -494,7 +494,7 @@ fn liveness_and_cleanup(mut c: Cluster, mut d: Driver) {
             TaskStateKind::Finished | TaskStateKind::Failed | TaskStateKind::Cancelled => true,
             TaskStateKind::Queued => legitimately_queued(&c, &d.accepted, spec),
             TaskStateKind::WaitingDeps => waits_on_unsettled_producer(&c, spec),
-            TaskStateKind::Running => false,
+            TaskStateKind::Running | TaskStateKind::Next => false,
         };
         assert!(
             settled,

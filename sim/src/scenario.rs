@@ -579,6 +579,8 @@ pub struct Expect {
     pub min_reconstructions: u64,
     /// At least this many retries.
     pub min_retries: u64,
+    /// At least this many attempts handed to a node to run next after a running task.
+    pub min_pipelined: u64,
     /// At least this many nodes declared lost.
     pub min_nodes_lost: u64,
     /// At most this many nodes declared lost.
@@ -609,6 +611,7 @@ impl Default for Expect {
             reasons: Vec::new(),
             min_reconstructions: 0,
             min_retries: 0,
+            min_pipelined: 0,
             min_nodes_lost: 0,
             max_nodes_lost: None,
             done_by_ms: None,
@@ -941,6 +944,9 @@ impl Scenario {
         }
         if h.retries < e.min_retries {
             broken.push(format!("{} retries, expected at least {}", h.retries, e.min_retries));
+        }
+        if h.pipelined < e.min_pipelined {
+            broken.push(format!("{} attempts pipelined, expected at least {}", h.pipelined, e.min_pipelined));
         }
         if h.nodes_lost < e.min_nodes_lost {
             broken.push(format!("{} nodes lost, expected at least {}", h.nodes_lost, e.min_nodes_lost));

@@ -540,6 +540,8 @@ pub struct HeadCounts {
     pub nodes_lost: u64,
     /// Inputs refused.
     pub refused: u64,
+    /// Attempts handed to a node to run next after a running task.
+    pub pipelined: u64,
 }
 
 const MS: u64 = 1_000_000;
@@ -721,6 +723,7 @@ impl World {
             reconstructions: stats.reconstructions,
             nodes_lost: stats.nodes_lost,
             refused: stats.inputs_refused,
+            pipelined: stats.attempts_pipelined,
         };
         for ((host, _, worker), (start, name)) in std::mem::take(&mut self.open_spans) {
             let end = self.now.0;
@@ -1194,11 +1197,14 @@ impl World {
         match input {
             // The commonest messages are logged by their identity (a spec is immutable once
             // submitted, so its task id stands for it); the rest by their bytes.
-            NodeInput::FromHead(HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker }) => {
+            NodeInput::FromHead(HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after }) => {
                 let ids = [h, spec.task.0, u64::from(*attempt), allocation.resources.cpu.0, args.len() as u64];
                 self.log_ids(28, &ids);
                 if let Some(w) = actor_worker {
                     self.log_ids(29, &[w.0]);
+                }
+                if let Some((before, a)) = after {
+                    self.log_ids(34, &[before.0, u64::from(*a)]);
                 }
             }
             NodeInput::FromHead(msg) => self.log_bytes(20, |b| {
@@ -1319,6 +1325,20 @@ impl World {
                     if spec.task == task && *a == attempt {
                         *interrupted = true;
                     }
+                }
+            }
+            NodeOutput::WithdrawTask { worker, task, attempt } => {
+                // Given back if not started; a started one runs on and ends as usual.
+                let h = &mut self.hosts[host];
+                let queue = h.ahead.get_mut(&worker);
+                let at =
+                    queue.as_ref().and_then(|q| q.iter().position(|((s, a, _), _)| s.task == task && *a == attempt));
+                if let (Some(queue), Some(at)) = (queue, at) {
+                    queue.remove(at);
+                    if queue.is_empty() {
+                        h.ahead.remove(&worker);
+                    }
+                    self.local(host, Duration::ZERO, NodeInput::TaskWithdrawn { worker, task, attempt });
                 }
             }
             NodeOutput::ToWorker { .. } => {}

@@ -60,7 +60,9 @@ enum Cmd {
 pub(crate) type GroupOutcome = std::result::Result<Vec<NodeId>, ErrorReason>;
 
 /// Tells the node whether the task is blocked waiting for objects (worker mode only).
-pub(crate) type BlockHook = Box<dyn Fn(bool) + Send + Sync>;
+/// Tells the node that the task waits (true) or runs again (false); called on the core, after
+/// everything the task sent before, so that it never overtakes the end of the task before it.
+pub(crate) type BlockHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// The answers for a batch of awaited objects: the core fills one slot per object, and one user
 /// thread sleeps until enough are filled. One wake-up for a whole batch, however large.
@@ -168,8 +170,8 @@ pub(crate) struct Blocked<'a>(&'a Shared);
 impl Drop for Blocked<'_> {
     fn drop(&mut self) {
         if self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            if let Some(hook) = self.0.on_block.get() {
-                hook(false);
+            if let Some(hook) = self.0.on_block.get().cloned() {
+                self.0.then(move || hook(false));
             }
         }
     }
@@ -228,8 +230,8 @@ impl Shared {
     /// the last one to stop waiting tells it again).
     pub fn blocked(&self) -> Blocked<'_> {
         if self.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            if let Some(hook) = self.on_block.get() {
-                hook(true);
+            if let Some(hook) = self.on_block.get().cloned() {
+                self.then(move || hook(true));
             }
         }
         Blocked(self)

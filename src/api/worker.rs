@@ -46,6 +46,13 @@ impl Inbox {
         }
     }
 
+    /// Takes back a held attempt not started yet; false when there is none (it runs, or ran).
+    fn withdraw(&self, task: TaskId, attempt: u32) -> bool {
+        let mut state = self.state.lock().expect("inbox");
+        let at = state.0.iter().position(|e| e.spec.task == task && e.attempt == attempt);
+        at.map(|at| state.0.remove(at)).is_some()
+    }
+
     fn close(&self) {
         self.state.lock().expect("inbox").1 = true;
         self.ready.notify_one();
@@ -105,6 +112,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let inbox = Arc::new(Inbox::default());
     let (itx, irx) = mpsc::unbounded_channel();
     let to_inbox = inbox.clone();
+    let withdrawn_tx = wtx.clone();
     runtime.spawn(async move {
         loop {
             match reader.recv::<ToWorker>("message to a worker").await {
@@ -120,6 +128,12 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
                 // A running function cannot be stopped from outside (a forced cancel kills the
                 // process); one not started yet is skipped.
                 Ok(ToWorker::Interrupt { task, attempt }) => to_inbox.interrupt(task, attempt),
+                // Given back only if not started; a started one ends as usual.
+                Ok(ToWorker::Withdraw { task, attempt }) => {
+                    if to_inbox.withdraw(task, attempt) {
+                        let _ = withdrawn_tx.send(Outbound::Frame(FromWorker::Withdrawn { task, attempt }));
+                    }
+                }
                 Err(e) => {
                     to_inbox.close();
                     let _ = itx.send(Incoming::Lost(e.to_string()));
@@ -138,7 +152,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let out = Box::new(move |m: DriverToHead| submit_tx.send(Outbound::Frame(FromWorker::Submit(m))).is_ok());
     let shared = Shared::start(runtime.handle().clone(), irx, out, env.token.clone());
     let block_tx = wtx.clone();
-    shared.set_block_hook(Box::new(move |blocked| {
+    shared.set_block_hook(Arc::new(move |blocked| {
         let _ = block_tx.send(Outbound::Frame(FromWorker::Blocked(blocked)));
     }));
     drop(guard);

@@ -97,7 +97,8 @@ pub async fn run_command_worker() -> Result<(), WorkerError> {
                 let outcome = execute(&spec, &mut reader, &mut writer, attempt).await?;
                 writer.send(&FromWorker::Done { task: spec.task, attempt, outcome }).await?;
             }
-            ToWorker::Interrupt { .. } | ToWorker::Message(_) | ToWorker::Peer(_) => {}
+            // The node hands a command worker nothing ahead, so there is nothing to give back.
+            ToWorker::Interrupt { .. } | ToWorker::Withdraw { .. } | ToWorker::Message(_) | ToWorker::Peer(_) => {}
         }
     }
 }

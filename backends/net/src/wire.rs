@@ -326,6 +326,13 @@ pub enum FromWorker {
     },
     /// The running task is blocked waiting for objects (true), or runs again (false).
     Blocked(bool),
+    /// An attempt handed over ahead was given back unstarted (answering `ToWorker::Withdraw`).
+    Withdrawn {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
 }
 
 /// Frames from a node to one of its worker processes.
@@ -348,6 +355,13 @@ pub enum ToWorker {
     Peer(PeerInfo),
     /// Stop the running attempt if it can be stopped.
     Interrupt {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Give back an attempt handed over ahead if it has not started (answer `Withdrawn`).
+    Withdraw {
         /// The task.
         task: TaskId,
         /// The attempt.

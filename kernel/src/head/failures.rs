@@ -244,7 +244,7 @@ impl Head {
     pub(super) fn cancel_one(&mut self, task: TaskId, force: bool) {
         let Some(record) = self.tasks.get_mut(task) else { return };
         match &record.state {
-            TaskState::Running { node, .. } => {
+            TaskState::Running { node, .. } | TaskState::Next { node, .. } => {
                 let (node, attempt) = (*node, record.attempt);
                 record.cancel_requested = true;
                 if force {

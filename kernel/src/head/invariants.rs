@@ -23,6 +23,30 @@ impl Head {
         self.check_actor_invariants();
         self.check_group_invariants();
         self.check_debts();
+        self.check_successors();
+    }
+
+    /// A task handed over to run next follows a normal task running on the same node that names
+    /// it as its successor, and the other way round.
+    fn check_successors(&self) {
+        for (id, t) in self.tasks.iter_unordered() {
+            match &t.state {
+                TaskState::Running { node, next: Some(next), bundle, .. } => {
+                    assert_eq!(t.spec.kind, crate::proto::TaskKind::Normal, "{id} of another kind has a successor");
+                    assert!(bundle.is_none(), "{id} in a bundle has a successor");
+                    let state = self.tasks.get(*next).map(|n| &n.state);
+                    let follows =
+                        matches!(state, Some(TaskState::Next { node: n, after }) if n == node && *after == id);
+                    assert!(follows, "{id} lists {next} as its successor, which does not follow it on {node}");
+                }
+                TaskState::Next { node, after } => {
+                    let state = self.tasks.get(*after).map(|n| &n.state);
+                    let listed = matches!(state, Some(TaskState::Running { node: n, next: Some(s), .. }) if n == node && *s == id);
+                    assert!(listed, "{id} follows {after} on {node}, which does not list it");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A task owed CPUs is queued for them on its node, and is not blocked at the same time.

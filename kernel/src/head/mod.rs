@@ -89,6 +89,19 @@ pub struct HeadConfig {
     pub scheduler: SchedulerConfig,
     /// Autoscaling: node types, limits and timeouts (`None`: the cluster is what registers).
     pub autoscaler: Option<crate::autoscaler::AutoscalerConfig>,
+    /// Pipelining of short tasks: when no node has room for a ready task of a scheduling class
+    /// whose tasks recently ran for less than this (from dispatch to end, a moving average), it
+    /// is handed to the node of a running task of the same job and class, to run next in that
+    /// task's resources (one such successor per running task): the worker goes from one task to
+    /// the next without waiting for the head. Long tasks are never pipelined, so a successor waits
+    /// at most about this long for a place that might have opened elsewhere. Tasks in placement
+    /// groups and SPREAD tasks are never pipelined. Zero turns it off. Default 10 ms.
+    #[serde(default = "pipeline_under_by_default")]
+    pub pipeline_under: Duration,
+}
+
+fn pipeline_under_by_default() -> Duration {
+    Duration::from_millis(10)
 }
 
 impl Default for HeadConfig {
@@ -102,6 +115,7 @@ impl Default for HeadConfig {
             max_lineage_bytes: 1 << 30,
             scheduler: SchedulerConfig::default(),
             autoscaler: None,
+            pipeline_under: pipeline_under_by_default(),
         }
     }
 }
@@ -240,6 +254,10 @@ pub struct HeadStats {
     pub nodes_lost: u64,
     /// Inputs refused with an [`InputError`].
     pub inputs_refused: u64,
+    /// Of the attempts dispatched, those handed to a node to run next after a running task
+    /// (`HeadConfig::pipeline_under`).
+    #[serde(default)]
+    pub attempts_pipelined: u64,
 }
 
 /// The cluster brain. See the [module docs](self) for how to drive it.

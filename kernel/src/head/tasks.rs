@@ -11,9 +11,10 @@ use super::owners::OwnerIndex;
 use super::scheduler::{NoPlacement, PlacementRequest};
 use super::{Head, HeadOutput, Timer};
 use crate::errors::{ErrorReason, InputError, TaskFailure};
-use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::ids::{JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::{Allocation, Amount, ResourceSet};
+use crate::time::{Duration, Time};
 use crate::vecset::{VecMap, VecSet};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,6 +29,8 @@ pub enum TaskStateKind {
     Queued,
     /// Running on a node.
     Running,
+    /// Handed to a node to run after a running task, in that task's resources.
+    Next,
     /// Finished successfully (kept as lineage).
     Finished,
     /// Failed for good.
@@ -53,6 +56,16 @@ pub(super) enum TaskState {
         /// CPUs it runs without since it ran again and found them taken: the next CPUs freed on
         /// its node (or in its bundle) go to it before any new task (see `settle_debts`).
         owed: Amount,
+        /// The task handed to its node to run next, in these resources.
+        next: Option<TaskId>,
+        /// When it was dispatched (or its predecessor ended), for its class's run time.
+        since: Time,
+    },
+    /// Handed to `node` to run after `after` (running there), in the resources `after` holds
+    /// when it ends; it holds nothing until then.
+    Next {
+        node: NodeId,
+        after: TaskId,
     },
     Finished,
     Failed,
@@ -65,15 +78,17 @@ impl TaskState {
             TaskState::WaitingDeps { .. } => TaskStateKind::WaitingDeps,
             TaskState::Queued => TaskStateKind::Queued,
             TaskState::Running { .. } => TaskStateKind::Running,
+            TaskState::Next { .. } => TaskStateKind::Next,
             TaskState::Finished => TaskStateKind::Finished,
             TaskState::Failed => TaskStateKind::Failed,
             TaskState::Cancelled => TaskStateKind::Cancelled,
         }
     }
 
+    /// The node it was dispatched to: running there, or handed over to run next.
     pub fn running_node(&self) -> Option<NodeId> {
         match self {
-            TaskState::Running { node, .. } => Some(*node),
+            TaskState::Running { node, .. } | TaskState::Next { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -226,6 +241,11 @@ pub(super) struct TaskTable {
     pub infeasible: BTreeMap<TaskId, crate::time::Time>,
     /// Tasks placed in each placement group (removing a group finds its tasks without a scan).
     in_group: BTreeMap<PlacementGroupId, BTreeSet<TaskId>>,
+    /// Per class, running tasks that may take a successor (see `HeadConfig::pipeline_under`);
+    /// an entry that no longer qualifies is dropped when next met.
+    open_slots: BTreeMap<(u32, JobId), BTreeSet<TaskId>>,
+    /// Per class (by id), a moving average of how long its tasks ran, from dispatch to end.
+    run_times: Vec<Option<Duration>>,
 }
 
 impl TaskTable {
@@ -311,6 +331,31 @@ impl TaskTable {
         // runnable already or blocked until a release marks it runnable again.
         if queue.len() == 1 {
             self.queued.insert(class);
+            self.runnable.insert(class);
+        }
+    }
+
+    /// A task of `class` ran for `took`: the class's moving average moves an eighth of the way.
+    fn record_run_time(&mut self, class: u32, took: Duration) {
+        let class = class as usize;
+        if class >= self.run_times.len() {
+            self.run_times.resize(class + 1, None);
+        }
+        let slot = &mut self.run_times[class];
+        *slot = Some(match *slot {
+            None => took,
+            Some(average) => Duration((average.0 / 8) * 7 + took.0 / 8),
+        });
+    }
+
+    /// The moving average of how long tasks of `class` ran, once one finished.
+    fn run_time(&self, class: u32) -> Option<Duration> {
+        self.run_times.get(class as usize).copied().flatten()
+    }
+
+    /// A class with queued tasks becomes worth trying again (a successor may follow a task).
+    fn mark_runnable(&mut self, class: u32) {
+        if self.queues.get(class as usize).is_some_and(|q| !q.is_empty()) {
             self.runnable.insert(class);
         }
     }
@@ -556,7 +601,13 @@ impl Head {
                 }
                 match self.try_place(task) {
                     Ok(()) => self.tasks.queue_pop(class),
-                    Err(NoPlacement::Wait) => break,
+                    Err(NoPlacement::Wait) => match self.open_slot(class, task) {
+                        Some(before) => {
+                            self.tasks.queue_pop(class);
+                            self.hand_over_next(task, before);
+                        }
+                        None => break,
+                    },
                     Err(NoPlacement::Infeasible) => {
                         self.tasks.queue_pop(class);
                         self.mark_infeasible(task);
@@ -633,6 +684,8 @@ impl Head {
             worker: actor_worker,
             blocked: None,
             owed: Amount::ZERO,
+            next: None,
+            since: self.now,
         };
         let msg = HeadToNode::RunTask {
             spec: record.spec.clone(),
@@ -640,10 +693,119 @@ impl Head {
             allocation: alloc,
             args,
             actor_worker,
+            after: None,
         };
         self.nodes.get_mut(node).expect("dispatch to a live node").running.insert(task);
         self.stats.attempts_dispatched += 1;
+        self.open_slot_for(task);
         self.emit(HeadOutput::ToNode { node, msg });
+    }
+
+    /// Lists a running task as one a successor may follow, if it may have one.
+    fn open_slot_for(&mut self, task: TaskId) {
+        let record = self.tasks.get(task).expect("task");
+        let pipelined =
+            matches!(record.spec.strategy, SchedulingStrategy::Default | SchedulingStrategy::NodeAffinity { .. });
+        // CPU-only: a successor takes the CPUs its predecessor lends when it blocks.
+        let resources = &record.spec.resources;
+        let cpu_only = *resources == ResourceSet { cpu: resources.cpu, ..ResourceSet::default() };
+        let off = self.config.pipeline_under == Duration::ZERO;
+        if off || record.spec.kind != TaskKind::Normal || !pipelined || !cpu_only {
+            return;
+        }
+        let Some(class) = record.class else { return };
+        self.tasks.open_slots.entry((class, record.spec.job)).or_default().insert(task);
+    }
+
+    /// A running task of `class` that `task` may follow, if the class's tasks are short: one of
+    /// the same job, running now on a node that takes work, not blocked, owed nothing, not being
+    /// cancelled, with no successor yet (the oldest such). Entries met that no longer qualify are
+    /// dropped, so each is looked at about once.
+    fn open_slot(&mut self, class: u32, task: TaskId) -> Option<TaskId> {
+        if self.tasks.run_time(class).is_none_or(|t| t >= self.config.pipeline_under) {
+            return None;
+        }
+        let key = (class, self.tasks.get(task).expect("task").spec.job);
+        loop {
+            let slots = self.tasks.open_slots.get_mut(&key)?;
+            let Some(before) = slots.pop_first() else {
+                self.tasks.open_slots.remove(&key);
+                return None;
+            };
+            let Some(record) = self.tasks.get(before) else { continue };
+            let TaskState::Running { node, blocked: None, owed, bundle: None, next: None, .. } = &record.state else {
+                continue;
+            };
+            let schedulable = self.cluster.node(*node).is_some_and(|n| n.schedulable);
+            if *owed == Amount::ZERO && !record.cancel_requested && schedulable && record.class == Some(class) {
+                // Taken: `hand_over_next` gives it its successor.
+                return Some(before);
+            }
+        }
+    }
+
+    /// Hands `task` to the node running `before`, to run after it in its resources.
+    fn hand_over_next(&mut self, task: TaskId, before: TaskId) {
+        let args = self.argument_sources(task);
+        let prior = self.tasks.get_mut(before).expect("task");
+        let before_attempt = prior.attempt;
+        let TaskState::Running { node, alloc, next, .. } = &mut prior.state else {
+            panic!("{task} handed over behind {before}, which is not running")
+        };
+        assert!(next.is_none(), "{before} already has a successor");
+        *next = Some(task);
+        let (node, allocation) = (*node, alloc.clone());
+        let record = self.tasks.get_mut(task).expect("task");
+        assert!(matches!(record.state, TaskState::Queued), "handing over a task that is not queued");
+        record.state = TaskState::Next { node, after: before };
+        let msg = HeadToNode::RunTask {
+            spec: record.spec.clone(),
+            attempt: record.attempt,
+            allocation,
+            args,
+            actor_worker: None,
+            after: Some((before, before_attempt)),
+        };
+        self.tasks.infeasible.remove(&task);
+        self.nodes.get_mut(node).expect("hand-over to a live node").running.insert(task);
+        self.stats.attempts_dispatched += 1;
+        self.stats.attempts_pipelined += 1;
+        self.emit(HeadOutput::ToNode { node, msg });
+    }
+
+    /// `before` ended on `node` with `alloc`: its successor runs now in those resources, taking
+    /// the CPUs they lack (lent while `before` was blocked) if free, else running without them,
+    /// owed them first (as a task that runs again after a wait does).
+    fn promote_next(&mut self, next: TaskId, node: NodeId, mut alloc: Allocation) {
+        let record = self.tasks.get(next).expect("successor");
+        let lacking = Amount(record.spec.resources.cpu.0.saturating_sub(alloc.resources.cpu.0));
+        let mut owed = Amount::ZERO;
+        if lacking > Amount::ZERO {
+            let want = ResourceSet { cpu: lacking, ..ResourceSet::default() };
+            match self.cluster.allocate(node, &want) {
+                Some(_) => alloc.resources.cpu = Amount(alloc.resources.cpu.0 + lacking.0),
+                None => {
+                    owed = lacking;
+                    self.debts.entry(node).or_default().push(next);
+                }
+            }
+        }
+        let record = self.tasks.get_mut(next).expect("successor");
+        record.state = TaskState::Running {
+            node,
+            alloc,
+            bundle: None,
+            worker: None,
+            blocked: None,
+            owed,
+            next: None,
+            since: self.now,
+        };
+        let class = record.class;
+        self.open_slot_for(next);
+        if let Some(class) = class {
+            self.tasks.mark_runnable(class);
+        }
     }
 
     /// One source per distinct by-reference argument (a task may take the same object twice).
@@ -750,8 +912,9 @@ impl Head {
         if !matches!(record.spec.kind, TaskKind::Normal) {
             return Ok(());
         }
-        let TaskState::Running { alloc, bundle, blocked, owed, .. } = &mut record.state else {
-            unreachable!("current_attempt returns running attempts")
+        let TaskState::Running { alloc, bundle, blocked, owed, next, .. } = &mut record.state else {
+            // Handed over to run next: it cannot have started.
+            return Err(InputError::StaleAttempt { task, attempt, node });
         };
         if blocked.is_some() {
             return Ok(());
@@ -761,8 +924,14 @@ impl Head {
         // wants back when it runs again is everything it was given.
         *blocked = Some(Amount(cpu.0 + std::mem::replace(owed, Amount::ZERO).0));
         let bundle = *bundle;
-        if cpu > Amount::ZERO {
-            let lent = Allocation { resources: ResourceSet { cpu, ..ResourceSet::default() }, gpus: Vec::new() };
+        let lent = Allocation { resources: ResourceSet { cpu, ..ResourceSet::default() }, gpus: Vec::new() };
+        // Its successor must not wait for it (it may be what it waits for): it runs now, in the
+        // CPUs lent, which is all a pipelined (CPU-only) task holds.
+        if let Some(successor) = next.take() {
+            self.promote_next(successor, node, lent);
+            let attempt = self.tasks.get(successor).expect("successor").attempt;
+            self.emit(HeadOutput::ToNode { node, msg: HeadToNode::StartNow { task: successor, attempt } });
+        } else if cpu > Amount::ZERO {
             self.release_allocation(node, &lent, bundle);
         }
         Ok(())
@@ -773,7 +942,8 @@ impl Head {
     pub(super) fn on_task_unblocked(&mut self, node: NodeId, task: TaskId, attempt: u32) -> Result<(), InputError> {
         let record = self.current_attempt(node, task, attempt)?;
         let TaskState::Running { blocked, bundle, .. } = &mut record.state else {
-            unreachable!("current_attempt returns running attempts")
+            // Handed over to run next: it cannot have started.
+            return Err(InputError::StaleAttempt { task, attempt, node });
         };
         let Some(cpu) = blocked.take() else { return Ok(()) };
         let bundle = *bundle;
@@ -929,15 +1099,49 @@ impl Head {
     fn end_attempt_as(&mut self, task: TaskId, finished: bool) {
         let record = self.tasks.get_mut(task).expect("task");
         let state = std::mem::replace(&mut record.state, TaskState::Queued);
-        let TaskState::Running { node, alloc, bundle, .. } = state else {
+        if let TaskState::Next { node, after } = state {
+            // It never ran and holds nothing: the task it followed may take another successor.
+            if let Some(TaskState::Running { next, .. }) = self.tasks.get_mut(after).map(|r| &mut r.state) {
+                assert_eq!(*next, Some(task), "{task} followed {after}, which did not list it");
+                *next = None;
+                self.open_slot_for(after);
+                if let Some(class) = self.tasks.get(after).and_then(|r| r.class) {
+                    self.tasks.mark_runnable(class);
+                }
+            }
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.running.remove(&task);
+            }
+            self.check_drained(node);
+            return;
+        }
+        let TaskState::Running { node, alloc, bundle, next, .. } = state else {
             record.state = state;
             return;
         };
         let keeps_allocation = finished && matches!(record.spec.kind, TaskKind::ActorCreation(_));
+        if let Some(class) = record.class {
+            let key = (class, record.spec.job);
+            if let Some(slots) = self.tasks.open_slots.get_mut(&key) {
+                slots.remove(&task);
+                if slots.is_empty() {
+                    self.tasks.open_slots.remove(&key);
+                }
+            }
+        }
         if let Some(n) = self.nodes.get_mut(node) {
             n.running.remove(&task);
         }
-        if !keeps_allocation {
+        // Its successor runs now in its resources; on a lost node it is lost too, and ends on
+        // its own.
+        let successor = next.filter(|_| self.node_is_live(node));
+        if let Some(next) = successor {
+            let follows =
+                matches!(self.tasks.get(next).map(|r| &r.state), Some(TaskState::Next { after, .. }) if *after == task);
+            assert!(follows, "{task} lists {next} as its successor, which does not follow it");
+            assert!(bundle.is_none() && !keeps_allocation, "{task} with a successor holds a bundle or an actor");
+            self.promote_next(next, node, alloc);
+        } else if !keeps_allocation {
             self.release_allocation(node, &alloc, bundle);
         } else {
             let TaskKind::ActorCreation(actor) = self.tasks.get(task).expect("task").spec.kind else { unreachable!() };
@@ -967,6 +1171,11 @@ impl Head {
     }
 
     fn on_task_finished(&mut self, task: TaskId, node: NodeId, returns: Vec<crate::proto::ReturnValue>) {
+        let record = self.tasks.get(task).expect("task");
+        if let (TaskState::Running { since, .. }, Some(class)) = (&record.state, record.class) {
+            let took = self.now.saturating_since(*since);
+            self.tasks.record_run_time(class, took);
+        }
         let kind = self.tasks.get(task).expect("task").spec.kind.clone();
         // References returned inside the values outlive the attempt's own handles: hold them while
         // the attempt ends, until the values that contain them are sealed.

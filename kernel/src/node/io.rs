@@ -51,6 +51,16 @@ pub enum NodeInput {
         /// How it ended.
         outcome: TaskOutcome,
     },
+    /// A worker gave back an attempt handed to it ahead, before starting it (answering
+    /// [`NodeOutput::WithdrawTask`]); a worker that had started it says nothing and runs it.
+    TaskWithdrawn {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
     /// The task a worker runs is blocked waiting for objects (`get`, `wait`), or runs again:
     /// reported to the head, which lends the task's CPUs to others meanwhile.
     WorkerBlocked {
@@ -183,6 +193,16 @@ pub enum NodeOutput {
         /// The attempt.
         attempt: u32,
     },
+    /// Ask a worker to give back an attempt handed to it ahead, if it has not started it: it
+    /// answers with `TaskWithdrawn`, or runs it and answers with `TaskDone`.
+    WithdrawTask {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
     /// Kill a worker process; answer with `WorkerExited`.
     KillWorker {
         /// The worker.
@@ -251,9 +271,12 @@ pub enum TaskPhase {
     ActorQueued(WorkerId),
     /// Executing in a worker.
     Running(WorkerId),
-    /// An actor method handed to its worker behind the running one; the worker runs it next, in
-    /// order. A cancel reaches it as an interrupt: a worker that has not started it skips it.
+    /// Handed to a worker behind its running attempt (an actor's next method, or a pool worker's
+    /// successor task); the worker runs it next, in order. A cancel reaches it as an interrupt:
+    /// a worker that has not started it skips it.
     SentAhead(WorkerId),
+    /// A successor waiting for this task to end (while its arguments arrive).
+    After(TaskId),
 }
 
 /// One copy of an object in the local store.

@@ -66,6 +66,7 @@ impl Node {
                 let cancelled = self.tasks[&task].cancel_requested;
                 let failure = if cancelled { TaskFailure::Cancelled } else { TaskFailure::WorkerDied { exit_code } };
                 self.end_running(task, TaskOutcome::Failed(failure));
+                self.release_successor(task);
             }
             WorkerState::Idle => {
                 if let WorkerKind::Actor(actor) = kind {
@@ -117,6 +118,9 @@ impl Node {
         for (object, size) in sealed {
             self.seal_here(object, size, true);
         }
+        // A successor still waiting for this task takes the worker first, before idle workers
+        // are trimmed.
+        self.release_successor(task);
         if creation_failed {
             self.stop_worker(worker);
         } else {
@@ -143,14 +147,18 @@ impl Node {
         if record.attempt != attempt {
             return Err(InputError::StaleAttempt { task, attempt, node: me });
         }
-        let (TaskPhase::Running(worker) | TaskPhase::SentAhead(worker)) = record.phase else {
-            self.abort_task(task, TaskFailure::Cancelled);
-            return Ok(());
+        let (worker, started) = match record.phase {
+            TaskPhase::Running(worker) => (worker, true),
+            TaskPhase::SentAhead(worker) => (worker, false),
+            _ => {
+                self.abort_task(task, TaskFailure::Cancelled);
+                return Ok(());
+            }
         };
-        // A method is never force-cancelled: killing its worker would kill the actor. (Only
-        // methods are sent ahead.)
+        // A method is never force-cancelled: killing its worker would kill the actor. Nor is an
+        // attempt handed to a worker ahead: the worker runs another one now, and skips this one.
         let is_method = matches!(record.spec.kind, TaskKind::ActorMethod { .. });
-        if force && !is_method {
+        if force && !is_method && started {
             self.kill_busy_worker(worker, task, TaskFailure::Cancelled);
             return Ok(());
         }
@@ -191,6 +199,7 @@ impl Node {
         self.end_running(task, TaskOutcome::Failed(failure));
         self.emit(NodeOutput::KillWorker { worker });
         self.fail_actor_queue(worker, None);
+        self.release_successor(task);
         assert!(!self.tasks.contains_key(&task));
     }
 

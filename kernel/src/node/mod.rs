@@ -53,6 +53,12 @@
 //!   (with its `TaskStarted`) when the one before it ends. If the worker dies, they end as
 //!   `WorkerDied` like the methods still queued; a cancel reaches them as an interrupt, which the
 //!   worker honours by skipping a method it has not started.
+//! - **Successors**: a `RunTask` may name a running task it follows (`after`): the head handed it
+//!   over early, in the resources that task holds. It waits (`After`) while its arguments arrive,
+//!   then goes to the predecessor's worker ahead (`SentAhead`) when that is a pool worker of its
+//!   job and devices, so the worker goes from one task to the next without a round trip. When the
+//!   predecessor ends any other way (its worker dies or is killed), the successor is leased a
+//!   worker as a new task would be; it has not started, so nothing is lost.
 //! - **Heartbeats**: every `heartbeat_period` from registration, on their own timer that no other
 //!   input moves.
 //! - **Drain**: running tasks and hosted actors go on; a `RunTask` for anything but a method of an
@@ -178,8 +184,12 @@ pub struct Node {
     tasks: FxHashMap<TaskId, Task>,
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
-    /// Methods handed to a busy actor worker behind its running one, in the order it runs them.
+    /// Attempts handed to a busy worker behind its running one, in the order it runs them: an
+    /// actor's next methods, or a pool worker's next task.
     sent_ahead: BTreeMap<WorkerId, VecDeque<TaskId>>,
+    /// Successors waiting for a task to end (`TaskPhase::After`), by the task they follow; a
+    /// successor handed to its predecessor's worker ahead leaves this map.
+    successors: BTreeMap<TaskId, TaskId>,
     /// The attempts this node ended most recently: a `RunTask` for one of them is a copy of an
     /// order already carried out, refused instead of run twice.
     ended: RecentAttempts,
@@ -231,6 +241,7 @@ impl Node {
             tasks: FxHashMap::default(),
             actor_queues: BTreeMap::new(),
             sent_ahead: BTreeMap::new(),
+            successors: BTreeMap::new(),
             ended: RecentAttempts::default(),
         };
         node.check_invariants();
@@ -250,6 +261,7 @@ impl Node {
             NodeInput::WorkerStartFailed { worker, message } => self.on_worker_start_failed(worker, message),
             NodeInput::WorkerExited { worker, exit_code } => self.on_worker_exited(worker, exit_code),
             NodeInput::TaskDone { worker, task, attempt, outcome } => self.on_task_done(worker, task, attempt, outcome),
+            NodeInput::TaskWithdrawn { worker, task, attempt } => self.on_task_withdrawn(worker, task, attempt),
             NodeInput::FromWorker { worker, msg } => self.on_worker_message(worker, msg),
             NodeInput::WorkerBlocked { worker, blocked } => self.on_worker_blocked(worker, blocked),
             NodeInput::ClientPut { object, size } => self.on_client_put(object, size),
@@ -457,8 +469,9 @@ impl Node {
     fn on_head_message(&mut self, now: Time, msg: HeadToNode) -> Result<(), InputError> {
         self.registered()?;
         match msg {
-            HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker } => {
-                self.on_run_task(now, spec, attempt, allocation, args, actor_worker)
+            HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after } => {
+                let order = tasks::RunOrder { spec, attempt, allocation, args, actor_worker, after };
+                self.on_run_task(now, order)
             }
             HeadToNode::CancelTask { task, attempt, force } => self.on_cancel_task(task, attempt, force),
             HeadToNode::KillActor { actor, worker } => self.on_kill_actor(actor, worker),
@@ -471,6 +484,7 @@ impl Node {
                 Ok(())
             }
             HeadToNode::ToSubmitter { task, msg } => self.on_to_submitter(task, msg),
+            HeadToNode::StartNow { task, attempt } => self.on_start_now(task, attempt),
             HeadToNode::Reregister => {
                 self.reset();
                 Ok(())
@@ -520,6 +534,7 @@ impl Node {
         self.tasks.clear();
         self.actor_queues.clear();
         self.sent_ahead.clear();
+        self.successors.clear();
         self.workers.clear();
         self.objects.clear();
         self.pulls.clear();

@@ -29,25 +29,32 @@ pub(crate) struct Task {
     pub(crate) phase: TaskPhase,
     /// An unforced cancel arrived while it ran.
     pub(crate) cancel_requested: bool,
+    /// Its worker was asked to give it back (`WithdrawTask`): only then is `TaskWithdrawn` taken.
+    pub(crate) withdraw_asked: bool,
+}
+
+/// The fields of a `RunTask` order.
+pub(super) struct RunOrder {
+    pub(super) spec: std::sync::Arc<TaskSpec>,
+    pub(super) attempt: u32,
+    pub(super) allocation: Allocation,
+    pub(super) args: Vec<(ObjectId, ArgSource)>,
+    pub(super) actor_worker: Option<WorkerId>,
+    pub(super) after: Option<(TaskId, u32)>,
 }
 
 impl Node {
     /// `RunTask`: validate, then accept (or refuse with a report when draining or the actor is gone).
-    pub(super) fn on_run_task(
-        &mut self,
-        now: Time,
-        spec: std::sync::Arc<TaskSpec>,
-        attempt: u32,
-        allocation: Allocation,
-        args: Vec<(ObjectId, ArgSource)>,
-        actor_worker: Option<WorkerId>,
-    ) -> Result<(), InputError> {
+    pub(super) fn on_run_task(&mut self, now: Time, order: RunOrder) -> Result<(), InputError> {
+        let RunOrder { spec, attempt, allocation, args, actor_worker, after } = order;
         if self.ended.contains((spec.task, attempt)) {
             // A copy of an order already carried out (a duplicated message).
             return Err(InputError::DuplicateTask(spec.task));
         }
-        let sources = self.validate_run_task(&spec, &allocation, args, actor_worker)?;
+        let sources = self.validate_run_task(&spec, &allocation, args, actor_worker, after)?;
         let task = spec.task;
+        // The predecessor still held here; one that ended already leaves nothing to wait for.
+        let predecessor = after.filter(|(t, a)| self.tasks.get(t).is_some_and(|r| r.attempt == *a)).map(|(t, _)| t);
         if self.draining && actor_worker.is_none() {
             let message = "the node is draining".to_string();
             self.failure_report(task, attempt, TaskFailure::WorkerStartFailed { message });
@@ -64,7 +71,11 @@ impl Node {
             self.failure_report(task, attempt, TaskFailure::ArgumentUnavailable { object });
             return Ok(());
         }
-        let phase = actor_worker.map_or(TaskPhase::Fetching, TaskPhase::ActorQueued);
+        let phase = match (actor_worker, predecessor) {
+            (Some(worker), _) => TaskPhase::ActorQueued(worker),
+            (None, Some(before)) => TaskPhase::After(before),
+            (None, None) => TaskPhase::Fetching,
+        };
         let gpus = allocation.gpus.iter().map(|(d, _)| *d).collect();
         let record = Task {
             spec,
@@ -75,6 +86,7 @@ impl Node {
             pinned: VecSet::new(),
             phase,
             cancel_requested: false,
+            withdraw_asked: false,
         };
         self.tasks.insert(task, record);
         self.gather_arguments(now, task);
@@ -83,7 +95,13 @@ impl Node {
                 self.actor_queues.entry(worker).or_default().push_back(task);
                 self.dispatch_actor(worker);
             }
-            None => self.lease_if_ready(task),
+            None => match predecessor {
+                Some(before) => {
+                    self.successors.insert(before, task);
+                    self.hand_ahead(task);
+                }
+                None => self.lease_if_ready(task),
+            },
         }
         Ok(())
     }
@@ -95,10 +113,29 @@ impl Node {
         allocation: &Allocation,
         args: Vec<(ObjectId, ArgSource)>,
         actor_worker: Option<WorkerId>,
+        after: Option<(TaskId, u32)>,
     ) -> Result<VecMap<ObjectId, ArgSource>, InputError> {
         let malformed = |what: String| Err(InputError::Malformed { what });
         if self.tasks.contains_key(&spec.task) {
             return Err(InputError::DuplicateTask(spec.task));
+        }
+        if let Some((before, attempt)) = after {
+            if spec.kind != TaskKind::Normal || before == spec.task {
+                return malformed(format!("task {} cannot follow {before}", spec.task));
+            }
+            let held = self.tasks.get(&before).is_some_and(|r| r.attempt == attempt);
+            if held && self.tasks[&before].spec.kind != TaskKind::Normal {
+                return malformed(format!("task {} follows {before}, which is not a normal task", spec.task));
+            }
+            // Its successor waits for it, or was handed to its worker ahead (one cancelled there,
+            // which the worker will skip, no longer counts).
+            let handed = match self.tasks.get(&before).map(|r| r.phase) {
+                Some(TaskPhase::Running(worker)) => self.live_successors_ahead(worker) > 0,
+                _ => false,
+            };
+            if held && (self.successors.contains_key(&before) || handed) {
+                return malformed(format!("task {before} already has a successor"));
+            }
         }
         let devices: Vec<u32> = allocation.gpus.iter().map(|(d, _)| *d).collect();
         if !devices.windows(2).all(|p| p[0] < p[1]) {
@@ -188,8 +225,112 @@ impl Node {
         match self.tasks[&task].phase {
             TaskPhase::Fetching => self.lease_if_ready(task),
             TaskPhase::ActorQueued(worker) => self.dispatch_actor(worker),
+            TaskPhase::After(_) => self.hand_ahead(task),
             phase => panic!("{task} received an argument in phase {phase:?}"),
         }
+    }
+
+    /// The attempts handed to `worker` ahead that no cancel was asked for.
+    fn live_successors_ahead(&self, worker: WorkerId) -> usize {
+        let ahead = self.sent_ahead.get(&worker).into_iter().flatten();
+        ahead.filter(|t| !self.tasks[*t].cancel_requested).count()
+    }
+
+    /// Hands a successor whose arguments are all here to its predecessor's worker, behind the
+    /// predecessor, when that one runs in a pool worker the successor may use (same job, same
+    /// devices; not a command task); else it goes on waiting.
+    fn hand_ahead(&mut self, task: TaskId) {
+        let record = &self.tasks[&task];
+        let TaskPhase::After(before) = record.phase else { panic!("{task} does not follow a task") };
+        if !record.missing.is_empty() {
+            return;
+        }
+        let TaskPhase::Running(worker) = self.tasks[&before].phase else { return };
+        let info = self.workers.get(worker).expect("a running task's worker exists");
+        if info.kind != WorkerKind::Pool || info.job != record.spec.job || info.gpus != record.gpus {
+            return;
+        }
+        // A command worker runs one process at a time and holds nothing ahead.
+        if matches!(record.spec.function, crate::proto::Function::Command(_)) {
+            return;
+        }
+        assert_eq!(info.state, WorkerState::Busy(before));
+        assert_eq!(self.successors.remove(&before), Some(task));
+        self.hand_over(task, worker);
+        self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::SentAhead(worker);
+        self.sent_ahead.entry(worker).or_default().push_back(task);
+    }
+
+    /// `StartNow`: a successor runs on its own from now on (the task it followed is blocked and
+    /// lent it its CPUs). One still waiting is leased a worker; one handed to the predecessor's
+    /// worker ahead is asked back from it.
+    pub(super) fn on_start_now(&mut self, task: TaskId, attempt: u32) -> Result<(), InputError> {
+        let me = self.registered()?;
+        let record = self.tasks.get(&task).ok_or(InputError::UnknownTask(task))?;
+        if record.attempt != attempt {
+            return Err(InputError::StaleAttempt { task, attempt, node: me });
+        }
+        match record.phase {
+            TaskPhase::After(before) => {
+                assert_eq!(self.successors.remove(&before), Some(task));
+                self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::Fetching;
+                self.lease_if_ready(task);
+            }
+            TaskPhase::SentAhead(worker) => {
+                self.tasks.get_mut(&task).expect("task exists").withdraw_asked = true;
+                self.emit(NodeOutput::WithdrawTask { worker, task, attempt });
+            }
+            // The task it followed ended meanwhile: it runs, or is about to, already.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `TaskWithdrawn`: a worker gave back, unstarted, an attempt handed to it ahead. It is leased
+    /// a worker as a new task would be (or ends, if its cancel was asked meanwhile).
+    pub(super) fn on_task_withdrawn(&mut self, worker: WorkerId, task: TaskId, attempt: u32) -> Result<(), InputError> {
+        let me = self.registered()?;
+        let stale = InputError::StaleAttempt { task, attempt, node: me };
+        let Some(record) = self.tasks.get(&task).filter(|r| r.attempt == attempt && r.withdraw_asked) else {
+            return Err(stale);
+        };
+        match record.phase {
+            TaskPhase::SentAhead(w) if w == worker => {
+                let queue = self.sent_ahead.get_mut(&worker).expect("sent-ahead queue exists");
+                queue.retain(|t| *t != task);
+                if queue.is_empty() {
+                    self.sent_ahead.remove(&worker);
+                }
+            }
+            // Made the running one when the task before it ended, but the worker gave it back:
+            // the worker goes on with what it holds next, or is idle.
+            TaskPhase::Running(w) if w == worker => {
+                if !self.promote_sent_ahead(worker) {
+                    self.workers.set_state(worker, WorkerState::Idle);
+                }
+            }
+            _ => return Err(stale),
+        }
+        let record = self.tasks.get_mut(&task).expect("task exists");
+        record.phase = TaskPhase::Fetching;
+        record.withdraw_asked = false;
+        if record.cancel_requested {
+            self.abort_task(task, TaskFailure::Cancelled);
+        } else {
+            self.lease_if_ready(task);
+        }
+        self.trim_idle_workers();
+        Ok(())
+    }
+
+    /// `task` ended here: its successor still waiting for it is leased a worker as a new task
+    /// would be (the worker that ran `task` first, if it is idle now).
+    pub(super) fn release_successor(&mut self, task: TaskId) {
+        let Some(next) = self.successors.remove(&task) else { return };
+        let record = self.tasks.get_mut(&next).expect("a successor exists");
+        assert_eq!(record.phase, TaskPhase::After(task));
+        record.phase = TaskPhase::Fetching;
+        self.lease_if_ready(next);
     }
 
     /// Leases a worker for a normal or actor creation task whose arguments are all local.
@@ -300,13 +441,16 @@ impl Node {
         self.emit(NodeOutput::Execute { worker, spec, attempt, args });
     }
 
-    /// The worker runs `task` from now on.
+    /// The worker runs `task` from now on (and its successor may go to the worker ahead).
     fn start_running(&mut self, task: TaskId, worker: WorkerId) {
         self.workers.set_state(worker, WorkerState::Busy(task));
         let record = self.tasks.get_mut(&task).expect("task exists");
         record.phase = TaskPhase::Running(worker);
         let attempt = record.attempt;
         self.send_to_head(NodeToHead::TaskStarted { task, attempt, worker });
+        if let Some(&next) = self.successors.get(&task) {
+            self.hand_ahead(next);
+        }
     }
 
     /// Ends an attempt that is not running (fetching, leasing or queued) and reports `failure`.
@@ -332,9 +476,13 @@ impl Node {
                     self.sent_ahead.remove(&worker);
                 }
             }
+            TaskPhase::After(before) => {
+                assert_eq!(self.successors.remove(&before), Some(task));
+            }
             TaskPhase::Fetching | TaskPhase::Running(_) => {}
         }
         self.failure_report(task, record.attempt, failure);
+        self.release_successor(task);
     }
 
     /// A starting worker's task went away: a pool worker will join the idle pool once started; an
@@ -359,7 +507,15 @@ impl Node {
     }
 
     /// Fails every method queued for an actor worker that is going away.
+    /// A worker is dying: the methods handed to it or queued for it fail; a pool worker's
+    /// successor handed to it ahead never started, and is leased another worker.
     pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
+        if self.workers.get(worker).is_some_and(|w| w.kind == WorkerKind::Pool) {
+            for task in self.sent_ahead.remove(&worker).unwrap_or_default() {
+                self.tasks.get_mut(&task).expect("sent-ahead task exists").phase = TaskPhase::Fetching;
+                self.lease_if_ready(task);
+            }
+        }
         // The methods handed to it ahead first, in the order it would have run them; one whose
         // cancel was asked ends as cancelled, as a running one does.
         let ahead: VecDeque<TaskId> = self.sent_ahead.get(&worker).cloned().unwrap_or_default();
@@ -412,9 +568,13 @@ impl Node {
             }
             TaskPhase::SentAhead(w) => {
                 assert!(task.missing.is_empty(), "{id} handed over without its arguments");
-                assert!(matches!(task.spec.kind, TaskKind::ActorMethod { .. }), "{id} sent ahead is not a method");
                 let ahead = self.sent_ahead.get(&w).is_some_and(|q| q.contains(&id));
-                assert!(ahead, "{id} not among the methods sent ahead to {w}");
+                assert!(ahead, "{id} not among the attempts sent ahead to {w}");
+            }
+            TaskPhase::After(before) => {
+                assert!(self.tasks.contains_key(&before), "{id} follows {before}, which is gone");
+                assert_eq!(self.successors.get(&before), Some(&id), "{id} follows {before} unlisted");
+                assert_eq!(task.spec.kind, TaskKind::Normal, "{id} follows a task but is not a normal task");
             }
         }
     }
@@ -432,16 +592,34 @@ impl Node {
         }
         for (worker, ahead) in &self.sent_ahead {
             assert!(!ahead.is_empty(), "empty sent-ahead queue kept for {worker}");
-            assert!(ahead.len() < self.config.actor_pipeline, "{worker} holds more methods than actor_pipeline");
-            let Some(WorkerState::Busy(running)) = self.workers.get(*worker).map(|w| w.state) else {
-                panic!("methods sent ahead to {worker}, which runs nothing");
+            let info = self.workers.get(*worker).expect("attempts sent ahead to an unknown worker");
+            let WorkerState::Busy(running) = info.state else {
+                panic!("attempts sent ahead to {worker}, which runs nothing");
             };
-            let behind_method = matches!(self.tasks[&running].spec.kind, TaskKind::ActorMethod { .. });
-            assert!(behind_method, "methods sent ahead to {worker} behind {running}, not a method");
+            let wanted = match info.kind {
+                WorkerKind::Actor(_) => {
+                    assert!(
+                        ahead.len() < self.config.actor_pipeline,
+                        "{worker} holds more methods than actor_pipeline"
+                    );
+                    |kind: &TaskKind| matches!(kind, TaskKind::ActorMethod { .. })
+                }
+                WorkerKind::Pool => {
+                    let live = self.live_successors_ahead(*worker);
+                    assert!(live <= 1, "pool worker {worker} holds {live} successors not cancelled");
+                    |kind: &TaskKind| *kind == TaskKind::Normal
+                }
+            };
+            assert!(wanted(&self.tasks[&running].spec.kind), "{worker} runs {running}, of the wrong kind");
             for task in ahead {
                 let phase = self.tasks.get(task).map(|t| t.phase);
                 assert_eq!(phase, Some(TaskPhase::SentAhead(*worker)), "{task} sent ahead to {worker}");
+                assert!(wanted(&self.tasks[task].spec.kind), "{task} sent ahead to {worker} is of the wrong kind");
             }
+        }
+        for (before, next) in &self.successors {
+            let phase = self.tasks.get(next).map(|t| t.phase);
+            assert_eq!(phase, Some(TaskPhase::After(*before)), "{next} listed as following {before}");
         }
     }
 }

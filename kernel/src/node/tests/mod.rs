@@ -6,6 +6,7 @@ mod lifecycle;
 mod objects;
 mod pulls;
 mod random;
+mod successors;
 
 use super::{Node, NodeConfig, NodeInput, NodeOutput};
 use crate::errors::InputError;
@@ -122,7 +123,19 @@ fn run_task(
     args: Vec<(ObjectId, ArgSource)>,
     actor_worker: Option<WorkerId>,
 ) -> HeadToNode {
-    HeadToNode::RunTask { spec: spec.into(), attempt, allocation, args, actor_worker }
+    HeadToNode::RunTask { spec: spec.into(), attempt, allocation, args, actor_worker, after: None }
+}
+
+/// `RunTask` for a successor of `before` (attempt 0).
+fn run_after(spec: TaskSpec, before: TaskId) -> HeadToNode {
+    HeadToNode::RunTask {
+        spec: spec.into(),
+        attempt: 0,
+        allocation: Allocation::default(),
+        args: vec![],
+        actor_worker: None,
+        after: Some((before, 0)),
+    }
 }
 
 fn task(n: u64) -> TaskSpec {

@@ -1,0 +1,208 @@
+//! Successors: tasks the head hands over to run next after a running task, in its resources.
+
+use super::*;
+use crate::errors::TaskFailure;
+use crate::node::{TaskPhase, WorkerState};
+
+/// `RunTask` for a successor of `before` (attempt 0) taking `args` by reference.
+fn run_after_with(spec: TaskSpec, before: TaskId, args: Vec<(ObjectId, ArgSource)>) -> HeadToNode {
+    match run_task(spec, 0, Allocation::default(), args, None) {
+        HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, .. } => {
+            HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after: Some((before, 0)) }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn started(out: &[NodeOutput]) -> Vec<TaskId> {
+    to_head(out)
+        .into_iter()
+        .filter_map(|m| if let NodeToHead::TaskStarted { task, .. } = m { Some(task) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_successor_goes_to_its_predecessors_worker_ahead_and_runs_the_moment_it_ends() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let out = h.head(run_after(task(2), TaskId(1)));
+    assert_eq!(executed(&out), vec![(w, TaskId(2))], "handed to the same worker, behind task 1");
+    assert!(started_worker(&out).is_none() && started(&out).is_empty());
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::SentAhead(w)));
+    let out = h.finish(w, TaskId(1));
+    assert_eq!(started(&out), vec![TaskId(2)]);
+    assert!(executed(&out).is_empty(), "the worker has it already");
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Busy(TaskId(2)));
+    h.finish(w, TaskId(2));
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Idle);
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_successor_whose_predecessor_ended_already_runs_at_once() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.finish(w, TaskId(1));
+    let out = h.head(run_after(task(2), TaskId(1)));
+    assert_eq!(executed(&out), vec![(w, TaskId(2))]);
+    assert_eq!(started(&out), vec![TaskId(2)]);
+}
+
+#[test]
+fn a_successor_waits_for_its_arguments_then_goes_ahead() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let out = h.head(run_after_with(task_with_refs(2, &[obj(1)]), TaskId(1), vec![(obj(1), at(10, &[2]))]));
+    assert_eq!(pulls_sent(&out), vec![(NodeId(2), obj(1))], "fetched while task 1 runs");
+    assert!(executed(&out).is_empty());
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::After(TaskId(1))));
+    let out = h.input(NodeInput::ObjectSealed { object: obj(1), size: 10 });
+    assert_eq!(executed(&out), vec![(w, TaskId(2))]);
+    let out = h.finish(w, TaskId(1));
+    assert_eq!(started(&out), vec![TaskId(2)]);
+}
+
+#[test]
+fn a_successor_still_fetching_when_its_predecessor_ends_takes_the_idle_worker_later() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after_with(task_with_refs(2, &[obj(1)]), TaskId(1), vec![(obj(1), at(10, &[2]))]));
+    let out = h.finish(w, TaskId(1));
+    assert!(executed(&out).is_empty() && started_worker(&out).is_none());
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Fetching));
+    let out = h.input(NodeInput::ObjectSealed { object: obj(1), size: 10 });
+    assert_eq!(executed(&out), vec![(w, TaskId(2))], "the idle worker is reused");
+}
+
+#[test]
+fn a_successor_of_another_job_waits_and_then_gets_a_worker_of_its_own() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let mut other = task(2);
+    other.job = JobId(JOB.0 + 1);
+    let out = h.head(run_after(other, TaskId(1)));
+    assert!(executed(&out).is_empty(), "task 1's worker belongs to another job");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::After(TaskId(1))));
+    let out = h.finish(w, TaskId(1));
+    let fresh = started_worker(&out).expect("a worker of its own job");
+    assert_ne!(fresh, w);
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+}
+
+#[test]
+fn when_the_predecessors_worker_dies_its_successor_gets_another_worker_and_does_not_fail() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    let out = h.input(NodeInput::WorkerExited { worker: w, exit_code: Some(9) });
+    let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: Some(9) });
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, died)], "only the task that ran fails");
+    let fresh = started_worker(&out).expect("the successor is leased a new worker");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+    let out = h.input(NodeInput::WorkerStarted { worker: fresh });
+    assert_eq!(executed(&out), vec![(fresh, TaskId(2))]);
+}
+
+#[test]
+fn a_forced_cancel_of_the_predecessor_kills_its_worker_but_not_the_successor() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(1), attempt: 0, force: true });
+    assert_eq!(killed(&out), vec![w]);
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    let fresh = started_worker(&out).expect("the successor is leased a new worker");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+}
+
+#[test]
+fn a_successor_cancelled_while_it_waits_ends_at_once_and_leaves_its_predecessor_alone() {
+    let mut h = Harness::new();
+    let mut other = task(2);
+    other.job = JobId(JOB.0 + 1);
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(other, TaskId(1)));
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: true });
+    assert_eq!(ended(&out), vec![(TaskId(2), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert!(killed(&out).is_empty());
+    let out = h.finish(w, TaskId(1));
+    assert!(executed(&out).is_empty() && started_worker(&out).is_none());
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_forced_cancel_of_a_successor_handed_ahead_is_an_interrupt_not_a_kill() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: true });
+    assert_eq!(out, vec![NodeOutput::InterruptTask { worker: w, task: TaskId(2), attempt: 0 }]);
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Busy(TaskId(1)), "task 1 runs on");
+    h.finish(w, TaskId(1));
+    let out = h.done(w, TaskId(2), TaskOutcome::Failed(TaskFailure::Cancelled));
+    assert_eq!(ended(&out), vec![(TaskId(2), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+}
+
+#[test]
+fn a_successor_that_is_not_a_normal_task_or_a_second_one_is_refused() {
+    let mut h = Harness::new();
+    h.run_on_new_worker(task(1));
+    let err = h.refused(NodeInput::FromHead(run_after(method(2, 7, 0), TaskId(1))));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+    let err = h.refused(NodeInput::FromHead(run_after(task(1), TaskId(1))));
+    assert!(matches!(err, InputError::DuplicateTask(_) | InputError::Malformed { .. }), "{err}");
+    h.head(run_after(task(3), TaskId(1)));
+    let err = h.refused(NodeInput::FromHead(run_after(task(4), TaskId(1))));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn start_now_leases_a_waiting_successor_a_worker_of_its_own() {
+    let mut h = Harness::new();
+    let mut other = task(2);
+    other.job = JobId(JOB.0 + 1);
+    h.run_on_new_worker(task(1));
+    h.head(run_after(other, TaskId(1)));
+    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    let fresh = started_worker(&out).expect("a worker of its own");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+}
+
+#[test]
+fn start_now_asks_the_worker_back_for_a_successor_handed_ahead_and_leases_it_once_given_back() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, task: TaskId(2), attempt: 0 }]);
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, task: TaskId(2), attempt: 0 });
+    let fresh = started_worker(&out).expect("another worker, task 1's is busy");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+    let out = h.finish(w, TaskId(1));
+    assert!(started(&out).is_empty(), "nothing is held ahead any more");
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Idle);
+}
+
+#[test]
+fn a_successor_given_back_after_it_became_the_running_one_frees_the_worker_and_runs_elsewhere() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    // Task 1's end overtakes the answer: task 2 becomes the running one, then comes back.
+    h.finish(w, TaskId(1));
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Busy(TaskId(2)));
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, task: TaskId(2), attempt: 0 });
+    assert_eq!(executed(&out), vec![(w, TaskId(2))], "the worker is idle again and takes it as a new task");
+    assert_eq!(started(&out), vec![TaskId(2)]);
+}
+
+#[test]
+fn a_withdrawal_no_worker_was_asked_for_is_refused() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, task: TaskId(1), attempt: 0 });
+    assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, task: TaskId(9), attempt: 0 });
+    assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+}

@@ -1,0 +1,192 @@
+//! Pipelining of short tasks: when every CPU is taken, a ready task of a class whose tasks run
+//! briefly is handed to the node of a running task of the same job and class, to run next in its
+//! resources; long tasks never are.
+
+use keel_kernel::head::{HeadOutput, TaskStateKind};
+use keel_kernel::proto::{DriverToHead, HeadToNode, Labels};
+use keel_kernel::testkit::{task, Cluster};
+use keel_kernel::*;
+
+fn us(n: u64) -> Duration {
+    Duration(n * 1_000)
+}
+
+fn cluster(hosts: usize, cpus: u64) -> Cluster {
+    let mut c = Cluster::new(HeadConfig::default(), NodeConfig::default(), us(50));
+    for _ in 0..hosts {
+        c.add_host(ResourceSet::cpus(cpus), Labels::new());
+    }
+    c.run_for(Duration::from_millis(10));
+    c
+}
+
+/// Runs one task of `function` to the end, so the head knows how long that class runs.
+fn warm_up(c: &mut Cluster, job: JobId, function: &str) {
+    let spec = task(job, 1_000_000, function);
+    let t = spec.task;
+    c.submit(job, spec).unwrap();
+    c.run_for(Duration::from_millis(200));
+    assert_eq!(c.head.task_state(t), Some(TaskStateKind::Finished));
+}
+
+/// Submits `n` tasks of `function` at once, numbered from 0; returns their ids.
+fn submit(c: &mut Cluster, job: JobId, n: u64, function: &str) -> Vec<TaskId> {
+    let specs: Vec<_> = (0..n).map(|i| task(job, i, function)).collect();
+    let ids = specs.iter().map(|s| s.task).collect();
+    for spec in specs {
+        c.submit(job, spec).unwrap();
+    }
+    ids
+}
+
+/// The `after` of each `RunTask` the head sent for `task`.
+fn orders(c: &Cluster, task: TaskId) -> Vec<Option<(TaskId, u32)>> {
+    c.head_log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            HeadOutput::ToNode { msg: HeadToNode::RunTask { spec, after, .. }, .. } if spec.task == task => {
+                Some(*after)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn states(c: &Cluster, tasks: &[TaskId]) -> Vec<TaskStateKind> {
+    tasks.iter().map(|t| c.head.task_state(*t).unwrap()).collect()
+}
+
+#[test]
+fn short_tasks_beyond_the_free_cpus_are_handed_to_the_node_to_run_next_one_per_running_task() {
+    let mut c = cluster(1, 2);
+    let job = c.start_job("short");
+    warm_up(&mut c, job, "ms=2");
+    let ids = submit(&mut c, job, 6, "ms=2");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Next, Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Running, Next, Next, Queued, Queued]);
+    assert_eq!(orders(&c, ids[2]), vec![Some((ids[0], 0))]);
+    assert_eq!(orders(&c, ids[3]), vec![Some((ids[1], 0))]);
+    c.check_invariants();
+    c.run_for(Duration::from_millis(100));
+    assert!(states(&c, &ids).iter().all(|s| *s == TaskStateKind::Finished), "{:?}", states(&c, &ids));
+    c.check_invariants();
+}
+
+#[test]
+fn long_tasks_wait_at_the_head_for_whichever_cpu_frees_first() {
+    let mut c = cluster(1, 2);
+    let job = c.start_job("long");
+    warm_up(&mut c, job, "ms=50");
+    let ids = submit(&mut c, job, 4, "ms=50");
+    c.run_for(Duration::from_millis(5));
+    use TaskStateKind::{Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Running, Queued, Queued]);
+    assert!(orders(&c, ids[2]).is_empty());
+}
+
+#[test]
+fn the_first_tasks_of_a_class_are_not_pipelined_until_one_has_finished() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("unknown");
+    let ids = submit(&mut c, job, 2, "ms=2");
+    c.run_for(us(500));
+    assert_eq!(states(&c, &ids), vec![TaskStateKind::Running, TaskStateKind::Queued]);
+}
+
+#[test]
+fn a_task_of_another_job_does_not_follow_and_waits_for_a_free_cpu() {
+    let mut c = cluster(1, 1);
+    let (a, b) = (c.start_job("a"), c.start_job("b"));
+    warm_up(&mut c, a, "ms=2");
+    warm_up(&mut c, b, "ms=2");
+    let first = submit(&mut c, a, 1, "ms=2");
+    c.run_for(us(200));
+    let other = submit(&mut c, b, 1, "ms=2");
+    c.run_for(us(500));
+    assert_eq!(states(&c, &first), vec![TaskStateKind::Running]);
+    assert_eq!(states(&c, &other), vec![TaskStateKind::Queued]);
+}
+
+#[test]
+fn a_successor_cancelled_by_force_frees_its_place_for_the_next_queued_task() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("cancel");
+    warm_up(&mut c, job, "ms=5");
+    let ids = submit(&mut c, job, 3, "ms=5");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Cancelled, Finished, Next, Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Queued]);
+    c.driver(job, DriverToHead::Cancel { task: ids[1], recursive: false, force: true }).unwrap();
+    c.run_for(us(500));
+    assert_eq!(states(&c, &ids), vec![Running, Cancelled, Next], "the third follows the first instead");
+    assert_eq!(orders(&c, ids[2]), vec![Some((ids[0], 0))]);
+    c.check_invariants();
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(states(&c, &ids), vec![Finished, Cancelled, Finished]);
+    c.check_invariants();
+}
+
+#[test]
+fn a_successor_cancelled_without_force_is_skipped_when_its_turn_comes() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("cancel");
+    warm_up(&mut c, job, "ms=5");
+    let ids = submit(&mut c, job, 3, "ms=5");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Cancelled, Finished, Next, Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Queued]);
+    c.driver(job, DriverToHead::Cancel { task: ids[1], recursive: false, force: false }).unwrap();
+    c.run_for(us(500));
+    assert_eq!(states(&c, &ids), vec![Running, Next, Queued], "it waits for its turn on the worker");
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(states(&c, &ids), vec![Finished, Cancelled, Finished]);
+    assert_eq!(orders(&c, ids[2]), vec![None], "nothing follows a task being cancelled");
+    c.check_invariants();
+}
+
+#[test]
+fn a_successor_on_a_lost_node_runs_again_elsewhere() {
+    let mut c = cluster(2, 1);
+    let job = c.start_job("lost");
+    warm_up(&mut c, job, "ms=2");
+    // Two long-lived predecessors of a short class keep both CPUs busy.
+    let ids = submit(&mut c, job, 4, "ms=2");
+    c.run_for(us(1_500));
+    let next: Vec<TaskId> =
+        ids.iter().copied().filter(|t| c.head.task_state(*t) == Some(TaskStateKind::Next)).collect();
+    assert_eq!(next.len(), 2, "{:?}", states(&c, &ids));
+    let host = c.host_of(c.head.task_node(next[0]).unwrap()).unwrap();
+    c.crash_host(host);
+    c.run_for(Duration::from_secs(10));
+    c.check_invariants();
+    assert!(ids.iter().all(|t| c.head.task_state(*t) == Some(TaskStateKind::Finished)), "{:?}", states(&c, &ids));
+}
+
+#[test]
+fn a_task_that_blocks_lends_its_cpu_to_its_successor_which_starts_at_once_elsewhere() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("blocks");
+    warm_up(&mut c, job, "ms=5");
+    let ids = submit(&mut c, job, 2, "ms=5");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Finished, Next, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next]);
+    // The first waits for objects (it might be waiting for its successor's value).
+    let node = c.head.task_node(ids[0]).unwrap();
+    let msg = proto::NodeToHead::TaskBlocked { task: ids[0], attempt: 0 };
+    c.head_input(head::HeadInput::FromNode { node, msg }).unwrap();
+    assert_eq!(states(&c, &ids), vec![Running, Running], "the successor runs in the CPU lent");
+    let start_now = c.head_log.iter().any(
+        |(_, o)| matches!(o, HeadOutput::ToNode { msg: HeadToNode::StartNow { task, .. }, .. } if *task == ids[1]),
+    );
+    assert!(start_now, "the node is told to start it now");
+    c.check_invariants();
+    // The node takes it back from the first task's worker and runs it in a worker of its own:
+    // it finishes well before the first one could have ended and then run it.
+    c.run_for(us(6_000));
+    assert_eq!(c.head.task_state(ids[1]), Some(Finished));
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(states(&c, &ids), vec![Finished, Finished]);
+    c.check_invariants();
+}
