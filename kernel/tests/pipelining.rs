@@ -150,7 +150,7 @@ fn a_successor_on_a_lost_node_runs_again_elsewhere() {
     let mut c = cluster(2, 1);
     let job = c.start_job("lost");
     warm_up(&mut c, job, "ms=2");
-    // Two long-lived predecessors of a short class keep both CPUs busy.
+    // Two running tasks keep both CPUs busy; the other two are handed over behind them.
     let ids = submit(&mut c, job, 4, "ms=2");
     c.run_for(us(1_500));
     let next: Vec<TaskId> =
@@ -189,4 +189,33 @@ fn a_task_that_blocks_lends_its_cpu_to_its_successor_which_starts_at_once_elsewh
     c.run_for(Duration::from_millis(50));
     assert_eq!(states(&c, &ids), vec![Finished, Finished]);
     c.check_invariants();
+}
+
+#[test]
+fn nothing_is_pipelined_while_a_task_of_another_class_waits_for_the_cpus() {
+    let mut c = cluster(1, 2);
+    let job = c.start_job("mixed");
+    warm_up(&mut c, job, "ms=2");
+    let first = submit(&mut c, job, 2, "ms=2");
+    c.run_for(us(300));
+    let mut wide = task(job, 100, "ms=2");
+    wide.resources = ResourceSet::cpus(2);
+    let wide_id = wide.task;
+    c.submit(job, wide).unwrap();
+    let more: Vec<TaskId> = (0..2)
+        .map(|i| task(job, 200 + i, "ms=2"))
+        .map(|s| {
+            let id = s.task;
+            c.submit(job, s).unwrap();
+            id
+        })
+        .collect();
+    c.run_for(us(500));
+    use TaskStateKind::{Finished, Queued, Running};
+    assert_eq!(states(&c, &first), vec![Running, Running]);
+    assert_eq!(c.head.task_state(wide_id), Some(Queued));
+    assert_eq!(states(&c, &more), vec![Queued, Queued], "they would hold the CPUs the wide task waits for");
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(c.head.task_state(wide_id), Some(Finished));
+    assert_eq!(states(&c, &more), vec![Finished, Finished]);
 }

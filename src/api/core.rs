@@ -64,6 +64,10 @@ pub(crate) type GroupOutcome = std::result::Result<Vec<NodeId>, ErrorReason>;
 /// everything the task sent before, so that it never overtakes the end of the task before it.
 pub(crate) type BlockHook = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// How long a task may wait before it counts as blocked (and lends its CPUs): what the core knows
+/// already comes back within microseconds, and a report and its undoing cost more than that.
+const WAIT_GRACE: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// The answers for a batch of awaited objects: the core fills one slot per object, and one user
 /// thread sleeps until enough are filled. One wake-up for a whole batch, however large.
 pub(crate) struct Gather {
@@ -162,6 +166,9 @@ pub(crate) struct Shared {
     on_block: std::sync::OnceLock<BlockHook>,
     /// Threads of the task waiting now (a task may wait from several threads).
     waiting: std::sync::atomic::AtomicUsize,
+    /// Nanoseconds the running task has spent in waits that timed out unreported (a polling
+    /// loop): they come out of the grace of its next waits.
+    unreported_wait: std::sync::atomic::AtomicU64,
 }
 
 /// While it lives, the task counts as blocked (see [`Shared::blocked`]).
@@ -216,6 +223,7 @@ impl Shared {
             token,
             on_block: std::sync::OnceLock::new(),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            unreported_wait: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -257,19 +265,34 @@ impl Shared {
 
     /// Waits (a blocking call; not from inside an async task) until `gather` has the answers it
     /// needs, or `deadline` passes. Only a real wait counts as blocked (and lends the task's
-    /// CPUs, in a worker): what the core knows already comes back within microseconds, so the
-    /// first 200 µs of sleep are not reported.
+    /// CPUs, in a worker, to a successor handed over behind the task first): the first
+    /// `WAIT_GRACE` of sleep, counted over the task's waits that timed out, is not reported.
     pub fn wait_gathered(&self, gather: &Gather, deadline: Option<std::time::Instant>) {
+        use std::sync::atomic::Ordering::Relaxed;
         if gather.done() {
             return;
         }
-        let grace = std::time::Instant::now() + std::time::Duration::from_micros(200);
+        // The grace is the task's, not each wait's: a loop of short waits that time out is a
+        // wait like any other once their sum passes it.
+        let spent = std::time::Duration::from_nanos(self.unreported_wait.load(Relaxed));
+        let start = std::time::Instant::now();
+        let grace = start + WAIT_GRACE.saturating_sub(spent);
         gather.sleep(Some(deadline.map_or(grace, |d| d.min(grace))));
-        if gather.done() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        if gather.done() {
+            return;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.unreported_wait.fetch_add(waited, Relaxed);
             return;
         }
         let _blocked = self.blocked();
         gather.sleep(deadline);
+    }
+
+    /// A new task starts in this process: its waits have their whole grace again.
+    pub fn new_attempt(&self) {
+        self.unreported_wait.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for `object` (a blocking call; not from inside an async task).

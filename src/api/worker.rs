@@ -53,8 +53,12 @@ impl Inbox {
         at.map(|at| state.0.remove(at)).is_some()
     }
 
+    /// The node is gone: what it handed over and was not started is dropped (the head runs it
+    /// again elsewhere), so that nothing runs twice.
     fn close(&self) {
-        self.state.lock().expect("inbox").1 = true;
+        let mut state = self.state.lock().expect("inbox");
+        state.0.clear();
+        state.1 = true;
         self.ready.notify_one();
     }
 
@@ -198,6 +202,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         drop(std::mem::take(&mut actor_keep));
         *keel.inner.ids.lock().expect("ids") =
             IdSpace { parent: exec.spec.task, attempt: exec.attempt, is_driver: false, next_task: 0, next_put: 0 };
+        keel.inner.shared.new_attempt();
         // The head orders actor calls per calling task: each task numbers its calls from 0.
         keel.inner.actor_seqs.lock().expect("seqs").clear();
         *current.lock().expect("current") = Some((exec.spec.task, exec.attempt));

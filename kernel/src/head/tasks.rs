@@ -348,6 +348,11 @@ impl TaskTable {
         });
     }
 
+    /// Whether a class other than `class` has tasks queued.
+    fn others_queued(&self, class: u32) -> bool {
+        self.queued.iter().any(|c| c != class)
+    }
+
     /// The moving average of how long tasks of `class` ran, once one finished.
     fn run_time(&self, class: u32) -> Option<Duration> {
         self.run_times.get(class as usize).copied().flatten()
@@ -725,6 +730,12 @@ impl Head {
         if self.tasks.run_time(class).is_none_or(|t| t >= self.config.pipeline_under) {
             return None;
         }
+        // Only while nothing else waits: a successor takes its predecessor's resources without
+        // their being freed, so other classes, placement groups and tasks owed CPUs would not
+        // see them.
+        if self.tasks.others_queued(class) || !self.pgs.pending.is_empty() {
+            return None;
+        }
         let key = (class, self.tasks.get(task).expect("task").spec.job);
         loop {
             let slots = self.tasks.open_slots.get_mut(&key)?;
@@ -737,7 +748,13 @@ impl Head {
                 continue;
             };
             let schedulable = self.cluster.node(*node).is_some_and(|n| n.schedulable);
-            if *owed == Amount::ZERO && !record.cancel_requested && schedulable && record.class == Some(class) {
+            let in_debt = self.debts.contains_key(node);
+            if *owed == Amount::ZERO
+                && !record.cancel_requested
+                && schedulable
+                && !in_debt
+                && record.class == Some(class)
+            {
                 // Taken: `hand_over_next` gives it its successor.
                 return Some(before);
             }

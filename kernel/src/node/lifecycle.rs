@@ -162,8 +162,10 @@ impl Node {
             self.kill_busy_worker(worker, task, TaskFailure::Cancelled);
             return Ok(());
         }
+        let record = self.tasks.get_mut(&task).expect("task exists");
+        record.kill_requested |= force && !is_method;
         if !record.cancel_requested {
-            self.tasks.get_mut(&task).expect("task exists").cancel_requested = true;
+            record.cancel_requested = true;
             self.emit(NodeOutput::InterruptTask { worker, task, attempt });
         }
         Ok(())
@@ -193,7 +195,7 @@ impl Node {
     }
 
     /// Kills a worker in the middle of `task`, which ends now with `failure`.
-    fn kill_busy_worker(&mut self, worker: WorkerId, task: TaskId, failure: TaskFailure) {
+    pub(super) fn kill_busy_worker(&mut self, worker: WorkerId, task: TaskId, failure: TaskFailure) {
         assert_eq!(self.workers.get(worker).map(|w| w.state), Some(WorkerState::Busy(task)));
         self.workers.set_state(worker, WorkerState::Stopping);
         self.end_running(task, TaskOutcome::Failed(failure));

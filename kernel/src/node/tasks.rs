@@ -31,6 +31,9 @@ pub(crate) struct Task {
     pub(crate) cancel_requested: bool,
     /// Its worker was asked to give it back (`WithdrawTask`): only then is `TaskWithdrawn` taken.
     pub(crate) withdraw_asked: bool,
+    /// A forced cancel came while it was held by a worker ahead: if that worker turns out to
+    /// run it, the worker is killed.
+    pub(crate) kill_requested: bool,
 }
 
 /// The fields of a `RunTask` order.
@@ -87,6 +90,7 @@ impl Node {
             phase,
             cancel_requested: false,
             withdraw_asked: false,
+            kill_requested: false,
         };
         self.tasks.insert(task, record);
         self.gather_arguments(now, task);
@@ -250,8 +254,11 @@ impl Node {
         if info.kind != WorkerKind::Pool || info.job != record.spec.job || info.gpus != record.gpus {
             return;
         }
-        // A command worker runs one process at a time and holds nothing ahead.
-        if matches!(record.spec.function, crate::proto::Function::Command(_)) {
+        // A command worker runs one process at a time and holds nothing ahead; a task being asked
+        // back from its worker may not be what that worker runs next.
+        let command = |t: &Task| matches!(t.spec.function, crate::proto::Function::Command(_));
+        let prior = &self.tasks[&before];
+        if command(record) || command(prior) || prior.withdraw_asked {
             return;
         }
         assert_eq!(info.state, WorkerState::Busy(before));
@@ -269,6 +276,9 @@ impl Node {
         let record = self.tasks.get(&task).ok_or(InputError::UnknownTask(task))?;
         if record.attempt != attempt {
             return Err(InputError::StaleAttempt { task, attempt, node: me });
+        }
+        if record.spec.kind != TaskKind::Normal {
+            return Err(InputError::Malformed { what: format!("StartNow for {task}, which is not a normal task") });
         }
         match record.phase {
             TaskPhase::After(before) => {
@@ -311,16 +321,23 @@ impl Node {
             }
             _ => return Err(stale),
         }
+        self.requeue_unstarted(task);
+        self.trim_idle_workers();
+        Ok(())
+    }
+
+    /// An attempt a worker held but never started (given back, or its worker died) is leased a
+    /// worker as a new task would be, or ends as cancelled if a cancel was asked meanwhile.
+    fn requeue_unstarted(&mut self, task: TaskId) {
         let record = self.tasks.get_mut(&task).expect("task exists");
         record.phase = TaskPhase::Fetching;
         record.withdraw_asked = false;
+        record.kill_requested = false;
         if record.cancel_requested {
             self.abort_task(task, TaskFailure::Cancelled);
         } else {
             self.lease_if_ready(task);
         }
-        self.trim_idle_workers();
-        Ok(())
     }
 
     /// `task` ended here: its successor still waiting for it is leased a worker as a new task
@@ -400,6 +417,10 @@ impl Node {
         }
         assert_eq!(self.tasks[&next].phase, TaskPhase::SentAhead(worker));
         self.start_running(next, worker);
+        if self.tasks[&next].kill_requested {
+            // Cancelled by force while the worker held it: the worker may have started it since.
+            self.kill_busy_worker(worker, next, TaskFailure::Cancelled);
+        }
         true
     }
 
@@ -512,8 +533,7 @@ impl Node {
     pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
         if self.workers.get(worker).is_some_and(|w| w.kind == WorkerKind::Pool) {
             for task in self.sent_ahead.remove(&worker).unwrap_or_default() {
-                self.tasks.get_mut(&task).expect("sent-ahead task exists").phase = TaskPhase::Fetching;
-                self.lease_if_ready(task);
+                self.requeue_unstarted(task);
             }
         }
         // The methods handed to it ahead first, in the order it would have run them; one whose

@@ -131,16 +131,14 @@ fn a_successor_cancelled_while_it_waits_ends_at_once_and_leaves_its_predecessor_
 }
 
 #[test]
-fn a_forced_cancel_of_a_successor_handed_ahead_is_an_interrupt_not_a_kill() {
+fn a_forced_cancel_of_a_successor_handed_ahead_interrupts_it_and_spares_the_task_before_it() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_after(task(2), TaskId(1)));
     let out = h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: true });
     assert_eq!(out, vec![NodeOutput::InterruptTask { worker: w, task: TaskId(2), attempt: 0 }]);
     assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Busy(TaskId(1)), "task 1 runs on");
-    h.finish(w, TaskId(1));
-    let out = h.done(w, TaskId(2), TaskOutcome::Failed(TaskFailure::Cancelled));
-    assert_eq!(ended(&out), vec![(TaskId(2), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert!(h.node.worker(w).is_some(), "its worker lives");
 }
 
 #[test]
@@ -205,4 +203,58 @@ fn a_withdrawal_no_worker_was_asked_for_is_refused() {
     assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
     let err = h.refused(NodeInput::TaskWithdrawn { worker: w, task: TaskId(9), attempt: 0 });
     assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+}
+
+#[test]
+fn a_successor_held_ahead_and_cancelled_is_not_run_elsewhere_when_its_worker_is_killed() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    // Its cancel arrives before its predecessor's (a recursive cancel of a parent, say).
+    h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: true });
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(1), attempt: 0, force: true });
+    assert_eq!(killed(&out), vec![w]);
+    let cancelled = TaskOutcome::Failed(TaskFailure::Cancelled);
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, cancelled.clone()), (TaskId(2), 0, cancelled)]);
+    assert!(started_worker(&out).is_none() && executed(&out).is_empty(), "nothing runs it again");
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_successor_cancelled_by_force_while_held_ahead_kills_the_worker_if_it_turns_out_to_run_it() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: true });
+    // Task 1's end was on its way: the worker has started task 2, whatever the interrupt said.
+    let out = h.finish(w, TaskId(1));
+    assert_eq!(killed(&out), vec![w]);
+    assert!(ended(&out).contains(&(TaskId(2), 0, TaskOutcome::Failed(TaskFailure::Cancelled))));
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn start_now_for_anything_but_a_normal_task_is_refused() {
+    let mut h = Harness::with_config(NodeConfig { actor_pipeline: 4, ..NodeConfig::default() });
+    let aw = h.run_on_new_worker(actor_creation(1, 7));
+    h.finish(aw, TaskId(1));
+    for (n, seq) in [(2, 0), (3, 1)] {
+        h.head(run_task(method(n, 7, seq), 0, Allocation::default(), vec![], Some(aw)));
+    }
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::SentAhead(aw)));
+    let err = h.refused(NodeInput::FromHead(HeadToNode::StartNow { task: TaskId(3), attempt: 0 }));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn a_successor_of_a_command_task_waits_for_it_instead_of_going_to_its_worker() {
+    let mut h = Harness::new();
+    let mut command = task(1);
+    command.function = crate::proto::Function::Command(vec!["true".into()]);
+    let w = h.run_on_new_worker(command);
+    let out = h.head(run_after(task(2), TaskId(1)));
+    assert!(executed(&out).is_empty(), "a command worker holds nothing ahead");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::After(TaskId(1))));
+    let out = h.finish(w, TaskId(1));
+    assert_eq!(executed(&out), vec![(w, TaskId(2))]);
 }
