@@ -546,6 +546,9 @@ pub struct HeadCounts {
 
 const MS: u64 = 1_000_000;
 
+/// A worker's report of an attempt's end reaches its node within this many nanoseconds.
+const REPORT_DELAY_NS: u64 = 20_000;
+
 impl World {
     /// A world for `params`, ready to [`run`](World::run).
     pub fn new(mut params: Params) -> World {
@@ -866,9 +869,15 @@ impl World {
                     // An actor's worker goes on holding its creation's resources.
                     w.task = TaskId(0);
                 }
-                self.deliver_node(host, input);
-                if !ends_worker {
+                if ends_worker {
+                    self.deliver_node(host, input);
+                } else {
+                    // The worker goes on at once with what it was handed ahead; its report reaches
+                    // the node a moment later, so orders the node sends meanwhile (a cancel, a
+                    // withdrawal) meet a worker that has moved on, as they can for real.
                     self.run_next(host, inc, worker);
+                    let delay = Duration(self.proc_rng.below(REPORT_DELAY_NS + 1));
+                    self.local(host, delay, input);
                 }
             }
             Event::ToDriver(msg) => self.deliver_driver(msg),
@@ -1411,9 +1420,10 @@ impl World {
         }
         if interrupted {
             let task = spec.task;
-            if let Some(w) = h.workers.get_mut(&worker) {
-                w.task = task;
-            }
+            // A pool worker has no entry between tasks: it holds this one now, skipping it.
+            let resources = ResourceSet::default();
+            let idle = Work { task, resources, actor: None, sealed: Vec::new() };
+            h.workers.entry(worker).or_insert(idle).task = task;
             let outcome = TaskOutcome::Failed(TaskFailure::Cancelled);
             let input = NodeInput::TaskDone { worker, task, attempt, outcome };
             self.schedule(self.now, Event::WorkerEnd { host, inc, worker, input });

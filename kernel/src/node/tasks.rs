@@ -326,8 +326,8 @@ impl Node {
         Ok(())
     }
 
-    /// An attempt a worker held but never started (given back, or its worker died) is leased a
-    /// worker as a new task would be, or ends as cancelled if a cancel was asked meanwhile.
+    /// An attempt a worker gave back unstarted is leased a worker as a new task would be, or ends
+    /// as cancelled if a cancel was asked meanwhile.
     fn requeue_unstarted(&mut self, task: TaskId) {
         let record = self.tasks.get_mut(&task).expect("task exists");
         record.phase = TaskPhase::Fetching;
@@ -528,15 +528,11 @@ impl Node {
     }
 
     /// Fails every method queued for an actor worker that is going away.
-    /// A worker is dying: the methods handed to it or queued for it fail; a pool worker's
-    /// successor handed to it ahead never started, and is leased another worker.
+    /// A worker is dying: what was handed to it ahead, then the methods queued for it, fail. What
+    /// it held may have started (the end of the attempt before it can be on its way), so it ends
+    /// as the worker's death, and the head runs it again as a new attempt.
     pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
-        if self.workers.get(worker).is_some_and(|w| w.kind == WorkerKind::Pool) {
-            for task in self.sent_ahead.remove(&worker).unwrap_or_default() {
-                self.requeue_unstarted(task);
-            }
-        }
-        // The methods handed to it ahead first, in the order it would have run them; one whose
+        // The attempts handed to it ahead first, in the order it would have run them; one whose
         // cancel was asked ends as cancelled, as a running one does.
         let ahead: VecDeque<TaskId> = self.sent_ahead.get(&worker).cloned().unwrap_or_default();
         for task in ahead {

@@ -90,29 +90,41 @@ fn a_successor_of_another_job_waits_and_then_gets_a_worker_of_its_own() {
 }
 
 #[test]
-fn when_the_predecessors_worker_dies_its_successor_gets_another_worker_and_does_not_fail() {
+fn when_the_predecessors_worker_dies_the_successor_it_held_fails_as_it_may_have_started() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_after(task(2), TaskId(1)));
+    // Task 1 may have ended on the worker, which then started task 2 and died in it.
     let out = h.input(NodeInput::WorkerExited { worker: w, exit_code: Some(9) });
     let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: Some(9) });
-    assert_eq!(ended(&out), vec![(TaskId(1), 0, died)], "only the task that ran fails");
-    let fresh = started_worker(&out).expect("the successor is leased a new worker");
-    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
-    let out = h.input(NodeInput::WorkerStarted { worker: fresh });
-    assert_eq!(executed(&out), vec![(fresh, TaskId(2))]);
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, died.clone()), (TaskId(2), 0, died)]);
+    assert!(executed(&out).is_empty() && started_worker(&out).is_none(), "attempt 0 of task 2 never runs again");
+    assert_eq!(h.node.task_count(), 0);
 }
 
 #[test]
-fn a_forced_cancel_of_the_predecessor_kills_its_worker_but_not_the_successor() {
+fn when_the_predecessors_worker_dies_a_successor_still_waiting_gets_another_worker() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after_with(task_with_refs(2, &[obj(1)]), TaskId(1), vec![(obj(1), at(10, &[2]))]));
+    let out = h.input(NodeInput::WorkerExited { worker: w, exit_code: Some(9) });
+    let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: Some(9) });
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, died)], "task 2 never reached the worker");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Fetching));
+    let out = h.input(NodeInput::ObjectSealed { object: obj(1), size: 10 });
+    let fresh = started_worker(&out).expect("a new worker");
+    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+}
+
+#[test]
+fn a_forced_cancel_of_the_predecessor_kills_its_worker_and_the_successor_it_held_fails_with_it() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_after(task(2), TaskId(1)));
     let out = h.head(HeadToNode::CancelTask { task: TaskId(1), attempt: 0, force: true });
     assert_eq!(killed(&out), vec![w]);
-    assert_eq!(ended(&out), vec![(TaskId(1), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
-    let fresh = started_worker(&out).expect("the successor is leased a new worker");
-    assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
+    let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: None });
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, TaskOutcome::Failed(TaskFailure::Cancelled)), (TaskId(2), 0, died)]);
 }
 
 #[test]
