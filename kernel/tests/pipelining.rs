@@ -108,16 +108,23 @@ fn a_task_of_another_job_does_not_follow_and_waits_for_a_free_cpu() {
     assert_eq!(states(&c, &other), vec![TaskStateKind::Queued]);
 }
 
-#[test]
-fn a_successor_cancelled_by_force_frees_its_place_for_the_next_queued_task() {
+/// One CPU, three 5 ms tasks (running, handed over next, queued); the second is cancelled.
+fn one_running_one_next_one_queued_then_cancel_the_next(force: bool) -> (Cluster, Vec<TaskId>) {
     let mut c = cluster(1, 1);
     let job = c.start_job("cancel");
     warm_up(&mut c, job, "ms=5");
     let ids = submit(&mut c, job, 3, "ms=5");
     c.run_for(us(1_500));
-    use TaskStateKind::{Cancelled, Finished, Next, Queued, Running};
+    use TaskStateKind::{Next, Queued, Running};
     assert_eq!(states(&c, &ids), vec![Running, Next, Queued]);
-    c.driver(job, DriverToHead::Cancel { task: ids[1], recursive: false, force: true }).unwrap();
+    c.driver(job, DriverToHead::Cancel { task: ids[1], recursive: false, force }).unwrap();
+    (c, ids)
+}
+
+#[test]
+fn a_successor_cancelled_by_force_frees_its_place_for_the_next_queued_task() {
+    let (mut c, ids) = one_running_one_next_one_queued_then_cancel_the_next(true);
+    use TaskStateKind::{Cancelled, Finished, Next, Running};
     c.run_for(us(500));
     assert_eq!(states(&c, &ids), vec![Running, Cancelled, Next], "the third follows the first instead");
     assert_eq!(orders(&c, ids[2]), vec![Some((ids[0], 0))]);
@@ -129,14 +136,8 @@ fn a_successor_cancelled_by_force_frees_its_place_for_the_next_queued_task() {
 
 #[test]
 fn a_successor_cancelled_without_force_is_skipped_when_its_turn_comes() {
-    let mut c = cluster(1, 1);
-    let job = c.start_job("cancel");
-    warm_up(&mut c, job, "ms=5");
-    let ids = submit(&mut c, job, 3, "ms=5");
-    c.run_for(us(1_500));
+    let (mut c, ids) = one_running_one_next_one_queued_then_cancel_the_next(false);
     use TaskStateKind::{Cancelled, Finished, Next, Queued, Running};
-    assert_eq!(states(&c, &ids), vec![Running, Next, Queued]);
-    c.driver(job, DriverToHead::Cancel { task: ids[1], recursive: false, force: false }).unwrap();
     c.run_for(us(500));
     assert_eq!(states(&c, &ids), vec![Running, Next, Queued], "it waits for its turn on the worker");
     c.run_for(Duration::from_millis(50));

@@ -150,13 +150,6 @@ fn idle_actor(h: &mut Harness) -> WorkerId {
     aw
 }
 
-fn started(out: &[NodeOutput]) -> Vec<TaskId> {
-    to_head(out)
-        .into_iter()
-        .filter_map(|m| if let NodeToHead::TaskStarted { task, .. } = m { Some(task) } else { None })
-        .collect()
-}
-
 #[test]
 fn actor_methods_are_handed_over_ahead_up_to_the_pipeline_in_order() {
     let mut h = pipeline(3);

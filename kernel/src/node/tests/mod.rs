@@ -210,6 +210,14 @@ fn to_head(out: &[NodeOutput]) -> Vec<NodeToHead> {
 }
 
 /// The `TaskEnded` reports in `out`: `(task, attempt, outcome)`.
+/// The tasks reported started, in order.
+fn started(out: &[NodeOutput]) -> Vec<TaskId> {
+    to_head(out)
+        .into_iter()
+        .filter_map(|m| if let NodeToHead::TaskStarted { task, .. } = m { Some(task) } else { None })
+        .collect()
+}
+
 fn ended(out: &[NodeOutput]) -> Vec<(TaskId, u32, TaskOutcome)> {
     let f = |m: NodeToHead| match m {
         NodeToHead::TaskEnded { task, attempt, outcome } => Some((task, attempt, outcome)),

@@ -14,13 +14,6 @@ fn run_after_with(spec: TaskSpec, before: TaskId, args: Vec<(ObjectId, ArgSource
     }
 }
 
-fn started(out: &[NodeOutput]) -> Vec<TaskId> {
-    to_head(out)
-        .into_iter()
-        .filter_map(|m| if let NodeToHead::TaskStarted { task, .. } = m { Some(task) } else { None })
-        .collect()
-}
-
 #[test]
 fn a_successor_goes_to_its_predecessors_worker_ahead_and_runs_the_moment_it_ends() {
     let mut h = Harness::new();
