@@ -1,5 +1,6 @@
-//! Seeded random operations, valid and invalid mixed: the node never panics, keeps its invariants,
-//! and a refused input changes nothing (the harness checks all three after every step).
+//! Seeded random operations, valid and invalid mixed (successors, `StartNow` and withdrawals
+//! among them): the node never panics, keeps its invariants, and a refused input changes nothing
+//! (the harness checks all three after every step).
 
 use super::*;
 use crate::errors::TaskFailure;
@@ -51,8 +52,16 @@ fn random_head_message(g: &mut Gen, h: &Harness) -> HeadToNode {
             let is_method = matches!(spec.kind, TaskKind::ActorMethod { .. });
             let actor_worker = is_method.then(|| WorkerId(1 + g.below(h.max_worker() + 1)));
             let alloc = if g.below(3) == 0 { gpu_allocation(&[g.below(2) as u32]) } else { Allocation::default() };
-            run_task(spec, g.below(2) as u32, alloc, args, actor_worker)
+            // Now and then a successor of some task (held here or not, of any kind).
+            let after = (g.below(3) == 0).then(|| (TaskId(g.below(40)), g.below(2) as u32));
+            match run_task(spec, g.below(2) as u32, alloc, args, actor_worker) {
+                HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, .. } => {
+                    HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after }
+                }
+                _ => unreachable!("run_task makes a RunTask"),
+            }
         }
+        5 if g.below(3) == 0 => HeadToNode::StartNow { task: task_id, attempt: g.below(2) as u32 },
         5 => HeadToNode::CancelTask { task: task_id, attempt: g.below(2) as u32, force: g.below(2) == 0 },
         6 => HeadToNode::KillActor { actor: ActorId(g.below(3)), worker: WorkerId(1 + g.below(h.max_worker() + 1)) },
         7 => HeadToNode::FreeObjects(vec![obj(g.below(6)), ObjectId::for_return(task_id, 1)]),
@@ -109,6 +118,9 @@ fn random_input(g: &mut Gen, h: &Harness) -> NodeInput {
             NodeInput::FromWorker { worker, msg }
         }
         10 => NodeInput::ObjectSealed { object, size: 100 + g.below(400) },
+        11 if g.below(2) == 0 => {
+            NodeInput::TaskWithdrawn { worker, task: TaskId(g.below(40)), attempt: g.below(2) as u32 }
+        }
         11 => NodeInput::PullFailed { object, from: peer },
         12 => {
             let msg = match g.below(3) {
@@ -124,6 +136,8 @@ fn random_input(g: &mut Gen, h: &Harness) -> NodeInput {
 
 #[test]
 fn random_operations_never_panic_and_keep_invariants() {
+    // Steps after which some task waited for the task it follows: successors were exercised.
+    let mut following = 0;
     for seed in 0..24 {
         let config = NodeConfig { object_store_capacity_bytes: 1500, max_idle_workers: 2, ..NodeConfig::default() };
         let mut h = Harness::with_config(config);
@@ -140,9 +154,13 @@ fn random_operations_never_panic_and_keep_invariants() {
             }
             let input = random_input(&mut g, &h);
             accepted += usize::from(h.try_input(input).is_ok());
+            following += usize::from(
+                (0..40).any(|t| matches!(h.node.task_phase(TaskId(t)), Some(crate::node::TaskPhase::After(_)))),
+            );
         }
         assert!(accepted > 300, "seed {seed}: too few inputs accepted ({accepted}) to exercise the machine");
         let busy = h.node.workers().filter(|(_, i)| matches!(i.state, WorkerState::Busy(_))).count();
         assert_eq!(busy, h.node.running_tasks().len());
     }
+    assert!(following > 0, "no successor ever waited for the task it follows");
 }
