@@ -749,12 +749,7 @@ impl Head {
             };
             let schedulable = self.cluster.node(*node).is_some_and(|n| n.schedulable);
             let in_debt = self.debts.contains_key(node);
-            if *owed == Amount::ZERO
-                && !record.cancel_requested
-                && schedulable
-                && !in_debt
-                && record.class == Some(class)
-            {
+            if *owed == Amount::ZERO && !record.cancel_requested && schedulable && !in_debt {
                 // Taken: `hand_over_next` gives it its successor.
                 return Some(before);
             }
