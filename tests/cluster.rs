@@ -158,6 +158,50 @@ async fn a_wrong_token_is_refused_and_the_cluster_keeps_serving() {
     assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_link_takes_the_token_refuses_a_foreign_role_and_closes_as_a_connection_does() {
+    use keel_daemon::conn::Outbound;
+    use keel_kernel::proto::{Hello, NodeToHead, Welcome, PROTOCOL_VERSION};
+    use keel_net::wire::{Register, ToHead};
+    let cluster = Local::start("local-link", 1, |_| {}).await;
+    let register = || Register::Driver {
+        hello: Hello::RegisterJob { version: PROTOCOL_VERSION, name: "in-process".into() },
+        program: None,
+        resume: None,
+    };
+    let wrong = Token::from_bytes(b"not-the-cluster-token-at-all!!").unwrap();
+    assert!(head::connect_local(&cluster.addr(), &wrong, register()).is_none(), "a wrong token gets no link");
+    assert!(head::connect_local("127.0.0.1:1", &token(), register()).is_none(), "no head listens there");
+    let jobs = || async { client::status(&cluster.addr(), &token()).await.unwrap().jobs };
+
+    // A driver's link: welcomed with a job, which the head lists.
+    let mut link = head::connect_local(&cluster.addr(), &token(), register()).expect("the head runs in this process");
+    let job = match link.from_head.recv().await {
+        Some(Outbound::Frame(FromHead::Welcome(Welcome::JobRegistered(job)))) => job,
+        other => panic!("expected a job, got {other:?}"),
+    };
+    assert!(jobs().await.iter().any(|(j, _)| *j == job));
+    // A node's message on a driver's link closes that link, and only it.
+    assert!(link.to_head.send(ToHead::Node(NodeToHead::Heartbeat)));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match link.from_head.recv().await {
+                Some(Outbound::Close) | None => return,
+                Some(Outbound::Frame(_)) => {}
+            }
+        }
+    });
+    assert!(closed.await.is_ok(), "the head closes the link");
+    drop(link);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while jobs().await.iter().any(|(j, _)| *j == job) {
+        assert!(Instant::now() < deadline, "the job of a closed link is forgotten");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The node, also linked in this process, still serves.
+    assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
+}
+
 /// Reads an object's bytes from a node's data port, as a driver on another machine does.
 async fn fetch(addr: &str, object: keel_kernel::ObjectId) -> Option<Vec<u8>> {
     let (mut r, mut w) = keel_daemon::conn::dial(addr, &token(), 4 << 20).await.unwrap();

@@ -670,28 +670,76 @@ fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolu
 type HeadReader = keel_net::FrameReader<keel_net::transport::TcpRead>;
 type HeadWriter = keel_net::FrameWriter<keel_net::transport::TcpWrite>;
 
+/// Where the head's messages come from: a connection, or the head itself when it runs in this
+/// process (the embedded default), which hands them over typed.
+enum FromHeadLink {
+    Socket(HeadReader),
+    Local(mpsc::UnboundedReceiver<keel_daemon::conn::Outbound<FromHead>>),
+}
+
+impl FromHeadLink {
+    /// The head's next message; Err (why) once the link is gone.
+    async fn recv(&mut self) -> std::result::Result<FromHead, String> {
+        match self {
+            FromHeadLink::Socket(r) => r.recv::<FromHead>("message from the head").await.map_err(|e| e.to_string()),
+            FromHeadLink::Local(rx) => match rx.recv().await {
+                Some(keel_daemon::conn::Outbound::Frame(msg)) => Ok(msg),
+                _ => Err("the head closed the link".into()),
+            },
+        }
+    }
+}
+
+/// Where the driver's messages go: a connection's writer, or the head's own queue.
+enum ToHeadLink {
+    Socket(HeadWriter),
+    Local(keel_daemon::head::HeadSender),
+}
+
+impl ToHeadLink {
+    /// Queues `frame` (a connection's writer sends it at the next flush); false once the link broke.
+    async fn feed(&mut self, frame: ToHead) -> bool {
+        match self {
+            ToHeadLink::Socket(w) => w.feed(&frame).await.is_ok(),
+            ToHeadLink::Local(to_head) => to_head.send(frame),
+        }
+    }
+
+    async fn flush(&mut self) {
+        if let ToHeadLink::Socket(w) = self {
+            let _ = w.flush().await;
+        }
+    }
+}
+
 enum Registration {
     Refused(String),
     Failed(String),
 }
 
-/// Dials the head and registers a driver (a new job, or `resume` an existing one).
+/// Dials the head and registers a driver (a new job, or `resume` an existing one). A head of this
+/// process is reached directly.
 async fn register_driver(
     addr: &str,
     token: &Token,
     hello: Hello,
     program: Option<WorkerProgram>,
     resume: Option<keel_kernel::JobId>,
-) -> Result<(HeadReader, HeadWriter, keel_kernel::JobId), Registration> {
-    let failed = |e: keel_net::NetError| Registration::Failed(e.to_string());
-    let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await.map_err(failed)?;
-    writer.send(&Register::Driver { hello, program, resume }).await.map_err(failed)?;
-    match reader.recv::<FromHead>("answer from the head").await.map_err(failed)? {
-        FromHead::Welcome(Welcome::JobRegistered(job)) => {
+) -> Result<(FromHeadLink, ToHeadLink, keel_kernel::JobId), Registration> {
+    let register = Register::Driver { hello, program, resume };
+    let (mut reader, writer) = match keel_daemon::head::connect_local(addr, token, register.clone()) {
+        Some(link) => (FromHeadLink::Local(link.from_head), ToHeadLink::Local(link.to_head)),
+        None => {
+            let failed = |e: keel_net::NetError| Registration::Failed(e.to_string());
+            let (mut reader, mut writer) = conn::dial(addr, token, DEFAULT_MAX_FRAME).await.map_err(failed)?;
+            writer.send(&register).await.map_err(failed)?;
             // The head sends keepalives to drivers: silence means it is gone, and we reconnect.
             reader.set_silence_limit(Some(keel_daemon::node::DEFAULT_HEAD_SILENCE));
-            Ok((reader, writer, job))
+            (FromHeadLink::Socket(reader), ToHeadLink::Socket(writer))
         }
+    };
+    match reader.recv().await.map_err(Registration::Failed)? {
+        FromHead::Welcome(Welcome::JobRegistered(job)) => Ok((reader, writer, job)),
         FromHead::Welcome(Welcome::Refused(e)) => Err(Registration::Refused(e.to_string())),
         other => Err(Registration::Failed(format!("unexpected answer {other:?}"))),
     }
@@ -701,12 +749,12 @@ async fn register_driver(
 /// travel on one queue, so that every frame sent after a reconnection goes to the new connection.
 enum Link {
     Frame(ToHead),
-    Writer(HeadWriter),
+    Writer(ToHeadLink),
 }
 
 /// Writes the driver's frames to the current connection; frames written to a connection that
 /// broke are lost (the core sends what matters again after the reconnection).
-async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: HeadWriter) {
+async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: ToHeadLink) {
     while let Some(first) = links.recv().await {
         let mut next = Some(first);
         let mut ok = true;
@@ -714,25 +762,25 @@ async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: HeadWrite
             match item {
                 Link::Frame(frame) => {
                     if ok {
-                        ok = writer.feed(&frame).await.is_ok();
+                        ok = writer.feed(frame).await;
                     }
                 }
                 Link::Writer(w) => {
-                    let _ = writer.flush().await;
+                    writer.flush().await;
                     writer = w;
                     ok = true;
                 }
             }
             next = links.try_recv().ok();
         }
-        let _ = writer.flush().await;
+        writer.flush().await;
     }
 }
 
 /// Reads the head's frames; when the connection breaks (the head restarted, say), reconnects and
 /// resumes the job for up to [`keel_daemon::client::RECONNECT_FOR`].
 async fn read_head(
-    mut reader: HeadReader,
+    mut reader: FromHeadLink,
     incoming: mpsc::UnboundedSender<Incoming>,
     links: mpsc::UnboundedSender<Link>,
     addr: String,
@@ -741,7 +789,7 @@ async fn read_head(
     job: keel_kernel::JobId,
 ) {
     loop {
-        let lost = match reader.recv::<FromHead>("message from the head").await {
+        let lost = match reader.recv().await {
             Ok(FromHead::Driver(m)) => {
                 if incoming.send(Incoming::Msg(m)).is_err() {
                     return;
@@ -766,7 +814,7 @@ async fn read_head(
                 continue;
             }
             Ok(_) => continue,
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         tracing::warn!(error = %lost, "lost the head; reconnecting");
         let deadline = tokio::time::Instant::now() + keel_daemon::client::RECONNECT_FOR;

@@ -202,6 +202,9 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
     }
     let next_conn = Arc::new(AtomicU64::new(first_conn));
     let token = options.token.clone();
+    if T::IN_PROCESS_LINKS {
+        publish_local(addr, &events_tx, &next_conn, &token);
+    }
     let max_frame = options.max_frame;
     // A node's connection on which nothing arrived for a node timeout is closed: the machine
     // declares the node dead then anyway, and the node registers again when it can.
@@ -311,6 +314,96 @@ async fn serve<R, W>(
         }
     };
     let _ = events.send(CoreEvent::Closed { conn, why });
+}
+
+/// Heads of this process by listening address, for the nodes and drivers of the same process.
+type LocalHeads = std::sync::Mutex<std::collections::HashMap<SocketAddr, LocalHead>>;
+
+/// A head as its in-process peers reach it: its core's queue (weak: the registry must not keep a
+/// stopped head's queue open), its connection numbers and its token.
+struct LocalHead {
+    events: mpsc::WeakUnboundedSender<CoreEvent>,
+    next_conn: Arc<AtomicU64>,
+    token: Token,
+}
+
+fn local_heads() -> &'static LocalHeads {
+    static HEADS: std::sync::OnceLock<LocalHeads> = std::sync::OnceLock::new();
+    HEADS.get_or_init(Default::default)
+}
+
+/// A node's or driver's link to a head of the same process: what it sends goes straight into the
+/// head core's queue, and what the head sends arrives typed on `from_head`. No frame is encoded,
+/// no byte copied and no connection task runs between them. The messages, their order, the
+/// registration and the closing are those of a connection.
+#[derive(Debug)]
+pub struct LocalLink {
+    /// The way to the head.
+    pub to_head: HeadSender,
+    /// The head's messages; `Outbound::Close`, or the end of the queue, is the head closing the link.
+    pub from_head: mpsc::UnboundedReceiver<Outbound<FromHead>>,
+}
+
+/// The sending side of a [`LocalLink`]. Dropping it closes the link, as closing a socket does.
+#[derive(Debug)]
+pub struct HeadSender {
+    conn: ConnId,
+    events: mpsc::UnboundedSender<CoreEvent>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl HeadSender {
+    /// Hands `msg` to the head; false when the link is closed or the head gone.
+    pub fn send(&self, msg: ToHead) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.events.send(CoreEvent::Frame { conn: self.conn, msg }).is_ok()
+    }
+
+    /// Closes the link: the head forgets the connection as if its peer had hung up.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.events.send(CoreEvent::Closed { conn: self.conn, why: None });
+        }
+    }
+}
+
+impl Drop for HeadSender {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Registers with the head listening at `addr` when it runs in this process and takes `token`
+/// (else None: dial it over the network, which also says why a wrong token is refused). The
+/// head's welcome is the first message on the returned link.
+pub fn connect_local(addr: &str, token: &Token, register: Register) -> Option<LocalLink> {
+    let (events, conn) = {
+        let heads = local_heads().lock().ok()?;
+        let head = keel_net::transport::find_local(&heads, addr)?;
+        if head.token != *token {
+            return None;
+        }
+        (head.events.upgrade()?, ConnId(head.next_conn.fetch_add(1, Ordering::Relaxed)))
+    };
+    let (tx, from_head) = mpsc::unbounded_channel();
+    let peer = format!("{addr} (in this process)");
+    events.send(CoreEvent::Register { conn, peer, register, tx }).ok()?;
+    let to_head = HeadSender { conn, events, closed: std::sync::atomic::AtomicBool::new(false) };
+    Some(LocalLink { to_head, from_head })
+}
+
+/// Lets this process's nodes and drivers reach the head at `addr` directly.
+fn publish_local(
+    addr: SocketAddr,
+    events: &mpsc::UnboundedSender<CoreEvent>,
+    next_conn: &Arc<AtomicU64>,
+    token: &Token,
+) {
+    if let Ok(mut heads) = local_heads().lock() {
+        // Heads that stopped leave their entries; a new one at the same address replaces them.
+        heads.retain(|_, h| h.events.strong_count() > 0);
+        let head = LocalHead { events: events.downgrade(), next_conn: next_conn.clone(), token: token.clone() };
+        heads.insert(addr, head);
+    }
 }
 
 fn log_close(peer: &str, e: &NetError) {

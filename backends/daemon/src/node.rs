@@ -10,6 +10,7 @@
 //! - worker processes, whose output is logged and streamed to the head for the task's submitter.
 
 use crate::conn::{self, Outbound};
+use crate::head;
 use keel_kernel::errors::TaskFailure;
 use keel_kernel::ids::{JobId, NodeId, ObjectId, WorkerId};
 use keel_kernel::node::{NodeOutput, WorkerKind};
@@ -145,7 +146,7 @@ impl NodeHandle {
 }
 
 enum Ev {
-    HeadUp(mpsc::UnboundedSender<Outbound<ToHead>>, u64),
+    HeadUp(HeadLink, u64),
     Head(FromHead, u64),
     HeadLost(u64),
     Peer {
@@ -448,6 +449,37 @@ async fn head_link<T: Transport>(
     link: u64,
     events: mpsc::UnboundedSender<Ev>,
 ) {
+    let hello = Hello::RegisterNode {
+        version: PROTOCOL_VERSION,
+        resources: options.resources.clone(),
+        labels: options.labels.clone(),
+    };
+    let store_dir = options.store_dir.display().to_string();
+    let register = |local: std::net::IpAddr| Register::Node {
+        hello: hello.clone(),
+        data_addr: advertised(&options, data_addr, local),
+        host: hostname(),
+        store_dir: store_dir.clone(),
+    };
+    // A head of this process is reached directly (from the address dialled, as over TCP here).
+    let head_ip = options.head.parse::<SocketAddr>().ok().map(|a| a.ip());
+    let local_ip = head_ip.filter(|ip| !ip.is_unspecified()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    if let Some(local) =
+        T::IN_PROCESS_LINKS.then(|| head::connect_local(&options.head, &options.token, register(local_ip))).flatten()
+    {
+        let head::LocalLink { to_head, mut from_head } = local;
+        if events.send(Ev::HeadUp(HeadLink::Local(to_head), link)).is_err() {
+            return;
+        }
+        while let Some(Outbound::Frame(msg)) = from_head.recv().await {
+            if events.send(Ev::Head(msg, link)).is_err() {
+                return;
+            }
+        }
+        tracing::warn!("lost the head");
+        let _ = events.send(Ev::HeadLost(link));
+        return;
+    }
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), u64::from(std::process::id()));
     let (mut reader, writer, local) = loop {
         match conn::dial_on(&transport, &options.head, &options.token, options.max_frame).await {
@@ -463,38 +495,15 @@ async fn head_link<T: Transport>(
         }
     };
     reader.set_silence_limit(Some(options.head_silence));
-    let data_addr = match &options.data_advertise {
-        Some(addr) if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => addr.clone(),
-        // A host alone: the data port it listens on.
-        Some(host) => format!("{host}:{}", data_addr.port()),
-        None if data_addr.ip().is_unspecified() => {
-            if local.ip().is_loopback() {
-                tracing::warn!(
-                    head = %options.head,
-                    "the head is reached over loopback, so peers are told a loopback data address; \
-                     nodes on other machines cannot reach it: pass --advertise HOST"
-                );
-            }
-            SocketAddr::new(local.ip(), data_addr.port()).to_string()
-        }
-        None => data_addr.to_string(),
-    };
-    let hello = Hello::RegisterNode {
-        version: PROTOCOL_VERSION,
-        resources: options.resources.clone(),
-        labels: options.labels.clone(),
-    };
-    let store_dir = options.store_dir.display().to_string();
-    let register = Register::Node { hello, data_addr, host: hostname(), store_dir };
     let mut writer = writer;
-    if let Err(e) = writer.send(&register).await {
+    if let Err(e) = writer.send(&register(local.ip())).await {
         tracing::warn!(error = %e, "lost the head while registering");
         let _ = events.send(Ev::HeadLost(link));
         return;
     }
     let (typed_tx, typed_rx) = mpsc::unbounded_channel::<Outbound<ToHead>>();
     conn::spawn_writer(writer, typed_rx, Some(KEEPALIVE_EVERY));
-    if events.send(Ev::HeadUp(typed_tx, link)).is_err() {
+    if events.send(Ev::HeadUp(HeadLink::Socket(typed_tx), link)).is_err() {
         return;
     }
     loop {
@@ -511,6 +520,43 @@ async fn head_link<T: Transport>(
                 let _ = events.send(Ev::HeadLost(link));
                 return;
             }
+        }
+    }
+}
+
+/// The data address this node gives its peers, when its link to the head leaves from `local`.
+fn advertised(options: &NodeOptions, data_addr: SocketAddr, local: std::net::IpAddr) -> String {
+    match &options.data_advertise {
+        Some(addr) if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => addr.clone(),
+        // A host alone: the data port it listens on.
+        Some(host) => format!("{host}:{}", data_addr.port()),
+        None if data_addr.ip().is_unspecified() => {
+            if local.is_loopback() {
+                tracing::warn!(
+                    head = %options.head,
+                    "the head is reached over loopback, so peers are told a loopback data address; \
+                     nodes on other machines cannot reach it: pass --advertise HOST"
+                );
+            }
+            SocketAddr::new(local, data_addr.port()).to_string()
+        }
+        None => data_addr.to_string(),
+    }
+}
+
+/// The node's way to the head: a connection's writer, or the head's own queue when the head runs
+/// in this process ([`head::connect_local`]).
+enum HeadLink {
+    Socket(mpsc::UnboundedSender<Outbound<ToHead>>),
+    Local(head::HeadSender),
+}
+
+impl HeadLink {
+    fn send(&self, item: Outbound<ToHead>) {
+        match (self, item) {
+            (HeadLink::Socket(tx), item) => drop(tx.send(item)),
+            (HeadLink::Local(to_head), Outbound::Frame(msg)) => drop(to_head.send(msg)),
+            (HeadLink::Local(to_head), Outbound::Close) => to_head.close(),
         }
     }
 }
@@ -640,7 +686,7 @@ struct Core<T: Transport> {
     store: ShmStore,
     spawner: Spawner<WorkerId>,
     events: mpsc::UnboundedSender<Ev>,
-    head: Option<mpsc::UnboundedSender<Outbound<ToHead>>>,
+    head: Option<HeadLink>,
     /// The current head link's tag.
     link: u64,
     link_task: Option<JoinHandle<()>>,
@@ -713,7 +759,7 @@ impl<T: Transport> Core<T> {
 
     fn send_to_head(&self, msg: ToHead) {
         if let Some(h) = &self.head {
-            let _ = h.send(Outbound::Frame(msg));
+            h.send(Outbound::Frame(msg));
         }
     }
 
@@ -1040,7 +1086,7 @@ impl<T: Transport> Core<T> {
                 tracing::warn!("the head no longer knows this node; registering again");
                 self.reset();
                 if let Some(h) = self.head.take() {
-                    let _ = h.send(Outbound::Close);
+                    h.send(Outbound::Close);
                 }
                 self.connect();
             }

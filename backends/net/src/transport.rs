@@ -32,6 +32,10 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Listens on `addr` (`host:port`; port 0 picks a free one).
     fn bind(&self, addr: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// Whether daemons of one process may also reach each other without this network, by handing
+    /// typed messages over (a simulated network must see every message, so it says no).
+    const IN_PROCESS_LINKS: bool = false;
 }
 
 /// An accepted connection and the peer's address.
@@ -78,23 +82,24 @@ fn registry() -> &'static Registry {
     LISTENERS.get_or_init(Default::default)
 }
 
-/// The in-process listener that `addr` reaches: bound to it, or to the wildcard address on its
-/// port when `addr` is a loopback address.
+/// The in-process listener that `addr` reaches (see [`find_local`]).
 fn in_process(addr: &str) -> Option<Handoff> {
-    let target: SocketAddr = addr.parse().ok()?;
     let listeners = registry().lock().ok()?;
-    // A loopback dial reaches a listener on the wildcard address of the same family.
+    find_local(&listeners, addr).filter(|(_, tx)| !tx.is_closed()).map(|(_, tx)| tx.clone())
+}
+
+/// What this process has listening at `addr`, among `listeners` (by bound address): what is bound
+/// to it, or to the wildcard address on its port when `addr` is a loopback address (as a loopback
+/// dial reaches a listener on the wildcard address of the same family).
+pub fn find_local<'a, V>(listeners: &'a std::collections::HashMap<SocketAddr, V>, addr: &str) -> Option<&'a V> {
+    let target: SocketAddr = addr.parse().ok()?;
     let wildcard = match target.ip() {
         std::net::IpAddr::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
         std::net::IpAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
     };
-    listeners
-        .get(&target)
-        .or_else(|| {
-            target.ip().is_loopback().then(|| listeners.get(&SocketAddr::new(wildcard, target.port()))).flatten()
-        })
-        .filter(|(_, tx)| !tx.is_closed())
-        .map(|(_, tx)| tx.clone())
+    listeners.get(&target).or_else(|| {
+        target.ip().is_loopback().then(|| listeners.get(&SocketAddr::new(wildcard, target.port()))).flatten()
+    })
 }
 
 /// A TCP connection's reading half, or an in-process connection's.
@@ -180,6 +185,8 @@ impl Transport for Tcp {
     type Read = TcpRead;
     type Write = TcpWrite;
     type Listener = TcpListen;
+
+    const IN_PROCESS_LINKS: bool = true;
 
     async fn connect(&self, addr: &str) -> io::Result<Connection<Self::Read, Self::Write>> {
         if let Some(listener) = in_process(addr) {
