@@ -59,6 +59,20 @@ struct Args {
     only: Vec<String>,
 }
 
+/// The workloads, in the order they run.
+const WORKLOADS: [&str; 10] = [
+    "idle-memory",
+    "noop-tasks",
+    "round-trip",
+    "startup",
+    "reconstruction",
+    "actor-calls",
+    "put-get",
+    "small-puts",
+    "map-reduce",
+    "chain",
+];
+
 impl Args {
     fn wants(&self, workload: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|w| w == workload)
@@ -77,12 +91,18 @@ fn parse() -> Args {
             "--tasks" => args.tasks = num("--tasks").max(1),
             "--round-trips" => args.round_trips = num("--round-trips").max(1),
             "--json" => args.json = true,
-            "--only" => args.only.extend(
-                it.next().expect("--only takes workload names, comma-separated").split(',').map(str::to_string),
-            ),
+            "--only" => {
+                for name in it.next().expect("--only takes workload names, comma-separated").split(',') {
+                    if !WORKLOADS.contains(&name) {
+                        panic!("--only: no workload is called {name:?}; there are {}", WORKLOADS.join(", "));
+                    }
+                    args.only.push(name.to_string());
+                }
+            }
             "--startup-probe" | "--reconstruction-probe" => {}
             "-h" | "--help" => {
                 println!("bench [--runs N] [--tasks N] [--round-trips N] [--json] [--only WORKLOAD,...]");
+                println!("workloads: {}", WORKLOADS.join(", "));
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (try --help)"),

@@ -404,7 +404,13 @@ async fn accept_workers(listener: UnixListener, token: Token, max_frame: usize, 
         let token = token.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            let (r, w) = stream.into_split();
+            let (r, w) = match keel_net::unix::split(stream) {
+                Ok(halves) => halves,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot use a worker connection");
+                    return;
+                }
+            };
             let (mut reader, writer) = match conn::accept(r, w, "a worker", &token, max_frame).await {
                 Ok(pair) => pair,
                 Err(e) => {

@@ -62,9 +62,9 @@ impl WorkerEnv {
 /// A worker's authenticated connection to its node.
 pub struct WorkerLink {
     /// Frames from the node.
-    pub reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
+    pub reader: FrameReader<keel_net::unix::QuietRead>,
     /// Frames to the node.
-    pub writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    pub writer: FrameWriter<keel_net::unix::QuietWrite>,
 }
 
 impl WorkerLink {
@@ -73,7 +73,8 @@ impl WorkerLink {
         let stream = UnixStream::connect(&env.socket)
             .await
             .map_err(|source| NetError::Io { peer: env.socket.clone(), source })?;
-        let (r, w) = stream.into_split();
+        let (r, w) =
+            keel_net::unix::split(stream).map_err(|source| NetError::Io { peer: env.socket.clone(), source })?;
         let mut reader = FrameReader::new(r, DEFAULT_MAX_FRAME, "the node");
         let mut writer = FrameWriter::new(w, DEFAULT_MAX_FRAME, "the node");
         keel_net::handshake::client(&mut reader, &mut writer, &env.token, DEFAULT_MAX_FRAME).await?;
@@ -112,8 +113,8 @@ fn failure(message: String) -> TaskOutcome {
 /// here and sent to the node before the attempt's end, so that none of it can trail the result.
 async fn execute(
     spec: &Arc<TaskSpec>,
-    reader: &mut FrameReader<tokio::net::unix::OwnedReadHalf>,
-    writer: &mut FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    reader: &mut FrameReader<keel_net::unix::QuietRead>,
+    writer: &mut FrameWriter<keel_net::unix::QuietWrite>,
     attempt: u32,
 ) -> Result<TaskOutcome, WorkerError> {
     let argv = match &spec.function {

@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod frame;
 pub mod handshake;
 pub mod transport;
+pub mod unix;
 pub mod wire;
 
 pub use frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
