@@ -9,6 +9,19 @@
 //!
 //! The store enforces its capacity (a create that does not fit is refused with the numbers); what
 //! to keep, evict or free is the node machine's decision, never the store's.
+//!
+//! **Freed pages are used again.** Allocating fresh tmpfs pages costs more than copying into
+//! them, so a deleted object of [`RECYCLE_MIN`] bytes or more is not unlinked but moved into the
+//! store's pool (`.free/`, its files named by their size), as long as nobody maps it; the next
+//! large write, by the node or by a worker or driver of the node, takes the pooled file that fits
+//! best, cuts it to size and writes over pages that already exist. The pool holds at most an
+//! eighth of the capacity, counts against the capacity, and is emptied first when room runs out.
+//!
+//! Readers say that they map a file by holding a shared `flock` on it for as long as their view
+//! lives; a file is pooled, and a pooled file taken, only under an exclusive lock got without
+//! waiting, so a file anyone maps is never written again. A reader that opened an object's file
+//! just as it was pooled finds, once it holds its lock, that the object's name no longer leads
+//! to that file, and reports the object missing rather than read bytes that may change.
 
 use keel_kernel::ObjectId;
 use memmap2::{Mmap, MmapMut};
@@ -58,13 +71,20 @@ pub enum StoreError {
     },
 }
 
+/// Freed objects of at least this many bytes keep their pages for later writes (see the module's
+/// documentation); smaller ones are unlinked.
+pub const RECYCLE_MIN: u64 = 256 << 10;
+
+/// The pool of freed files, within a store's directory.
+const POOL: &str = ".free";
+
 /// A read-only view of a sealed object's bytes.
 #[derive(Debug)]
 pub enum View {
     /// A zero-length object (a file of zero bytes cannot be mapped).
     Empty,
-    /// The mapped file.
-    Mapped(Mmap),
+    /// The mapped file, and the file itself, whose shared lock says it is mapped.
+    Mapped(Mmap, File),
 }
 
 impl Deref for View {
@@ -73,7 +93,7 @@ impl Deref for View {
     fn deref(&self) -> &[u8] {
         match self {
             View::Empty => &[],
-            View::Mapped(m) => m,
+            View::Mapped(m, _) => m,
         }
     }
 }
@@ -83,17 +103,87 @@ impl Deref for View {
 pub fn map(dir: &Path, object: ObjectId) -> Result<View, StoreError> {
     let path = path_of(dir, object);
     let file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-    map_file(&file, &path)
+    map_file(file, &path)
 }
 
-fn map_file(file: &File, path: &Path) -> Result<View, StoreError> {
-    let len = file.metadata().map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?.len();
-    if len == 0 {
+/// Maps `file`, found at `path`, under a shared lock, after checking that `path` still leads to
+/// it (it was not pooled, or replaced, between the opening and the lock).
+fn map_file(file: File, path: &Path) -> Result<View, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let gone = || io(io::Error::new(io::ErrorKind::NotFound, "the object was deleted as it was opened"));
+    if !try_lock(&file, libc::LOCK_SH) {
+        return Err(gone());
+    }
+    let meta = file.metadata().map_err(io)?;
+    if std::fs::metadata(path).map(|m| m.ino()).ok() != Some(meta.ino()) {
+        return Err(gone());
+    }
+    if meta.len() == 0 {
         return Ok(View::Empty);
     }
-    // SAFETY: sealed objects are never written again: writers use a temporary name and rename.
-    let map = unsafe { Mmap::map(file) }.map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-    Ok(View::Mapped(map))
+    // SAFETY: a file is written again only after it was pooled under an exclusive lock, which
+    // cannot be had while this view holds its shared one.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    Ok(View::Mapped(map, file))
+}
+
+/// Takes `how` (`LOCK_SH` or `LOCK_EX`) on `file` if that needs no waiting.
+fn try_lock(file: &File, how: libc::c_int) -> bool {
+    // SAFETY: a plain call on a descriptor `file` owns.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), how | libc::LOCK_NB) == 0 }
+}
+
+/// Renames `from` to `to` unless `to` exists.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The pooled files of the store in `dir`: (size, name).
+fn pooled(dir: &Path) -> Vec<(u64, std::ffi::OsString)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(POOL)) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let size = name.to_str()?.split('.').next()?.parse().ok()?;
+            Some((size, name))
+        })
+        .collect()
+}
+
+/// Takes a pooled file of the store in `dir` for an object of `size` bytes: the smallest that
+/// holds it, else the largest. It is renamed to `to` (which must not exist), locked exclusively
+/// and cut to `size`; returned with the size it had in the pool. None when the pool has none to
+/// give.
+fn claim(dir: &Path, size: u64, to: &Path) -> Option<(File, u64)> {
+    let mut files = pooled(dir);
+    // Those that hold it, smallest first; then the others, largest first.
+    files.sort_by_key(|(s, _)| if *s >= size { (0, *s) } else { (1, u64::MAX - *s) });
+    for (had, name) in files.into_iter().take(4) {
+        if rename_new(&dir.join(POOL).join(&name), to).is_err() {
+            // Taken by another writer meanwhile (or `to` exists: the fresh path says so).
+            continue;
+        }
+        let taken = OpenOptions::new().read(true).write(true).open(to).ok().filter(|f| try_lock(f, libc::LOCK_EX));
+        match taken {
+            Some(file) if file.set_len(size).is_ok() => return Some((file, had)),
+            _ => {
+                let _ = std::fs::remove_file(to);
+            }
+        }
+    }
+    None
 }
 
 /// The file of a sealed object.
@@ -180,7 +270,10 @@ pub fn write_sealed_with(
     let partial = partial_path_of(dir, object);
     let mut guard = None;
     let written = (|| {
-        let file = OpenOptions::new().write(true).create_new(true).open(&partial)?;
+        let file = match (size >= RECYCLE_MIN).then(|| claim(dir, size, &partial)).flatten() {
+            Some((file, _)) => file,
+            None => OpenOptions::new().write(true).create_new(true).open(&partial)?,
+        };
         guard = Some(Partial(partial.clone()));
         // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
         let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
@@ -243,6 +336,11 @@ pub struct ShmStore {
     used: u64,
     sealed: BTreeMap<ObjectId, Held>,
     creating: BTreeMap<ObjectId, u64>,
+    /// Bytes in the pool, as far as the store knows: writers of other processes take files from
+    /// it unseen, so it may be more (see [`ShmStore::recount_pool`]).
+    pooled: u64,
+    /// The number in the next pooled file's name.
+    next_pooled: u64,
     /// Locked while the store lives (see [`sweep_orphans`]).
     _owner: File,
 }
@@ -255,7 +353,7 @@ impl ShmStore {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io)?;
         }
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir.join(POOL)).map_err(io)?;
         let owner = File::create(dir.join(OWNER)).map_err(io)?;
         // SAFETY: a plain call on a descriptor this function owns.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&owner), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -267,8 +365,33 @@ impl ShmStore {
             used: 0,
             sealed: BTreeMap::new(),
             creating: BTreeMap::new(),
+            pooled: 0,
+            next_pooled: 0,
             _owner: owner,
         })
+    }
+
+    /// The most the pool holds.
+    fn pool_limit(&self) -> u64 {
+        self.capacity / 8
+    }
+
+    /// Counts the pool's bytes again.
+    fn recount_pool(&mut self) {
+        self.pooled = pooled(&self.dir).iter().map(|(size, _)| size).sum();
+    }
+
+    /// Unlinks every pooled file (the pages go once no one maps them).
+    fn empty_pool(&mut self) {
+        for (_, name) in pooled(&self.dir) {
+            let _ = std::fs::remove_file(self.dir.join(POOL).join(name));
+        }
+        self.pooled = 0;
+    }
+
+    /// Bytes kept in the pool for later writes (at most an eighth of the capacity).
+    pub fn pooled(&self) -> u64 {
+        self.pooled
     }
 
     /// Its directory.
@@ -305,6 +428,13 @@ impl ShmStore {
         if self.sealed.contains_key(&object) || self.creating.contains_key(&object) {
             return Err(StoreError::Exists(object));
         }
+        // Pooled pages count against the capacity; they go before a write is refused.
+        if size > self.capacity.saturating_sub(self.used + self.pooled) {
+            self.recount_pool();
+            if size > self.capacity.saturating_sub(self.used + self.pooled) {
+                self.empty_pool();
+            }
+        }
         let free = self.capacity.saturating_sub(self.used);
         if size > free {
             return Err(StoreError::Full { object, needed: size, free, capacity: self.capacity });
@@ -319,10 +449,21 @@ impl ShmStore {
         self.reserve(object, size)?;
         let path = partial_path_of(&self.dir, object);
         let made = (|| {
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-            file.set_len(size)?;
-            // SAFETY: the partial file is this writer's alone until it is sealed.
-            let map = if size == 0 { None } else { Some(unsafe { MmapMut::map_mut(&file) }?) };
+            let file = match (size >= RECYCLE_MIN).then(|| claim(&self.dir, size, &path)).flatten() {
+                Some((file, had)) => {
+                    self.pooled = self.pooled.saturating_sub(had);
+                    file
+                }
+                None => {
+                    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+                    file.set_len(size)?;
+                    file
+                }
+            };
+            // SAFETY: the partial file is this writer's alone until it is sealed. Its pages are
+            // mapped in one go: faulting them in one by one costs twice as much.
+            let map =
+                if size == 0 { None } else { Some(unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }?) };
             Ok::<_, io::Error>(Creating { object, size, file, map })
         })();
         made.map_err(|source| {
@@ -350,7 +491,7 @@ impl ShmStore {
             return Err(StoreError::Io { path: to, source });
         }
         self.creating.remove(&object);
-        let view = Arc::new(map_file(&file, &to)?);
+        let view = Arc::new(map_file(file, &to)?);
         self.sealed.insert(object, Held { size, view: view.clone() });
         Ok(view)
     }
@@ -381,7 +522,7 @@ impl ShmStore {
         }
         self.reserve(object, size)?;
         self.creating.remove(&object);
-        let view = Arc::new(map_file(&file, &path)?);
+        let view = Arc::new(map_file(file, &path)?);
         self.sealed.insert(object, Held { size, view: view.clone() });
         Ok(view)
     }
@@ -391,12 +532,31 @@ impl ShmStore {
         self.sealed.get(&object).map(|h| h.view.clone())
     }
 
-    /// Deletes a sealed object (readers that still map it keep their view).
+    /// Deletes a sealed object (readers that still map it keep their view). A large one that
+    /// nobody maps goes to the pool while it has room.
     pub fn delete(&mut self, object: ObjectId) {
-        if let Some(held) = self.sealed.remove(&object) {
-            self.used -= held.size;
-            let _ = std::fs::remove_file(path_of(&self.dir, object));
+        let Some(Held { size, view }) = self.sealed.remove(&object) else { return };
+        self.used -= size;
+        let path = path_of(&self.dir, object);
+        drop(view);
+        if size >= RECYCLE_MIN && self.pooled + size > self.pool_limit() {
+            self.recount_pool();
         }
+        if size >= RECYCLE_MIN && self.pooled + size <= self.pool_limit() {
+            let to = self.dir.join(POOL).join(format!("{size}.{}", self.next_pooled));
+            self.next_pooled += 1;
+            if std::fs::rename(&path, &to).is_ok() {
+                // Only a file nobody maps is written again; a reader that opened it just now
+                // finds its name gone once it holds its lock.
+                if File::open(&to).is_ok_and(|f| try_lock(&f, libc::LOCK_EX)) {
+                    self.pooled += size;
+                } else {
+                    let _ = std::fs::remove_file(&to);
+                }
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Deletes everything, sealed or being written.
@@ -408,6 +568,7 @@ impl ShmStore {
         for (o, _) in std::mem::take(&mut self.creating) {
             let _ = std::fs::remove_file(partial_path_of(&self.dir, o));
         }
+        self.empty_pool();
         self.used = 0;
     }
 }
@@ -424,6 +585,97 @@ mod tests {
 
     fn o(i: u32) -> ObjectId {
         ObjectId::for_return(TaskId(42), i)
+    }
+
+    /// The store directory's files other than the owner's lock and the pool, sorted.
+    fn files(s: &ShmStore) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != OWNER && n != POOL)
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    }
+
+    const BIG: usize = RECYCLE_MIN as usize;
+
+    #[test]
+    fn a_large_deleted_object_goes_to_the_pool_and_its_file_takes_the_next_large_write() {
+        let mut s = store("pool", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG + 100]).unwrap();
+        let first = inode(&path_of(s.dir(), o(1)));
+        s.delete(o(1));
+        assert_eq!(s.pooled(), RECYCLE_MIN + 100);
+        assert!(files(&s).is_empty(), "{:?}", files(&s));
+        // Another process's write (a worker's result) takes the pooled file, cut to its size.
+        write_sealed_with(s.dir(), o(2), RECYCLE_MIN, |w| w.write_all(&vec![2; BIG])).unwrap();
+        assert_eq!(inode(&path_of(s.dir(), o(2))), first, "the pooled file was not used");
+        let view = s.adopt(o(2), RECYCLE_MIN).unwrap();
+        assert!(view.len() == BIG && view.iter().all(|b| *b == 2), "stale bytes after the write");
+        assert!(pooled(s.dir()).is_empty());
+        // The node's own writes take pooled files too; small objects are unlinked, not pooled.
+        drop(view);
+        s.delete(o(2));
+        s.put(o(3), &vec![3; BIG]).unwrap();
+        assert_eq!(inode(&path_of(s.dir(), o(3))), first);
+        assert!(s.get(o(3)).unwrap().iter().all(|b| *b == 3));
+        s.put(o(4), b"small").unwrap();
+        s.delete(o(4));
+        assert!(pooled(s.dir()).is_empty());
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_mapped_object_is_never_pooled_so_its_reader_keeps_its_bytes() {
+        let mut s = store("pool-mapped", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        let reader = map(s.dir(), o(1)).unwrap();
+        s.delete(o(1));
+        assert_eq!(s.pooled(), 0, "a file someone maps was pooled");
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        assert!(reader.iter().all(|b| *b == 1), "a reader's bytes changed under it");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_reader_that_opened_a_file_just_before_it_was_pooled_finds_the_object_missing() {
+        let mut s = store("pool-race", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        let path = path_of(s.dir(), o(1));
+        // Opened, but not yet locked, when the node pools it.
+        let opened = File::open(&path).unwrap();
+        s.delete(o(1));
+        assert_eq!(s.pooled(), RECYCLE_MIN);
+        let err = map_file(opened, &path).expect_err("mapped a pooled file");
+        assert!(matches!(&err, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn pooled_pages_count_against_the_capacity_and_go_before_a_write_is_refused() {
+        // The pool holds at most an eighth: one big object here.
+        let mut s = store("pool-cap", 8 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        s.delete(o(1));
+        s.delete(o(2));
+        assert_eq!(s.pooled(), RECYCLE_MIN, "the pool grew past its share");
+        assert_eq!(pooled(s.dir()).len(), 1);
+        // Seven fit beside the pool; the eighth empties it rather than be refused.
+        for i in 0..7 {
+            s.create(o(10 + i), RECYCLE_MIN).map(|c| s.seal(c).unwrap()).unwrap();
+        }
+        assert_eq!(s.used(), 7 * RECYCLE_MIN);
+        s.create(o(20), RECYCLE_MIN).map(|c| s.seal(c).unwrap()).unwrap();
+        assert_eq!((s.used(), s.pooled()), (8 * RECYCLE_MIN, 0));
+        assert!(pooled(s.dir()).is_empty());
+        assert!(s.create(o(21), 1).is_err(), "the capacity still holds");
+        std::fs::remove_dir_all(s.dir()).unwrap();
     }
 
     #[test]
@@ -497,8 +749,7 @@ mod tests {
         assert_eq!(s.used(), 60);
         s.abort(c);
         assert_eq!(s.used(), 0);
-        let left = std::fs::read_dir(s.dir()).unwrap().filter(|e| e.as_ref().unwrap().file_name() != OWNER).count();
-        assert_eq!(left, 0);
+        assert_eq!(files(&s), Vec::<String>::new());
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
 
