@@ -170,12 +170,12 @@ async fn an_in_process_link_takes_the_token_refuses_a_foreign_role_and_closes_as
         resume: None,
     };
     let wrong = Token::from_bytes(b"not-the-cluster-token-at-all!!").unwrap();
-    assert!(head::connect_local(&cluster.addr(), &wrong, register()).is_none(), "a wrong token gets no link");
-    assert!(head::connect_local("127.0.0.1:1", &token(), register()).is_none(), "no head listens there");
+    assert!(head::connect_local(&cluster.addr(), &wrong, register).is_none(), "a wrong token gets no link");
+    assert!(head::connect_local("127.0.0.1:1", &token(), register).is_none(), "no head listens there");
     let jobs = || async { client::status(&cluster.addr(), &token()).await.unwrap().jobs };
 
     // A driver's link: welcomed with a job, which the head lists.
-    let mut link = head::connect_local(&cluster.addr(), &token(), register()).expect("the head runs in this process");
+    let mut link = head::connect_local(&cluster.addr(), &token(), register).expect("the head runs in this process");
     let job = match link.from_head.recv().await {
         Some(Outbound::Frame(FromHead::Welcome(Welcome::JobRegistered(job)))) => job,
         other => panic!("expected a job, got {other:?}"),
@@ -199,6 +199,40 @@ async fn an_in_process_link_takes_the_token_refuses_a_foreign_role_and_closes_as
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The node, also linked in this process, still serves.
+    assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_message_over_the_heads_frame_limit_closes_that_link_and_no_other() {
+    use keel_daemon::conn::Outbound;
+    use keel_kernel::proto::{Hello, Welcome, PROTOCOL_VERSION};
+    use keel_net::wire::{Register, ToHead};
+    let cluster = Local::start("local-limit", 1, |o| o.max_frame = 64 << 10).await;
+    let register = || Register::Driver {
+        hello: Hello::RegisterJob { version: PROTOCOL_VERSION, name: "in-process".into() },
+        program: None,
+        resume: None,
+    };
+    let mut link = head::connect_local(&cluster.addr(), &token(), register).expect("the head runs in this process");
+    let job = match link.from_head.recv().await {
+        Some(Outbound::Frame(FromHead::Welcome(Welcome::JobRegistered(job)))) => job,
+        other => panic!("expected a job, got {other:?}"),
+    };
+    let object = keel_kernel::ObjectId::for_put(keel_kernel::ids::TaskId::driver(job), 1);
+    let put = |size: usize| DriverToHead::Put {
+        object,
+        size: size as u64,
+        inline: Some(vec![7; size]),
+        node: None,
+        nested: vec![],
+    };
+    assert!(!link.to_head.send(ToHead::Driver(put(100 << 10))), "a message over the limit was taken");
+    assert!(!link.to_head.send(ToHead::Driver(put(10))), "the link stays open after an oversized message");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Outbound::Frame(_)) = link.from_head.recv().await {}
+    });
+    assert!(closed.await.is_ok(), "the head closes the link");
+    // The node's link, and the cluster, are untouched.
     assert_eq!(cluster.submit(&["true"]).await.0, SubmitOutcome::Exited(0));
 }
 

@@ -727,7 +727,7 @@ async fn register_driver(
     resume: Option<keel_kernel::JobId>,
 ) -> Result<(FromHeadLink, ToHeadLink, keel_kernel::JobId), Registration> {
     let register = Register::Driver { hello, program, resume };
-    let (mut reader, writer) = match keel_daemon::head::connect_local(addr, token, register.clone()) {
+    let (mut reader, writer) = match keel_daemon::head::connect_local(addr, token, || register.clone()) {
         Some(link) => (FromHeadLink::Local(link.from_head), ToHeadLink::Local(link.to_head)),
         None => {
             let failed = |e: keel_net::NetError| Registration::Failed(e.to_string());
@@ -777,6 +777,61 @@ async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: ToHeadLin
     }
 }
 
+/// What the job's tasks print, written to the driver's own output a whole line at a time, so
+/// that tasks printing at once (a line may reach the driver in several pieces) do not cut into
+/// each other's lines.
+#[derive(Default)]
+struct OutputLines {
+    /// The unfinished line of each task attempt's stream.
+    partial: BTreeMap<(keel_kernel::TaskId, u32, bool), Vec<u8>>,
+}
+
+impl OutputLines {
+    /// How long an unfinished line waits for its end.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+    fn holds_any(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Takes a piece of output; returns the whole lines it completes (and whether for stderr).
+    fn lines(&mut self, chunk: keel_net::wire::OutputChunk) -> Option<(bool, Vec<u8>)> {
+        let stderr = chunk.stream == keel_net::wire::Stream::Stderr;
+        let key = (chunk.task, chunk.attempt, stderr);
+        let held = self.partial.entry(key).or_default();
+        held.extend_from_slice(&chunk.data);
+        let end = held.iter().rposition(|b| *b == b'\n')?;
+        let rest = held.split_off(end + 1);
+        let lines = std::mem::replace(held, rest);
+        if held.is_empty() {
+            self.partial.remove(&key);
+        }
+        Some((stderr, lines))
+    }
+
+    /// The unfinished lines, as they are.
+    fn unfinished(&mut self) -> Vec<(bool, Vec<u8>)> {
+        std::mem::take(&mut self.partial).into_iter().map(|((_, _, stderr), bytes)| (stderr, bytes)).collect()
+    }
+
+    fn take(&mut self, chunk: keel_net::wire::OutputChunk) {
+        if let Some((stderr, lines)) = self.lines(chunk) {
+            Self::write(stderr, &lines);
+        }
+    }
+
+    fn flush(&mut self) {
+        for (stderr, bytes) in self.unfinished() {
+            Self::write(stderr, &bytes);
+        }
+    }
+
+    fn write(stderr: bool, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = if stderr { std::io::stderr().write_all(bytes) } else { std::io::stdout().write_all(bytes) };
+    }
+}
+
 /// Reads the head's frames; when the connection breaks (the head restarted, say), reconnects and
 /// resumes the job for up to [`keel_daemon::client::RECONNECT_FOR`].
 async fn read_head(
@@ -788,8 +843,21 @@ async fn read_head(
     hello: Hello,
     job: keel_kernel::JobId,
 ) {
+    let mut output = OutputLines::default();
     loop {
-        let lost = match reader.recv().await {
+        // A line a task left unfinished is written once its task stays quiet for a moment.
+        let next = if output.holds_any() {
+            tokio::select! {
+                next = reader.recv() => next,
+                _ = tokio::time::sleep(OutputLines::PATIENCE) => {
+                    output.flush();
+                    continue;
+                }
+            }
+        } else {
+            reader.recv().await
+        };
+        let lost = match next {
             Ok(FromHead::Driver(m)) => {
                 if incoming.send(Incoming::Msg(m)).is_err() {
                     return;
@@ -801,21 +869,19 @@ async fn read_head(
                 continue;
             }
             Ok(FromHead::Stopping) => {
+                output.flush();
                 let _ = incoming.send(Incoming::Lost("the cluster is stopping".into()));
                 return;
             }
             // What the job's tasks print appears in the driver's own output, as it comes.
             Ok(FromHead::Output(chunk)) => {
-                use std::io::Write;
-                let _ = match chunk.stream {
-                    keel_net::wire::Stream::Stdout => std::io::stdout().write_all(&chunk.data),
-                    keel_net::wire::Stream::Stderr => std::io::stderr().write_all(&chunk.data),
-                };
+                output.take(chunk);
                 continue;
             }
             Ok(_) => continue,
             Err(e) => e,
         };
+        output.flush();
         tracing::warn!(error = %lost, "lost the head; reconnecting");
         let deadline = tokio::time::Instant::now() + keel_daemon::client::RECONNECT_FOR;
         let mut backoff = keel_net::backoff::Backoff::new(
@@ -905,4 +971,29 @@ pub(crate) fn connect_driver() -> Result<Keel> {
         embedded: Mutex::new(embedded),
     };
     Ok(Keel { inner: Arc::new(inner) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputLines;
+    use keel_kernel::ids::{JobId, NodeId, TaskId};
+    use keel_net::wire::{OutputChunk, Stream};
+
+    fn piece(task: u64, stream: Stream, data: &str) -> OutputChunk {
+        OutputChunk { job: JobId(1), task: TaskId(task), attempt: 0, node: NodeId(1), stream, data: data.into() }
+    }
+
+    #[test]
+    fn tasks_printing_at_once_get_whole_lines_and_an_unfinished_line_is_kept_until_flushed() {
+        let mut out = OutputLines::default();
+        // Two tasks' lines arrive cut into pieces, interleaved.
+        assert_eq!(out.lines(piece(1, Stream::Stderr, "counted ")), None);
+        assert_eq!(out.lines(piece(2, Stream::Stderr, "counted ")), None);
+        assert_eq!(out.lines(piece(2, Stream::Stdout, "other stream\n")), Some((false, b"other stream\n".to_vec())));
+        assert_eq!(out.lines(piece(1, Stream::Stderr, "f1: 3\nand a ")), Some((true, b"counted f1: 3\n".to_vec())));
+        assert_eq!(out.lines(piece(2, Stream::Stderr, "f2: 4\n")), Some((true, b"counted f2: 4\n".to_vec())));
+        assert!(out.holds_any());
+        assert_eq!(out.unfinished(), vec![(true, b"and a ".to_vec())]);
+        assert!(!out.holds_any());
+    }
 }

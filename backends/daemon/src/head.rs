@@ -203,7 +203,7 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
     let next_conn = Arc::new(AtomicU64::new(first_conn));
     let token = options.token.clone();
     if T::IN_PROCESS_LINKS {
-        publish_local(addr, &events_tx, &next_conn, &token);
+        publish_local(addr, &events_tx, &next_conn, &options);
     }
     let max_frame = options.max_frame;
     // A node's connection on which nothing arrived for a node timeout is closed: the machine
@@ -325,6 +325,14 @@ struct LocalHead {
     events: mpsc::WeakUnboundedSender<CoreEvent>,
     next_conn: Arc<AtomicU64>,
     token: Token,
+    max_frame: usize,
+}
+
+impl LocalHead {
+    /// Its core's queue, unless the head stopped.
+    fn live(&self) -> Option<mpsc::UnboundedSender<CoreEvent>> {
+        self.events.upgrade().filter(|e| !e.is_closed())
+    }
 }
 
 fn local_heads() -> &'static LocalHeads {
@@ -350,18 +358,33 @@ pub struct HeadSender {
     conn: ConnId,
     events: mpsc::UnboundedSender<CoreEvent>,
     closed: std::sync::atomic::AtomicBool,
+    /// The head's limit on a message's encoded size, as on its connections.
+    max_frame: usize,
 }
 
 impl HeadSender {
-    /// Hands `msg` to the head; false when the link is closed or the head gone.
+    /// Hands `msg` to the head; false when the link is closed or the head gone. A message larger
+    /// encoded than the head takes on a connection closes the link, as it closes a connection.
     pub fn send(&self, msg: ToHead) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.events.send(CoreEvent::Frame { conn: self.conn, msg }).is_ok()
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let size = postcard::experimental::serialized_size(&msg).unwrap_or(usize::MAX);
+        if size > self.max_frame {
+            self.close_for(Some(format!("a message of {size} bytes, over the limit of {}", self.max_frame)));
+            return false;
+        }
+        self.events.send(CoreEvent::Frame { conn: self.conn, msg }).is_ok()
     }
 
     /// Closes the link: the head forgets the connection as if its peer had hung up.
     pub fn close(&self) {
+        self.close_for(None);
+    }
+
+    fn close_for(&self, why: Option<String>) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.events.send(CoreEvent::Closed { conn: self.conn, why: None });
+            let _ = self.events.send(CoreEvent::Closed { conn: self.conn, why });
         }
     }
 }
@@ -373,21 +396,23 @@ impl Drop for HeadSender {
 }
 
 /// Registers with the head listening at `addr` when it runs in this process and takes `token`
-/// (else None: dial it over the network, which also says why a wrong token is refused). The
-/// head's welcome is the first message on the returned link.
-pub fn connect_local(addr: &str, token: &Token, register: Register) -> Option<LocalLink> {
-    let (events, conn) = {
-        let heads = local_heads().lock().ok()?;
+/// (else None: dial it over the network, which also says why a wrong token is refused); the
+/// registration is made only then. The head's welcome is the first message on the returned link.
+pub fn connect_local(addr: &str, token: &Token, register: impl FnOnce() -> Register) -> Option<LocalLink> {
+    let (events, conn, max_frame) = {
+        let mut heads = local_heads().lock().ok()?;
+        // Stopped heads go first, so that one does not hide a live head on the wildcard address.
+        heads.retain(|_, h| h.live().is_some());
         let head = keel_net::transport::find_local(&heads, addr)?;
         if head.token != *token {
             return None;
         }
-        (head.events.upgrade()?, ConnId(head.next_conn.fetch_add(1, Ordering::Relaxed)))
+        (head.live()?, ConnId(head.next_conn.fetch_add(1, Ordering::Relaxed)), head.max_frame)
     };
     let (tx, from_head) = mpsc::unbounded_channel();
     let peer = format!("{addr} (in this process)");
-    events.send(CoreEvent::Register { conn, peer, register, tx }).ok()?;
-    let to_head = HeadSender { conn, events, closed: std::sync::atomic::AtomicBool::new(false) };
+    events.send(CoreEvent::Register { conn, peer, register: register(), tx }).ok()?;
+    let to_head = HeadSender { conn, events, closed: std::sync::atomic::AtomicBool::new(false), max_frame };
     Some(LocalLink { to_head, from_head })
 }
 
@@ -396,12 +421,17 @@ fn publish_local(
     addr: SocketAddr,
     events: &mpsc::UnboundedSender<CoreEvent>,
     next_conn: &Arc<AtomicU64>,
-    token: &Token,
+    options: &HeadOptions,
 ) {
     if let Ok(mut heads) = local_heads().lock() {
         // Heads that stopped leave their entries; a new one at the same address replaces them.
-        heads.retain(|_, h| h.events.strong_count() > 0);
-        let head = LocalHead { events: events.downgrade(), next_conn: next_conn.clone(), token: token.clone() };
+        heads.retain(|_, h| h.live().is_some());
+        let head = LocalHead {
+            events: events.downgrade(),
+            next_conn: next_conn.clone(),
+            token: options.token.clone(),
+            max_frame: options.max_frame,
+        };
         heads.insert(addr, head);
     }
 }

@@ -468,26 +468,18 @@ async fn head_link<T: Transport>(
         store_dir: store_dir.clone(),
     };
     // A head of this process is reached directly (from the address dialled, as over TCP here).
-    let head_ip = options.head.parse::<SocketAddr>().ok().map(|a| a.ip());
-    let local_ip = head_ip.filter(|ip| !ip.is_unspecified()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    if let Some(local) =
-        T::IN_PROCESS_LINKS.then(|| head::connect_local(&options.head, &options.token, register(local_ip))).flatten()
-    {
-        let head::LocalLink { to_head, mut from_head } = local;
-        if events.send(Ev::HeadUp(HeadLink::Local(to_head), link)).is_err() {
-            return;
-        }
-        while let Some(Outbound::Frame(msg)) = from_head.recv().await {
-            if events.send(Ev::Head(msg, link)).is_err() {
-                return;
-            }
-        }
-        tracing::warn!("lost the head");
-        let _ = events.send(Ev::HeadLost(link));
-        return;
-    }
+    let local_ip = match options.head.parse::<SocketAddr>().map(|a| a.ip()) {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        Ok(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::LOCALHOST.into(),
+        _ => std::net::Ipv4Addr::LOCALHOST.into(),
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), u64::from(std::process::id()));
     let (mut reader, writer, local) = loop {
+        if T::IN_PROCESS_LINKS {
+            if let Some(local) = head::connect_local(&options.head, &options.token, || register(local_ip)) {
+                return local_head_link(local, link, events).await;
+            }
+        }
         match conn::dial_on(&transport, &options.head, &options.token, options.max_frame).await {
             Ok(pair) => break pair,
             Err(e) => {
@@ -528,6 +520,21 @@ async fn head_link<T: Transport>(
             }
         }
     }
+}
+
+/// Relays a link to a head of this process (see [`head_link`]).
+async fn local_head_link(local: head::LocalLink, link: u64, events: mpsc::UnboundedSender<Ev>) {
+    let head::LocalLink { to_head, mut from_head } = local;
+    if events.send(Ev::HeadUp(HeadLink::Local(to_head), link)).is_err() {
+        return;
+    }
+    while let Some(Outbound::Frame(msg)) = from_head.recv().await {
+        if events.send(Ev::Head(msg, link)).is_err() {
+            return;
+        }
+    }
+    // The head closed the link, or stopped: the core says so and registers again.
+    let _ = events.send(Ev::HeadLost(link));
 }
 
 /// The data address this node gives its peers, when its link to the head leaves from `local`.
@@ -1090,8 +1097,9 @@ impl<T: Transport> Core<T> {
             NodeOutput::ToWorker { worker, msg } => self.send_to_worker(worker, ToWorker::Message(msg)),
             NodeOutput::Reset => {
                 tracing::warn!("the head no longer knows this node; registering again");
+                let old = self.head.take();
                 self.reset();
-                if let Some(h) = self.head.take() {
+                if let Some(h) = old {
                     h.send(Outbound::Close);
                 }
                 self.connect();

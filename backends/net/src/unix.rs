@@ -11,7 +11,8 @@
 //! bytes went. Both halves are `AsyncRead`/`AsyncWrite`, so frames travel over them as over any
 //! stream.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -25,6 +26,7 @@ pub struct QuietRead {
 }
 
 /// The writing half: writes without waiting, and waits for space only when the socket is full.
+/// Dropping it ends the stream for the peer, as shutting it down does.
 #[derive(Debug)]
 pub struct QuietWrite {
     stream: UnixStream,
@@ -51,8 +53,23 @@ impl AsyncRead for QuietRead {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            match guard.try_io(|fd| fd.get_ref().read(buf.initialize_unfilled())) {
+            // Into the buffer's uninitialised room, as Tokio's own sockets read: zeroing it first
+            // would cost as much as the read.
+            // SAFETY: only the kernel writes there, and only what it reports read is marked so.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let read = guard.try_io(|fd| {
+                // SAFETY: reads at most `unfilled.len()` bytes into memory `buf` owns.
+                let n = unsafe { libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match read {
                 Ok(Ok(n)) => {
+                    // SAFETY: the kernel wrote those `n` bytes.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -90,6 +107,12 @@ impl QuietWrite {
     }
 }
 
+impl Drop for QuietWrite {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 impl AsyncWrite for QuietWrite {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.get_mut().poll_op(cx, |mut s| s.write(buf))
@@ -121,30 +144,34 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn bytes_cross_both_ways_and_a_write_larger_than_the_socket_buffer_waits_for_the_reader() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_larger_than_the_socket_buffer_waits_for_the_reader_and_then_drops_its_registration() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let (mut ar, mut aw) = split(a).unwrap();
         let (mut br, mut bw) = split(b).unwrap();
-        // Far more than a Unix socket buffers: the writer must wait for space several times.
+        // Far more than a Unix socket buffers: the writer must wait for space several times,
+        // on another thread than the reader's.
         let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
         let sent = big.clone();
         let writer = tokio::spawn(async move {
-            aw.write_all(&sent).await.unwrap();
-            aw.shutdown().await.unwrap();
+            for chunk in sent.chunks(1_000_003) {
+                aw.write_all(chunk).await.unwrap();
+            }
             aw
         });
-        let mut got = Vec::new();
-        br.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got.len(), big.len());
+        let mut got = vec![0u8; big.len()];
+        br.read_exact(&mut got).await.unwrap();
         assert!(got == big, "the bytes arrive in order and intact");
-        let _aw = writer.await.unwrap();
+        let aw = writer.await.unwrap();
+        assert!(aw.waiting.is_none(), "the writability registration outlived the wait");
+        // The other way, then the end of the stream when a write half alone is dropped.
         bw.write_all(b"back").await.unwrap();
         let mut back = [0u8; 4];
         ar.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"back");
+        drop(aw);
+        assert_eq!(br.read(&mut back).await.unwrap(), 0, "dropping the write half ends the stream");
         drop(bw);
-        drop(br);
-        assert_eq!(ar.read(&mut back).await.unwrap(), 0, "the peer's close reads as the end");
+        assert_eq!(ar.read(&mut back).await.unwrap(), 0);
     }
 }
