@@ -18,8 +18,10 @@
 //! eighth of the capacity, counts against the capacity, and is emptied first when room runs out.
 //!
 //! Readers say that they map a file by holding a shared `flock` on it for as long as their view
-//! lives; a file is pooled, and a pooled file taken, only under an exclusive lock got without
-//! waiting, so a file anyone maps is never written again. A reader that opened an object's file
+//! lives (only for objects large enough to be pooled: only their views keep a descriptor); a file
+//! is pooled, and a pooled file taken, only under an exclusive lock got without waiting, and the
+//! store pools a file only once no clone of its own view is left, so a file anyone maps is never
+//! written again. A reader that opened an object's file
 //! just as it was pooled finds, once it holds its lock, that the object's name no longer leads
 //! to that file, and reports the object missing rather than read bytes that may change.
 
@@ -83,8 +85,9 @@ const POOL: &str = ".free";
 pub enum View {
     /// A zero-length object (a file of zero bytes cannot be mapped).
     Empty,
-    /// The mapped file, and the file itself, whose shared lock says it is mapped.
-    Mapped(Mmap, File),
+    /// The mapped file; for a reader's view of an object that may be pooled once freed, also the
+    /// file itself, whose shared lock says it is mapped.
+    Mapped(Mmap, Option<File>),
 }
 
 impl Deref for View {
@@ -103,29 +106,45 @@ impl Deref for View {
 pub fn map(dir: &Path, object: ObjectId) -> Result<View, StoreError> {
     let path = path_of(dir, object);
     let file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-    map_file(file, &path)
+    map_file(file, &path, Lock::Shared)
 }
 
-/// Maps `file`, found at `path`, under a shared lock, after checking that `path` still leads to
-/// it (it was not pooled, or replaced, between the opening and the lock).
-fn map_file(file: File, path: &Path) -> Result<View, StoreError> {
+/// Whether a view takes the shared lock that keeps its file out of the pool.
+#[derive(Clone, Copy, PartialEq)]
+enum Lock {
+    /// A reader's view: an object of [`RECYCLE_MIN`] bytes or more is locked while it is mapped.
+    Shared,
+    /// The store's own view: the store pools a file only when no clone of its view is left.
+    Owner,
+}
+
+/// Maps `file`, found at `path`. A reader's view of an object that may be pooled holds a shared
+/// lock, taken after checking that `path` still leads to the file (it was not pooled, or
+/// replaced, between the opening and the lock). Only such objects hold a descriptor while mapped.
+fn map_file(file: File, path: &Path, lock: Lock) -> Result<View, StoreError> {
     use std::os::unix::fs::MetadataExt;
     let io = |source| StoreError::Io { path: path.to_path_buf(), source };
     let gone = || io(io::Error::new(io::ErrorKind::NotFound, "the object was deleted as it was opened"));
-    if !try_lock(&file, libc::LOCK_SH) {
-        return Err(gone());
-    }
-    let meta = file.metadata().map_err(io)?;
-    if std::fs::metadata(path).map(|m| m.ino()).ok() != Some(meta.ino()) {
-        return Err(gone());
+    let mut meta = file.metadata().map_err(io)?;
+    // Only files of that size are pooled, and a pooled file is only ever cut to that size or more.
+    let locked = lock == Lock::Shared && meta.len() >= RECYCLE_MIN;
+    if locked {
+        if !try_lock(&file, libc::LOCK_SH) {
+            return Err(gone());
+        }
+        if std::fs::metadata(path).map(|m| m.ino()).ok() != Some(meta.ino()) {
+            return Err(gone());
+        }
+        meta = file.metadata().map_err(io)?;
     }
     if meta.len() == 0 {
         return Ok(View::Empty);
     }
-    // SAFETY: a file is written again only after it was pooled under an exclusive lock, which
-    // cannot be had while this view holds its shared one.
+    // SAFETY: a file is written again only after it was pooled, under an exclusive lock that
+    // cannot be had while a reader's view holds its shared one, and only when the store's own
+    // views of it are gone.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    Ok(View::Mapped(map, file))
+    Ok(View::Mapped(map, locked.then_some(file)))
 }
 
 /// Takes `how` (`LOCK_SH` or `LOCK_EX`) on `file` if that needs no waiting.
@@ -491,7 +510,7 @@ impl ShmStore {
             return Err(StoreError::Io { path: to, source });
         }
         self.creating.remove(&object);
-        let view = Arc::new(map_file(file, &to)?);
+        let view = Arc::new(map_file(file, &to, Lock::Owner)?);
         self.sealed.insert(object, Held { size, view: view.clone() });
         Ok(view)
     }
@@ -522,7 +541,7 @@ impl ShmStore {
         }
         self.reserve(object, size)?;
         self.creating.remove(&object);
-        let view = Arc::new(map_file(file, &path)?);
+        let view = Arc::new(map_file(file, &path, Lock::Owner)?);
         self.sealed.insert(object, Held { size, view: view.clone() });
         Ok(view)
     }
@@ -538,11 +557,13 @@ impl ShmStore {
         let Some(Held { size, view }) = self.sealed.remove(&object) else { return };
         self.used -= size;
         let path = path_of(&self.dir, object);
+        // A clone of the store's view (an object streaming to a peer, say) still reads the file.
+        let recyclable = size >= RECYCLE_MIN && Arc::strong_count(&view) == 1;
         drop(view);
-        if size >= RECYCLE_MIN && self.pooled + size > self.pool_limit() {
+        if recyclable && self.pooled + size > self.pool_limit() {
             self.recount_pool();
         }
-        if size >= RECYCLE_MIN && self.pooled + size <= self.pool_limit() {
+        if recyclable && self.pooled + size <= self.pool_limit() {
             let to = self.dir.join(POOL).join(format!("{size}.{}", self.next_pooled));
             self.next_pooled += 1;
             if std::fs::rename(&path, &to).is_ok() {
@@ -631,6 +652,29 @@ mod tests {
     }
 
     #[test]
+    fn an_object_the_store_still_shares_is_not_pooled() {
+        let mut s = store("pool-shared", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        let streaming = s.get(o(1)).unwrap();
+        s.delete(o(1));
+        assert_eq!(s.pooled(), 0);
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        assert!(streaming.iter().all(|b| *b == 1));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn only_a_readers_view_of_an_object_that_may_be_pooled_holds_a_descriptor() {
+        let mut s = store("pool-fds", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        s.put(o(2), &[2; 100]).unwrap();
+        assert!(matches!(&*s.get(o(1)).unwrap(), View::Mapped(_, None)), "the store's views hold no descriptor");
+        assert!(matches!(map(s.dir(), o(1)).unwrap(), View::Mapped(_, Some(_))));
+        assert!(matches!(map(s.dir(), o(2)).unwrap(), View::Mapped(_, None)), "small objects are never pooled");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
     fn a_mapped_object_is_never_pooled_so_its_reader_keeps_its_bytes() {
         let mut s = store("pool-mapped", 64 * RECYCLE_MIN);
         s.put(o(1), &vec![1; BIG]).unwrap();
@@ -651,7 +695,7 @@ mod tests {
         let opened = File::open(&path).unwrap();
         s.delete(o(1));
         assert_eq!(s.pooled(), RECYCLE_MIN);
-        let err = map_file(opened, &path).expect_err("mapped a pooled file");
+        let err = map_file(opened, &path, Lock::Shared).expect_err("mapped a pooled file");
         assert!(matches!(&err, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
