@@ -779,56 +779,98 @@ async fn forward(mut links: mpsc::UnboundedReceiver<Link>, mut writer: ToHeadLin
 
 /// What the job's tasks print, written to the driver's own output a whole line at a time, so
 /// that tasks printing at once (a line may reach the driver in several pieces) do not cut into
-/// each other's lines.
+/// each other's lines. An unfinished line is written as it is once it has waited
+/// [`OutputLines::PATIENCE`], grown past [`OutputLines::MAX_HELD`], or its task's result arrives
+/// (a task's output comes before its end), and when the driver's link ends or the driver stops.
 #[derive(Default)]
 struct OutputLines {
-    /// The unfinished line of each task attempt's stream.
-    partial: BTreeMap<(keel_kernel::TaskId, u32, bool), Vec<u8>>,
+    /// The unfinished line of each task attempt's stream, and since when it waits.
+    partial: BTreeMap<(keel_kernel::TaskId, u32, bool), (Vec<u8>, tokio::time::Instant)>,
 }
 
 impl OutputLines {
     /// How long an unfinished line waits for its end.
     const PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+    /// The longest unfinished line held.
+    const MAX_HELD: usize = 64 << 10;
 
-    fn holds_any(&self) -> bool {
-        !self.partial.is_empty()
+    /// When the oldest unfinished line is due.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.partial.values().map(|(_, since)| *since + Self::PATIENCE).min()
     }
 
-    /// Takes a piece of output; returns the whole lines it completes (and whether for stderr).
-    fn lines(&mut self, chunk: keel_net::wire::OutputChunk) -> Option<(bool, Vec<u8>)> {
+    /// Takes a piece of output; returns what is ready to be written (and whether for stderr):
+    /// the whole lines it completes, or everything held once that grew too long.
+    fn lines(&mut self, chunk: keel_net::wire::OutputChunk, now: tokio::time::Instant) -> Option<(bool, Vec<u8>)> {
         let stderr = chunk.stream == keel_net::wire::Stream::Stderr;
         let key = (chunk.task, chunk.attempt, stderr);
-        let held = self.partial.entry(key).or_default();
+        let (held, _) = self.partial.entry(key).or_insert_with(|| (Vec::new(), now));
+        let before = held.len();
         held.extend_from_slice(&chunk.data);
-        let end = held.iter().rposition(|b| *b == b'\n')?;
-        let rest = held.split_off(end + 1);
-        let lines = std::mem::replace(held, rest);
+        let ready = match chunk.data.iter().rposition(|b| *b == b'\n') {
+            _ if held.len() > Self::MAX_HELD => std::mem::take(held),
+            Some(end) => {
+                let rest = held.split_off(before + end + 1);
+                std::mem::replace(held, rest)
+            }
+            None => return None,
+        };
         if held.is_empty() {
             self.partial.remove(&key);
+        } else if let Some(entry) = self.partial.get_mut(&key) {
+            // What is left is a new unfinished line.
+            entry.1 = now;
         }
-        Some((stderr, lines))
+        Some((stderr, ready))
     }
 
-    /// The unfinished lines, as they are.
-    fn unfinished(&mut self) -> Vec<(bool, Vec<u8>)> {
-        std::mem::take(&mut self.partial).into_iter().map(|((_, _, stderr), bytes)| (stderr, bytes)).collect()
+    /// The unfinished lines of `task` (all tasks when None) due by `now` (all when None), in the
+    /// order of their keys.
+    fn unfinished(
+        &mut self,
+        task: Option<keel_kernel::TaskId>,
+        now: Option<tokio::time::Instant>,
+    ) -> Vec<(bool, Vec<u8>)> {
+        let due: Vec<_> = self
+            .partial
+            .iter()
+            .filter(|((t, _, _), (_, since))| {
+                task.is_none_or(|task| *t == task) && now.is_none_or(|now| *since + Self::PATIENCE <= now)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        due.into_iter().filter_map(|key| self.partial.remove(&key).map(|(bytes, _)| (key.2, bytes))).collect()
     }
 
     fn take(&mut self, chunk: keel_net::wire::OutputChunk) {
-        if let Some((stderr, lines)) = self.lines(chunk) {
+        if let Some((stderr, lines)) = self.lines(chunk, tokio::time::Instant::now()) {
             Self::write(stderr, &lines);
         }
     }
 
-    fn flush(&mut self) {
-        for (stderr, bytes) in self.unfinished() {
+    /// Writes the unfinished lines of `task` (of all tasks when None) due by `now` (all when None).
+    fn flush(&mut self, task: Option<keel_kernel::TaskId>, now: Option<tokio::time::Instant>) {
+        for (stderr, bytes) in self.unfinished(task, now) {
             Self::write(stderr, &bytes);
         }
     }
 
     fn write(stderr: bool, bytes: &[u8]) {
         use std::io::Write;
-        let _ = if stderr { std::io::stderr().write_all(bytes) } else { std::io::stdout().write_all(bytes) };
+        let _ = if stderr {
+            std::io::stderr().write_all(bytes)
+        } else {
+            // Standard output is buffered by lines: an unfinished one must not wait there.
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        };
+    }
+}
+
+impl Drop for OutputLines {
+    /// The driver stops, or its link is gone for good: what is held is written.
+    fn drop(&mut self) {
+        self.flush(None, None);
     }
 }
 
@@ -845,20 +887,23 @@ async fn read_head(
 ) {
     let mut output = OutputLines::default();
     loop {
-        // A line a task left unfinished is written once its task stays quiet for a moment.
-        let next = if output.holds_any() {
-            tokio::select! {
+        // A line a task left unfinished is written once it has waited long enough.
+        let next = match output.due() {
+            Some(due) => tokio::select! {
                 next = reader.recv() => next,
-                _ = tokio::time::sleep(OutputLines::PATIENCE) => {
-                    output.flush();
+                _ = tokio::time::sleep_until(due) => {
+                    output.flush(None, Some(tokio::time::Instant::now()));
                     continue;
                 }
-            }
-        } else {
-            reader.recv().await
+            },
+            None => reader.recv().await,
         };
         let lost = match next {
             Ok(FromHead::Driver(m)) => {
+                // A task's output comes before its end: what it left unfinished goes before its result.
+                if let HeadToDriver::ObjectReady { object, .. } | HeadToDriver::ObjectFailed { object, .. } = &m {
+                    output.flush(Some(object.task), None);
+                }
                 if incoming.send(Incoming::Msg(m)).is_err() {
                     return;
                 }
@@ -869,7 +914,7 @@ async fn read_head(
                 continue;
             }
             Ok(FromHead::Stopping) => {
-                output.flush();
+                output.flush(None, None);
                 let _ = incoming.send(Incoming::Lost("the cluster is stopping".into()));
                 return;
             }
@@ -881,7 +926,7 @@ async fn read_head(
             Ok(_) => continue,
             Err(e) => e,
         };
-        output.flush();
+        output.flush(None, None);
         tracing::warn!(error = %lost, "lost the head; reconnecting");
         let deadline = tokio::time::Instant::now() + keel_daemon::client::RECONNECT_FOR;
         let mut backoff = keel_net::backoff::Backoff::new(
@@ -915,6 +960,7 @@ async fn read_head(
 
 /// Connects a driver: to `KEEL_ADDRESS`, or to a local cluster started in this process.
 pub(crate) fn connect_driver() -> Result<Keel> {
+    keel_shm::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("keel")
@@ -984,16 +1030,35 @@ mod tests {
     }
 
     #[test]
-    fn tasks_printing_at_once_get_whole_lines_and_an_unfinished_line_is_kept_until_flushed() {
+    fn tasks_printing_at_once_get_whole_lines_and_an_unfinished_line_waits_until_due() {
         let mut out = OutputLines::default();
+        let t0 = tokio::time::Instant::now();
+        let later = t0 + OutputLines::PATIENCE;
         // Two tasks' lines arrive cut into pieces, interleaved.
-        assert_eq!(out.lines(piece(1, Stream::Stderr, "counted ")), None);
-        assert_eq!(out.lines(piece(2, Stream::Stderr, "counted ")), None);
-        assert_eq!(out.lines(piece(2, Stream::Stdout, "other stream\n")), Some((false, b"other stream\n".to_vec())));
-        assert_eq!(out.lines(piece(1, Stream::Stderr, "f1: 3\nand a ")), Some((true, b"counted f1: 3\n".to_vec())));
-        assert_eq!(out.lines(piece(2, Stream::Stderr, "f2: 4\n")), Some((true, b"counted f2: 4\n".to_vec())));
-        assert!(out.holds_any());
-        assert_eq!(out.unfinished(), vec![(true, b"and a ".to_vec())]);
-        assert!(!out.holds_any());
+        assert_eq!(out.lines(piece(1, Stream::Stderr, "counted "), t0), None);
+        assert_eq!(out.lines(piece(2, Stream::Stderr, "counted "), t0), None);
+        assert_eq!(out.lines(piece(2, Stream::Stdout, "other\n"), t0), Some((false, b"other\n".to_vec())));
+        assert_eq!(
+            out.lines(piece(1, Stream::Stderr, "f1: 3\nand a "), later),
+            Some((true, b"counted f1: 3\n".to_vec()))
+        );
+        assert_eq!(out.lines(piece(2, Stream::Stderr, "f2: 4\n"), t0), Some((true, b"counted f2: 4\n".to_vec())));
+        // Task 1's unfinished line waits from when it began, not from the first piece of the line before.
+        assert_eq!(out.due(), Some(later + OutputLines::PATIENCE));
+        assert!(out.unfinished(None, Some(later)).is_empty());
+        assert_eq!(out.unfinished(Some(TaskId(2)), None), vec![]);
+        assert_eq!(out.unfinished(Some(TaskId(1)), None), vec![(true, b"and a ".to_vec())]);
+        assert_eq!(out.due(), None);
+    }
+
+    #[test]
+    fn a_line_that_never_ends_is_written_once_it_grows_too_long() {
+        let mut out = OutputLines::default();
+        let now = tokio::time::Instant::now();
+        let piece_of = |n: usize| piece(1, Stream::Stdout, &"x".repeat(n));
+        assert_eq!(out.lines(piece_of(OutputLines::MAX_HELD), now), None);
+        let (stderr, bytes) = out.lines(piece_of(10), now).expect("written");
+        assert!(!stderr && bytes.len() == OutputLines::MAX_HELD + 10);
+        assert_eq!(out.due(), None);
     }
 }

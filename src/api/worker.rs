@@ -97,6 +97,7 @@ fn env_u64(name: &str) -> Result<u64> {
 }
 
 fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
+    keel_shm::raise_open_file_limit();
     let env = WorkerEnv::from_env().map_err(|e| Error::Setup(e.to_string()))?;
     let node = NodeId(env_u64("KEEL_NODE_ID")?);
     let job = JobId(env_u64("KEEL_JOB_ID")?);

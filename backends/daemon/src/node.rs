@@ -215,6 +215,8 @@ pub async fn start(options: NodeOptions) -> Result<NodeHandle, NodeError> {
 
 /// [`start`] over another transport (turmoil's simulated network, in tests).
 pub async fn start_on<T: Transport>(options: NodeOptions, transport: T) -> Result<NodeHandle, NodeError> {
+    // Workers, peers and clients each hold a descriptor, and readers' views of large objects too.
+    keel_shm::raise_open_file_limit();
     let setup = |what: &str| {
         let what = what.to_string();
         move |source| NodeError::Setup { what, source }

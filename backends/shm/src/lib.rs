@@ -147,6 +147,35 @@ fn map_file(file: File, path: &Path, lock: Lock) -> Result<View, StoreError> {
     Ok(View::Mapped(map, locked.then_some(file)))
 }
 
+/// Raises this process's soft limit on open files to its hard limit, once: every live reader's
+/// view of an object of [`RECYCLE_MIN`] bytes or more holds a descriptor, and the usual soft limit
+/// (1,024) is soon reached by a program that keeps many. Returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit read and write one struct this function owns.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return 0;
+            }
+            // An unlimited hard limit is still bounded by what the kernel allows a process.
+            let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|n| n.trim().parse::<libc::rlim_t>().ok())
+                .unwrap_or(limit.rlim_max);
+            let want = limit.rlim_max.min(most);
+            if limit.rlim_cur < want {
+                let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        limit.rlim_cur
+    })
+}
+
 /// Takes `how` (`LOCK_SH` or `LOCK_EX`) on `file` if that needs no waiting.
 fn try_lock(file: &File, how: libc::c_int) -> bool {
     // SAFETY: a plain call on a descriptor `file` owns.
@@ -345,6 +374,14 @@ impl Creating {
 struct Held {
     size: u64,
     view: Arc<View>,
+    /// The sealed file's inode: only that file is pooled when the object goes (another writer of
+    /// the same object may have replaced it at its path since).
+    inode: u64,
+}
+
+/// The inode of `file`.
+fn inode_of(file: &File) -> io::Result<u64> {
+    Ok(std::os::unix::fs::MetadataExt::ino(&file.metadata()?))
 }
 
 /// The store of one node.
@@ -504,14 +541,21 @@ impl ShmStore {
         drop(map);
         let from = partial_path_of(&self.dir, object);
         let to = path_of(&self.dir, object);
-        if let Err(source) = std::fs::rename(&from, &to) {
-            self.unreserve(object);
-            let _ = std::fs::remove_file(&from);
-            return Err(StoreError::Io { path: to, source });
-        }
+        // A file taken from the pool is locked: readers must find it free once it is in place.
+        // SAFETY: a plain call on a descriptor `file` owns.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_UN) };
+        let placed = inode_of(&file).and_then(|inode| std::fs::rename(&from, &to).map(|()| inode));
+        let inode = match placed {
+            Ok(inode) => inode,
+            Err(source) => {
+                self.unreserve(object);
+                let _ = std::fs::remove_file(&from);
+                return Err(StoreError::Io { path: to, source });
+            }
+        };
         self.creating.remove(&object);
         let view = Arc::new(map_file(file, &to, Lock::Owner)?);
-        self.sealed.insert(object, Held { size, view: view.clone() });
+        self.sealed.insert(object, Held { size, view: view.clone(), inode });
         Ok(view)
     }
 
@@ -539,10 +583,11 @@ impl ShmStore {
         if found != size {
             return Err(StoreError::SizeMismatch { object, expected: size, found });
         }
+        let inode = inode_of(&file).map_err(|source| StoreError::Io { path: path.clone(), source })?;
         self.reserve(object, size)?;
         self.creating.remove(&object);
         let view = Arc::new(map_file(file, &path, Lock::Owner)?);
-        self.sealed.insert(object, Held { size, view: view.clone() });
+        self.sealed.insert(object, Held { size, view: view.clone(), inode });
         Ok(view)
     }
 
@@ -554,7 +599,7 @@ impl ShmStore {
     /// Deletes a sealed object (readers that still map it keep their view). A large one that
     /// nobody maps goes to the pool while it has room.
     pub fn delete(&mut self, object: ObjectId) {
-        let Some(Held { size, view }) = self.sealed.remove(&object) else { return };
+        let Some(Held { size, view, inode }) = self.sealed.remove(&object) else { return };
         self.used -= size;
         let path = path_of(&self.dir, object);
         // A clone of the store's view (an object streaming to a peer, say) still reads the file.
@@ -567,9 +612,13 @@ impl ShmStore {
             let to = self.dir.join(POOL).join(format!("{size}.{}", self.next_pooled));
             self.next_pooled += 1;
             if std::fs::rename(&path, &to).is_ok() {
-                // Only a file nobody maps is written again; a reader that opened it just now
+                // Only the file sealed as this object (not one another writer put in its place),
+                // and only if nobody maps it, is written again; a reader that opened it just now
                 // finds its name gone once it holds its lock.
-                if File::open(&to).is_ok_and(|f| try_lock(&f, libc::LOCK_EX)) {
+                let ours = |f: &File| {
+                    f.metadata().is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode && m.len() == size)
+                };
+                if File::open(&to).is_ok_and(|f| ours(&f) && try_lock(&f, libc::LOCK_EX)) {
                     self.pooled += size;
                 } else {
                     let _ = std::fs::remove_file(&to);
@@ -710,15 +759,44 @@ mod tests {
         s.delete(o(2));
         assert_eq!(s.pooled(), RECYCLE_MIN, "the pool grew past its share");
         assert_eq!(pooled(s.dir()).len(), 1);
-        // Seven fit beside the pool; the eighth empties it rather than be refused.
-        for i in 0..7 {
-            s.create(o(10 + i), RECYCLE_MIN).map(|c| s.seal(c).unwrap()).unwrap();
+        // Objects too small to take the pooled file fill the rest: used and pooled bytes together
+        // reach the capacity, and the next write empties the pool rather than be refused.
+        let small = BIG / 2 - 1;
+        for i in 0..14 {
+            s.put(o(10 + i), &vec![3; small]).unwrap();
         }
-        assert_eq!(s.used(), 7 * RECYCLE_MIN);
-        s.create(o(20), RECYCLE_MIN).map(|c| s.seal(c).unwrap()).unwrap();
-        assert_eq!((s.used(), s.pooled()), (8 * RECYCLE_MIN, 0));
-        assert!(pooled(s.dir()).is_empty());
-        assert!(s.create(o(21), 1).is_err(), "the capacity still holds");
+        assert_eq!((s.used(), s.pooled()), (14 * small as u64, RECYCLE_MIN));
+        s.put(o(30), &vec![4; small]).unwrap();
+        assert_eq!((s.used(), s.pooled()), (15 * small as u64, 0));
+        assert!(pooled(s.dir()).is_empty(), "the pool's files are still there");
+        let err = s.create(o(31), RECYCLE_MIN).err().expect("the capacity still holds");
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_open_file_limit();
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: reads one struct this test owns.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        let most: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap().trim().parse().unwrap();
+        assert_eq!((limit, now.rlim_cur), (now.rlim_max.min(most), now.rlim_max.min(most)));
+    }
+
+    #[test]
+    fn a_file_another_writer_put_in_place_of_a_sealed_object_is_never_pooled() {
+        let mut s = store("pool-replaced", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        // A second writer of the same object (a retried attempt) seals a small file over it; a
+        // reader maps that one, which is too small to need a lock.
+        write_sealed(s.dir(), o(1), b"small").unwrap();
+        let reader = map(s.dir(), o(1)).unwrap();
+        assert!(matches!(reader, View::Mapped(_, None)));
+        s.delete(o(1));
+        assert_eq!(s.pooled(), 0, "a file that is not the one sealed was pooled");
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        assert_eq!(&*reader, b"small", "a reader's bytes changed under it");
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
 
