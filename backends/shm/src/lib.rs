@@ -18,12 +18,13 @@
 //! eighth of the capacity, counts against the capacity, and is emptied first when room runs out.
 //!
 //! Readers say that they map a file by holding a shared `flock` on it for as long as their view
-//! lives (only for objects large enough to be pooled: only their views keep a descriptor); a file
-//! is pooled, and a pooled file taken, only under an exclusive lock got without waiting, and the
-//! store pools a file only once no clone of its own view is left, so a file anyone maps is never
-//! written again. A reader that opened an object's file
-//! just as it was pooled finds, once it holds its lock, that the object's name no longer leads
-//! to that file, and reports the object missing rather than read bytes that may change.
+//! lives (only for objects large enough to be pooled: only their views keep a descriptor). A file
+//! is pooled, and a pooled file taken, only under an exclusive lock got without waiting; the store
+//! pools only the file it sealed as the object (by inode: another writer of the same object may
+//! have put its own in place since), and only once no clone of its own view is left. So a file
+//! anyone maps is never written again. A reader that opened an object's file just as it was
+//! pooled finds, once it holds its lock, that the object's name no longer leads to that file, and
+//! reports the object missing rather than read bytes that may change.
 
 use keel_kernel::ObjectId;
 use memmap2::{Mmap, MmapMut};
