@@ -169,7 +169,13 @@ pub(crate) struct Shared {
     /// Nanoseconds the running task has spent in waits that timed out unreported (a polling
     /// loop): they come out of the grace of its next waits.
     unreported_wait: std::sync::atomic::AtomicU64,
+    /// Where values known to be in a store lie (this process's own puts, and values the head
+    /// named): a wait for one of them asks neither the core nor the head.
+    located: Located,
 }
+
+/// Objects in a store, and their holders, as far as this process knows.
+type Located = Arc<Mutex<HashMap<ObjectId, Vec<NodeId>>>>;
 
 /// While it lives, the task counts as blocked (see [`Shared::blocked`]).
 pub(crate) struct Blocked<'a>(&'a Shared);
@@ -215,7 +221,8 @@ impl Shared {
     ) -> Arc<Shared> {
         let (cmds, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
-        handle.spawn(run(rx, incoming, out, peers.clone()));
+        let located = Located::default();
+        handle.spawn(run(rx, incoming, out, peers.clone(), located.clone()));
         Arc::new(Shared {
             cmds,
             handle,
@@ -224,7 +231,15 @@ impl Shared {
             on_block: std::sync::OnceLock::new(),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             unreported_wait: std::sync::atomic::AtomicU64::new(0),
+            located,
         })
+    }
+
+    /// This process put `object` into `node`'s store.
+    pub fn note_located(&self, object: ObjectId, node: NodeId) {
+        if let Ok(mut located) = self.located.lock() {
+            located.insert(object, vec![node]);
+        }
     }
 
     /// In a worker: how to tell the node that the task is blocked waiting, or runs again. The
@@ -297,6 +312,9 @@ impl Shared {
 
     /// Waits for `object` (a blocking call; not from inside an async task).
     pub fn resolve(&self, object: ObjectId) -> Result<Resolution> {
+        if let Some(nodes) = self.located.lock().ok().and_then(|l| l.get(&object).cloned()) {
+            return Ok(Resolution::Ready(ObjectData::At(nodes)));
+        }
         let gather = self.subscribe(vec![object], 1, false)?;
         self.wait_gathered(&gather, None);
         match gather.take().pop().flatten() {
@@ -342,10 +360,12 @@ impl Shared {
 
     /// Forgets what the head said of `object`, so that the next wait asks it again.
     pub fn invalidate(&self, object: ObjectId) {
+        unlocate(&self.located, object);
         let _ = self.cmds.send(Cmd::Invalidate(object));
     }
 
     pub fn forget(&self, object: ObjectId) {
+        unlocate(&self.located, object);
         let _ = self.cmds.send(Cmd::Forget(object));
     }
 
@@ -492,6 +512,7 @@ async fn run(
     mut incoming: mpsc::UnboundedReceiver<Incoming>,
     out: Box<dyn Fn(DriverToHead) -> bool + Send>,
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
+    located: Located,
 ) {
     let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
     // Submissions and puts whose value is still wanted, in the order they were sent: after a
@@ -557,10 +578,13 @@ async fn run(
                         }
                     }
                     Cmd::Forget(object) => {
+                        // Also here: the head may have named its holders since the caller forgot it.
+                        unlocate(&located, object);
                         objects.remove(&object);
                         wanted.remove(&object);
                     }
                     Cmd::Invalidate(object) => {
+                        unlocate(&located, object);
                         if let Some(a) = objects.get_mut(&object) {
                             a.resolution = None;
                             a.subscribed = false;
@@ -588,6 +612,9 @@ async fn run(
                 match msg {
                     Incoming::Msg(HeadToDriver::ObjectReady { object, data, .. }) => {
                         wanted.remove(&object);
+                        if let (ObjectData::At(nodes), Some(_), Ok(mut l)) = (&data, objects.get(&object), located.lock()) {
+                            l.insert(object, nodes.clone());
+                        }
                         resolve(&mut objects, object, Resolution::Ready(data));
                     }
                     Incoming::Msg(HeadToDriver::ObjectFailed { object, reason }) => {
@@ -655,6 +682,12 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+fn unlocate(located: &Located, object: ObjectId) {
+    if let Ok(mut located) = located.lock() {
+        located.remove(&object);
     }
 }
 
@@ -1021,9 +1054,54 @@ pub(crate) fn connect_driver() -> Result<Keel> {
 
 #[cfg(test)]
 mod tests {
-    use super::OutputLines;
+    use super::{Incoming, OutputLines, Resolution, Shared};
     use keel_kernel::ids::{JobId, NodeId, TaskId};
+    use keel_kernel::proto::{DriverToHead, HeadToDriver, ObjectData};
+    use keel_kernel::ObjectId;
     use keel_net::wire::{OutputChunk, Stream};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_value_this_process_put_is_read_without_asking_and_a_forgotten_one_is_asked_for_again() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (itx, irx) = tokio::sync::mpsc::unbounded_channel();
+        let sent: Arc<Mutex<Vec<DriverToHead>>> = Arc::default();
+        let to_head = sent.clone();
+        let out = Box::new(move |m: DriverToHead| {
+            to_head.lock().unwrap().push(m);
+            true
+        });
+        let shared = Shared::start(runtime.handle().clone(), irx, out, keel_net::Token::generate());
+        let object = ObjectId::for_put(TaskId::driver(JobId(1)), 1);
+        let at = |r: Resolution| match r {
+            Resolution::Ready(ObjectData::At(nodes)) => nodes,
+            _ => panic!("not a stored value"),
+        };
+        shared.note_located(object, NodeId(3));
+        // Nobody answers for the head here: asking it would wait for ever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = shared.clone();
+        std::thread::spawn(move || tx.send(reader.resolve(object).map(at).ok()));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the head was asked about this put");
+        assert_eq!(got, Some(vec![NodeId(3)]));
+        assert!(sent.lock().unwrap().is_empty(), "the head was asked about a value this process put");
+        // Forgotten (or its holder gone): the head is asked again, and what it says is kept.
+        shared.forget(object);
+        let asked = sent.clone();
+        let head = std::thread::spawn(move || loop {
+            if asked.lock().unwrap().iter().any(|m| matches!(m, DriverToHead::Subscribe(o) if o == &vec![object])) {
+                let ready = HeadToDriver::ObjectReady { object, size: 1 << 20, data: ObjectData::At(vec![NodeId(4)]) };
+                itx.send(Incoming::Msg(ready)).unwrap();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        });
+        assert_eq!(at(shared.resolve(object).unwrap()), vec![NodeId(4)]);
+        head.join().unwrap();
+        let asked_before = sent.lock().unwrap().len();
+        assert_eq!(at(shared.resolve(object).unwrap()), vec![NodeId(4)]);
+        assert_eq!(sent.lock().unwrap().len(), asked_before, "a value the head named was asked for twice");
+    }
 
     fn piece(task: u64, stream: Stream, data: &str) -> OutputChunk {
         OutputChunk { job: JobId(1), task: TaskId(task), attempt: 0, node: NodeId(1), stream, data: data.into() }

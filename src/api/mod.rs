@@ -280,6 +280,8 @@ impl Keel {
                 // own `Put`, in order with its other messages.
                 None => self.inner.shared.store(object, size, &mut fill, &self.inner.host)?,
             };
+            // Sealed there now: a wait for it reads it without asking anyone.
+            self.inner.shared.note_located(object, node);
             DriverToHead::Put { object, size: size as u64, inline: None, node: Some(node), nested }
         };
         self.send(msg)?;
