@@ -319,10 +319,18 @@ pub fn write_sealed_with(
     let partial = partial_path_of(dir, object);
     let mut guard = None;
     let written = (|| {
+        let fresh = || OpenOptions::new().write(true).create_new(true).open(&partial);
         let file = match (size >= RECYCLE_MIN).then(|| claim(dir, size, &partial)).flatten() {
             Some((file, _)) => file,
-            None => OpenOptions::new().write(true).create_new(true).open(&partial)?,
+            None => match fresh() {
+                // A writer of this object died before it sealed it (a retried attempt finds its
+                // file): what it left goes.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && clear_abandoned(&partial) => fresh()?,
+                made => made?,
+            },
         };
+        // Held while the file is written: a partial file nobody holds was left by a dead writer.
+        try_lock(&file, libc::LOCK_EX);
         guard = Some(Partial(partial.clone()));
         // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
         let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
@@ -342,6 +350,25 @@ pub fn write_sealed_with(
         g.0 = PathBuf::new();
     }
     Ok(())
+}
+
+/// How long a partial file nobody holds must have gone unwritten before it counts as abandoned
+/// (a writer locks its file just after making it: this covers the moment in between).
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Removes the partial file at `path` if its writer is gone: nobody holds its lock and it has
+/// not been written to for [`ABANDONED_AFTER`]. Whoever holds its lock is the only one who may
+/// remove it, and does so only while `path` still leads to it.
+fn clear_abandoned(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = File::open(path) else { return false };
+    if !try_lock(&file, libc::LOCK_EX) {
+        return false;
+    }
+    let Ok(meta) = file.metadata() else { return false };
+    let idle = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER);
+    let same = std::fs::metadata(path).is_ok_and(|m| m.ino() == meta.ino());
+    idle && same && std::fs::remove_file(path).is_ok()
 }
 
 /// An object being written.
@@ -772,6 +799,37 @@ mod tests {
         assert!(pooled(s.dir()).is_empty(), "the pool's files are still there");
         let err = s.create(o(31), RECYCLE_MIN).err().expect("the capacity still holds");
         assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_partial_file_left_by_a_dead_writer_gives_way_and_a_live_writers_does_not() {
+        let s = store("abandoned", 64 * RECYCLE_MIN);
+        let partial = partial_path_of(s.dir(), o(1));
+        let write = || write_sealed_with(s.dir(), o(1), 3, |w| w.write_all(b"new"));
+        // A writer that is still at it holds its lock.
+        let live = File::create(&partial).unwrap();
+        assert!(try_lock(&live, libc::LOCK_EX));
+        live.set_modified(std::time::SystemTime::now() - 2 * ABANDONED_AFTER).unwrap();
+        let err = write().expect_err("took a live writer's file");
+        assert!(
+            matches!(&err, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists),
+            "{err}"
+        );
+        // Its process died: the lock went with it, but a file just made may be a writer's that
+        // has not locked it yet.
+        drop(live);
+        std::fs::write(&partial, b"stale").unwrap();
+        assert!(write().is_err(), "took a file made a moment ago");
+        File::options()
+            .write(true)
+            .open(&partial)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - 2 * ABANDONED_AFTER)
+            .unwrap();
+        write().unwrap();
+        assert_eq!(std::fs::read(path_of(s.dir(), o(1))).unwrap(), b"new");
+        assert!(!partial.exists());
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
 
