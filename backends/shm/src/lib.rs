@@ -153,28 +153,31 @@ fn map_file(file: File, path: &Path, lock: Lock) -> Result<View, StoreError> {
 /// (1,024) is soon reached by a program that keeps many. Returns the limit now in force.
 pub fn raise_open_file_limit() -> u64 {
     static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit and setrlimit read and write one struct this function owns.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-                return 0;
-            }
-            // An unlimited hard limit is still bounded by what the kernel allows a process.
-            let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
-                .ok()
-                .and_then(|n| n.trim().parse::<libc::rlim_t>().ok())
-                .unwrap_or(limit.rlim_max);
-            let want = limit.rlim_max.min(most);
-            if limit.rlim_cur < want {
-                let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    limit = raised;
-                }
+    *LIMIT.get_or_init(raise_to_hard_limit)
+}
+
+/// Raises the soft limit on open files to the hard one (bounded by what the kernel allows a
+/// process, should the hard limit be unlimited); returns the soft limit now in force.
+fn raise_to_hard_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one struct this function owns.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(limit.rlim_max);
+        let want = limit.rlim_max.min(most);
+        if limit.rlim_cur < want {
+            let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
             }
         }
-        limit.rlim_cur
-    })
+    }
+    limit.rlim_cur
 }
 
 /// Takes `how` (`LOCK_SH` or `LOCK_EX`) on `file` if that needs no waiting.
@@ -835,12 +838,22 @@ mod tests {
 
     #[test]
     fn the_open_file_limit_is_raised_to_the_hard_limit() {
-        let limit = raise_open_file_limit();
-        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: reads one struct this test owns.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        let get = || {
+            let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: reads one struct this test owns.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+            now
+        };
+        // Lowered first (always allowed), so that there is something to raise.
+        let before = get();
+        let lowered = libc::rlimit { rlim_cur: before.rlim_cur.min(512), rlim_max: before.rlim_max };
+        // SAFETY: sets one limit from a struct this test owns.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
         let most: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap().trim().parse().unwrap();
-        assert_eq!((limit, now.rlim_cur), (now.rlim_max.min(most), now.rlim_max.min(most)));
+        let want = before.rlim_max.min(most);
+        assert_eq!(raise_to_hard_limit(), want);
+        assert_eq!(get().rlim_cur, want);
+        assert_eq!(raise_open_file_limit(), want);
     }
 
     #[test]
