@@ -484,10 +484,12 @@ pub enum HeadToNode {
         args: Vec<(ObjectId, ArgSource)>,
         /// For an actor method: the worker hosting the actor.
         actor_worker: Option<WorkerId>,
-        /// Run it after this attempt of a task on this node ends, in the resources that one holds
-        /// (a successor handed over ahead of time, so that a worker goes from one task to the next
-        /// without a round trip to the head). If that attempt has ended already, run it now.
-        after: Option<(TaskId, u32)>,
+        /// Run it after these attempts of tasks on this node end, in the resources the first
+        /// holds: that one runs, the others were handed over before this one to follow it, in
+        /// order (a successor handed over ahead of time, so that a worker goes from one task to
+        /// the next without a round trip to the head). It waits for the last of them the node
+        /// still holds; if the node holds none, it runs now. Empty for a task dispatched as usual.
+        after: Vec<(TaskId, u32)>,
     },
     /// Cancel a task attempt; `force` kills its worker.
     CancelTask {

@@ -523,17 +523,15 @@ impl Cluster {
                     }
                 }
             }
-            NodeOutput::WithdrawTask { worker, task, attempt } => {
-                // Given back if not started; a started one runs on and ends as usual.
-                let queue = self.hosts[host].ahead.get_mut(&worker);
-                let at =
-                    queue.as_ref().and_then(|q| q.iter().position(|((s, a, _), _)| s.task == task && *a == attempt));
-                if let (Some(queue), Some(at)) = (queue, at) {
-                    queue.remove(at);
-                    if queue.is_empty() {
-                        self.hosts[host].ahead.remove(&worker);
+            NodeOutput::WithdrawTask { worker, tasks } => {
+                // Given back, all of them, if the first has not started; else they run on.
+                if let Some(queue) = self.hosts[host].ahead.get_mut(&worker) {
+                    if crate::node::withdraw_held(queue, &tasks, |((s, a, _), _)| (s.task, *a)) {
+                        if queue.is_empty() {
+                            self.hosts[host].ahead.remove(&worker);
+                        }
+                        self.send_node(host, NodeInput::TaskWithdrawn { worker, tasks }, Duration::ZERO);
                     }
-                    self.send_node(host, NodeInput::TaskWithdrawn { worker, task, attempt }, Duration::ZERO);
                 }
             }
             NodeOutput::KillWorker { worker } => {

@@ -40,12 +40,12 @@ fn submit(c: &mut Cluster, job: JobId, n: u64, function: &str) -> Vec<TaskId> {
 }
 
 /// The `after` of each `RunTask` the head sent for `task`.
-fn orders(c: &Cluster, task: TaskId) -> Vec<Option<(TaskId, u32)>> {
+fn orders(c: &Cluster, task: TaskId) -> Vec<Vec<(TaskId, u32)>> {
     c.head_log
         .iter()
         .filter_map(|(_, o)| match o {
             HeadOutput::ToNode { msg: HeadToNode::RunTask { spec, after, .. }, .. } if spec.task == task => {
-                Some(*after)
+                Some(after.clone())
             }
             _ => None,
         })
@@ -57,20 +57,54 @@ fn states(c: &Cluster, tasks: &[TaskId]) -> Vec<TaskStateKind> {
 }
 
 #[test]
-fn short_tasks_beyond_the_free_cpus_are_handed_to_the_node_to_run_next_one_per_running_task() {
+fn short_tasks_beyond_the_free_cpus_are_handed_to_the_node_to_run_next_the_running_task_with_fewest_first() {
     let mut c = cluster(1, 2);
     let job = c.start_job("short");
     warm_up(&mut c, job, "ms=2");
     let ids = submit(&mut c, job, 6, "ms=2");
     c.run_for(us(1_500));
-    use TaskStateKind::{Next, Queued, Running};
-    assert_eq!(states(&c, &ids), vec![Running, Running, Next, Next, Queued, Queued]);
-    assert_eq!(orders(&c, ids[2]), vec![Some((ids[0], 0))]);
-    assert_eq!(orders(&c, ids[3]), vec![Some((ids[1], 0))]);
+    use TaskStateKind::{Next, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Running, Next, Next, Next, Next]);
+    assert_eq!(orders(&c, ids[2]), vec![vec![(ids[0], 0)]]);
+    assert_eq!(orders(&c, ids[3]), vec![vec![(ids[1], 0)]]);
+    // Each names the running task and the successors handed over before it.
+    assert_eq!(orders(&c, ids[4]), vec![vec![(ids[0], 0), (ids[2], 0)]]);
+    assert_eq!(orders(&c, ids[5]), vec![vec![(ids[1], 0), (ids[3], 0)]]);
     c.check_invariants();
     c.run_for(Duration::from_millis(100));
     assert!(states(&c, &ids).iter().all(|s| *s == TaskStateKind::Finished), "{:?}", states(&c, &ids));
     c.check_invariants();
+}
+
+#[test]
+fn a_running_task_takes_successors_only_while_the_last_would_start_within_pipeline_under() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("medium");
+    warm_up(&mut c, job, "ms=4");
+    // About 4 ms each: a second successor starts after about 8 ms, a third after about 12.
+    let ids = submit(&mut c, job, 4, "ms=4");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Next, Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Next, Queued]);
+    c.run_for(Duration::from_millis(100));
+    assert!(states(&c, &ids).iter().all(|s| *s == TaskStateKind::Finished), "{:?}", states(&c, &ids));
+    c.check_invariants();
+}
+
+#[test]
+fn a_running_task_takes_at_most_pipeline_depth_successors() {
+    let config = HeadConfig { pipeline_depth: 2, ..HeadConfig::default() };
+    let mut c = Cluster::new(config, NodeConfig::default(), us(50));
+    c.add_host(ResourceSet::cpus(1), Labels::new());
+    c.run_for(Duration::from_millis(10));
+    let job = c.start_job("short");
+    warm_up(&mut c, job, "ms=1");
+    let ids = submit(&mut c, job, 5, "ms=1");
+    c.run_for(us(300));
+    use TaskStateKind::{Next, Queued, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Next, Queued, Queued]);
+    c.run_for(Duration::from_millis(100));
+    assert!(states(&c, &ids).iter().all(|s| *s == TaskStateKind::Finished), "{:?}", states(&c, &ids));
 }
 
 #[test]
@@ -127,7 +161,7 @@ fn a_successor_cancelled_by_force_frees_its_place_for_the_next_queued_task() {
     use TaskStateKind::{Cancelled, Finished, Next, Running};
     c.run_for(us(500));
     assert_eq!(states(&c, &ids), vec![Running, Cancelled, Next], "the third follows the first instead");
-    assert_eq!(orders(&c, ids[2]), vec![Some((ids[0], 0))]);
+    assert_eq!(orders(&c, ids[2]), vec![vec![(ids[0], 0)]]);
     c.check_invariants();
     c.run_for(Duration::from_millis(50));
     assert_eq!(states(&c, &ids), vec![Finished, Cancelled, Finished]);
@@ -142,7 +176,7 @@ fn a_successor_cancelled_without_force_is_skipped_when_its_turn_comes() {
     assert_eq!(states(&c, &ids), vec![Running, Next, Queued], "it waits for its turn on the worker");
     c.run_for(Duration::from_millis(50));
     assert_eq!(states(&c, &ids), vec![Finished, Cancelled, Finished]);
-    assert_eq!(orders(&c, ids[2]), vec![None], "nothing follows a task being cancelled");
+    assert_eq!(orders(&c, ids[2]), vec![vec![]], "nothing follows a task being cancelled");
     c.check_invariants();
 }
 
@@ -219,4 +253,28 @@ fn nothing_is_pipelined_while_a_task_of_another_class_waits_for_the_cpus() {
     c.run_for(Duration::from_millis(50));
     assert_eq!(c.head.task_state(wide_id), Some(Finished));
     assert_eq!(states(&c, &more), vec![Finished, Finished]);
+}
+
+#[test]
+fn when_a_task_with_a_chain_of_successors_blocks_the_first_starts_at_once_and_the_others_follow_it() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("chain");
+    warm_up(&mut c, job, "ms=2");
+    let ids = submit(&mut c, job, 4, "ms=2");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Finished, Next, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Next, Next]);
+    assert_eq!(orders(&c, ids[3]), vec![vec![(ids[0], 0), (ids[1], 0), (ids[2], 0)]]);
+    let node = c.head.task_node(ids[0]).unwrap();
+    let msg = proto::NodeToHead::TaskBlocked { task: ids[0], attempt: 0 };
+    c.head_input(head::HeadInput::FromNode { node, msg }).unwrap();
+    assert_eq!(states(&c, &ids), vec![Running, Running, Next, Next], "the first successor runs in the CPU lent");
+    c.check_invariants();
+    // The node takes the chain back from the blocked task's worker; it runs on another worker,
+    // one after another, well before the blocked task could have ended.
+    c.run_for(us(9_000));
+    assert_eq!(states(&c, &ids[1..]), vec![Finished, Finished, Finished]);
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(states(&c, &ids), vec![Finished; 4]);
+    c.check_invariants();
 }

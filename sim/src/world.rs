@@ -1212,7 +1212,7 @@ impl World {
                 if let Some(w) = actor_worker {
                     self.log_ids(29, &[w.0]);
                 }
-                if let Some((before, a)) = after {
+                for (before, a) in after {
                     self.log_ids(34, &[before.0, u64::from(*a)]);
                 }
             }
@@ -1336,18 +1336,16 @@ impl World {
                     }
                 }
             }
-            NodeOutput::WithdrawTask { worker, task, attempt } => {
-                // Given back if not started; a started one runs on and ends as usual.
+            NodeOutput::WithdrawTask { worker, tasks } => {
+                // Given back, all of them, if the first has not started; else they run on.
                 let h = &mut self.hosts[host];
-                let queue = h.ahead.get_mut(&worker);
-                let at =
-                    queue.as_ref().and_then(|q| q.iter().position(|((s, a, _), _)| s.task == task && *a == attempt));
-                if let (Some(queue), Some(at)) = (queue, at) {
-                    queue.remove(at);
-                    if queue.is_empty() {
-                        h.ahead.remove(&worker);
+                if let Some(queue) = h.ahead.get_mut(&worker) {
+                    if keel_kernel::node::withdraw_held(queue, &tasks, |((s, a, _), _)| (s.task, *a)) {
+                        if queue.is_empty() {
+                            h.ahead.remove(&worker);
+                        }
+                        self.local(host, Duration::ZERO, NodeInput::TaskWithdrawn { worker, tasks });
                     }
-                    self.local(host, Duration::ZERO, NodeInput::TaskWithdrawn { worker, task, attempt });
                 }
             }
             NodeOutput::ToWorker { .. } => {}

@@ -46,11 +46,11 @@ impl Inbox {
         }
     }
 
-    /// Takes back a held attempt not started yet; false when there is none (it runs, or ran).
-    fn withdraw(&self, task: TaskId, attempt: u32) -> bool {
+    /// Takes back held attempts not started yet, the first and those behind it, all or none;
+    /// false when the first is not held (it runs, or ran, and those behind it follow it here).
+    fn withdraw(&self, tasks: &[(TaskId, u32)]) -> bool {
         let mut state = self.state.lock().expect("inbox");
-        let at = state.0.iter().position(|e| e.spec.task == task && e.attempt == attempt);
-        at.map(|at| state.0.remove(at)).is_some()
+        keel_kernel::node::withdraw_held(&mut state.0, tasks, |e| (e.spec.task, e.attempt))
     }
 
     /// The node is gone: what it handed over and was not started is dropped (the head runs it
@@ -134,9 +134,9 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
                 // process); one not started yet is skipped.
                 Ok(ToWorker::Interrupt { task, attempt }) => to_inbox.interrupt(task, attempt),
                 // Given back only if not started; a started one ends as usual.
-                Ok(ToWorker::Withdraw { task, attempt }) => {
-                    if to_inbox.withdraw(task, attempt) {
-                        let _ = withdrawn_tx.send(Outbound::Frame(FromWorker::Withdrawn { task, attempt }));
+                Ok(ToWorker::Withdraw { tasks }) => {
+                    if to_inbox.withdraw(&tasks) {
+                        let _ = withdrawn_tx.send(Outbound::Frame(FromWorker::Withdrawn { tasks }));
                     }
                 }
                 Err(e) => {

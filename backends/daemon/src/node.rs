@@ -852,9 +852,7 @@ impl<T: Transport> Core<T> {
                     }
                 }
                 FromWorker::Blocked(blocked) => self.input(NodeInput::WorkerBlocked { worker, blocked }),
-                FromWorker::Withdrawn { task, attempt } => {
-                    self.input(NodeInput::TaskWithdrawn { worker, task, attempt })
-                }
+                FromWorker::Withdrawn { tasks } => self.input(NodeInput::TaskWithdrawn { worker, tasks }),
                 FromWorker::Hello { .. } => tracing::warn!(%worker, "a worker said hello twice"),
             },
             Ev::Process(ProcessEvent::Output { key, stream, data }) => self.on_output(key, stream, data),
@@ -1086,9 +1084,7 @@ impl<T: Transport> Core<T> {
             NodeOutput::InterruptTask { worker, task, attempt } => {
                 self.send_to_worker(worker, ToWorker::Interrupt { task, attempt })
             }
-            NodeOutput::WithdrawTask { worker, task, attempt } => {
-                self.send_to_worker(worker, ToWorker::Withdraw { task, attempt })
-            }
+            NodeOutput::WithdrawTask { worker, tasks } => self.send_to_worker(worker, ToWorker::Withdraw { tasks }),
             NodeOutput::KillWorker { worker } => {
                 if let Some(p) = self.workers.get_mut(&worker).and_then(|w| w.process.as_mut()) {
                     p.kill();

@@ -326,12 +326,11 @@ pub enum FromWorker {
     },
     /// The running task is blocked waiting for objects (true), or runs again (false).
     Blocked(bool),
-    /// An attempt handed over ahead was given back unstarted (answering `ToWorker::Withdraw`).
+    /// Attempts handed over ahead were given back unstarted, all those asked (answering
+    /// `ToWorker::Withdraw`).
     Withdrawn {
-        /// The task.
-        task: TaskId,
-        /// The attempt.
-        attempt: u32,
+        /// The tasks and attempts, in the order asked.
+        tasks: Vec<(TaskId, u32)>,
     },
 }
 
@@ -360,11 +359,10 @@ pub enum ToWorker {
         /// The attempt.
         attempt: u32,
     },
-    /// Give back an attempt handed over ahead if it has not started (answer `Withdrawn`).
+    /// Give back attempts handed over ahead, the first and those held behind it, if the first
+    /// has not started (answer `Withdrawn`); else run them all.
     Withdraw {
-        /// The task.
-        task: TaskId,
-        /// The attempt.
-        attempt: u32,
+        /// The tasks and attempts, in the order held.
+        tasks: Vec<(TaskId, u32)>,
     },
 }

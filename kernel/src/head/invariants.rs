@@ -26,22 +26,26 @@ impl Head {
         self.check_successors();
     }
 
-    /// A task handed over to run next follows a normal task running on the same node that names
-    /// it as its successor, and the other way round.
+    /// A task handed over to run next follows a normal task running on the same node that lists
+    /// it among its successors, once, and the other way round.
     fn check_successors(&self) {
         for (id, t) in self.tasks.iter_unordered() {
             match &t.state {
-                TaskState::Running { node, next: Some(next), bundle, .. } => {
+                TaskState::Running { node, next, bundle, .. } if !next.is_empty() => {
                     assert_eq!(t.spec.kind, crate::proto::TaskKind::Normal, "{id} of another kind has a successor");
                     assert!(bundle.is_none(), "{id} in a bundle has a successor");
-                    let state = self.tasks.get(*next).map(|n| &n.state);
-                    let follows =
-                        matches!(state, Some(TaskState::Next { node: n, after }) if n == node && *after == id);
-                    assert!(follows, "{id} lists {next} as its successor, which does not follow it on {node}");
+                    assert!(next.len() <= self.config.pipeline_depth as usize, "{id} has {} successors", next.len());
+                    for (i, successor) in next.iter().enumerate() {
+                        assert!(!next[..i].contains(successor), "{id} lists {successor} twice");
+                        let state = self.tasks.get(*successor).map(|n| &n.state);
+                        let follows =
+                            matches!(state, Some(TaskState::Next { node: n, after }) if n == node && *after == id);
+                        assert!(follows, "{id} lists {successor} as its successor, which does not follow it on {node}");
+                    }
                 }
                 TaskState::Next { node, after } => {
                     let state = self.tasks.get(*after).map(|n| &n.state);
-                    let listed = matches!(state, Some(TaskState::Running { node: n, next: Some(s), .. }) if n == node && *s == id);
+                    let listed = matches!(state, Some(TaskState::Running { node: n, next, .. }) if n == node && next.contains(&id));
                     assert!(listed, "{id} follows {after} on {node}, which does not list it");
                 }
                 _ => {}

@@ -92,16 +92,25 @@ pub struct HeadConfig {
     /// Pipelining of short tasks: when no node has room for a ready task of a scheduling class
     /// whose tasks recently ran for less than this (from dispatch to end, a moving average), it
     /// is handed to the node of a running task of the same job and class, to run next in that
-    /// task's resources (one such successor per running task): the worker goes from one task to
-    /// the next without waiting for the head. Long tasks are never pipelined, so a successor waits
-    /// at most about this long for a place that might have opened elsewhere. Tasks in placement
-    /// groups and SPREAD tasks are never pipelined. Zero turns it off. Default 10 ms.
+    /// task's resources: the worker goes from one task to the next without waiting for the head.
+    /// A running task takes successors one after another (the task with the fewest first) while
+    /// the next would start within this long (its class's run time times those ahead of it), up
+    /// to `pipeline_depth`. Long tasks are never pipelined, so a successor waits at most about
+    /// this long for a place that might have opened elsewhere. Tasks in placement groups and
+    /// SPREAD tasks are never pipelined. Zero turns it off. Default 10 ms.
     #[serde(default = "pipeline_under_by_default")]
     pub pipeline_under: Duration,
+    /// The most successors a running task holds (see `pipeline_under`). Default 8.
+    #[serde(default = "pipeline_depth_by_default")]
+    pub pipeline_depth: u32,
 }
 
 fn pipeline_under_by_default() -> Duration {
     Duration::from_millis(10)
+}
+
+fn pipeline_depth_by_default() -> u32 {
+    8
 }
 
 impl Default for HeadConfig {
@@ -116,6 +125,7 @@ impl Default for HeadConfig {
             scheduler: SchedulerConfig::default(),
             autoscaler: None,
             pipeline_under: pipeline_under_by_default(),
+            pipeline_depth: pipeline_depth_by_default(),
         }
     }
 }

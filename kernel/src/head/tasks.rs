@@ -56,13 +56,14 @@ pub(super) enum TaskState {
         /// CPUs it runs without since it ran again and found them taken: the next CPUs freed on
         /// its node (or in its bundle) go to it before any new task (see `settle_debts`).
         owed: Amount,
-        /// The task handed to its node to run next, in these resources.
-        next: Option<TaskId>,
+        /// The tasks handed to its node to run next, in these resources, one after another
+        /// (see `HeadConfig::pipeline_depth`).
+        next: Vec<TaskId>,
         /// When it was dispatched (or its predecessor ended), for its class's run time.
         since: Time,
     },
-    /// Handed to `node` to run after `after` (running there), in the resources `after` holds
-    /// when it ends; it holds nothing until then.
+    /// Handed to `node` to run after `after` (running there) and the successors `after` lists
+    /// before it, in the resources `after` holds when it ends; it holds nothing until then.
     Next {
         node: NodeId,
         after: TaskId,
@@ -241,9 +242,10 @@ pub(super) struct TaskTable {
     pub infeasible: BTreeMap<TaskId, crate::time::Time>,
     /// Tasks placed in each placement group (removing a group finds its tasks without a scan).
     in_group: BTreeMap<PlacementGroupId, BTreeSet<TaskId>>,
-    /// Per class, running tasks that may take a successor (see `HeadConfig::pipeline_under`);
-    /// an entry that no longer qualifies is dropped when next met.
-    open_slots: BTreeMap<(u32, JobId), BTreeSet<TaskId>>,
+    /// Per class, running tasks that may take a successor (see `HeadConfig::pipeline_under`),
+    /// keyed by how many they have, so that the one with the fewest (the oldest of those) takes
+    /// the next; an entry that no longer qualifies is dropped when next met.
+    open_slots: BTreeMap<(u32, JobId), BTreeSet<(u32, TaskId)>>,
     /// Per class (by id), a moving average of how long its tasks ran, from dispatch to end.
     run_times: Vec<Option<Duration>>,
 }
@@ -689,7 +691,7 @@ impl Head {
             worker: actor_worker,
             blocked: None,
             owed: Amount::ZERO,
-            next: None,
+            next: Vec::new(),
             since: self.now,
         };
         let msg = HeadToNode::RunTask {
@@ -698,7 +700,7 @@ impl Head {
             allocation: alloc,
             args,
             actor_worker,
-            after: None,
+            after: Vec::new(),
         };
         self.nodes.get_mut(node).expect("dispatch to a live node").running.insert(task);
         self.stats.attempts_dispatched += 1;
@@ -706,7 +708,7 @@ impl Head {
         self.emit(HeadOutput::ToNode { node, msg });
     }
 
-    /// Lists a running task as one a successor may follow, if it may have one.
+    /// Lists a running task as one a successor may follow, if it may have one more.
     fn open_slot_for(&mut self, task: TaskId) {
         let record = self.tasks.get(task).expect("task");
         let pipelined =
@@ -718,18 +720,35 @@ impl Head {
         if off || record.spec.kind != TaskKind::Normal || !pipelined || !cpu_only {
             return;
         }
-        let Some(class) = record.class else { return };
-        self.tasks.open_slots.entry((class, record.spec.job)).or_default().insert(task);
+        let TaskState::Running { next, .. } = &record.state else { return };
+        let (Some(class), held) = (record.class, next.len() as u32) else { return };
+        if held >= self.config.pipeline_depth {
+            return;
+        }
+        self.tasks.open_slots.entry((class, record.spec.job)).or_default().insert((held, task));
+    }
+
+    /// Takes a running task off the list of those a successor may follow.
+    fn close_slot_of(&mut self, task: TaskId) {
+        let Some(record) = self.tasks.get(task) else { return };
+        let (Some(class), TaskState::Running { next, .. }) = (record.class, &record.state) else { return };
+        let key = (class, record.spec.job);
+        let held = next.len() as u32;
+        if let Some(slots) = self.tasks.open_slots.get_mut(&key) {
+            slots.remove(&(held, task));
+            if slots.is_empty() {
+                self.tasks.open_slots.remove(&key);
+            }
+        }
     }
 
     /// A running task of `class` that `task` may follow, if the class's tasks are short: one of
     /// the same job, running now on a node that takes work, not blocked, owed nothing, not being
-    /// cancelled, with no successor yet (the oldest such). Entries met that no longer qualify are
-    /// dropped, so each is looked at about once.
+    /// cancelled, with the fewest successors (the oldest such), and only while the successor
+    /// would start within `pipeline_under` (it waits for the task and those handed over before
+    /// it). Entries met that no longer qualify are dropped, so each is looked at about once.
     fn open_slot(&mut self, class: u32, task: TaskId) -> Option<TaskId> {
-        if self.tasks.run_time(class).is_none_or(|t| t >= self.config.pipeline_under) {
-            return None;
-        }
+        let run_time = self.tasks.run_time(class).filter(|t| *t < self.config.pipeline_under)?;
         // Only while nothing else waits: a successor takes its predecessor's resources without
         // their being freed, so other classes, placement groups and tasks owed CPUs would not
         // see them.
@@ -739,34 +758,48 @@ impl Head {
         let key = (class, self.tasks.get(task).expect("task").spec.job);
         loop {
             let slots = self.tasks.open_slots.get_mut(&key)?;
-            let Some(before) = slots.pop_first() else {
+            let Some((held, before)) = slots.pop_first() else {
                 self.tasks.open_slots.remove(&key);
                 return None;
             };
+            // The fewest successors held anywhere is too many to wait behind: so is every other.
+            if run_time.0.saturating_mul(u64::from(held) + 1) >= self.config.pipeline_under.0 {
+                slots.insert((held, before));
+                return None;
+            }
             let Some(record) = self.tasks.get(before) else { continue };
-            let TaskState::Running { node, blocked: None, owed, bundle: None, next: None, .. } = &record.state else {
+            let TaskState::Running { node, blocked: None, owed, bundle: None, next, .. } = &record.state else {
                 continue;
             };
+            if next.len() as u32 != held {
+                continue;
+            }
             let schedulable = self.cluster.node(*node).is_some_and(|n| n.schedulable);
             let in_debt = self.debts.contains_key(node);
             if *owed == Amount::ZERO && !record.cancel_requested && schedulable && !in_debt {
-                // Taken: `hand_over_next` gives it its successor.
+                // Taken: `hand_over_next` gives it its successor (and lists it again).
                 return Some(before);
             }
         }
     }
 
-    /// Hands `task` to the node running `before`, to run after it in its resources.
+    /// Hands `task` to the node running `before`, to run after it and its other successors, in
+    /// its resources.
     fn hand_over_next(&mut self, task: TaskId, before: TaskId) {
         let args = self.argument_sources(task);
-        let prior = self.tasks.get_mut(before).expect("task");
-        let before_attempt = prior.attempt;
-        let TaskState::Running { node, alloc, next, .. } = &mut prior.state else {
+        let prior = self.tasks.get(before).expect("task");
+        let TaskState::Running { node, alloc, next, .. } = &prior.state else {
             panic!("{task} handed over behind {before}, which is not running")
         };
-        assert!(next.is_none(), "{before} already has a successor");
-        *next = Some(task);
+        // The attempts it runs after, in order: the running one, then its successors so far.
+        let mut after = Vec::with_capacity(next.len() + 1);
+        after.push((before, prior.attempt));
+        after.extend(next.iter().map(|t| (*t, self.tasks.get(*t).expect("successor").attempt)));
         let (node, allocation) = (*node, alloc.clone());
+        let Some(TaskState::Running { next, .. }) = self.tasks.get_mut(before).map(|r| &mut r.state) else {
+            unreachable!()
+        };
+        next.push(task);
         let record = self.tasks.get_mut(task).expect("task");
         assert!(matches!(record.state, TaskState::Queued), "handing over a task that is not queued");
         record.state = TaskState::Next { node, after: before };
@@ -776,19 +809,27 @@ impl Head {
             allocation,
             args,
             actor_worker: None,
-            after: Some((before, before_attempt)),
+            after,
         };
         self.tasks.infeasible.remove(&task);
         self.nodes.get_mut(node).expect("hand-over to a live node").running.insert(task);
         self.stats.attempts_dispatched += 1;
         self.stats.attempts_pipelined += 1;
+        self.open_slot_for(before);
         self.emit(HeadOutput::ToNode { node, msg });
     }
 
-    /// `before` ended on `node` with `alloc`: its successor runs now in those resources, taking
-    /// the CPUs they lack (lent while `before` was blocked) if free, else running without them,
-    /// owed them first (as a task that runs again after a wait does).
-    fn promote_next(&mut self, next: TaskId, node: NodeId, mut alloc: Allocation) {
+    /// A task on `node` with `alloc` ended or blocked: the first of its successors, `chain`, runs
+    /// now in those resources, taking the CPUs they lack (lent while the task was blocked) if
+    /// free, else running without them, owed them first (as a task that runs again after a wait
+    /// does). The others follow it now.
+    fn promote_next(&mut self, mut chain: Vec<TaskId>, node: NodeId, mut alloc: Allocation) {
+        let next = chain.remove(0);
+        for behind in &chain {
+            let state = self.tasks.get_mut(*behind).map(|r| &mut r.state);
+            let Some(TaskState::Next { after, .. }) = state else { panic!("{behind} listed as a successor") };
+            *after = next;
+        }
         let record = self.tasks.get(next).expect("successor");
         let lacking = Amount(record.spec.resources.cpu.0.saturating_sub(alloc.resources.cpu.0));
         let mut owed = Amount::ZERO;
@@ -810,7 +851,7 @@ impl Head {
             worker: None,
             blocked: None,
             owed,
-            next: None,
+            next: chain,
             since: self.now,
         };
         let class = record.class;
@@ -924,23 +965,27 @@ impl Head {
         if !matches!(record.spec.kind, TaskKind::Normal) {
             return Ok(());
         }
-        let TaskState::Running { alloc, bundle, blocked, owed, next, .. } = &mut record.state else {
+        let TaskState::Running { blocked, .. } = &record.state else {
             // Handed over to run next: it cannot have started.
             return Err(InputError::StaleAttempt { task, attempt, node });
         };
         if blocked.is_some() {
             return Ok(());
         }
+        self.close_slot_of(task);
+        let record = self.tasks.get_mut(task).expect("task");
+        let TaskState::Running { alloc, bundle, blocked, owed, next, .. } = &mut record.state else { unreachable!() };
         let cpu = std::mem::replace(&mut alloc.resources.cpu, Amount::ZERO);
         // A debt is forgiven while it waits (its queue entry is dropped when next met); what it
         // wants back when it runs again is everything it was given.
         *blocked = Some(Amount(cpu.0 + std::mem::replace(owed, Amount::ZERO).0));
         let bundle = *bundle;
         let lent = Allocation { resources: ResourceSet { cpu, ..ResourceSet::default() }, gpus: Vec::new() };
-        // Its successor must not wait for it (it may be what it waits for): it runs now, in the
-        // CPUs lent, which is all a pipelined (CPU-only) task holds.
-        if let Some(successor) = next.take() {
-            self.promote_next(successor, node, lent);
+        // Its successors must not wait for it (one may be what it waits for): the first runs now,
+        // in the CPUs lent, which is all a pipelined (CPU-only) task holds; the others follow it.
+        let chain = std::mem::take(next);
+        if let Some(&successor) = chain.first() {
+            self.promote_next(chain, node, lent);
             let attempt = self.tasks.get(successor).expect("successor").attempt;
             self.emit(HeadOutput::ToNode { node, msg: HeadToNode::StartNow { task: successor, attempt } });
         } else if cpu > Amount::ZERO {
@@ -1109,13 +1154,19 @@ impl Head {
 
     /// Ends the attempt; a constructor that `finished` hands its resources to its actor instead.
     fn end_attempt_as(&mut self, task: TaskId, finished: bool) {
+        self.close_slot_of(task);
         let record = self.tasks.get_mut(task).expect("task");
         let state = std::mem::replace(&mut record.state, TaskState::Queued);
         if let TaskState::Next { node, after } = state {
-            // It never ran and holds nothing: the task it followed may take another successor.
-            if let Some(TaskState::Running { next, .. }) = self.tasks.get_mut(after).map(|r| &mut r.state) {
-                assert_eq!(*next, Some(task), "{task} followed {after}, which did not list it");
-                *next = None;
+            // It never ran and holds nothing: those behind it move up, and the task it followed
+            // may take another successor.
+            if matches!(self.tasks.get(after).map(|r| &r.state), Some(TaskState::Running { .. })) {
+                self.close_slot_of(after);
+                let Some(TaskState::Running { next, .. }) = self.tasks.get_mut(after).map(|r| &mut r.state) else {
+                    unreachable!()
+                };
+                let at = next.iter().position(|t| *t == task);
+                next.remove(at.unwrap_or_else(|| panic!("{task} followed {after}, which did not list it")));
                 self.open_slot_for(after);
                 if let Some(class) = self.tasks.get(after).and_then(|r| r.class) {
                     self.tasks.mark_runnable(class);
@@ -1132,25 +1183,17 @@ impl Head {
             return;
         };
         let keeps_allocation = finished && matches!(record.spec.kind, TaskKind::ActorCreation(_));
-        if let Some(class) = record.class {
-            let key = (class, record.spec.job);
-            if let Some(slots) = self.tasks.open_slots.get_mut(&key) {
-                slots.remove(&task);
-                if slots.is_empty() {
-                    self.tasks.open_slots.remove(&key);
-                }
-            }
-        }
         if let Some(n) = self.nodes.get_mut(node) {
             n.running.remove(&task);
         }
-        // Its successor runs now in its resources; on a lost node it is lost too, and ends on
-        // its own.
-        let successor = next.filter(|_| self.node_is_live(node));
-        if let Some(next) = successor {
-            let follows =
-                matches!(self.tasks.get(next).map(|r| &r.state), Some(TaskState::Next { after, .. }) if *after == task);
-            assert!(follows, "{task} lists {next} as its successor, which does not follow it");
+        // Its successors run now in its resources, the first first; on a lost node they are lost
+        // too, and end on their own.
+        if !next.is_empty() && self.node_is_live(node) {
+            for successor in &next {
+                let state = self.tasks.get(*successor).map(|r| &r.state);
+                let follows = matches!(state, Some(TaskState::Next { after, .. }) if *after == task);
+                assert!(follows, "{task} lists {successor} as its successor, which does not follow it");
+            }
             assert!(bundle.is_none() && !keeps_allocation, "{task} with a successor holds a bundle or an actor");
             self.promote_next(next, node, alloc);
         } else if !keeps_allocation {

@@ -51,15 +51,14 @@ pub enum NodeInput {
         /// How it ended.
         outcome: TaskOutcome,
     },
-    /// A worker gave back an attempt handed to it ahead, before starting it (answering
-    /// [`NodeOutput::WithdrawTask`]); a worker that had started it says nothing and runs it.
+    /// A worker gave back attempts handed to it ahead, before starting them (answering
+    /// [`NodeOutput::WithdrawTask`], all it asked for); a worker that had started the first says
+    /// nothing and runs them all.
     TaskWithdrawn {
         /// The worker.
         worker: WorkerId,
-        /// The task.
-        task: TaskId,
-        /// The attempt.
-        attempt: u32,
+        /// The tasks and attempts, in the order asked.
+        tasks: Vec<(TaskId, u32)>,
     },
     /// The task a worker runs is blocked waiting for objects (`get`, `wait`), or runs again:
     /// reported to the head, which lends the task's CPUs to others meanwhile.
@@ -193,15 +192,14 @@ pub enum NodeOutput {
         /// The attempt.
         attempt: u32,
     },
-    /// Ask a worker to give back an attempt handed to it ahead, if it has not started it: it
-    /// answers with `TaskWithdrawn`, or runs it and answers with `TaskDone`.
+    /// Ask a worker to give back attempts handed to it ahead, the first and those it holds
+    /// behind it, in order, if it has not started the first: it gives back all and answers
+    /// with `TaskWithdrawn`, or runs them all and answers with a `TaskDone` for each.
     WithdrawTask {
         /// The worker.
         worker: WorkerId,
-        /// The task.
-        task: TaskId,
-        /// The attempt.
-        attempt: u32,
+        /// The tasks and attempts.
+        tasks: Vec<(TaskId, u32)>,
     },
     /// Kill a worker process; answer with `WorkerExited`.
     KillWorker {
@@ -321,4 +319,21 @@ pub struct PullStatus {
     pub waiters: Vec<TaskId>,
     /// Whether the head asked for a copy (`CopyObject`).
     pub for_copy: bool,
+}
+
+/// A worker's answer to [`NodeOutput::WithdrawTask`], over the attempts it holds and has not
+/// started, in the order it would run them (`id` names each): if it holds the first asked, it
+/// gives back all those asked (the first and those behind it) and returns true; otherwise it
+/// started the first, keeps the others to run after it, and returns false.
+pub fn withdraw_held<T>(
+    held: &mut std::collections::VecDeque<T>,
+    asked: &[(TaskId, u32)],
+    id: impl Fn(&T) -> (TaskId, u32),
+) -> bool {
+    let Some(first) = asked.first() else { return false };
+    if !held.iter().any(|h| id(h) == *first) {
+        return false;
+    }
+    held.retain(|h| !asked.contains(&id(h)));
+    true
 }

@@ -53,12 +53,16 @@
 //!   (with its `TaskStarted`) when the one before it ends. If the worker dies, they end as
 //!   `WorkerDied` like the methods still queued; a cancel reaches them as an interrupt, which the
 //!   worker honours by skipping a method it has not started.
-//! - **Successors**: a `RunTask` may name a running task it follows (`after`): the head handed it
-//!   over early, in the resources that task holds. It waits (`After`) while its arguments arrive,
-//!   then goes to the predecessor's worker ahead (`SentAhead`) when that is a pool worker of its
-//!   job and devices, so the worker goes from one task to the next without a round trip. When the
-//!   predecessor ends any other way (its worker dies or is killed), the successor is leased a
-//!   worker as a new task would be; it has not started, so nothing is lost.
+//! - **Successors**: a `RunTask` may name a running task and the successors handed over before it
+//!   (`after`): the head handed it over early, to run after them in the resources the running one
+//!   holds. It waits (`After`) for the last of them still held here while its arguments arrive,
+//!   then goes to that one's worker ahead (`SentAhead`, behind it) when that is a pool worker of
+//!   its job and devices, so the worker goes from one task to the next without a round trip. A
+//!   chain member that ends without running gives its place to the one behind it. When the
+//!   running one blocks, the head's `StartNow` takes the first successor back from the worker
+//!   with those behind it (all or none: `WithdrawTask`), and they follow it on its own worker.
+//!   When the predecessor ends any other way (its worker dies or is killed), the successor is
+//!   leased a worker as a new task would be; it has not started, so nothing is lost.
 //! - **Heartbeats**: every `heartbeat_period` from registration, on their own timer that no other
 //!   input moves.
 //! - **Drain**: running tasks and hosted actors go on; a `RunTask` for anything but a method of an
@@ -111,7 +115,10 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
-pub use io::{ExecArg, LocalObject, NodeInput, NodeOutput, PullStatus, TaskPhase, WorkerInfo, WorkerKind, WorkerState};
+pub use io::{
+    withdraw_held, ExecArg, LocalObject, NodeInput, NodeOutput, PullStatus, TaskPhase, WorkerInfo, WorkerKind,
+    WorkerState,
+};
 
 use crate::errors::{InputError, TaskFailure};
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
@@ -185,7 +192,8 @@ pub struct Node {
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
     /// Attempts handed to a busy worker behind its running one, in the order it runs them: an
-    /// actor's next methods, or a pool worker's next task.
+    /// actor's next methods, or a pool worker's next tasks (successors, each following the one
+    /// before it).
     sent_ahead: BTreeMap<WorkerId, VecDeque<TaskId>>,
     /// Successors waiting for a task to end (`TaskPhase::After`), by the task they follow; a
     /// successor handed to its predecessor's worker ahead leaves this map.
@@ -261,7 +269,7 @@ impl Node {
             NodeInput::WorkerStartFailed { worker, message } => self.on_worker_start_failed(worker, message),
             NodeInput::WorkerExited { worker, exit_code } => self.on_worker_exited(worker, exit_code),
             NodeInput::TaskDone { worker, task, attempt, outcome } => self.on_task_done(worker, task, attempt, outcome),
-            NodeInput::TaskWithdrawn { worker, task, attempt } => self.on_task_withdrawn(worker, task, attempt),
+            NodeInput::TaskWithdrawn { worker, tasks } => self.on_task_withdrawn(worker, &tasks),
             NodeInput::FromWorker { worker, msg } => self.on_worker_message(worker, msg),
             NodeInput::WorkerBlocked { worker, blocked } => self.on_worker_blocked(worker, blocked),
             NodeInput::ClientPut { object, size } => self.on_client_put(object, size),

@@ -43,7 +43,7 @@ pub(super) struct RunOrder {
     pub(super) allocation: Allocation,
     pub(super) args: Vec<(ObjectId, ArgSource)>,
     pub(super) actor_worker: Option<WorkerId>,
-    pub(super) after: Option<(TaskId, u32)>,
+    pub(super) after: Vec<(TaskId, u32)>,
 }
 
 impl Node {
@@ -54,10 +54,10 @@ impl Node {
             // A copy of an order already carried out (a duplicated message).
             return Err(InputError::DuplicateTask(spec.task));
         }
-        let sources = self.validate_run_task(&spec, &allocation, args, actor_worker, after)?;
+        let sources = self.validate_run_task(&spec, &allocation, args, actor_worker, &after)?;
         let task = spec.task;
-        // The predecessor still held here; one that ended already leaves nothing to wait for.
-        let predecessor = after.filter(|(t, a)| self.tasks.get(t).is_some_and(|r| r.attempt == *a)).map(|(t, _)| t);
+        // The last predecessor still held here; those that ended already leave nothing to wait for.
+        let predecessor = self.last_held(&after);
         if self.draining && actor_worker.is_none() {
             let message = "the node is draining".to_string();
             self.failure_report(task, attempt, TaskFailure::WorkerStartFailed { message });
@@ -117,28 +117,27 @@ impl Node {
         allocation: &Allocation,
         args: Vec<(ObjectId, ArgSource)>,
         actor_worker: Option<WorkerId>,
-        after: Option<(TaskId, u32)>,
+        after: &[(TaskId, u32)],
     ) -> Result<VecMap<ObjectId, ArgSource>, InputError> {
         let malformed = |what: String| Err(InputError::Malformed { what });
         if self.tasks.contains_key(&spec.task) {
             return Err(InputError::DuplicateTask(spec.task));
         }
-        if let Some((before, attempt)) = after {
-            if spec.kind != TaskKind::Normal || before == spec.task {
+        for (i, (before, attempt)) in after.iter().enumerate() {
+            if spec.kind != TaskKind::Normal || *before == spec.task || after[..i].iter().any(|(t, _)| t == before) {
                 return malformed(format!("task {} cannot follow {before}", spec.task));
             }
-            let held = self.tasks.get(&before).is_some_and(|r| r.attempt == attempt);
-            if held && self.tasks[&before].spec.kind != TaskKind::Normal {
+            let held = self.tasks.get(before).is_some_and(|r| r.attempt == *attempt);
+            if held && self.tasks[before].spec.kind != TaskKind::Normal {
                 return malformed(format!("task {} follows {before}, which is not a normal task", spec.task));
             }
-            // Its successor waits for it, or was handed to its worker ahead (one cancelled there,
-            // which the worker will skip, no longer counts).
-            let handed = match self.tasks.get(&before).map(|r| r.phase) {
-                Some(TaskPhase::Running(worker)) => self.live_successors_ahead(worker) > 0,
-                _ => false,
-            };
-            if held && (self.successors.contains_key(&before) || handed) {
-                return malformed(format!("task {before} already has a successor"));
+        }
+        if let Some(last) = self.last_held(after) {
+            // The last one it follows has no successor yet: none waits for it, and none was handed
+            // to its worker ahead behind it (one cancelled there, which the worker will skip, no
+            // longer counts).
+            if self.successors.contains_key(&last) || self.live_behind(last) > 0 {
+                return malformed(format!("task {last} already has a successor"));
             }
         }
         let devices: Vec<u32> = allocation.gpus.iter().map(|(d, _)| *d).collect();
@@ -234,38 +233,81 @@ impl Node {
         }
     }
 
-    /// The attempts handed to `worker` ahead that no cancel was asked for.
-    fn live_successors_ahead(&self, worker: WorkerId) -> usize {
-        let ahead = self.sent_ahead.get(&worker).into_iter().flatten();
-        ahead.filter(|t| !self.tasks[*t].cancel_requested).count()
+    /// The last of `after` this node holds (in that attempt).
+    fn last_held(&self, after: &[(TaskId, u32)]) -> Option<TaskId> {
+        let held = |(t, a): &&(TaskId, u32)| self.tasks.get(t).is_some_and(|r| r.attempt == *a);
+        after.iter().rev().find(held).map(|(t, _)| *t)
+    }
+
+    /// The attempts handed ahead to the worker that runs or holds `task`, behind it, that no
+    /// cancel was asked for.
+    fn live_behind(&self, task: TaskId) -> usize {
+        let (worker, ahead) = match self.tasks.get(&task).map(|r| r.phase) {
+            Some(TaskPhase::Running(w)) => (w, None),
+            Some(TaskPhase::SentAhead(w)) => (w, Some(task)),
+            _ => return 0,
+        };
+        let queue = self.sent_ahead.get(&worker).into_iter().flatten();
+        let behind = queue.skip_while(|t| ahead.is_some_and(|a| **t != a)).skip(usize::from(ahead.is_some()));
+        behind.filter(|t| !self.tasks[*t].cancel_requested).count()
+    }
+
+    /// Where `task` stands in its chain of successors: the task it follows (waits for, or is
+    /// held behind by its worker), if any.
+    fn chain_predecessor(&self, task: TaskId) -> Option<TaskId> {
+        match self.tasks.get(&task)?.phase {
+            TaskPhase::After(before) => Some(before),
+            TaskPhase::SentAhead(worker) => {
+                let queue = self.sent_ahead.get(&worker)?;
+                let at = queue.iter().position(|t| *t == task)?;
+                match at {
+                    0 => match self.workers.get(worker)?.state {
+                        WorkerState::Busy(running) => Some(running),
+                        _ => None,
+                    },
+                    _ => Some(queue[at - 1]),
+                }
+                .filter(|t| self.tasks.contains_key(t))
+            }
+            _ => None,
+        }
     }
 
     /// Hands a successor whose arguments are all here to its predecessor's worker, behind the
-    /// predecessor, when that one runs in a pool worker the successor may use (same job, same
-    /// devices; not a command task); else it goes on waiting.
+    /// predecessor (which runs there or is held there ahead), when that is a pool worker the
+    /// successor may use (same job, same devices; not a command task); else it goes on waiting.
+    /// Its own successor, if any, follows it there the same way.
     fn hand_ahead(&mut self, task: TaskId) {
-        let record = &self.tasks[&task];
-        let TaskPhase::After(before) = record.phase else { panic!("{task} does not follow a task") };
-        if !record.missing.is_empty() {
-            return;
+        let mut task = task;
+        loop {
+            let record = &self.tasks[&task];
+            let TaskPhase::After(before) = record.phase else { panic!("{task} does not follow a task") };
+            if !record.missing.is_empty() {
+                return;
+            }
+            let (TaskPhase::Running(worker) | TaskPhase::SentAhead(worker)) = self.tasks[&before].phase else { return };
+            let info = self.workers.get(worker).expect("a running task's worker exists");
+            if info.kind != WorkerKind::Pool || info.job != record.spec.job || info.gpus != record.gpus {
+                return;
+            }
+            // A command worker runs one process at a time and holds nothing ahead; a task being
+            // asked back from its worker may not be what that worker runs next.
+            let command = |t: &Task| matches!(t.spec.function, crate::proto::Function::Command(_));
+            let prior = &self.tasks[&before];
+            if command(record) || command(prior) || prior.withdraw_asked {
+                return;
+            }
+            assert!(matches!(info.state, WorkerState::Busy(_)), "{worker} holds {before} but is not busy");
+            assert_eq!(self.live_behind(before), 0, "{before} has a successor ahead and {task} waiting");
+            assert_eq!(self.successors.remove(&before), Some(task));
+            self.hand_over(task, worker);
+            self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::SentAhead(worker);
+            self.sent_ahead.entry(worker).or_default().push_back(task);
+            match self.successors.get(&task) {
+                Some(&next) => task = next,
+                None => return,
+            }
         }
-        let TaskPhase::Running(worker) = self.tasks[&before].phase else { return };
-        let info = self.workers.get(worker).expect("a running task's worker exists");
-        if info.kind != WorkerKind::Pool || info.job != record.spec.job || info.gpus != record.gpus {
-            return;
-        }
-        // A command worker runs one process at a time and holds nothing ahead; a task being asked
-        // back from its worker may not be what that worker runs next.
-        let command = |t: &Task| matches!(t.spec.function, crate::proto::Function::Command(_));
-        let prior = &self.tasks[&before];
-        if command(record) || command(prior) || prior.withdraw_asked {
-            return;
-        }
-        assert_eq!(info.state, WorkerState::Busy(before));
-        assert_eq!(self.successors.remove(&before), Some(task));
-        self.hand_over(task, worker);
-        self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::SentAhead(worker);
-        self.sent_ahead.entry(worker).or_default().push_back(task);
     }
 
     /// `StartNow`: a successor runs on its own from now on (the task it followed is blocked and
@@ -286,9 +328,19 @@ impl Node {
                 self.tasks.get_mut(&task).expect("task exists").phase = TaskPhase::Fetching;
                 self.lease_if_ready(task);
             }
-            TaskPhase::SentAhead(worker) => {
-                self.tasks.get_mut(&task).expect("task exists").withdraw_asked = true;
-                self.emit(NodeOutput::WithdrawTask { worker, task, attempt });
+            // Asked back from the worker with those held behind it (they follow it, and must not
+            // run there without it), all or none: a worker that started it keeps them all.
+            TaskPhase::SentAhead(worker) if !record.withdraw_asked => {
+                let queue = self.sent_ahead.get(&worker).expect("sent-ahead queue exists");
+                let from = queue.iter().position(|t| *t == task).expect("held ahead");
+                let tasks: Vec<TaskId> = queue.iter().skip(from).copied().collect();
+                let mut asked = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    let record = self.tasks.get_mut(&t).expect("task exists");
+                    record.withdraw_asked = true;
+                    asked.push((t, record.attempt));
+                }
+                self.emit(NodeOutput::WithdrawTask { worker, tasks: asked });
             }
             // The task it followed ended meanwhile: it runs, or is about to, already.
             _ => {}
@@ -296,32 +348,67 @@ impl Node {
         Ok(())
     }
 
-    /// `TaskWithdrawn`: a worker gave back, unstarted, an attempt handed to it ahead. It is leased
-    /// a worker as a new task would be (or ends, if its cancel was asked meanwhile).
-    pub(super) fn on_task_withdrawn(&mut self, worker: WorkerId, task: TaskId, attempt: u32) -> Result<(), InputError> {
+    /// `TaskWithdrawn`: a worker gave back, unstarted, attempts handed to it ahead (those asked
+    /// back together, in order). The first is leased a worker as a new task would be (or ends,
+    /// if its cancel was asked meanwhile); the others follow it again, as they did on the worker.
+    pub(super) fn on_task_withdrawn(&mut self, worker: WorkerId, tasks: &[(TaskId, u32)]) -> Result<(), InputError> {
         let me = self.registered()?;
-        let stale = InputError::StaleAttempt { task, attempt, node: me };
-        let Some(record) = self.tasks.get(&task).filter(|r| r.attempt == attempt && r.withdraw_asked) else {
-            return Err(stale);
+        let Some(&(first, _)) = tasks.first() else {
+            return Err(InputError::Malformed { what: format!("worker {worker} gave back no task") });
         };
-        match record.phase {
-            TaskPhase::SentAhead(w) if w == worker => {
-                let queue = self.sent_ahead.get_mut(&worker).expect("sent-ahead queue exists");
-                queue.retain(|t| *t != task);
-                if queue.is_empty() {
-                    self.sent_ahead.remove(&worker);
-                }
+        for (i, &(task, attempt)) in tasks.iter().enumerate() {
+            let stale = InputError::StaleAttempt { task, attempt, node: me };
+            let Some(record) = self.tasks.get(&task).filter(|r| r.attempt == attempt && r.withdraw_asked) else {
+                return Err(stale);
+            };
+            let fits = match record.phase {
+                TaskPhase::SentAhead(w) => w == worker,
+                // Made the running one when the task before it ended, but the worker gave it back.
+                TaskPhase::Running(w) => w == worker && i == 0,
+                _ => false,
+            };
+            if !fits {
+                return Err(stale);
             }
-            // Made the running one when the task before it ended, but the worker gave it back:
-            // the worker goes on with what it holds next, or is idle.
-            TaskPhase::Running(w) if w == worker => {
-                if !self.promote_sent_ahead(worker) {
-                    self.workers.set_state(worker, WorkerState::Idle);
-                }
-            }
-            _ => return Err(stale),
         }
-        self.requeue_unstarted(task);
+        // Exactly the first and those its worker holds behind it, in order, as asked.
+        let queue = self.sent_ahead.get(&worker).into_iter().flatten();
+        let behind: Vec<TaskId> = match self.tasks[&first].phase {
+            TaskPhase::SentAhead(_) => queue.skip_while(|t| **t != first).skip(1).copied().collect(),
+            _ => queue.copied().collect(),
+        };
+        if !behind.iter().eq(tasks[1..].iter().map(|(t, _)| t)) {
+            let (task, attempt) = tasks[0];
+            return Err(InputError::StaleAttempt { task, attempt, node: me });
+        }
+        if let Some(queue) = self.sent_ahead.get_mut(&worker) {
+            queue.retain(|t| !tasks.iter().any(|(w, _)| w == t));
+            if queue.is_empty() {
+                self.sent_ahead.remove(&worker);
+            }
+        }
+        if matches!(self.tasks[&first].phase, TaskPhase::Running(_)) {
+            // The worker goes on with what it holds next, or is idle.
+            if !self.promote_sent_ahead(worker) {
+                self.workers.set_state(worker, WorkerState::Idle);
+            }
+        }
+        // The others wait behind the first again, in order (the last may have one waiting already).
+        for pair in tasks.windows(2) {
+            let (before, task) = (pair[0].0, pair[1].0);
+            let record = self.tasks.get_mut(&task).expect("task exists");
+            record.phase = TaskPhase::After(before);
+            record.withdraw_asked = false;
+            record.kill_requested = false;
+            assert!(self.successors.insert(before, task).is_none(), "{before} had a successor already");
+        }
+        self.requeue_unstarted(first);
+        // Those cancelled meanwhile end now; the ones behind each move up.
+        for &(task, _) in &tasks[1..] {
+            if self.tasks.get(&task).is_some_and(|r| r.cancel_requested) {
+                self.abort_task(task, TaskFailure::Cancelled);
+            }
+        }
         self.trim_idle_workers();
         Ok(())
     }
@@ -476,6 +563,7 @@ impl Node {
 
     /// Ends an attempt that is not running (fetching, leasing or queued) and reports `failure`.
     pub(super) fn abort_task(&mut self, task: TaskId, failure: TaskFailure) {
+        let predecessor = self.chain_predecessor(task);
         let record = self.tasks.remove(&task).expect("aborting an unknown task");
         assert!(!matches!(record.phase, TaskPhase::Running(_)), "{task} is running; end it instead");
         for object in &record.missing {
@@ -503,7 +591,17 @@ impl Node {
             TaskPhase::Fetching | TaskPhase::Running(_) => {}
         }
         self.failure_report(task, record.attempt, failure);
-        self.release_successor(task);
+        // A successor waiting for it takes its place in the chain (it never ran, so the task
+        // before it is what frees the resources), or, following nothing, is leased a worker.
+        match (self.successors.get(&task).copied(), predecessor) {
+            (Some(next), Some(before)) if !self.successors.contains_key(&before) => {
+                self.successors.remove(&task);
+                self.successors.insert(before, next);
+                self.tasks.get_mut(&next).expect("a successor exists").phase = TaskPhase::After(before);
+                self.hand_ahead(next);
+            }
+            _ => self.release_successor(task),
+        }
     }
 
     /// A starting worker's task went away: a pool worker will join the idle pool once started; an
@@ -620,11 +718,7 @@ impl Node {
                     );
                     |kind: &TaskKind| matches!(kind, TaskKind::ActorMethod { .. })
                 }
-                WorkerKind::Pool => {
-                    let live = self.live_successors_ahead(*worker);
-                    assert!(live <= 1, "pool worker {worker} holds {live} successors not cancelled");
-                    |kind: &TaskKind| *kind == TaskKind::Normal
-                }
+                WorkerKind::Pool => |kind: &TaskKind| *kind == TaskKind::Normal,
             };
             assert!(wanted(&self.tasks[&running].spec.kind), "{worker} runs {running}, of the wrong kind");
             for task in ahead {

@@ -123,18 +123,24 @@ fn run_task(
     args: Vec<(ObjectId, ArgSource)>,
     actor_worker: Option<WorkerId>,
 ) -> HeadToNode {
-    HeadToNode::RunTask { spec: spec.into(), attempt, allocation, args, actor_worker, after: None }
+    HeadToNode::RunTask { spec: spec.into(), attempt, allocation, args, actor_worker, after: vec![] }
 }
 
 /// `RunTask` for a successor of `before` (attempt 0).
 fn run_after(spec: TaskSpec, before: TaskId) -> HeadToNode {
+    run_behind(spec, &[before])
+}
+
+/// `RunTask` for a successor of the running `chain[0]` behind the successors `chain[1..]`
+/// (attempts 0).
+fn run_behind(spec: TaskSpec, chain: &[TaskId]) -> HeadToNode {
     HeadToNode::RunTask {
         spec: spec.into(),
         attempt: 0,
         allocation: Allocation::default(),
         args: vec![],
         actor_worker: None,
-        after: Some((before, 0)),
+        after: chain.iter().map(|t| (*t, 0)).collect(),
     }
 }
 

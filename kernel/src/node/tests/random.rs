@@ -52,8 +52,9 @@ fn random_head_message(g: &mut Gen, h: &Harness) -> HeadToNode {
             let is_method = matches!(spec.kind, TaskKind::ActorMethod { .. });
             let actor_worker = is_method.then(|| WorkerId(1 + g.below(h.max_worker() + 1)));
             let alloc = if g.below(3) == 0 { gpu_allocation(&[g.below(2) as u32]) } else { Allocation::default() };
-            // Now and then a successor of some task (held here or not, of any kind).
-            let after = (g.below(3) == 0).then(|| (TaskId(g.below(40)), g.below(2) as u32));
+            // Now and then a successor of some tasks (held here or not, of any kind).
+            let links = if g.below(3) == 0 { 1 + g.below(3) } else { 0 };
+            let after = (0..links).map(|_| (TaskId(g.below(40)), g.below(2) as u32)).collect();
             match run_task(spec, g.below(2) as u32, alloc, args, actor_worker) {
                 HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, .. } => {
                     HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after }
@@ -119,7 +120,15 @@ fn random_input(g: &mut Gen, h: &Harness) -> NodeInput {
         }
         10 => NodeInput::ObjectSealed { object, size: 100 + g.below(400) },
         11 if g.below(2) == 0 => {
-            NodeInput::TaskWithdrawn { worker, task: TaskId(g.below(40)), attempt: g.below(2) as u32 }
+            // What a worker holds ahead from some point on (what a withdrawal asks), or any tasks.
+            let held = h.node.sent_ahead(worker);
+            let tasks = if !held.is_empty() && g.below(2) == 0 {
+                let from = g.below(held.len() as u64) as usize;
+                held[from..].iter().map(|t| (*t, g.below(2) as u32)).collect()
+            } else {
+                (0..1 + g.below(3)).map(|_| (TaskId(g.below(40)), g.below(2) as u32)).collect()
+            };
+            NodeInput::TaskWithdrawn { worker, tasks }
         }
         11 => NodeInput::PullFailed { object, from: peer },
         12 => {

@@ -8,7 +8,7 @@ use crate::node::{TaskPhase, WorkerState};
 fn run_after_with(spec: TaskSpec, before: TaskId, args: Vec<(ObjectId, ArgSource)>) -> HeadToNode {
     match run_task(spec, 0, Allocation::default(), args, None) {
         HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, .. } => {
-            HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after: Some((before, 0)) }
+            HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after: vec![(before, 0)] }
         }
         _ => unreachable!(),
     }
@@ -177,8 +177,8 @@ fn start_now_asks_the_worker_back_for_a_successor_handed_ahead_and_leases_it_onc
     let w = h.run_on_new_worker(task(1));
     h.head(run_after(task(2), TaskId(1)));
     let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
-    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, task: TaskId(2), attempt: 0 }]);
-    let out = h.input(NodeInput::TaskWithdrawn { worker: w, task: TaskId(2), attempt: 0 });
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: vec![(TaskId(2), 0)] }]);
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0)] });
     let fresh = started_worker(&out).expect("another worker, task 1's is busy");
     assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::Leasing(fresh)));
     let out = h.finish(w, TaskId(1));
@@ -195,7 +195,7 @@ fn a_successor_given_back_after_it_became_the_running_one_frees_the_worker_and_r
     // Task 1's end overtakes the answer: task 2 becomes the running one, then comes back.
     h.finish(w, TaskId(1));
     assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Busy(TaskId(2)));
-    let out = h.input(NodeInput::TaskWithdrawn { worker: w, task: TaskId(2), attempt: 0 });
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0)] });
     assert_eq!(executed(&out), vec![(w, TaskId(2))], "the worker is idle again and takes it as a new task");
     assert_eq!(started(&out), vec![TaskId(2)]);
 }
@@ -204,10 +204,12 @@ fn a_successor_given_back_after_it_became_the_running_one_frees_the_worker_and_r
 fn a_withdrawal_no_worker_was_asked_for_is_refused() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
-    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, task: TaskId(1), attempt: 0 });
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(1), 0)] });
     assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
-    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, task: TaskId(9), attempt: 0 });
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(9), 0)] });
     assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: vec![] });
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
 }
 
 #[test]
@@ -262,4 +264,144 @@ fn a_successor_of_a_command_task_waits_for_it_instead_of_going_to_its_worker() {
     assert_eq!(h.node.task_phase(TaskId(2)), Some(TaskPhase::After(TaskId(1))));
     let out = h.finish(w, TaskId(1));
     assert_eq!(executed(&out), vec![(w, TaskId(2))]);
+}
+
+#[test]
+fn a_chain_of_successors_goes_to_the_worker_ahead_in_order_and_each_runs_as_the_one_before_ends() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    let out = h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    assert_eq!(executed(&out), vec![(w, TaskId(3))], "held by the worker behind task 2");
+    h.head(run_behind(task(4), &[TaskId(1), TaskId(2), TaskId(3)]));
+    assert_eq!(h.node.sent_ahead(w), vec![TaskId(2), TaskId(3), TaskId(4)]);
+    for (done, next) in [(1, 2), (2, 3), (3, 4)] {
+        let out = h.finish(w, TaskId(done));
+        assert_eq!(started(&out), vec![TaskId(next)]);
+        assert!(executed(&out).is_empty() && started_worker(&out).is_none());
+    }
+    h.finish(w, TaskId(4));
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Idle);
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_successor_waits_for_the_last_of_its_chain_the_node_still_holds() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.finish(w, TaskId(1));
+    // The head had not heard of task 1's end: task 3 names it first.
+    let out = h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    assert_eq!(executed(&out), vec![(w, TaskId(3))]);
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::SentAhead(w)));
+    h.finish(w, TaskId(2));
+    h.finish(w, TaskId(3));
+    // All of its chain ended: it runs at once.
+    let out = h.head(run_behind(task(4), &[TaskId(2), TaskId(3)]));
+    assert_eq!(started(&out), vec![TaskId(4)]);
+}
+
+#[test]
+fn a_second_successor_behind_the_same_task_of_a_chain_is_refused() {
+    let mut h = Harness::new();
+    h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    let err = h.refused(NodeInput::FromHead(run_behind(task(4), &[TaskId(1), TaskId(2)])));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+    let err = h.refused(NodeInput::FromHead(run_behind(task(5), &[TaskId(1), TaskId(1)])));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+    let err = h.refused(NodeInput::FromHead(run_behind(task(6), &[TaskId(1), TaskId(6)])));
+    assert!(matches!(err, InputError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn start_now_takes_back_the_first_successor_with_those_behind_it_and_they_follow_it_on_its_new_worker() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(run_behind(task(4), &[TaskId(1), TaskId(2), TaskId(3)]));
+    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    let asked = vec![(TaskId(2), 0), (TaskId(3), 0), (TaskId(4), 0)];
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: asked.clone() }]);
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: asked });
+    let fresh = started_worker(&out).expect("task 1's worker is busy");
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(2))));
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(3))));
+    assert!(h.node.sent_ahead(w).is_empty());
+    let out = h.input(NodeInput::WorkerStarted { worker: fresh });
+    assert_eq!(executed(&out), vec![(fresh, TaskId(2)), (fresh, TaskId(3)), (fresh, TaskId(4))]);
+    assert_eq!(started(&out), vec![TaskId(2)]);
+    let out = h.finish(w, TaskId(1));
+    assert!(started(&out).is_empty(), "nothing of the chain runs on task 1's worker");
+    for (done, next) in [(2, 3), (3, 4)] {
+        assert_eq!(started(&h.finish(fresh, TaskId(done))), vec![TaskId(next)]);
+    }
+}
+
+#[test]
+fn a_worker_that_started_the_first_successor_keeps_the_chain_and_runs_it_there() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    // The worker had ended task 1 and started task 2: it says nothing and runs both.
+    assert_eq!(started(&h.finish(w, TaskId(1))), vec![TaskId(2)]);
+    assert_eq!(started(&h.finish(w, TaskId(2))), vec![TaskId(3)]);
+    h.finish(w, TaskId(3));
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_withdrawal_that_is_not_what_was_asked_is_refused_and_changes_nothing() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    // Nothing was asked back yet.
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0), (TaskId(3), 0)] });
+    assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    for tasks in [vec![(TaskId(3), 0), (TaskId(2), 0)], vec![(TaskId(2), 0), (TaskId(2), 0)], vec![(TaskId(2), 1)]] {
+        let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks });
+        assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+    }
+    assert_eq!(h.node.sent_ahead(w), vec![TaskId(2), TaskId(3)], "still held ahead");
+}
+
+#[test]
+fn a_successor_in_a_chain_that_ends_without_running_gives_its_place_to_the_one_behind_it() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let mut other = task(2);
+    other.job = JobId(JOB.0 + 1);
+    h.head(run_behind(other, &[TaskId(1)]));
+    let mut third = task(3);
+    third.job = JobId(JOB.0 + 1);
+    h.head(run_behind(third, &[TaskId(1), TaskId(2)]));
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(2))));
+    let out = h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: false });
+    assert_eq!(ended(&out), vec![(TaskId(2), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(1))), "it follows task 1 now");
+    assert!(started_worker(&out).is_none(), "it does not run beside task 1");
+    let out = h.finish(w, TaskId(1));
+    assert!(started_worker(&out).is_some(), "it runs once task 1 ends");
+}
+
+#[test]
+fn a_successor_cancelled_while_withdrawn_ends_and_the_one_behind_it_follows_the_first() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(run_behind(task(4), &[TaskId(1), TaskId(2), TaskId(3)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    h.head(HeadToNode::CancelTask { task: TaskId(3), attempt: 0, force: false });
+    let asked = vec![(TaskId(2), 0), (TaskId(3), 0), (TaskId(4), 0)];
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: asked });
+    assert_eq!(ended(&out), vec![(TaskId(3), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))));
 }
