@@ -278,3 +278,27 @@ fn when_a_task_with_a_chain_of_successors_blocks_the_first_starts_at_once_and_th
     assert_eq!(states(&c, &ids), vec![Finished; 4]);
     c.check_invariants();
 }
+
+#[test]
+fn when_a_successor_started_by_start_now_ends_without_running_the_next_is_started_the_same_way() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("unrun");
+    warm_up(&mut c, job, "ms=2");
+    let ids = submit(&mut c, job, 3, "ms=2");
+    c.run_for(us(1_500));
+    use TaskStateKind::{Next, Running};
+    assert_eq!(states(&c, &ids), vec![Running, Next, Next]);
+    let node = c.head.task_node(ids[0]).unwrap();
+    let says = |c: &mut Cluster, msg| c.head_input(head::HeadInput::FromNode { node, msg }).unwrap();
+    says(&mut c, proto::NodeToHead::TaskBlocked { task: ids[0], attempt: 0 });
+    // Before its StartNow reaches the node, the node ends it without running it (its cancel
+    // crossed, say): the node may still hold the third behind the blocked first.
+    let cancelled = proto::TaskOutcome::Failed(errors::TaskFailure::Cancelled);
+    says(&mut c, proto::NodeToHead::TaskEnded { task: ids[1], attempt: 0, outcome: cancelled });
+    assert_eq!(c.head.task_state(ids[2]), Some(Running), "it runs in the CPU lent");
+    let start_now = c.head_log.iter().any(
+        |(_, o)| matches!(o, HeadOutput::ToNode { msg: HeadToNode::StartNow { task, .. }, .. } if *task == ids[2]),
+    );
+    assert!(start_now, "the node is told to start it now, not to keep it behind the blocked task");
+    c.check_invariants();
+}

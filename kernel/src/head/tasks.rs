@@ -61,6 +61,10 @@ pub(super) enum TaskState {
         next: Vec<TaskId>,
         /// When it was dispatched (or its predecessor ended), for its class's run time.
         since: Time,
+        /// Started by `StartNow`, as a successor of a task that blocked: until its node reports
+        /// it started, the node may still hold it behind that task, so its own successors, should
+        /// it end first, are started the same way.
+        started_now: bool,
     },
     /// Handed to `node` to run after `after` (running there) and the successors `after` lists
     /// before it, in the resources `after` holds when it ends; it holds nothing until then.
@@ -243,7 +247,7 @@ pub(super) struct TaskTable {
     /// Tasks placed in each placement group (removing a group finds its tasks without a scan).
     in_group: BTreeMap<PlacementGroupId, BTreeSet<TaskId>>,
     /// Per class, running tasks that may take a successor (see `HeadConfig::pipeline_under`),
-    /// keyed by how many they have, so that the one with the fewest (the oldest of those) takes
+    /// keyed by how many they have, so that the one with the fewest (the lowest id of those) takes
     /// the next; an entry that no longer qualifies is dropped when next met.
     open_slots: BTreeMap<(u32, JobId), BTreeSet<(u32, TaskId)>>,
     /// Per class (by id), a moving average of how long its tasks ran, from dispatch to end.
@@ -693,6 +697,7 @@ impl Head {
             owed: Amount::ZERO,
             next: Vec::new(),
             since: self.now,
+            started_now: false,
         };
         let msg = HeadToNode::RunTask {
             spec: record.spec.clone(),
@@ -744,7 +749,7 @@ impl Head {
 
     /// A running task of `class` that `task` may follow, if the class's tasks are short: one of
     /// the same job, running now on a node that takes work, not blocked, owed nothing, not being
-    /// cancelled, with the fewest successors (the oldest such), and only while the successor
+    /// cancelled, with the fewest successors (the lowest id of those), and only while the successor
     /// would start within `pipeline_under` (it waits for the task and those handed over before
     /// it). Entries met that no longer qualify are dropped, so each is looked at about once.
     fn open_slot(&mut self, class: u32, task: TaskId) -> Option<TaskId> {
@@ -823,7 +828,7 @@ impl Head {
     /// now in those resources, taking the CPUs they lack (lent while the task was blocked) if
     /// free, else running without them, owed them first (as a task that runs again after a wait
     /// does). The others follow it now.
-    fn promote_next(&mut self, mut chain: Vec<TaskId>, node: NodeId, mut alloc: Allocation) {
+    fn promote_next(&mut self, mut chain: Vec<TaskId>, node: NodeId, mut alloc: Allocation, started_now: bool) {
         let next = chain.remove(0);
         for behind in &chain {
             let state = self.tasks.get_mut(*behind).map(|r| &mut r.state);
@@ -853,6 +858,7 @@ impl Head {
             owed,
             next: chain,
             since: self.now,
+            started_now,
         };
         let class = record.class;
         self.open_slot_for(next);
@@ -949,8 +955,9 @@ impl Head {
         worker: WorkerId,
     ) -> Result<(), InputError> {
         let record = self.current_attempt(node, task, attempt)?;
-        if let TaskState::Running { worker: w, .. } = &mut record.state {
+        if let TaskState::Running { worker: w, started_now, .. } = &mut record.state {
             *w = Some(worker);
+            *started_now = false;
         }
         if let TaskKind::ActorCreation(actor) = record.spec.kind {
             self.actors.set_worker(actor, worker);
@@ -985,7 +992,7 @@ impl Head {
         // in the CPUs lent, which is all a pipelined (CPU-only) task holds; the others follow it.
         let chain = std::mem::take(next);
         if let Some(&successor) = chain.first() {
-            self.promote_next(chain, node, lent);
+            self.promote_next(chain, node, lent, true);
             let attempt = self.tasks.get(successor).expect("successor").attempt;
             self.emit(HeadOutput::ToNode { node, msg: HeadToNode::StartNow { task: successor, attempt } });
         } else if cpu > Amount::ZERO {
@@ -1004,6 +1011,8 @@ impl Head {
         };
         let Some(cpu) = blocked.take() else { return Ok(()) };
         let bundle = *bundle;
+        // It may take successors again (its slot closed when it blocked).
+        self.open_slot_for(task);
         if cpu == Amount::ZERO {
             return Ok(());
         }
@@ -1178,7 +1187,7 @@ impl Head {
             self.check_drained(node);
             return;
         }
-        let TaskState::Running { node, alloc, bundle, next, .. } = state else {
+        let TaskState::Running { node, alloc, bundle, next, started_now, .. } = state else {
             record.state = state;
             return;
         };
@@ -1195,7 +1204,13 @@ impl Head {
                 assert!(follows, "{task} lists {successor} as its successor, which does not follow it");
             }
             assert!(bundle.is_none() && !keeps_allocation, "{task} with a successor holds a bundle or an actor");
-            self.promote_next(next, node, alloc);
+            let first = next[0];
+            self.promote_next(next, node, alloc, started_now);
+            if started_now {
+                // It never started there: the node may hold its successors behind the blocked task.
+                let attempt = self.tasks.get(first).expect("successor").attempt;
+                self.emit(HeadOutput::ToNode { node, msg: HeadToNode::StartNow { task: first, attempt } });
+            }
         } else if !keeps_allocation {
             self.release_allocation(node, &alloc, bundle);
         } else {

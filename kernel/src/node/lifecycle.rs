@@ -111,6 +111,9 @@ impl Node {
             TaskOutcome::Failed(_) if self.tasks[&task].cancel_requested => TaskOutcome::Failed(TaskFailure::Cancelled),
             other => other,
         };
+        if self.tasks[&task].withdraw_asked {
+            self.withdrawal_failed(worker);
+        }
         self.end_running(task, outcome);
         if !self.promote_sent_ahead(worker) {
             self.workers.set_state(worker, WorkerState::Idle);
@@ -254,7 +257,11 @@ impl Node {
         let WorkerState::Busy(task) = info.state else {
             return Err(InputError::Malformed { what: format!("worker {worker} is blocked while running nothing") });
         };
-        let attempt = self.tasks.get(&task).expect("a busy worker's task is held").attempt;
+        let record = self.tasks.get(&task).expect("a busy worker's task is held");
+        let attempt = record.attempt;
+        if record.withdraw_asked {
+            self.withdrawal_failed(worker);
+        }
         let msg = if blocked {
             NodeToHead::TaskBlocked { task, attempt }
         } else {

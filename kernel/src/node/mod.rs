@@ -61,8 +61,9 @@
 //!   chain member that ends without running gives its place to the one behind it. When the
 //!   running one blocks, the head's `StartNow` takes the first successor back from the worker
 //!   with those behind it (all or none: `WithdrawTask`), and they follow it on its own worker.
-//!   When the predecessor ends any other way (its worker dies or is killed), the successor is
-//!   leased a worker as a new task would be; it has not started, so nothing is lost.
+//!   When the predecessor ends any other way (its worker dies or is killed), a successor still
+//!   waiting is leased a worker as a new task would be (it has not started, so nothing is lost);
+//!   those its worker held may have started, and end as `WorkerDied` with it.
 //! - **Heartbeats**: every `heartbeat_period` from registration, on their own timer that no other
 //!   input moves.
 //! - **Drain**: running tasks and hosted actors go on; a `RunTask` for anything but a method of an

@@ -393,6 +393,8 @@ impl Node {
                 self.workers.set_state(worker, WorkerState::Idle);
             }
         }
+        // Out of the worker: nothing may follow it there any more.
+        self.tasks.get_mut(&first).expect("task exists").phase = TaskPhase::Fetching;
         // The others wait behind the first again, in order (the last may have one waiting already).
         for pair in tasks.windows(2) {
             let (before, task) = (pair[0].0, pair[1].0);
@@ -402,15 +404,31 @@ impl Node {
             record.kill_requested = false;
             assert!(self.successors.insert(before, task).is_none(), "{before} had a successor already");
         }
-        self.requeue_unstarted(first);
-        // Those cancelled meanwhile end now; the ones behind each move up.
+        // Those cancelled meanwhile end now, before anything is leased (the ones behind each move
+        // up); then the first is leased a worker, or ends if cancelled (and the next takes its
+        // place).
         for &(task, _) in &tasks[1..] {
             if self.tasks.get(&task).is_some_and(|r| r.cancel_requested) {
                 self.abort_task(task, TaskFailure::Cancelled);
             }
         }
+        self.requeue_unstarted(first);
         self.trim_idle_workers();
         Ok(())
+    }
+
+    /// `worker` runs a task it was asked to give back (it had started it): it keeps those behind
+    /// it too, so no answer comes, and they may be asked back again.
+    pub(super) fn withdrawal_failed(&mut self, worker: WorkerId) {
+        let running = match self.workers.get(worker).map(|w| w.state) {
+            Some(WorkerState::Busy(task)) => Some(task),
+            _ => None,
+        };
+        let held = self.sent_ahead.get(&worker).into_iter().flatten().copied();
+        let group: Vec<TaskId> = running.into_iter().chain(held).collect();
+        for task in group {
+            self.tasks.get_mut(&task).expect("a held task exists").withdraw_asked = false;
+        }
     }
 
     /// An attempt a worker gave back unstarted is leased a worker as a new task would be, or ends

@@ -405,3 +405,75 @@ fn a_successor_cancelled_while_withdrawn_ends_and_the_one_behind_it_follows_the_
     assert_eq!(ended(&out), vec![(TaskId(3), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
     assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))));
 }
+
+#[test]
+fn a_chain_given_back_with_every_member_cancelled_ends_them_all_even_after_the_first_became_the_running_one() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: false });
+    h.head(HeadToNode::CancelTask { task: TaskId(3), attempt: 0, force: false });
+    h.finish(w, TaskId(1));
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0), (TaskId(3), 0)] });
+    let cancelled = TaskOutcome::Failed(TaskFailure::Cancelled);
+    let mut ends = ended(&out);
+    ends.sort_by_key(|(t, _, _)| *t);
+    assert_eq!(ends, vec![(TaskId(2), 0, cancelled.clone()), (TaskId(3), 0, cancelled)]);
+    assert!(executed(&out).is_empty(), "nothing cancelled is handed to a worker");
+    assert_eq!(h.node.worker(w).unwrap().state, WorkerState::Idle);
+    assert_eq!(h.node.task_count(), 0);
+}
+
+#[test]
+fn a_member_cancelled_while_its_chain_is_given_back_is_never_handed_to_the_first_ones_new_worker() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    let idle = h.run_on_new_worker(task(9));
+    h.finish(idle, TaskId(9));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    h.head(HeadToNode::CancelTask { task: TaskId(3), attempt: 0, force: false });
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0), (TaskId(3), 0)] });
+    assert_eq!(ended(&out), vec![(TaskId(3), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert_eq!(executed(&out), vec![(idle, TaskId(2))], "only task 2 goes to the idle worker");
+    h.finish(idle, TaskId(2));
+    assert_eq!(h.node.worker(idle).unwrap().state, WorkerState::Idle);
+    assert_eq!(h.node.task_count(), 1, "task 1 alone runs on");
+}
+
+#[test]
+fn once_the_worker_shows_it_started_a_successor_asked_back_those_behind_it_may_be_asked_back_again() {
+    for shown_by_blocking in [true, false] {
+        let mut h = Harness::new();
+        let w = h.run_on_new_worker(task(1));
+        h.head(run_behind(task(2), &[TaskId(1)]));
+        h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+        h.head(run_behind(task(4), &[TaskId(1), TaskId(2), TaskId(3)]));
+        h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+        // The worker had ended task 1 and started task 2: no answer comes.
+        h.finish(w, TaskId(1));
+        let (now, asked) = if shown_by_blocking {
+            let out = h.input(NodeInput::WorkerBlocked { worker: w, blocked: true });
+            assert!(out.iter().any(|o| matches!(o, NodeOutput::ToHead(NodeToHead::TaskBlocked { .. }))));
+            (TaskId(3), vec![(TaskId(3), 0), (TaskId(4), 0)])
+        } else {
+            h.finish(w, TaskId(2));
+            let out = h.input(NodeInput::WorkerBlocked { worker: w, blocked: true });
+            assert!(out.iter().any(|o| matches!(o, NodeOutput::ToHead(NodeToHead::TaskBlocked { .. }))));
+            (TaskId(4), vec![(TaskId(4), 0)])
+        };
+        // The head lends the blocked task's CPUs to the next one: it is asked back.
+        let out = h.head(HeadToNode::StartNow { task: now, attempt: 0 });
+        assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: asked.clone() }]);
+        // And a withdrawal nobody asked for is still refused.
+        if shown_by_blocking {
+            let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0)] });
+            assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+        }
+        let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: asked });
+        assert!(started_worker(&out).is_some(), "it runs on a worker of its own");
+    }
+}
