@@ -84,7 +84,13 @@ pub fn value_bytes(spec: &TaskSpec, index: u32, args: &[Vec<u8>], len: u64) -> V
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     ToHead(HeadInputKey),
-    ToNode { host: usize, input: NodeInputKey },
+    /// To a host's node, as it was when sent (its connection): what was on its way to a node
+    /// that crashed is lost with it, not delivered to the one that restarted there.
+    ToNode {
+        host: usize,
+        conn: ConnId,
+        input: NodeInputKey,
+    },
 }
 
 // Inputs are stored beside the queue (they are not `Ord`); the queue holds keys.
@@ -352,9 +358,11 @@ impl Cluster {
                         let input = self.head_inputs.remove(&key).expect("queued head input");
                         let _ = self.deliver_head(input);
                     }
-                    Event::ToNode { host, input } => {
+                    Event::ToNode { host, conn, input } => {
                         let input = self.node_inputs.remove(&input).expect("queued node input");
-                        self.deliver_node(host, input);
+                        if self.hosts[host].conn == conn {
+                            self.deliver_node(host, input);
+                        }
                     }
                 }
                 return;
@@ -381,7 +389,8 @@ impl Cluster {
     fn send_node(&mut self, host: usize, input: NodeInput, delay: Duration) {
         self.seq += 1;
         self.node_inputs.insert(self.seq, input);
-        self.queue.insert((self.now + delay, self.seq, Event::ToNode { host, input: self.seq }));
+        let conn = self.hosts[host].conn;
+        self.queue.insert((self.now + delay, self.seq, Event::ToNode { host, conn, input: self.seq }));
     }
 
     fn deliver_head(&mut self, input: HeadInput) -> Result<(), InputError> {

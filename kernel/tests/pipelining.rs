@@ -302,3 +302,24 @@ fn when_a_successor_started_by_start_now_ends_without_running_the_next_is_starte
     assert!(start_now, "the node is told to start it now, not to keep it behind the blocked task");
     c.check_invariants();
 }
+
+#[test]
+fn what_was_on_its_way_to_a_crashed_host_is_not_delivered_to_the_node_restarted_there() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("restart");
+    warm_up(&mut c, job, "ms=2");
+    let first = task(job, 10, "ms=5");
+    c.submit(job, first).unwrap();
+    c.run_for(Duration::from_millis(1));
+    // The worker's end of the task is still to come when the host dies and comes straight back.
+    c.crash_host(0);
+    c.restart_host(0);
+    c.run_for(Duration::from_millis(1));
+    let (long, short) = (task(job, 11, "ms=8"), task(job, 12, "ms=1"));
+    let ids = [long.task, short.task];
+    c.submit(job, long).unwrap();
+    c.submit(job, short).unwrap();
+    c.run_for(Duration::from_secs(30));
+    assert_eq!(states(&c, &ids), vec![TaskStateKind::Finished, TaskStateKind::Finished]);
+    c.check_invariants();
+}
