@@ -68,6 +68,25 @@ pub(crate) type BlockHook = Arc<dyn Fn(bool) + Send + Sync>;
 /// already comes back within microseconds, and a report and its undoing cost more than that.
 const WAIT_GRACE: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// How long a thread about to sleep for an answer from another thread first keeps its CPU,
+/// yielding it to whoever else runs there: an answer that comes within this reaches it without a
+/// wake-up, which on an idle CPU (halted, in a virtual machine) costs tens of microseconds.
+pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Yields the CPU in a loop until `ready` or `limit` passes; returns `ready()`.
+pub(crate) fn spin_until(limit: std::time::Duration, ready: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// The answers for a batch of awaited objects: the core fills one slot per object, and one user
 /// thread sleeps until enough are filled. One wake-up for a whole batch, however large.
 pub(crate) struct Gather {
@@ -113,6 +132,7 @@ impl Gather {
 
     /// Sleeps until enough answers are in or `deadline` passes.
     fn sleep(&self, deadline: Option<std::time::Instant>) {
+        spin_until(SPIN, || self.done());
         let mut s = self.state.lock().expect("gather");
         while s.filled < s.need && !(s.stop_at_failure && s.failed) {
             s = match deadline {

@@ -64,6 +64,10 @@ impl Inbox {
 
     /// The next attempt, waiting for one; `None` once the connection closed and none is left.
     fn next(&self) -> Option<Execute> {
+        super::core::spin_until(super::core::SPIN, || {
+            let state = self.state.lock().expect("inbox");
+            !state.0.is_empty() || state.1
+        });
         let mut state = self.state.lock().expect("inbox");
         loop {
             if let Some(exec) = state.0.pop_front() {
