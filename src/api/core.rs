@@ -92,6 +92,9 @@ pub(crate) fn spin_until(limit: std::time::Duration, ready: impl Fn() -> bool) -
 pub(crate) struct Gather {
     state: Mutex<Gathered>,
     filled: std::sync::Condvar,
+    /// Set with the wake-up: a waiter spinning before it sleeps looks here, not at the lock the
+    /// core answers under.
+    woken: std::sync::atomic::AtomicBool,
 }
 
 struct Gathered {
@@ -108,7 +111,8 @@ impl Gather {
     fn new(len: usize, need: usize, stop_at_failure: bool) -> Arc<Gather> {
         let state =
             Gathered { answers: vec![None; len], filled: 0, need: need.min(len), stop_at_failure, failed: false };
-        Arc::new(Gather { state: Mutex::new(state), filled: std::sync::Condvar::new() })
+        let woken = std::sync::atomic::AtomicBool::new(state.need == 0);
+        Arc::new(Gather { state: Mutex::new(state), filled: std::sync::Condvar::new(), woken })
     }
 
     fn answer(&self, index: usize, answer: Result<Resolution, String>) {
@@ -120,6 +124,7 @@ impl Gather {
             s.filled += 1;
             if s.filled == s.need || (failure && s.stop_at_failure && !s.failed) {
                 s.failed |= failure;
+                self.woken.store(true, std::sync::atomic::Ordering::Release);
                 self.filled.notify_all();
             }
         }
@@ -132,7 +137,7 @@ impl Gather {
 
     /// Sleeps until enough answers are in or `deadline` passes.
     fn sleep(&self, deadline: Option<std::time::Instant>) {
-        spin_until(SPIN, || self.done());
+        spin_until(SPIN, || self.woken.load(std::sync::atomic::Ordering::Acquire));
         let mut s = self.state.lock().expect("gather");
         while s.filled < s.need && !(s.stop_at_failure && s.failed) {
             s = match deadline {
@@ -180,6 +185,8 @@ impl Drop for Slot {
 /// What user threads share with the core.
 pub(crate) struct Shared {
     cmds: mpsc::UnboundedSender<Cmd>,
+    /// Commands sent to the core, and those it has carried out (see [`Shared::quiet`]).
+    counts: Arc<CmdCounts>,
     handle: tokio::runtime::Handle,
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
     token: Token,
@@ -192,6 +199,13 @@ pub(crate) struct Shared {
     /// Where values known to be in a store lie (this process's own puts, and values the head
     /// named): a wait for one of them asks neither the core nor the head.
     located: Located,
+}
+
+/// How many commands user threads sent the core, and how many it carried out.
+#[derive(Default)]
+struct CmdCounts {
+    sent: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
 }
 
 /// Objects in a store, and their holders, as far as this process knows.
@@ -242,9 +256,11 @@ impl Shared {
         let (cmds, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
         let located = Located::default();
-        handle.spawn(run(rx, incoming, out, peers.clone(), located.clone()));
+        let counts = Arc::new(CmdCounts::default());
+        handle.spawn(run(rx, incoming, out, peers.clone(), located.clone(), counts.clone()));
         Arc::new(Shared {
             cmds,
+            counts,
             handle,
             peers,
             token,
@@ -280,8 +296,21 @@ impl Shared {
         Blocked(self)
     }
 
+    /// Hands `cmd` to the core (counted: see [`Shared::quiet`]).
+    fn command(&self, cmd: Cmd) -> std::result::Result<(), mpsc::error::SendError<Cmd>> {
+        self.counts.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cmds.send(cmd)
+    }
+
+    /// Whether the core has carried out every command sent to it so far (what they send is on
+    /// its way out): then something sent straight to the link now goes after all of it.
+    pub fn quiet(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.counts.done.load(SeqCst) == self.counts.sent.load(SeqCst)
+    }
+
     pub fn send(&self, msg: DriverToHead) -> Result<()> {
-        self.cmds.send(Cmd::Send(msg)).map_err(|_| lost())
+        self.command(Cmd::Send(msg)).map_err(|_| lost())
     }
 
     /// Asks to be told what becomes of each of `objects`; the answers gather in the result, and
@@ -294,7 +323,7 @@ impl Shared {
             .enumerate()
             .map(|(index, object)| (object, Slot { gather: gather.clone(), index, answered: false }))
             .collect();
-        self.cmds.send(Cmd::Subscribe { objects }).map_err(|_| lost())?;
+        self.command(Cmd::Subscribe { objects }).map_err(|_| lost())?;
         Ok(gather)
     }
 
@@ -347,21 +376,21 @@ impl Shared {
     /// Runs `f` on the core once everything sent before has been handed to the link (without
     /// waiting for it).
     pub fn then(&self, f: impl FnOnce() + Send + 'static) {
-        let _ = self.cmds.send(Cmd::Then(Box::new(f)));
+        let _ = self.command(Cmd::Then(Box::new(f)));
     }
 
     /// Asks the head for the actor named `name`.
     pub fn named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorId>> {
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Named { namespace: namespace.to_string(), name: name.to_string(), reply };
-        self.cmds.send(cmd).map_err(|_| lost())?;
+        self.command(cmd).map_err(|_| lost())?;
         rx.blocking_recv().map_err(|_| lost())
     }
 
     /// Prepares to hear what becomes of placement group `pg` (call before creating it).
     pub fn await_group(&self, pg: PlacementGroupId) -> Result<oneshot::Receiver<GroupOutcome>> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Group { pg, reply }).map_err(|_| lost())?;
+        self.command(Cmd::Group { pg, reply }).map_err(|_| lost())?;
         Ok(rx)
     }
 
@@ -381,12 +410,12 @@ impl Shared {
     /// Forgets what the head said of `object`, so that the next wait asks it again.
     pub fn invalidate(&self, object: ObjectId) {
         unlocate(&self.located, object);
-        let _ = self.cmds.send(Cmd::Invalidate(object));
+        let _ = self.command(Cmd::Invalidate(object));
     }
 
     pub fn forget(&self, object: ObjectId) {
         unlocate(&self.located, object);
-        let _ = self.cmds.send(Cmd::Forget(object));
+        let _ = self.command(Cmd::Forget(object));
     }
 
     pub fn add_peer(&self, info: PeerInfo) {
@@ -398,7 +427,7 @@ impl Shared {
     /// Ends the job and waits (briefly) until the message has left.
     pub fn finish(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Finish(tx)).is_ok() {
+        if self.command(Cmd::Finish(tx)).is_ok() {
             let _ = self.block_for(rx, std::time::Duration::from_millis(500));
         }
     }
@@ -533,6 +562,7 @@ async fn run(
     out: Box<dyn Fn(DriverToHead) -> bool + Send>,
     peers: Arc<Mutex<BTreeMap<NodeId, PeerInfo>>>,
     located: Located,
+    counts: Arc<CmdCounts>,
 ) {
     let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
     // Submissions and puts whose value is still wanted, in the order they were sent: after a
@@ -626,6 +656,7 @@ async fn run(
                         groups.insert(pg, reply);
                     }
                 }
+                counts.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             msg = incoming.recv(), if gone.is_none() => {
                 let msg = msg.unwrap_or_else(|| Incoming::Lost("the connection to the cluster closed".into()));

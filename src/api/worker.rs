@@ -2,15 +2,17 @@
 
 use super::core::{Incoming, Shared};
 use super::{ActorState, Error, IdSpace, Inner, Keel, Registered, Result};
-use keel_daemon::conn::{self, Outbound};
 use keel_daemon::worker::{WorkerEnv, WorkerLink};
 use keel_kernel::errors::TaskFailure;
 use keel_kernel::ids::{JobId, NodeId, ObjectId, TaskId};
 use keel_kernel::node::ExecArg;
 use keel_kernel::proto::{Arg, DriverToHead, Function, ReturnValue, TaskOutcome, TaskSpec};
+use keel_net::unix::DirectWriter;
 use keel_net::wire::{FromWorker, PeerInfo, ToWorker};
+use keel_net::DEFAULT_MAX_FRAME;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::mpsc;
 
@@ -30,11 +32,15 @@ struct Inbox {
     /// The attempts not started, and whether the node's connection closed.
     state: Mutex<(VecDeque<Execute>, bool)>,
     ready: Condvar,
+    /// Whether an attempt is there to take or the connection closed (set under the lock): a
+    /// `next` spinning before it sleeps looks here, not at the lock the reader pushes under.
+    changed: AtomicBool,
 }
 
 impl Inbox {
     fn push(&self, exec: Execute) {
         self.state.lock().expect("inbox").0.push_back(exec);
+        self.changed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 
@@ -59,23 +65,23 @@ impl Inbox {
         let mut state = self.state.lock().expect("inbox");
         state.0.clear();
         state.1 = true;
+        self.changed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 
     /// The next attempt, waiting for one; `None` once the connection closed and none is left.
     fn next(&self) -> Option<Execute> {
-        super::core::spin_until(super::core::SPIN, || {
-            let state = self.state.lock().expect("inbox");
-            !state.0.is_empty() || state.1
-        });
+        super::core::spin_until(super::core::SPIN, || self.changed.load(Ordering::Acquire));
         let mut state = self.state.lock().expect("inbox");
         loop {
             if let Some(exec) = state.0.pop_front() {
+                self.changed.store(!state.0.is_empty() || state.1, Ordering::Release);
                 return Some(exec);
             }
             if state.1 {
                 return None;
             }
+            self.changed.store(false, Ordering::Release);
             state = self.ready.wait(state).expect("inbox");
         }
     }
@@ -116,8 +122,10 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let WorkerLink { mut reader, writer } =
         runtime.block_on(WorkerLink::connect(&env)).map_err(|e| Error::Connection(e.to_string()))?;
     let guard = runtime.enter();
-    let (wtx, wrx) = mpsc::unbounded_channel::<Outbound<FromWorker>>();
-    conn::spawn_writer(writer, wrx, None);
+    // Frames to the node go out from whichever thread sends them, in order (a task's end from the
+    // thread that ran it, with no hand-off).
+    let direct = DirectWriter::start(writer.into_inner(), DEFAULT_MAX_FRAME);
+    let wtx = Link(direct);
     let inbox = Arc::new(Inbox::default());
     let (itx, irx) = mpsc::unbounded_channel();
     let to_inbox = inbox.clone();
@@ -140,7 +148,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
                 // Given back only if not started; a started one ends as usual.
                 Ok(ToWorker::Withdraw { tasks }) => {
                     if to_inbox.withdraw(&tasks) {
-                        let _ = withdrawn_tx.send(Outbound::Frame(FromWorker::Withdrawn { tasks }));
+                        let _ = withdrawn_tx.send(&FromWorker::Withdrawn { tasks });
                     }
                 }
                 Err(e) => {
@@ -154,15 +162,15 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
     let current: super::capture::Current = Arc::new(Mutex::new(None));
     let output_tx = wtx.clone();
     let capture = super::capture::Capture::start(current.clone(), move |frame| {
-        let _ = output_tx.send(Outbound::Frame(frame));
+        let _ = output_tx.send(&frame);
     })
     .map_err(|e| Error::Setup(format!("cannot capture the worker's output: {e}")))?;
     let submit_tx = wtx.clone();
-    let out = Box::new(move |m: DriverToHead| submit_tx.send(Outbound::Frame(FromWorker::Submit(m))).is_ok());
+    let out = Box::new(move |m: DriverToHead| submit_tx.send(&FromWorker::Submit(m)));
     let shared = Shared::start(runtime.handle().clone(), irx, out, env.token.clone());
     let block_tx = wtx.clone();
     shared.set_block_hook(Arc::new(move |blocked| {
-        let _ = block_tx.send(Outbound::Frame(FromWorker::Blocked(blocked)));
+        let _ = block_tx.send(&FromWorker::Blocked(blocked));
     }));
     drop(guard);
     let host = keel_daemon::node::hostname();
@@ -196,10 +204,7 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         if exec.interrupted {
             let outcome = TaskOutcome::Failed(TaskFailure::Cancelled);
             let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
-            let to_node = wtx.clone();
-            keel.inner.shared.then(move || {
-                let _ = to_node.send(Outbound::Frame(done));
-            });
+            end_attempt(&keel.inner.shared, &wtx, done);
             continue;
         }
         // The head recorded the previous actor call's result, which holds those references:
@@ -216,13 +221,8 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         // Everything it printed goes before its end.
         capture.sync();
         *current.lock().expect("current") = None;
-        // What the function sent (its submissions, the handles it dropped) goes before its end:
-        // the core sends the end after them, and this thread goes on to the next task.
         let done = FromWorker::Done { task: exec.spec.task, attempt: exec.attempt, outcome };
-        let to_node = wtx.clone();
-        keel.inner.shared.then(move || {
-            let _ = to_node.send(Outbound::Frame(done));
-        });
+        end_attempt(&keel.inner.shared, &wtx, done);
         // The result, which holds these references, is recorded with the end. A normal task's
         // handles are released by the head when its attempt ends: let them go quietly (a release
         // sent now would come from a worker that runs nothing). An actor's are the actor's own:
@@ -234,6 +234,31 @@ fn serve(functions: &[&'static dyn Registered]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The link to the node: frames from any thread, in order (see [`DirectWriter`]).
+#[derive(Clone)]
+struct Link(Arc<DirectWriter>);
+
+impl Link {
+    /// Sends a frame; false when the connection is gone (or the frame is over the limit).
+    fn send(&self, frame: &FromWorker) -> bool {
+        self.0.send(&keel_net::frame::encode(frame)).is_ok()
+    }
+}
+
+/// Reports an attempt's end. What the function sent (its submissions, the handles it dropped)
+/// goes before it: when the core has sent all of that already, this thread sends the end itself;
+/// otherwise the core sends it after the rest. Either way this thread goes on to the next task.
+fn end_attempt(shared: &Shared, link: &Link, done: FromWorker) {
+    if shared.quiet() {
+        link.send(&done);
+    } else {
+        let link = link.clone();
+        shared.then(move || {
+            link.send(&done);
+        });
+    }
 }
 
 fn failed(message: String) -> TaskOutcome {

@@ -241,6 +241,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         self.inner.get_mut()
     }
+
+    /// The stream, for writing frames some other way from now on. Call after a flush: bytes fed
+    /// but not yet written would be lost.
+    pub fn into_inner(self) -> W {
+        debug_assert!(self.inner.write_buffer().is_empty(), "frames fed but not flushed to {}", self.peer);
+        self.inner.into_inner()
+    }
 }
 
 /// A message's frame bytes.

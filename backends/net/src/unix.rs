@@ -139,6 +139,143 @@ impl AsyncWrite for QuietWrite {
     }
 }
 
+/// Frames to the peer from any thread, in the order [`send`](DirectWriter::send) is called. A
+/// frame goes out at once, written by the calling thread, when nothing is queued before it and
+/// the socket takes it whole; otherwise it is queued, and a task of the runtime writes the queue
+/// as the socket drains. A thread that sends a small frame hands nothing to another thread and
+/// wakes none (a worker's end of a task is written by the thread that ran the task).
+#[derive(Debug)]
+pub struct DirectWriter {
+    state: std::sync::Mutex<DirectState>,
+    queued: tokio::sync::Notify,
+    max: usize,
+}
+
+#[derive(Debug)]
+struct DirectState {
+    write: QuietWrite,
+    /// Frame bytes not yet written, in order.
+    queue: std::collections::VecDeque<u8>,
+    /// A write failed: the connection is gone, and every later send fails.
+    broken: bool,
+}
+
+impl DirectWriter {
+    /// Wraps `write` (after the handshake: nothing of it is buffered elsewhere) for frames of at
+    /// most `max` bytes; the writing task is spawned on the current runtime.
+    pub fn start(write: QuietWrite, max: usize) -> std::sync::Arc<DirectWriter> {
+        let state = DirectState { write, queue: std::collections::VecDeque::new(), broken: false };
+        let writer =
+            std::sync::Arc::new(DirectWriter { state: std::sync::Mutex::new(state), queued: Default::default(), max });
+        tokio::spawn(writer.clone().drain());
+        writer
+    }
+
+    /// Sends one frame whose bytes are `payload` (the length prefix is added here). Fails when
+    /// the frame is larger than the limit (nothing is sent) or the connection is gone.
+    pub fn send(&self, payload: &[u8]) -> io::Result<()> {
+        if payload.len() > self.max {
+            let what = format!("a frame of {} bytes is over the limit of {} bytes", payload.len(), self.max);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        }
+        let prefix = (payload.len() as u32).to_le_bytes();
+        let mut state = self.state.lock().map_err(|_| io::Error::other("the writer panicked"))?;
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if !state.queue.is_empty() {
+            state.queue.extend(prefix.iter().chain(payload));
+            return Ok(());
+        }
+        let (mut at, total) = (0, prefix.len() + payload.len());
+        while at < total {
+            let parts: [&[u8]; 2] =
+                if at < prefix.len() { [&prefix[at..], payload] } else { [&payload[at - prefix.len()..], &[]] };
+            match (&state.write.stream).write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1])]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    state.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        if at < total {
+            let rest = prefix.iter().chain(payload).skip(at);
+            state.queue.extend(rest);
+            drop(state);
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued whenever something is, waiting for room in the socket.
+    async fn drain(self: std::sync::Arc<Self>) {
+        loop {
+            self.queued.notified().await;
+            loop {
+                match self.write_queued() {
+                    Drained::Empty => break,
+                    Drained::Broken => return,
+                    Drained::Full(fd) => {
+                        if let Ok(mut guard) = fd.writable().await {
+                            guard.clear_ready();
+                        }
+                        if let Ok(mut state) = self.state.lock() {
+                            state.write.waiting = Some(fd);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the queue until it is empty or the socket is full (then returns the registration
+    /// to wait on).
+    fn write_queued(&self) -> Drained {
+        let Ok(mut state) = self.state.lock() else { return Drained::Broken };
+        loop {
+            if state.queue.is_empty() {
+                // Only a blocked write holds a registration for writing.
+                state.write.waiting = None;
+                return Drained::Empty;
+            }
+            let (a, b) = state.queue.as_slices();
+            let written = (&state.write.stream).write_vectored(&[IoSlice::new(a), IoSlice::new(b)]);
+            match written {
+                Ok(n) => {
+                    state.queue.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let registered = match state.write.waiting.take() {
+                        Some(fd) => Ok(fd),
+                        None => state.write.stream.try_clone().and_then(|s| register(s, Interest::WRITABLE)),
+                    };
+                    if let Ok(fd) = registered {
+                        return Drained::Full(fd);
+                    }
+                    state.broken = true;
+                    state.queue.clear();
+                    return Drained::Broken;
+                }
+                Err(_) => {
+                    state.broken = true;
+                    state.queue.clear();
+                    return Drained::Broken;
+                }
+            }
+        }
+    }
+}
+
+enum Drained {
+    Empty,
+    Full(AsyncFd<UnixStream>),
+    Broken,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +310,43 @@ mod tests {
         assert_eq!(br.read(&mut back).await.unwrap(), 0, "dropping the write half ends the stream");
         drop(bw);
         assert_eq!(ar.read(&mut back).await.unwrap(), 0);
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_sent_from_many_threads_arrive_whole_and_in_each_threads_order_even_past_a_full_socket() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ar, aw) = split(a).unwrap();
+        let (mut br, _bw) = split(b).unwrap();
+        let writer = DirectWriter::start(aw, 1 << 20);
+        // Frames of every size up to several times the socket buffer, from four threads at once.
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        let len = (i as usize * 4099) % (600 << 10) + 5;
+                        let mut frame = vec![t; len];
+                        frame[1..5].copy_from_slice(&i.to_le_bytes());
+                        writer.send(&frame).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u32; 4];
+        for _ in 0..800 {
+            let mut prefix = [0u8; 4];
+            br.read_exact(&mut prefix).await.unwrap();
+            let mut frame = vec![0u8; u32::from_le_bytes(prefix) as usize];
+            br.read_exact(&mut frame).await.unwrap();
+            let (t, i) = (frame[0] as usize, u32::from_le_bytes(frame[1..5].try_into().unwrap()));
+            assert_eq!(i, next[t], "thread {t}'s frames arrive in the order it sent them");
+            assert_eq!(frame.len(), (i as usize * 4099) % (600 << 10) + 5);
+            assert!(frame[5..].iter().all(|b| *b == t as u8), "frame {i} of thread {t} arrived whole");
+            next[t] += 1;
+        }
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(next, [200; 4]);
+        assert!(writer.send(&vec![0u8; (1 << 20) + 1]).is_err(), "a frame over the limit is refused");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(writer.state.lock().unwrap().write.waiting.is_none(), "no registration outlives the wait");
     }
 }
