@@ -25,6 +25,14 @@ pub enum TaskFailure {
         /// The exit code, when known.
         exit_code: Option<i32>,
     },
+    /// Its worker held it to run next and was killed to cancel the attempt before it by force:
+    /// it may have started. Retried without spending the task's retries: the failure is the
+    /// cancelled task's.
+    #[error("its worker was killed to cancel task {cancelled} by force")]
+    WorkerKilledForCancel {
+        /// The task cancelled.
+        cancelled: crate::ids::TaskId,
+    },
     /// No worker could be started for it.
     #[error("no worker could be started: {message}")]
     WorkerStartFailed {
@@ -54,6 +62,7 @@ impl TaskFailure {
         matches!(
             self,
             TaskFailure::WorkerDied { .. }
+                | TaskFailure::WorkerKilledForCancel { .. }
                 | TaskFailure::WorkerStartFailed { .. }
                 | TaskFailure::ArgumentUnavailable { .. }
         )

@@ -323,3 +323,28 @@ fn what_was_on_its_way_to_a_crashed_host_is_not_delivered_to_the_node_restarted_
     assert_eq!(states(&c, &ids), vec![TaskStateKind::Finished, TaskStateKind::Finished]);
     c.check_invariants();
 }
+
+#[test]
+fn successors_stopped_by_a_forced_cancel_of_the_task_before_them_run_again_without_spending_retries() {
+    let mut c = cluster(1, 1);
+    let job = c.start_job("force");
+    warm_up(&mut c, job, "ms=5");
+    let specs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut spec = task(job, i, "ms=5");
+            spec.max_retries = 0;
+            spec
+        })
+        .collect();
+    let ids: Vec<TaskId> = specs.iter().map(|s| s.task).collect();
+    for spec in specs {
+        c.submit(job, spec).unwrap();
+    }
+    c.run_for(us(1_500));
+    use TaskStateKind::{Cancelled, Finished, Next, Running};
+    assert_eq!(states(&c, &ids[..2]), vec![Running, Next]);
+    c.driver(job, DriverToHead::Cancel { task: ids[0], recursive: false, force: true }).unwrap();
+    c.run_for(Duration::from_millis(100));
+    assert_eq!(states(&c, &ids), vec![Cancelled, Finished, Finished], "no retries, yet they ran again");
+    c.check_invariants();
+}

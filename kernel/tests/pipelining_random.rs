@@ -495,28 +495,11 @@ fn check_settled(run: &Run, cov: &mut Coverage) {
             }
             Some(TaskStateKind::Failed) => {
                 // The behaviours never fail, crash or kill their worker. A task fails only for
-                // the loss of a crashed host's node, or as a successor its worker held when that
-                // worker was killed to cancel a task ahead of it by force (node/mod.rs: those a
-                // worker held "may have started, and end as `WorkerDied` with it"), each time with
-                // no retries left.
+                // the loss of a crashed host's node (a successor stopped with a worker killed to
+                // cancel the task before it by force runs again without spending its retries).
                 let reason = failure_reason(c, spec);
-                let last_attempt = |attempts: u32| {
-                    c.head_log.iter().rev().find_map(|(_, o)| match o {
-                        HeadOutput::ToNode { node, msg: HeadToNode::RunTask { spec: s, attempt, after, .. } }
-                            if s.task == t && *attempt + 1 == attempts =>
-                        {
-                            Some((*node, after.len()))
-                        }
-                        _ => None,
-                    })
-                };
                 let lost = match &reason {
                     Some(ErrorReason::NodeLost { task, node }) => *task == t && run.lost_nodes.contains(node),
-                    Some(ErrorReason::TaskFailed { task, attempts, failure: TaskFailure::WorkerDied { .. } }) => {
-                        let held = last_attempt(*attempts)
-                            .is_some_and(|(node, after)| after > 0 && run.killed_on.contains(&node));
-                        *task == t && *attempts == spec.max_retries + 1 && held
-                    }
                     _ => false,
                 };
                 cov.failed_with_worker += u64::from(matches!(reason, Some(ErrorReason::TaskFailed { .. })));

@@ -35,7 +35,11 @@ impl Head {
             self.set_timer(at, super::Timer::RetryArguments(task, attempt));
             return;
         }
-        let record = self.tasks.get(task).expect("task");
+        let record = self.tasks.get_mut(task).expect("task");
+        if matches!(failure, TaskFailure::WorkerKilledForCancel { .. }) && !record.cancel_requested {
+            // Another task's cancel stopped it: the retry is not charged to it.
+            record.retries_left += 1;
+        }
         let retryable = !record.cancel_requested
             && (failure.is_system() || (record.spec.retry_exceptions && !matches!(failure, TaskFailure::Cancelled)));
         let cancelled = matches!(failure, TaskFailure::Cancelled) || record.cancel_requested;

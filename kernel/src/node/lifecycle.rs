@@ -201,9 +201,15 @@ impl Node {
     pub(super) fn kill_busy_worker(&mut self, worker: WorkerId, task: TaskId, failure: TaskFailure) {
         assert_eq!(self.workers.get(worker).map(|w| w.state), Some(WorkerState::Busy(task)));
         self.workers.set_state(worker, WorkerState::Stopping);
+        let failure_of_kill = failure.clone();
         self.end_running(task, TaskOutcome::Failed(failure));
         self.emit(NodeOutput::KillWorker { worker });
-        self.fail_actor_queue(worker, None);
+        // Killed to cancel `task` by force: what it held behind it fails as that cancel's doing.
+        let held = match failure_of_kill {
+            TaskFailure::Cancelled => TaskFailure::WorkerKilledForCancel { cancelled: task },
+            _ => TaskFailure::WorkerDied { exit_code: None },
+        };
+        self.fail_held(worker, held, None);
         self.release_successor(task);
         assert!(!self.tasks.contains_key(&task));
     }

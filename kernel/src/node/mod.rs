@@ -63,7 +63,9 @@
 //!   with those behind it (all or none: `WithdrawTask`), and they follow it on its own worker.
 //!   When the predecessor ends any other way (its worker dies or is killed), a successor still
 //!   waiting is leased a worker as a new task would be (it has not started, so nothing is lost);
-//!   those its worker held may have started, and end as `WorkerDied` with it.
+//!   those its worker held may have started, and end as `WorkerDied` with it (as
+//!   `WorkerKilledForCancel` when the worker was killed to cancel a task by force: the head runs
+//!   them again without spending their retries).
 //! - **Heartbeats**: every `heartbeat_period` from registration, on their own timer that no other
 //!   input moves.
 //! - **Drain**: running tasks and hosted actors go on; a `RunTask` for anything but a method of an

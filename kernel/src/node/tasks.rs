@@ -648,15 +648,17 @@ impl Node {
     /// it held may have started (the end of the attempt before it can be on its way), so it ends
     /// as the worker's death, and the head runs it again as a new attempt.
     pub(super) fn fail_actor_queue(&mut self, worker: WorkerId, exit_code: Option<i32>) {
+        self.fail_held(worker, TaskFailure::WorkerDied { exit_code }, exit_code);
+    }
+
+    /// [`fail_actor_queue`](Self::fail_actor_queue), where what the worker held ahead fails with
+    /// `held`.
+    pub(super) fn fail_held(&mut self, worker: WorkerId, held: TaskFailure, exit_code: Option<i32>) {
         // The attempts handed to it ahead first, in the order it would have run them; one whose
         // cancel was asked ends as cancelled, as a running one does.
         let ahead: VecDeque<TaskId> = self.sent_ahead.get(&worker).cloned().unwrap_or_default();
         for task in ahead {
-            let failure = if self.tasks[&task].cancel_requested {
-                TaskFailure::Cancelled
-            } else {
-                TaskFailure::WorkerDied { exit_code }
-            };
+            let failure = if self.tasks[&task].cancel_requested { TaskFailure::Cancelled } else { held.clone() };
             self.abort_task(task, failure);
         }
         let queued: VecDeque<TaskId> = self.actor_queues.get(&worker).cloned().unwrap_or_default();

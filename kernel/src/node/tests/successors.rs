@@ -110,14 +110,26 @@ fn when_the_predecessors_worker_dies_a_successor_still_waiting_gets_another_work
 }
 
 #[test]
-fn a_forced_cancel_of_the_predecessor_kills_its_worker_and_the_successor_it_held_fails_with_it() {
+fn a_forced_cancel_of_the_predecessor_kills_its_worker_and_the_successors_it_held_fail_as_that_cancels_doing() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_after(task(2), TaskId(1)));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
     let out = h.head(HeadToNode::CancelTask { task: TaskId(1), attempt: 0, force: true });
     assert_eq!(killed(&out), vec![w]);
-    let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: None });
-    assert_eq!(ended(&out), vec![(TaskId(1), 0, TaskOutcome::Failed(TaskFailure::Cancelled)), (TaskId(2), 0, died)]);
+    let stopped = TaskOutcome::Failed(TaskFailure::WorkerKilledForCancel { cancelled: TaskId(1) });
+    let cancelled = TaskOutcome::Failed(TaskFailure::Cancelled);
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, cancelled), (TaskId(2), 0, stopped.clone()), (TaskId(3), 0, stopped)]);
+}
+
+#[test]
+fn successors_held_by_a_worker_that_dies_fail_as_its_death() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_after(task(2), TaskId(1)));
+    let out = h.input(NodeInput::WorkerExited { worker: w, exit_code: Some(3) });
+    let died = TaskOutcome::Failed(TaskFailure::WorkerDied { exit_code: Some(3) });
+    assert_eq!(ended(&out), vec![(TaskId(1), 0, died.clone()), (TaskId(2), 0, died)]);
 }
 
 #[test]
