@@ -73,6 +73,11 @@ const WAIT_GRACE: std::time::Duration = std::time::Duration::from_micros(200);
 /// wake-up, which on an idle CPU (halted, in a virtual machine) costs tens of microseconds.
 pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// How long a wait until `deadline` spins before it sleeps: [`SPIN`], never past the deadline.
+fn spin_limit(deadline: Option<std::time::Instant>, now: std::time::Instant) -> std::time::Duration {
+    deadline.map_or(SPIN, |d| SPIN.min(d.saturating_duration_since(now)))
+}
+
 /// Yields the CPU in a loop until `ready` or `limit` passes; returns `ready()`.
 pub(crate) fn spin_until(limit: std::time::Duration, ready: impl Fn() -> bool) -> bool {
     let start = std::time::Instant::now();
@@ -135,9 +140,13 @@ impl Gather {
         s.filled >= s.need || (s.stop_at_failure && s.failed)
     }
 
-    /// Sleeps until enough answers are in or `deadline` passes.
-    fn sleep(&self, deadline: Option<std::time::Instant>) {
-        spin_until(SPIN, || self.woken.load(std::sync::atomic::Ordering::Acquire));
+    /// Sleeps until enough answers are in or `deadline` passes; with `spin`, first yields the CPU
+    /// in a loop for up to [`SPIN`] (never past the deadline).
+    fn sleep(&self, deadline: Option<std::time::Instant>, spin: bool) {
+        if spin {
+            let limit = spin_limit(deadline, std::time::Instant::now());
+            spin_until(limit, || self.woken.load(std::sync::atomic::Ordering::Acquire));
+        }
         let mut s = self.state.lock().expect("gather");
         while s.filled < s.need && !(s.stop_at_failure && s.failed) {
             s = match deadline {
@@ -341,7 +350,8 @@ impl Shared {
         let spent = std::time::Duration::from_nanos(self.unreported_wait.load(Relaxed));
         let start = std::time::Instant::now();
         let grace = start + WAIT_GRACE.saturating_sub(spent);
-        gather.sleep(Some(deadline.map_or(grace, |d| d.min(grace))));
+        // Spinning first: an answer the core has, or the head sends at once, comes within it.
+        gather.sleep(Some(deadline.map_or(grace, |d| d.min(grace))), grace > start);
         if gather.done() {
             return;
         }
@@ -351,7 +361,7 @@ impl Shared {
             return;
         }
         let _blocked = self.blocked();
-        gather.sleep(deadline);
+        gather.sleep(deadline, false);
     }
 
     /// A new task starts in this process: its waits have their whole grace again.
@@ -1111,6 +1121,38 @@ mod tests {
     use keel_kernel::ObjectId;
     use keel_net::wire::{OutputChunk, Stream};
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_wait_spins_at_most_spin_and_never_past_its_deadline() {
+        use super::{spin_limit, SPIN};
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        assert_eq!(spin_limit(None, now), SPIN);
+        assert_eq!(spin_limit(Some(now + Duration::from_secs(1)), now), SPIN);
+        assert_eq!(spin_limit(Some(now + Duration::from_micros(30)), now), Duration::from_micros(30));
+        assert_eq!(spin_limit(Some(now), now), Duration::ZERO, "a poll does not spin");
+        assert_eq!(spin_limit(Some(now - Duration::from_micros(5)), now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_command_counts_as_carried_out_only_once_the_core_has_done_it() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (_itx, irx) = tokio::sync::mpsc::unbounded_channel();
+        // The core's link blocks until the test lets it go: the command stays in progress.
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let out = Box::new(move |_m: DriverToHead| gate.lock().unwrap().recv().is_ok());
+        let shared = Shared::start(runtime.handle().clone(), irx, out, keel_net::Token::generate());
+        assert!(shared.quiet(), "nothing sent yet");
+        shared.send(DriverToHead::FinishJob).unwrap();
+        assert!(!shared.quiet(), "sent, and its message not yet handed to the link");
+        gate_tx.send(()).unwrap();
+        let start = std::time::Instant::now();
+        while !shared.quiet() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "the core never finished the command");
+            std::thread::yield_now();
+        }
+    }
 
     #[test]
     fn a_value_this_process_put_is_read_without_asking_and_a_forgotten_one_is_asked_for_again() {

@@ -39,8 +39,10 @@ struct Inbox {
 
 impl Inbox {
     fn push(&self, exec: Execute) {
-        self.state.lock().expect("inbox").0.push_back(exec);
+        let mut state = self.state.lock().expect("inbox");
+        state.0.push_back(exec);
         self.changed.store(true, Ordering::Release);
+        drop(state);
         self.ready.notify_one();
     }
 
@@ -243,7 +245,15 @@ struct Link(Arc<DirectWriter>);
 impl Link {
     /// Sends a frame; false when the connection is gone (or the frame is over the limit).
     fn send(&self, frame: &FromWorker) -> bool {
-        self.0.send(&keel_net::frame::encode(frame)).is_ok()
+        match self.0.send(&keel_net::frame::encode(frame)) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    tracing::error!(error = %e, "cannot send to the node; the link to it is closed");
+                }
+                false
+            }
+        }
     }
 }
 

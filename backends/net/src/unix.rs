@@ -174,17 +174,22 @@ impl DirectWriter {
     /// Sends one frame whose bytes are `payload` (the length prefix is added here). Fails when
     /// the frame is larger than the limit (nothing is sent) or the connection is gone.
     pub fn send(&self, payload: &[u8]) -> io::Result<()> {
-        if payload.len() > self.max {
-            let what = format!("a frame of {} bytes is over the limit of {} bytes", payload.len(), self.max);
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
-        }
         let prefix = (payload.len() as u32).to_le_bytes();
         let mut state = self.state.lock().map_err(|_| io::Error::other("the writer panicked"))?;
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
+        if payload.len() > self.max {
+            // As a connection's writer does: the peer sees the connection end.
+            state.broken = true;
+            state.queue.clear();
+            let _ = state.write.stream.shutdown(std::net::Shutdown::Write);
+            let what = format!("a frame of {} bytes is over the limit of {} bytes", payload.len(), self.max);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        }
         if !state.queue.is_empty() {
-            state.queue.extend(prefix.iter().chain(payload));
+            state.queue.extend(&prefix);
+            state.queue.extend(payload);
             return Ok(());
         }
         let (mut at, total) = (0, prefix.len() + payload.len());
@@ -202,8 +207,10 @@ impl DirectWriter {
             }
         }
         if at < total {
-            let rest = prefix.iter().chain(payload).skip(at);
-            state.queue.extend(rest);
+            if at < prefix.len() {
+                state.queue.extend(&prefix[at..]);
+            }
+            state.queue.extend(&payload[at.saturating_sub(prefix.len())..]);
             drop(state);
             self.queued.notify_one();
         }
@@ -219,8 +226,10 @@ impl DirectWriter {
                     Drained::Empty => break,
                     Drained::Broken => return,
                     Drained::Full(fd) => {
-                        if let Ok(mut guard) = fd.writable().await {
-                            guard.clear_ready();
+                        match fd.writable().await {
+                            Ok(mut guard) => guard.clear_ready(),
+                            // The runtime is going away.
+                            Err(_) => return,
                         }
                         if let Ok(mut state) = self.state.lock() {
                             state.write.waiting = Some(fd);
@@ -237,8 +246,10 @@ impl DirectWriter {
         let Ok(mut state) = self.state.lock() else { return Drained::Broken };
         loop {
             if state.queue.is_empty() {
-                // Only a blocked write holds a registration for writing.
+                // Only a blocked write holds a registration for writing, and only a large frame
+                // being written holds a large buffer.
                 state.write.waiting = None;
+                state.queue.shrink_to(64 << 10);
                 return Drained::Empty;
             }
             let (a, b) = state.queue.as_slices();
@@ -258,11 +269,13 @@ impl DirectWriter {
                     }
                     state.broken = true;
                     state.queue.clear();
+                    state.write.waiting = None;
                     return Drained::Broken;
                 }
                 Err(_) => {
                     state.broken = true;
                     state.queue.clear();
+                    state.write.waiting = None;
                     return Drained::Broken;
                 }
             }
@@ -311,6 +324,22 @@ mod tests {
         drop(bw);
         assert_eq!(ar.read(&mut back).await.unwrap(), 0);
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_over_the_limit_ends_the_connection_as_a_connections_writer_does() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ar, aw) = split(a).unwrap();
+        let (mut br, _bw) = split(b).unwrap();
+        let writer = DirectWriter::start(aw, 1_000);
+        writer.send(b"before").unwrap();
+        let err = writer.send(&[0u8; 1_001]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("1001 bytes"), "{err}");
+        assert!(writer.send(b"after").is_err(), "nothing goes once the connection is ended");
+        let mut got = Vec::new();
+        br.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [&6u32.to_le_bytes()[..], b"before"].concat(), "the frame before, then the end");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_sent_from_many_threads_arrive_whole_and_in_each_threads_order_even_past_a_full_socket() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
