@@ -59,6 +59,10 @@ results = {}
 for side in sides:
     with open(f"{out}/{side}.jsonl") as f:
         for line in f:
+            # A side's framework may print its own log lines among the results: only the
+            # results are JSON objects.
+            if not line.lstrip().startswith("{"):
+                continue
             row = json.loads(line)
             for figure, v in row.items():
                 if isinstance(v, dict):

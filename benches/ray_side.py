@@ -45,7 +45,7 @@ def reconstruction_probe():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": checks})
     cluster.add_node(num_cpus=1)
     victim = cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, logging_level="ERROR")
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
 
     @ray.remote(max_retries=3)
     def mib(i):
@@ -73,7 +73,7 @@ def main():
     import numpy as np
     import ray
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
     @ray.remote
     def noop():
