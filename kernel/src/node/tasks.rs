@@ -239,35 +239,43 @@ impl Node {
         after.iter().rev().find(held).map(|(t, _)| *t)
     }
 
-    /// The attempts handed ahead to the worker that runs or holds `task`, behind it, that no
-    /// cancel was asked for.
+    /// The attempts handed ahead to the worker that runs or holds `task` that follow it there and
+    /// that no cancel was asked for. A worker's queue holds the chain behind the task it runs,
+    /// and, while they are being asked back, the first successor and those behind it (they
+    /// follow that one now, wherever it runs): each follows the one before it of its own kind.
     fn live_behind(&self, task: TaskId) -> usize {
-        let (worker, ahead) = match self.tasks.get(&task).map(|r| r.phase) {
-            Some(TaskPhase::Running(w)) => (w, None),
-            Some(TaskPhase::SentAhead(w)) => (w, Some(task)),
-            _ => return 0,
-        };
-        let queue = self.sent_ahead.get(&worker).into_iter().flatten();
-        let behind = queue.skip_while(|t| ahead.is_some_and(|a| **t != a)).skip(usize::from(ahead.is_some()));
-        behind.filter(|t| !self.tasks[*t].cancel_requested).count()
+        let live = |t: &TaskId| !self.tasks[t].cancel_requested;
+        let asked = |t: &TaskId| self.tasks[t].withdraw_asked;
+        match self.tasks.get(&task).map(|r| r.phase) {
+            Some(TaskPhase::Running(w)) => {
+                self.sent_ahead.get(&w).into_iter().flatten().filter(|t| !asked(t) && live(t)).count()
+            }
+            Some(TaskPhase::SentAhead(w)) => {
+                let mine = asked(&task);
+                let queue = self.sent_ahead.get(&w).into_iter().flatten();
+                let behind = queue.skip_while(|t| **t != task).skip(1);
+                behind.filter(|t| asked(t) == mine && live(t)).count()
+            }
+            _ => 0,
+        }
     }
 
     /// Where `task` stands in its chain of successors: the task it follows (waits for, or is
-    /// held behind by its worker), if any.
+    /// held behind by its worker; see [`live_behind`](Self::live_behind)), if any.
     fn chain_predecessor(&self, task: TaskId) -> Option<TaskId> {
         match self.tasks.get(&task)?.phase {
             TaskPhase::After(before) => Some(before),
             TaskPhase::SentAhead(worker) => {
+                let mine = self.tasks[&task].withdraw_asked;
                 let queue = self.sent_ahead.get(&worker)?;
                 let at = queue.iter().position(|t| *t == task)?;
-                match at {
-                    0 => match self.workers.get(worker)?.state {
-                        WorkerState::Busy(running) => Some(running),
-                        _ => None,
-                    },
-                    _ => Some(queue[at - 1]),
-                }
-                .filter(|t| self.tasks.contains_key(t))
+                let before = queue.iter().take(at).rev().find(|t| self.tasks[*t].withdraw_asked == mine).copied();
+                // The first of those being asked back follows nothing any more.
+                let running = || match self.workers.get(worker)?.state {
+                    WorkerState::Busy(running) if !mine => Some(running),
+                    _ => None,
+                };
+                before.or_else(running).filter(|t| self.tasks.contains_key(t))
             }
             _ => None,
         }
@@ -371,12 +379,15 @@ impl Node {
                 return Err(stale);
             }
         }
-        // Exactly the first and those its worker holds behind it, in order, as asked.
+        // Exactly the first and those its worker held behind it when asked, in order (tasks handed
+        // over behind them since, to follow the task before them, are not asked back).
         let queue = self.sent_ahead.get(&worker).into_iter().flatten();
-        let behind: Vec<TaskId> = match self.tasks[&first].phase {
+        let mut behind: Vec<TaskId> = match self.tasks[&first].phase {
             TaskPhase::SentAhead(_) => queue.skip_while(|t| **t != first).skip(1).copied().collect(),
             _ => queue.copied().collect(),
         };
+        let asked_with_it = behind.iter().take_while(|t| self.tasks[*t].withdraw_asked).count();
+        behind.truncate(asked_with_it);
         if !behind.iter().eq(tasks[1..].iter().map(|(t, _)| t)) {
             let (task, attempt) = tasks[0];
             return Err(InputError::StaleAttempt { task, attempt, node: me });
@@ -395,14 +406,22 @@ impl Node {
         }
         // Out of the worker: nothing may follow it there any more.
         self.tasks.get_mut(&first).expect("task exists").phase = TaskPhase::Fetching;
-        // The others wait behind the first again, in order (the last may have one waiting already).
+        // A task waiting for one of them (not handed to the worker, its arguments missing) was the
+        // next after them all, those behind that one being cancelled: it waits for the last now.
+        let waiting: Vec<TaskId> = tasks.iter().filter_map(|(t, _)| self.successors.remove(t)).collect();
+        assert!(waiting.len() <= 1, "tasks given back together had several waiting: {waiting:?}");
+        // The others wait behind the first again, in order.
         for pair in tasks.windows(2) {
             let (before, task) = (pair[0].0, pair[1].0);
             let record = self.tasks.get_mut(&task).expect("task exists");
             record.phase = TaskPhase::After(before);
             record.withdraw_asked = false;
             record.kill_requested = false;
-            assert!(self.successors.insert(before, task).is_none(), "{before} had a successor already");
+            self.successors.insert(before, task);
+        }
+        if let (Some(&next), Some(&(last, _))) = (waiting.first(), tasks.last()) {
+            self.tasks.get_mut(&next).expect("a waiting successor exists").phase = TaskPhase::After(last);
+            self.successors.insert(last, next);
         }
         // Those cancelled meanwhile end now, before anything is leased (the ones behind each move
         // up); then the first is leased a worker, or ends if cancelled (and the next takes its

@@ -489,3 +489,49 @@ fn once_the_worker_shows_it_started_a_successor_asked_back_those_behind_it_may_b
         assert!(started_worker(&out).is_some(), "it runs on a worker of its own");
     }
 }
+
+#[test]
+fn a_successor_still_waiting_for_its_arguments_follows_the_chain_given_back_before_it() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    // Task 3 is cancelled by force while held ahead: the head forgets it, and hands task 4 over
+    // behind task 2; task 4's argument is still to come.
+    h.head(HeadToNode::CancelTask { task: TaskId(3), attempt: 0, force: true });
+    let chain = [(TaskId(1), 0), (TaskId(2), 0)].to_vec();
+    let order = run_after_with(task_with_refs(4, &[obj(1)]), TaskId(1), vec![(obj(1), at(10, &[2]))]);
+    let HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, .. } = order else { unreachable!() };
+    h.head(HeadToNode::RunTask { spec, attempt, allocation, args, actor_worker, after: chain });
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))));
+    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    let asked = vec![(TaskId(2), 0), (TaskId(3), 0)];
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: asked.clone() }]);
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: asked });
+    assert_eq!(ended(&out), vec![(TaskId(3), 0, TaskOutcome::Failed(TaskFailure::Cancelled))]);
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))), "it still follows task 2");
+    let fresh = started_worker(&out).expect("task 2 gets a worker of its own");
+    h.input(NodeInput::WorkerStarted { worker: fresh });
+    h.input(NodeInput::ObjectSealed { object: obj(1), size: 10 });
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::SentAhead(fresh)), "behind task 2 on its worker");
+}
+
+#[test]
+fn while_a_successor_is_asked_back_the_task_before_it_and_the_successor_each_take_new_ones() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    // Task 1 runs again and takes a new successor; task 2, started now, takes one of its own.
+    let out = h.head(run_behind(task(3), &[TaskId(1)]));
+    assert_eq!(executed(&out), vec![(w, TaskId(3))], "behind task 1 on its worker");
+    h.head(run_behind(task(4), &[TaskId(2)]));
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))), "not behind task 2 on w");
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0)] });
+    let fresh = started_worker(&out).expect("task 2 gets a worker of its own");
+    assert_eq!(h.node.sent_ahead(w), vec![TaskId(3)]);
+    let out = h.input(NodeInput::WorkerStarted { worker: fresh });
+    assert_eq!(executed(&out), vec![(fresh, TaskId(2)), (fresh, TaskId(4))], "task 4 follows task 2 there");
+    assert_eq!(started(&h.finish(w, TaskId(1))), vec![TaskId(3)]);
+    assert_eq!(started(&h.finish(fresh, TaskId(2))), vec![TaskId(4)]);
+}
