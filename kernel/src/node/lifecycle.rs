@@ -111,8 +111,8 @@ impl Node {
             TaskOutcome::Failed(_) if self.tasks[&task].cancel_requested => TaskOutcome::Failed(TaskFailure::Cancelled),
             other => other,
         };
-        if self.tasks[&task].withdraw_asked {
-            self.withdrawal_failed(worker);
+        if let Some(group) = self.tasks[&task].withdraw_asked {
+            self.withdrawal_failed(worker, group);
         }
         self.end_running(task, outcome);
         if !self.promote_sent_ahead(worker) {
@@ -265,8 +265,8 @@ impl Node {
         };
         let record = self.tasks.get(&task).expect("a busy worker's task is held");
         let attempt = record.attempt;
-        if record.withdraw_asked {
-            self.withdrawal_failed(worker);
+        if let Some(group) = record.withdraw_asked {
+            self.withdrawal_failed(worker, group);
         }
         let msg = if blocked {
             NodeToHead::TaskBlocked { task, attempt }

@@ -29,8 +29,9 @@ pub(crate) struct Task {
     pub(crate) phase: TaskPhase,
     /// An unforced cancel arrived while it ran.
     pub(crate) cancel_requested: bool,
-    /// Its worker was asked to give it back (`WithdrawTask`): only then is `TaskWithdrawn` taken.
-    pub(crate) withdraw_asked: bool,
+    /// Its worker was asked to give it back (`WithdrawTask`), with the task this names and those
+    /// between: only then is `TaskWithdrawn` taken, and only for that request.
+    pub(crate) withdraw_asked: Option<TaskId>,
     /// A forced cancel came while it was held by a worker ahead: if that worker turns out to
     /// run it, the worker is killed.
     pub(crate) kill_requested: bool,
@@ -89,7 +90,7 @@ impl Node {
             pinned: VecSet::new(),
             phase,
             cancel_requested: false,
-            withdraw_asked: false,
+            withdraw_asked: None,
             kill_requested: false,
         };
         self.tasks.insert(task, record);
@@ -248,7 +249,7 @@ impl Node {
         let asked = |t: &TaskId| self.tasks[t].withdraw_asked;
         match self.tasks.get(&task).map(|r| r.phase) {
             Some(TaskPhase::Running(w)) => {
-                self.sent_ahead.get(&w).into_iter().flatten().filter(|t| !asked(t) && live(t)).count()
+                self.sent_ahead.get(&w).into_iter().flatten().filter(|t| asked(t).is_none() && live(t)).count()
             }
             Some(TaskPhase::SentAhead(w)) => {
                 let mine = asked(&task);
@@ -272,7 +273,7 @@ impl Node {
                 let before = queue.iter().take(at).rev().find(|t| self.tasks[*t].withdraw_asked == mine).copied();
                 // The first of those being asked back follows nothing any more.
                 let running = || match self.workers.get(worker)?.state {
-                    WorkerState::Busy(running) if !mine => Some(running),
+                    WorkerState::Busy(running) if mine.is_none() => Some(running),
                     _ => None,
                 };
                 before.or_else(running).filter(|t| self.tasks.contains_key(t))
@@ -302,7 +303,7 @@ impl Node {
             // asked back from its worker may not be what that worker runs next.
             let command = |t: &Task| matches!(t.spec.function, crate::proto::Function::Command(_));
             let prior = &self.tasks[&before];
-            if command(record) || command(prior) || prior.withdraw_asked {
+            if command(record) || command(prior) || prior.withdraw_asked.is_some() {
                 return;
             }
             assert!(matches!(info.state, WorkerState::Busy(_)), "{worker} holds {before} but is not busy");
@@ -338,14 +339,14 @@ impl Node {
             }
             // Asked back from the worker with those held behind it (they follow it, and must not
             // run there without it), all or none: a worker that started it keeps them all.
-            TaskPhase::SentAhead(worker) if !record.withdraw_asked => {
+            TaskPhase::SentAhead(worker) if record.withdraw_asked.is_none() => {
                 let queue = self.sent_ahead.get(&worker).expect("sent-ahead queue exists");
                 let from = queue.iter().position(|t| *t == task).expect("held ahead");
                 let tasks: Vec<TaskId> = queue.iter().skip(from).copied().collect();
                 let mut asked = Vec::with_capacity(tasks.len());
                 for t in tasks {
                     let record = self.tasks.get_mut(&t).expect("task exists");
-                    record.withdraw_asked = true;
+                    record.withdraw_asked = Some(task);
                     asked.push((t, record.attempt));
                 }
                 self.emit(NodeOutput::WithdrawTask { worker, tasks: asked });
@@ -366,7 +367,8 @@ impl Node {
         };
         for (i, &(task, attempt)) in tasks.iter().enumerate() {
             let stale = InputError::StaleAttempt { task, attempt, node: me };
-            let Some(record) = self.tasks.get(&task).filter(|r| r.attempt == attempt && r.withdraw_asked) else {
+            let asked = |r: &&Task| r.attempt == attempt && r.withdraw_asked == Some(first);
+            let Some(record) = self.tasks.get(&task).filter(asked) else {
                 return Err(stale);
             };
             let fits = match record.phase {
@@ -386,7 +388,7 @@ impl Node {
             TaskPhase::SentAhead(_) => queue.skip_while(|t| **t != first).skip(1).copied().collect(),
             _ => queue.copied().collect(),
         };
-        let asked_with_it = behind.iter().take_while(|t| self.tasks[*t].withdraw_asked).count();
+        let asked_with_it = behind.iter().take_while(|t| self.tasks[*t].withdraw_asked == Some(first)).count();
         behind.truncate(asked_with_it);
         if !behind.iter().eq(tasks[1..].iter().map(|(t, _)| t)) {
             let (task, attempt) = tasks[0];
@@ -415,7 +417,7 @@ impl Node {
             let (before, task) = (pair[0].0, pair[1].0);
             let record = self.tasks.get_mut(&task).expect("task exists");
             record.phase = TaskPhase::After(before);
-            record.withdraw_asked = false;
+            record.withdraw_asked = None;
             record.kill_requested = false;
             self.successors.insert(before, task);
         }
@@ -436,17 +438,21 @@ impl Node {
         Ok(())
     }
 
-    /// `worker` runs a task it was asked to give back (it had started it): it keeps those behind
-    /// it too, so no answer comes, and they may be asked back again.
-    pub(super) fn withdrawal_failed(&mut self, worker: WorkerId) {
+    /// `worker` runs a task it was asked to give back with those behind it (`group` names the
+    /// first): it had started it, so it keeps them all and no answer comes; they may be asked
+    /// back again. Another withdrawal from the same worker is not affected.
+    pub(super) fn withdrawal_failed(&mut self, worker: WorkerId, group: TaskId) {
         let running = match self.workers.get(worker).map(|w| w.state) {
             Some(WorkerState::Busy(task)) => Some(task),
             _ => None,
         };
         let held = self.sent_ahead.get(&worker).into_iter().flatten().copied();
-        let group: Vec<TaskId> = running.into_iter().chain(held).collect();
-        for task in group {
-            self.tasks.get_mut(&task).expect("a held task exists").withdraw_asked = false;
+        let asked: Vec<TaskId> = running.into_iter().chain(held).collect();
+        for task in asked {
+            let record = self.tasks.get_mut(&task).expect("a held task exists");
+            if record.withdraw_asked == Some(group) {
+                record.withdraw_asked = None;
+            }
         }
     }
 
@@ -455,7 +461,7 @@ impl Node {
     fn requeue_unstarted(&mut self, task: TaskId) {
         let record = self.tasks.get_mut(&task).expect("task exists");
         record.phase = TaskPhase::Fetching;
-        record.withdraw_asked = false;
+        record.withdraw_asked = None;
         record.kill_requested = false;
         if record.cancel_requested {
             self.abort_task(task, TaskFailure::Cancelled);

@@ -535,3 +535,33 @@ fn while_a_successor_is_asked_back_the_task_before_it_and_the_successor_each_tak
     assert_eq!(started(&h.finish(w, TaskId(1))), vec![TaskId(3)]);
     assert_eq!(started(&h.finish(fresh, TaskId(2))), vec![TaskId(4)]);
 }
+
+#[test]
+fn two_chains_asked_back_from_one_worker_are_given_back_each_on_its_own() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    let first = vec![(TaskId(2), 0), (TaskId(3), 0)];
+    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: first.clone() }]);
+    // Task 1 runs again, takes two new successors, and blocks again before the first answer.
+    h.head(run_behind(task(4), &[TaskId(1)]));
+    h.head(run_behind(task(5), &[TaskId(1), TaskId(4)]));
+    assert_eq!(h.node.sent_ahead(w), vec![TaskId(2), TaskId(3), TaskId(4), TaskId(5)]);
+    let second = vec![(TaskId(4), 0), (TaskId(5), 0)];
+    let out = h.head(HeadToNode::StartNow { task: TaskId(4), attempt: 0 });
+    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: second.clone() }]);
+    // A withdrawal mixing the two requests is not what was asked.
+    let mixed = vec![(TaskId(2), 0), (TaskId(3), 0), (TaskId(4), 0)];
+    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: mixed });
+    assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: first });
+    let for_2 = started_worker(&out).expect("task 2 gets a worker of its own");
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: second });
+    let for_4 = started_worker(&out).expect("task 4 gets a worker of its own");
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(2))));
+    assert_eq!(h.node.task_phase(TaskId(5)), Some(TaskPhase::After(TaskId(4))));
+    assert!(h.node.sent_ahead(w).is_empty());
+    assert_ne!(for_2, for_4);
+}
