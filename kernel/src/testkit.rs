@@ -539,7 +539,8 @@ impl Cluster {
                         if queue.is_empty() {
                             self.hosts[host].ahead.remove(&worker);
                         }
-                        self.send_node(host, NodeInput::TaskWithdrawn { worker, tasks }, Duration::ZERO);
+                        // The answer takes a while to arrive: orders, ends and blocks may cross it.
+                        self.send_node(host, NodeInput::TaskWithdrawn { worker, tasks }, latency);
                     }
                 }
             }

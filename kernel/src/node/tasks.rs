@@ -261,6 +261,29 @@ impl Node {
         }
     }
 
+    /// Whether tasks are being asked back from `worker`.
+    fn asking(&self, worker: WorkerId) -> bool {
+        let running = match self.workers.get(worker).map(|w| w.state) {
+            Some(WorkerState::Busy(task)) => Some(task),
+            _ => None,
+        };
+        let held = self.sent_ahead.get(&worker).into_iter().flatten();
+        running.iter().chain(held).any(|t| self.tasks[t].withdraw_asked.is_some())
+    }
+
+    /// The tasks asked back from `worker` were given back, or it kept them: the successor waiting
+    /// for the last task it now holds (or runs) goes to it ahead, if it may.
+    fn ask_settled(&mut self, worker: WorkerId) {
+        let running = match self.workers.get(worker).map(|w| w.state) {
+            Some(WorkerState::Busy(task)) => Some(task),
+            _ => None,
+        };
+        let last = self.sent_ahead.get(&worker).and_then(|q| q.back().copied()).or(running);
+        if let Some(&next) = last.and_then(|t| self.successors.get(&t)) {
+            self.hand_ahead(next);
+        }
+    }
+
     /// Where `task` stands in its chain of successors: the task it follows (waits for, or is
     /// held behind by its worker; see [`live_behind`](Self::live_behind)), if any.
     fn chain_predecessor(&self, task: TaskId) -> Option<TaskId> {
@@ -299,11 +322,14 @@ impl Node {
             if info.kind != WorkerKind::Pool || info.job != record.spec.job || info.gpus != record.gpus {
                 return;
             }
-            // A command worker runs one process at a time and holds nothing ahead; a task being
-            // asked back from its worker may not be what that worker runs next.
+            // A command worker runs one process at a time and holds nothing ahead. While tasks are
+            // being asked back from a worker, nothing new goes to it: whether it gives them back
+            // or has started the first (and keeps them all) is not known yet, and what follows
+            // the task it runs must not end up behind them (the asking settles it: see
+            // `ask_settled`).
             let command = |t: &Task| matches!(t.spec.function, crate::proto::Function::Command(_));
             let prior = &self.tasks[&before];
-            if command(record) || command(prior) || prior.withdraw_asked.is_some() {
+            if command(record) || command(prior) || self.asking(worker) {
                 return;
             }
             assert!(matches!(info.state, WorkerState::Busy(_)), "{worker} holds {before} but is not busy");
@@ -434,6 +460,7 @@ impl Node {
             }
         }
         self.requeue_unstarted(first);
+        self.ask_settled(worker);
         self.trim_idle_workers();
         Ok(())
     }
@@ -454,6 +481,7 @@ impl Node {
                 record.withdraw_asked = None;
             }
         }
+        self.ask_settled(worker);
     }
 
     /// An attempt a worker gave back unstarted is leased a worker as a new task would be, or ends

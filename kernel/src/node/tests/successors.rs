@@ -517,19 +517,20 @@ fn a_successor_still_waiting_for_its_arguments_follows_the_chain_given_back_befo
 }
 
 #[test]
-fn while_a_successor_is_asked_back_the_task_before_it_and_the_successor_each_take_new_ones() {
+fn while_a_successor_is_asked_back_new_successors_wait_and_go_ahead_once_it_is_given_back() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_behind(task(2), &[TaskId(1)]));
     h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
     // Task 1 runs again and takes a new successor; task 2, started now, takes one of its own.
     let out = h.head(run_behind(task(3), &[TaskId(1)]));
-    assert_eq!(executed(&out), vec![(w, TaskId(3))], "behind task 1 on its worker");
+    assert!(executed(&out).is_empty(), "nothing goes to a worker that is being asked for tasks back");
+    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(1))));
     h.head(run_behind(task(4), &[TaskId(2)]));
-    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))), "not behind task 2 on w");
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))));
     let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(2), 0)] });
     let fresh = started_worker(&out).expect("task 2 gets a worker of its own");
-    assert_eq!(h.node.sent_ahead(w), vec![TaskId(3)]);
+    assert_eq!(executed(&out), vec![(w, TaskId(3))], "task 3 goes behind task 1 once task 2 is back");
     let out = h.input(NodeInput::WorkerStarted { worker: fresh });
     assert_eq!(executed(&out), vec![(fresh, TaskId(2)), (fresh, TaskId(4))], "task 4 follows task 2 there");
     assert_eq!(started(&h.finish(w, TaskId(1))), vec![TaskId(3)]);
@@ -537,31 +538,41 @@ fn while_a_successor_is_asked_back_the_task_before_it_and_the_successor_each_tak
 }
 
 #[test]
-fn two_chains_asked_back_from_one_worker_are_given_back_each_on_its_own() {
+fn a_successor_that_waited_out_a_failed_ask_runs_on_its_own_when_the_task_before_it_ends() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
+    h.head(run_behind(task(3), &[TaskId(1)]));
+    // The worker had ended task 1 and started task 2: the ask fails. The head runs task 3 in
+    // task 1's resources now, so it must not wait behind task 2 (which may wait for it).
+    let out = h.finish(w, TaskId(1));
+    assert_eq!(started(&out), vec![TaskId(2)]);
+    assert!(started_worker(&out).is_some(), "task 3 gets a worker of its own");
+    assert!(!h.node.sent_ahead(w).contains(&TaskId(3)));
+    // Task 2, started now, takes a successor of its own: it waits for the ask to settle, then
+    // follows task 2 on its worker.
+    h.head(run_behind(task(4), &[TaskId(2)]));
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(2))));
+    let out = h.input(NodeInput::WorkerBlocked { worker: w, blocked: true });
+    assert_eq!(executed(&out), vec![(w, TaskId(4))], "the worker showed it runs task 2: the ask is over");
+}
+
+#[test]
+fn a_chain_kept_by_a_worker_that_started_its_first_goes_on_with_the_successor_waiting_behind_it() {
     let mut h = Harness::new();
     let w = h.run_on_new_worker(task(1));
     h.head(run_behind(task(2), &[TaskId(1)]));
     h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
-    let first = vec![(TaskId(2), 0), (TaskId(3), 0)];
-    let out = h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
-    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: first.clone() }]);
-    // Task 1 runs again, takes two new successors, and blocks again before the first answer.
+    h.head(HeadToNode::StartNow { task: TaskId(2), attempt: 0 });
     h.head(run_behind(task(4), &[TaskId(1)]));
-    h.head(run_behind(task(5), &[TaskId(1), TaskId(4)]));
-    assert_eq!(h.node.sent_ahead(w), vec![TaskId(2), TaskId(3), TaskId(4), TaskId(5)]);
-    let second = vec![(TaskId(4), 0), (TaskId(5), 0)];
-    let out = h.head(HeadToNode::StartNow { task: TaskId(4), attempt: 0 });
-    assert_eq!(out, vec![NodeOutput::WithdrawTask { worker: w, tasks: second.clone() }]);
-    // A withdrawal mixing the two requests is not what was asked.
-    let mixed = vec![(TaskId(2), 0), (TaskId(3), 0), (TaskId(4), 0)];
-    let err = h.refused(NodeInput::TaskWithdrawn { worker: w, tasks: mixed });
-    assert!(matches!(err, InputError::StaleAttempt { .. }), "{err}");
-    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: first });
-    let for_2 = started_worker(&out).expect("task 2 gets a worker of its own");
-    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: second });
-    let for_4 = started_worker(&out).expect("task 4 gets a worker of its own");
-    assert_eq!(h.node.task_phase(TaskId(3)), Some(TaskPhase::After(TaskId(2))));
-    assert_eq!(h.node.task_phase(TaskId(5)), Some(TaskPhase::After(TaskId(4))));
-    assert!(h.node.sent_ahead(w).is_empty());
-    assert_ne!(for_2, for_4);
+    h.head(run_behind(task(5), &[TaskId(2), TaskId(3)]));
+    assert_eq!(h.node.task_phase(TaskId(5)), Some(TaskPhase::After(TaskId(3))));
+    // The worker had started task 2: it keeps 2 and 3; task 4 runs elsewhere, task 5 after 3.
+    let out = h.finish(w, TaskId(1));
+    assert!(started_worker(&out).is_some(), "task 4 gets a worker of its own");
+    let out = h.finish(w, TaskId(2));
+    assert_eq!(started(&out), vec![TaskId(3)]);
+    assert_eq!(h.node.task_phase(TaskId(5)), Some(TaskPhase::SentAhead(w)));
+    assert_eq!(started(&h.finish(w, TaskId(3))), vec![TaskId(5)]);
 }
