@@ -241,9 +241,9 @@ impl Node {
     }
 
     /// The attempts handed ahead to the worker that runs or holds `task` that follow it there and
-    /// that no cancel was asked for. A worker's queue holds the chain behind the task it runs,
-    /// and, while they are being asked back, the first successor and those behind it (they
-    /// follow that one now, wherever it runs): each follows the one before it of its own kind.
+    /// that no cancel was asked for. A worker's queue holds the chain behind the task it runs, or,
+    /// while they are being asked back, the first successor and those behind it (they follow
+    /// that one now, wherever it runs): each follows the one before it of its own kind.
     fn live_behind(&self, task: TaskId) -> usize {
         let live = |t: &TaskId| !self.tasks[t].cancel_requested;
         let asked = |t: &TaskId| self.tasks[t].withdraw_asked;
