@@ -271,15 +271,17 @@ impl Node {
         running.iter().chain(held).any(|t| self.tasks[t].withdraw_asked.is_some())
     }
 
-    /// The tasks asked back from `worker` were given back, or it kept them: the successor waiting
-    /// for the last task it now holds (or runs) goes to it ahead, if it may.
+    /// The tasks asked back from `worker` were given back, or it kept them: a successor waiting
+    /// for a task it runs or holds (behind which only cancelled ones are left) goes to it ahead,
+    /// if it may.
     fn ask_settled(&mut self, worker: WorkerId) {
         let running = match self.workers.get(worker).map(|w| w.state) {
             Some(WorkerState::Busy(task)) => Some(task),
             _ => None,
         };
-        let last = self.sent_ahead.get(&worker).and_then(|q| q.back().copied()).or(running);
-        if let Some(&next) = last.and_then(|t| self.successors.get(&t)) {
+        let held = self.sent_ahead.get(&worker).into_iter().flatten();
+        let waiting = running.iter().chain(held).find_map(|t| self.successors.get(t).copied());
+        if let Some(next) = waiting {
             self.hand_ahead(next);
         }
     }

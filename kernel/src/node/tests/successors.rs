@@ -576,3 +576,18 @@ fn a_chain_kept_by_a_worker_that_started_its_first_goes_on_with_the_successor_wa
     assert_eq!(h.node.task_phase(TaskId(5)), Some(TaskPhase::SentAhead(w)));
     assert_eq!(started(&h.finish(w, TaskId(3))), vec![TaskId(5)]);
 }
+
+#[test]
+fn once_an_ask_settles_a_successor_of_the_running_task_goes_ahead_behind_a_cancelled_one() {
+    let mut h = Harness::new();
+    let w = h.run_on_new_worker(task(1));
+    h.head(run_behind(task(2), &[TaskId(1)]));
+    h.head(run_behind(task(3), &[TaskId(1), TaskId(2)]));
+    h.head(HeadToNode::CancelTask { task: TaskId(2), attempt: 0, force: false });
+    h.head(HeadToNode::StartNow { task: TaskId(3), attempt: 0 });
+    h.head(run_behind(task(4), &[TaskId(1)]));
+    assert_eq!(h.node.task_phase(TaskId(4)), Some(TaskPhase::After(TaskId(1))), "it waits while task 3 is asked back");
+    let out = h.input(NodeInput::TaskWithdrawn { worker: w, tasks: vec![(TaskId(3), 0)] });
+    assert!(executed(&out).contains(&(w, TaskId(4))), "then it goes behind the cancelled task 2");
+    assert_eq!(h.node.sent_ahead(w), vec![TaskId(2), TaskId(4)]);
+}
