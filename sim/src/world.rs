@@ -320,6 +320,9 @@ struct Host {
     /// Attempts handed to a busy worker, which it runs in order after its current one (the flag:
     /// interrupted before it started, so it is skipped as cancelled).
     ahead: BTreeMap<WorkerId, VecDeque<(Execution, bool)>>,
+    /// When each worker's last report reaches the node: a worker's reports arrive in the order it
+    /// sent them (one socket), however late each is.
+    reported_at: BTreeMap<WorkerId, Time>,
     timer: Option<Time>,
     paused_until: Time,
     /// Messages from the head are held back until then (a partition; TCP delivers them late).
@@ -352,6 +355,7 @@ impl Host {
             store: BTreeMap::new(),
             workers: BTreeMap::new(),
             ahead: BTreeMap::new(),
+            reported_at: BTreeMap::new(),
             timer: None,
             paused_until: Time::ZERO,
             cut_in_until: Time::ZERO,
@@ -876,8 +880,11 @@ impl World {
                     // the node a moment later, so orders the node sends meanwhile (a cancel, a
                     // withdrawal) meet a worker that has moved on, as they can for real.
                     self.run_next(host, inc, worker);
-                    let delay = Duration(self.proc_rng.below(REPORT_DELAY_NS + 1));
-                    self.local(host, delay, input);
+                    let late = self.now + Duration(self.proc_rng.below(REPORT_DELAY_NS + 1));
+                    let h = &mut self.hosts[host];
+                    let at = h.reported_at.get(&worker).map_or(late, |last| late.max(*last));
+                    h.reported_at.insert(worker, at);
+                    self.local(host, at.saturating_since(self.now), input);
                 }
             }
             Event::ToDriver(msg) => self.deliver_driver(msg),
@@ -1370,6 +1377,7 @@ impl World {
                 h.store.clear();
                 h.workers.clear();
                 h.ahead.clear();
+                h.reported_at.clear();
                 if let Some(old) = h.id.take() {
                     self.by_node.remove(&old);
                 }
@@ -1760,6 +1768,7 @@ impl World {
         h.store.clear();
         h.workers.clear();
         h.ahead.clear();
+        h.reported_at.clear();
         h.timer = None;
     }
 
@@ -1915,6 +1924,7 @@ impl World {
         h.store.clear();
         h.workers.clear();
         h.ahead.clear();
+        h.reported_at.clear();
         h.timer = None;
         if let Some(old) = h.id.take() {
             self.by_node.remove(&old);

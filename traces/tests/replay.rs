@@ -314,3 +314,15 @@ fn work_no_autoscaled_type_can_hold_is_reported_infeasible_and_the_rest_runs() {
     assert!(r.jobs[1].infeasible && r.jobs[1].end_ms.is_none(), "{:?}", r.jobs[1]);
     assert_eq!(r.summary.autoscale.as_ref().unwrap().launched, 1);
 }
+
+#[test]
+fn hundreds_of_tasks_that_take_no_time_all_run_though_workers_hold_chains_of_them() {
+    // Such tasks are handed to busy workers in chains; a worker ends several in one instant, and
+    // its reports must reach the node in the order it sent them.
+    let mut tasks: Vec<Task> = (0..300).map(|_| task(1, 0, vec![], 1)).collect();
+    tasks.push(task(1, 100, (0..300).collect(), 1));
+    let jobs = vec![job("zero", 0, tasks, false)];
+    let r = replay(&jobs, &options(vec![node(2)])).unwrap();
+    let s = &r.summary;
+    assert_eq!((s.jobs, s.completed, s.unfinished), (1, 1, 0), "{s:?}");
+}
