@@ -95,7 +95,6 @@ struct Coverage {
     finished: u64,
     cancelled: u64,
     failed: u64,
-    failed_with_worker: u64,
 }
 
 /// One seed's run: the cluster and what the test knows about it.
@@ -119,9 +118,6 @@ struct Run {
     /// Nodes of hosts that crashed (including one whose registration completed while its host
     /// was down).
     lost_nodes: BTreeSet<NodeId>,
-    /// Nodes where a task running or handed over to run next was cancelled by force: the worker
-    /// holding it is killed there, and the successors it held with it.
-    killed_on: BTreeSet<NodeId>,
     /// The steps so far, printed if the seed fails.
     log: Vec<String>,
 }
@@ -161,7 +157,6 @@ impl Run {
             blocked: BTreeSet::new(),
             crashed_at: BTreeMap::new(),
             lost_nodes: BTreeSet::new(),
-            killed_on: BTreeSet::new(),
             log,
         }
     }
@@ -336,9 +331,6 @@ impl Run {
                     self.rng.pick(&self.submitted).task
                 };
                 let state = self.c.head.task_state(t);
-                if force && matches!(state, Some(TaskStateKind::Running | TaskStateKind::Next)) {
-                    self.killed_on.extend(self.c.head.task_node(t));
-                }
                 let job = self.submitted.iter().find(|s| s.task == t).expect("submitted").job;
                 let answer = self.c.driver(job, DriverToHead::Cancel { task: t, recursive: false, force });
                 assert_eq!(answer.is_ok(), state.is_some(), "cancel of {t:?} ({state:?}): {answer:?}");
@@ -502,7 +494,6 @@ fn check_settled(run: &Run, cov: &mut Coverage) {
                     Some(ErrorReason::NodeLost { task, node }) => *task == t && run.lost_nodes.contains(node),
                     _ => false,
                 };
-                cov.failed_with_worker += u64::from(matches!(reason, Some(ErrorReason::TaskFailed { .. })));
                 assert!(
                     lost,
                     "{t:?} ({:?}, {} retries, cancel asked: {}) failed with {reason:?}",
