@@ -15,6 +15,7 @@ import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from side_common import (  # noqa: E402
+    PUT_WARM_UPS,
     common_arguments,
     idle_memory,
     latencies,
@@ -123,6 +124,10 @@ def main():
 
     buffer = np.full(100 << 20, 7, dtype=np.uint8)
     puts, gets = [], []
+    for _ in range(PUT_WARM_UPS):
+        r = ray.put(buffer)
+        assert ray.get(r).nbytes == buffer.nbytes
+        del r
     for _ in range(args.runs):
         start = time.perf_counter()
         r = ray.put(buffer)

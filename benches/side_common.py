@@ -9,6 +9,10 @@ import sys
 import time
 
 
+# Rounds of put and get before `put-get` is measured (the same on every side, Keel's included).
+PUT_WARM_UPS = 4
+
+
 def tree_rss(pid):
     """Resident memory of `pid` and every process under it, in bytes."""
     rss = 0

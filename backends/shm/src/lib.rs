@@ -16,6 +16,10 @@
 //! large write, by the node or by a worker or driver of the node, takes the pooled file that fits
 //! best, cuts it to size and writes over pages that already exist. The pool holds at most an
 //! eighth of the capacity, counts against the capacity, and is emptied first when room runs out.
+//! A writer keeps its mapping of each large file it wrote, so that writing into that file again
+//! costs only the copy, which large writes spread over every core ([`warm`]); the store punches
+//! the pages out of a large file it unlinks while nobody reads it, so that a kept mapping never
+//! holds them.
 //!
 //! Readers say that they map a file by holding a shared `flock` on it for as long as their view
 //! lives (only for objects large enough to be pooled: only their views keep a descriptor). A file
@@ -34,6 +38,8 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod warm;
 
 /// Why the store refused.
 #[derive(Debug, thiserror::Error)]
@@ -282,10 +288,7 @@ pub fn sweep_orphans(base: &Path, prefix: &str) -> usize {
 /// Writes and seals `object` in the store directory `dir` from another process than the one
 /// that owns the store (a worker); the owner then [`ShmStore::adopt`]s it.
 pub fn write_sealed(dir: &Path, object: ObjectId, bytes: &[u8]) -> Result<(), StoreError> {
-    let partial = partial_path_of(dir, object);
-    let path = path_of(dir, object);
-    std::fs::write(&partial, bytes).map_err(|source| StoreError::Io { path: partial.clone(), source })?;
-    std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })
+    write_sealed_with(dir, object, bytes.len() as u64, |w| w.write_all(bytes))
 }
 
 /// Writes and seals `object` of `size` bytes in the store directory `dir`: `fill` writes the
@@ -323,7 +326,12 @@ pub fn write_sealed_with(
     let mut guard = None;
     let written = (|| {
         let fresh = || OpenOptions::new().write(true).create_new(true).open(&partial);
-        let file = match (size >= RECYCLE_MIN).then(|| claim(dir, size, &partial)).flatten() {
+        if size >= RECYCLE_MIN {
+            warm::prune();
+        }
+        let claimed = (size >= RECYCLE_MIN).then(|| claim(dir, size, &partial)).flatten();
+        let reused = claimed.is_some();
+        let file = match claimed {
             Some((file, _)) => file,
             None => match fresh() {
                 // A writer of this object died before it sealed it (a retried attempt finds its
@@ -335,24 +343,72 @@ pub fn write_sealed_with(
         // Held while the file is written: a partial file nobody holds was left by a dead writer.
         try_lock(&file, libc::LOCK_EX);
         guard = Some(Partial(partial.clone()));
-        // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
-        let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
-        fill(&mut out)?;
-        io::Write::flush(&mut out)?;
-        if out.1 != size {
-            return Err(io::Error::other(format!("{} bytes were written, not the {size} announced", out.1)));
+        let written = if reused {
+            // Its pages exist: through a mapping (the one this process kept, if any), the write
+            // is one copy, on every core.
+            let mut map = match warm::take(&file, size) {
+                Some(map) => map,
+                // SAFETY: the partial file is this writer's alone until it is sealed.
+                None => unsafe { memmap2::MmapOptions::new().len(size as usize).populate().map_mut(&file) }?,
+            };
+            let mut out = warm::MapWriter::new(&mut map[..size as usize]);
+            fill(&mut out)?;
+            let written = out.written() as u64;
+            (written, Some(map))
+        } else {
+            // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
+            let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
+            fill(&mut out)?;
+            io::Write::flush(&mut out)?;
+            (out.1, None)
+        };
+        if written.0 != size {
+            return Err(io::Error::other(format!("{} bytes were written, not the {size} announced", written.0)));
         }
-        Ok(())
+        // Readers must find the file free once it is in place.
+        // SAFETY: a plain call on a descriptor `file` owns.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_UN) };
+        Ok((file, written.1))
     })();
-    if let Err(source) = written {
-        return Err(StoreError::Io { path: partial, source });
-    }
+    let (file, map) = match written {
+        Ok(done) => done,
+        Err(source) => return Err(StoreError::Io { path: partial, source }),
+    };
     let path = path_of(dir, object);
     std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path, source })?;
     if let Some(g) = guard.as_mut() {
         g.0 = PathBuf::new();
     }
+    if let Some(map) = map {
+        warm::keep(file, map);
+    }
     Ok(())
+}
+
+/// Unlinks the file at `path`. When nobody reads it (its exclusive lock is free) and it is the
+/// file expected (`inode`, when given), its pages are punched out first: a kept mapping of it
+/// (see [`warm`]), in this process or another, would otherwise hold them once it is gone.
+fn discard(path: &Path, inode: Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+        warm::forget(&file);
+        let meta = file.metadata().ok().filter(|m| inode.is_none_or(|i| m.ino() == i));
+        if let Some(meta) = meta {
+            // Locked first, then checked to be still at `path` (a writer may have taken it from
+            // the pool in between; it finds the lock taken and gives it up).
+            let unread = try_lock(&file, libc::LOCK_EX)
+                && std::fs::metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+            if unread && meta.len() > 0 {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+                // SAFETY: a plain call on a descriptor `file` owns. A failure (a file system
+                // without holes) leaves the pages to go with the last mapping, as before.
+                unsafe {
+                    libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, meta.len() as i64)
+                };
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// How long a partial file nobody holds must have gone unwritten before it counts as abandoned
@@ -396,7 +452,8 @@ impl Creating {
     /// The bytes to fill.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match self.map.as_mut() {
-            Some(m) => m,
+            // A mapping kept from an earlier write may be longer.
+            Some(m) => &mut m[..self.size as usize],
             None => &mut [],
         }
     }
@@ -471,7 +528,7 @@ impl ShmStore {
     /// Unlinks every pooled file (the pages go once no one maps them).
     fn empty_pool(&mut self) {
         for (_, name) in pooled(&self.dir) {
-            let _ = std::fs::remove_file(self.dir.join(POOL).join(name));
+            discard(&self.dir.join(POOL).join(name), None);
         }
         self.pooled = 0;
     }
@@ -536,21 +593,28 @@ impl ShmStore {
         self.reserve(object, size)?;
         let path = partial_path_of(&self.dir, object);
         let made = (|| {
-            let file = match (size >= RECYCLE_MIN).then(|| claim(&self.dir, size, &path)).flatten() {
+            if size >= RECYCLE_MIN {
+                warm::prune();
+            }
+            let (file, kept) = match (size >= RECYCLE_MIN).then(|| claim(&self.dir, size, &path)).flatten() {
                 Some((file, had)) => {
                     self.pooled = self.pooled.saturating_sub(had);
-                    file
+                    let kept = warm::take(&file, size);
+                    (file, kept)
                 }
                 None => {
                     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
                     file.set_len(size)?;
-                    file
+                    (file, None)
                 }
             };
-            // SAFETY: the partial file is this writer's alone until it is sealed. Its pages are
-            // mapped in one go: faulting them in one by one costs twice as much.
-            let map =
-                if size == 0 { None } else { Some(unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }?) };
+            let map = match kept {
+                Some(map) => Some(map),
+                None if size == 0 => None,
+                // SAFETY: the partial file is this writer's alone until it is sealed. Its pages
+                // are mapped in one go: faulting them in one by one costs twice as much.
+                None => Some(unsafe { memmap2::MmapOptions::new().len(size as usize).populate().map_mut(&file) }?),
+            };
             Ok::<_, io::Error>(Creating { object, size, file, map })
         })();
         made.map_err(|source| {
@@ -569,7 +633,6 @@ impl ShmStore {
     /// Seals a written object: from now on it is readable and immutable.
     pub fn seal(&mut self, creating: Creating) -> Result<Arc<View>, StoreError> {
         let Creating { object, size, file, map } = creating;
-        drop(map);
         let from = partial_path_of(&self.dir, object);
         let to = path_of(&self.dir, object);
         // A file taken from the pool is locked: readers must find it free once it is in place.
@@ -584,6 +647,12 @@ impl ShmStore {
                 return Err(StoreError::Io { path: to, source });
             }
         };
+        // Kept for this process's next write into the file, once it is pooled and taken again.
+        if let (Some(map), true) = (map, size >= RECYCLE_MIN) {
+            if let Ok(kept) = file.try_clone() {
+                warm::keep(kept, map);
+            }
+        }
         self.creating.remove(&object);
         let view = Arc::new(map_file(file, &to, Lock::Owner)?);
         self.sealed.insert(object, Held { size, view: view.clone(), inode });
@@ -601,7 +670,7 @@ impl ShmStore {
     /// Writes and seals `bytes` as `object`.
     pub fn put(&mut self, object: ObjectId, bytes: &[u8]) -> Result<Arc<View>, StoreError> {
         let mut c = self.create(object, bytes.len() as u64)?;
-        c.bytes_mut().copy_from_slice(bytes);
+        warm::copy(c.bytes_mut(), bytes);
         self.seal(c)
     }
 
@@ -634,7 +703,8 @@ impl ShmStore {
         self.used -= size;
         let path = path_of(&self.dir, object);
         // A clone of the store's view (an object streaming to a peer, say) still reads the file.
-        let recyclable = size >= RECYCLE_MIN && Arc::strong_count(&view) == 1;
+        let unshared = Arc::strong_count(&view) == 1;
+        let recyclable = size >= RECYCLE_MIN && unshared;
         drop(view);
         if recyclable && self.pooled + size > self.pool_limit() {
             self.recount_pool();
@@ -652,12 +722,17 @@ impl ShmStore {
                 if File::open(&to).is_ok_and(|f| ours(&f) && try_lock(&f, libc::LOCK_EX)) {
                     self.pooled += size;
                 } else {
-                    let _ = std::fs::remove_file(&to);
+                    discard(&to, Some(inode));
                 }
                 return;
             }
         }
-        let _ = std::fs::remove_file(&path);
+        if recyclable {
+            discard(&path, Some(inode));
+        } else {
+            // Small, or still read through a clone of the store's own view: only unlinked.
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     /// Deletes everything, sealed or being written.
@@ -729,6 +804,93 @@ mod tests {
         s.delete(o(4));
         assert!(pooled(s.dir()).is_empty());
         std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_writer_takes_its_pooled_file_again_through_the_mapping_it_kept_whatever_the_sizes() {
+        let mut s = store("warm", 64 * RECYCLE_MIN);
+        let dir = s.dir().to_path_buf();
+        let read = |object| map(&dir, object).unwrap().to_vec();
+        // Written fresh, not mapped: nothing kept yet.
+        write_sealed_with(&dir, o(1), 3 * RECYCLE_MIN, |w| w.write_all(&vec![1; 3 * BIG])).unwrap();
+        s.adopt(o(1), 3 * RECYCLE_MIN).unwrap();
+        let file = inode(&path_of(&dir, o(1)));
+        assert_eq!((warm::kept().0, warm::hits()), (0, 0));
+        s.delete(o(1));
+        // Taken from the pool and mapped: the mapping is kept.
+        write_sealed_with(&dir, o(2), 3 * RECYCLE_MIN, |w| w.write_all(&vec![2; 3 * BIG])).unwrap();
+        assert_eq!(inode(&path_of(&dir, o(2))), file);
+        assert_eq!((warm::kept(), warm::hits()), ((1, 3 * RECYCLE_MIN), 0));
+        s.adopt(o(2), 3 * RECYCLE_MIN).unwrap();
+        s.delete(o(2));
+        // Smaller: written through the longer mapping it kept, and only its own bytes are read.
+        write_sealed_with(&dir, o(3), RECYCLE_MIN + 7, |w| w.write_all(&vec![3; BIG + 7])).unwrap();
+        assert_eq!((inode(&path_of(&dir, o(3))), warm::hits()), (file, 1));
+        assert_eq!(read(o(3)), vec![3; BIG + 7]);
+        s.adopt(o(3), RECYCLE_MIN + 7).unwrap();
+        s.delete(o(3));
+        // Larger than the mapping: mapped again, and that mapping is the one kept.
+        write_sealed_with(&dir, o(4), 4 * RECYCLE_MIN, |w| w.write_all(&vec![4; 4 * BIG])).unwrap();
+        assert_eq!((inode(&path_of(&dir, o(4))), warm::hits()), (file, 1));
+        assert_eq!(read(o(4)), vec![4; 4 * BIG]);
+        assert_eq!(warm::kept(), (1, 4 * RECYCLE_MIN));
+        // The store's own writes go through it too, and keep theirs.
+        s.adopt(o(4), 4 * RECYCLE_MIN).unwrap();
+        s.delete(o(4));
+        s.put(o(5), &vec![5; 2 * BIG]).unwrap();
+        assert_eq!((inode(&path_of(&dir, o(5))), warm::hits()), (file, 2));
+        assert_eq!(read(o(5)), vec![5; 2 * BIG]);
+        assert_eq!(warm::kept().0, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_that_overflows_a_kept_mapping_fails_and_leaves_nothing() {
+        let mut s = store("warm-overflow", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        s.delete(o(1));
+        let err = write_sealed_with(s.dir(), o(2), RECYCLE_MIN, |w| w.write_all(&vec![2; BIG + 1]))
+            .expect_err("wrote more than announced");
+        assert!(err.to_string().contains("announced"), "{err}");
+        let short = write_sealed_with(s.dir(), o(3), RECYCLE_MIN, |w| w.write_all(&vec![2; BIG - 1]))
+            .expect_err("wrote less than announced");
+        assert!(short.to_string().contains("not the 262144 announced"), "{short}");
+        assert!(files(&s).is_empty(), "{:?}", files(&s));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
+    fn pooled_files_unlinked_lose_their_pages_even_while_a_writer_maps_them() {
+        use std::os::unix::fs::MetadataExt;
+        let mut s = store("warm-punch", 64 * RECYCLE_MIN);
+        // Mapped and kept by this process's store.
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        s.delete(o(1));
+        let (_, name) = pooled(s.dir()).pop().expect("pooled");
+        let held = File::open(s.dir().join(POOL).join(name)).unwrap();
+        assert!(held.metadata().unwrap().blocks() > 0);
+        s.clear();
+        assert_eq!(held.metadata().unwrap().blocks(), 0, "an unlinked pooled file kept its pages");
+        assert_eq!(warm::kept().0, 0, "a mapping of an unlinked file was kept");
+        // A mapping of a file unlinked by someone else goes at this process's next large write.
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        s.delete(o(2));
+        write_sealed_with(s.dir(), o(3), RECYCLE_MIN, |w| w.write_all(&vec![3; BIG])).unwrap();
+        assert_eq!(warm::kept().0, 1);
+        std::fs::remove_file(path_of(s.dir(), o(3))).unwrap();
+        write_sealed_with(s.dir(), o(4), RECYCLE_MIN, |w| w.write_all(&vec![4; BIG])).unwrap();
+        assert_eq!(warm::kept().0, 0, "a mapping of an unlinked file outlived the next write");
+        // An object unlinked, not pooled (the pool is full), when nobody reads it loses its
+        // pages too.
+        let mut small = store("warm-punch-full", 8 * RECYCLE_MIN);
+        small.put(o(5), &vec![5; BIG]).unwrap();
+        small.put(o(6), &vec![6; BIG]).unwrap();
+        let sixth = File::open(path_of(small.dir(), o(6))).unwrap();
+        small.delete(o(5));
+        small.delete(o(6));
+        assert_eq!(sixth.metadata().unwrap().blocks(), 0, "a file the full pool refused kept its pages");
+        std::fs::remove_dir_all(s.dir()).unwrap();
+        std::fs::remove_dir_all(small.dir()).unwrap();
     }
 
     #[test]
