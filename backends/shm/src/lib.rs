@@ -15,7 +15,8 @@
 //! store's pool (`.free/`, its files named by their size), as long as nobody maps it; the next
 //! large write, by the node or by a worker or driver of the node, takes the pooled file that fits
 //! best, cuts it to size and writes over pages that already exist. The pool holds at most an
-//! eighth of the capacity, counts against the capacity, and is emptied first when room runs out.
+//! eighth of the capacity (the files freed first leave it to make room for those freed last),
+//! counts against the capacity, and is emptied first when room runs out.
 //! A writer keeps its mapping of each large file it wrote, so that writing into that file again
 //! costs only the copy, which large writes spread over every core ([`warm`]); the store punches
 //! the pages out of a large file it unlinks while nobody reads it, so that a kept mapping never
@@ -221,11 +222,14 @@ fn pooled(dir: &Path) -> Vec<(u64, std::ffi::OsString)> {
 }
 
 /// Takes a pooled file of the store in `dir` for an object of `size` bytes: the smallest that
-/// holds it, else the largest. It is renamed to `to` (which must not exist), locked exclusively
+/// holds it (at most four times its size), else the largest. It is renamed to `to` (which must not exist), locked exclusively
 /// and cut to `size`; returned with the size it had in the pool. None when the pool has none to
 /// give.
 fn claim(dir: &Path, size: u64, to: &Path) -> Option<(File, u64)> {
     let mut files = pooled(dir);
+    // Not one that would be cut to less than a quarter: its pages are worth more to a later write
+    // of its size than to this one.
+    files.retain(|(s, _)| *s / 4 <= size);
     // Those that hold it, smallest first; then the others, largest first.
     files.sort_by_key(|(s, _)| if *s >= size { (0, *s) } else { (1, u64::MAX - *s) });
     for (had, name) in files.into_iter().take(4) {
@@ -533,6 +537,26 @@ impl ShmStore {
         self.pooled = 0;
     }
 
+    /// Unlinks the pool's files that went into it first until it holds at most `bytes`: the
+    /// files freed last are the likeliest to fit the next writes.
+    fn shrink_pool_to(&mut self, bytes: u64) {
+        let mut files: Vec<(u64, u64, std::ffi::OsString)> = pooled(&self.dir)
+            .into_iter()
+            .map(|(size, name)| {
+                let order = name.to_str().and_then(|n| n.split('.').nth(1)?.parse().ok()).unwrap_or(0);
+                (order, size, name)
+            })
+            .collect();
+        files.sort();
+        for (_, size, name) in files {
+            if self.pooled <= bytes {
+                break;
+            }
+            discard(&self.dir.join(POOL).join(name), None);
+            self.pooled = self.pooled.saturating_sub(size);
+        }
+    }
+
     /// Bytes kept in the pool for later writes (at most an eighth of the capacity).
     pub fn pooled(&self) -> u64 {
         self.pooled
@@ -708,6 +732,9 @@ impl ShmStore {
         drop(view);
         if recyclable && self.pooled + size > self.pool_limit() {
             self.recount_pool();
+            if size <= self.pool_limit() {
+                self.shrink_pool_to(self.pool_limit() - size);
+            }
         }
         if recyclable && self.pooled + size <= self.pool_limit() {
             let to = self.dir.join(POOL).join(format!("{size}.{}", self.next_pooled));
@@ -845,6 +872,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_file_more_than_four_times_too_large_is_left_for_a_write_of_its_size() {
+        let mut s = store("pool-fit", 64 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; 5 * BIG]).unwrap();
+        let big = inode(&path_of(s.dir(), o(1)));
+        s.delete(o(1));
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        assert_ne!(inode(&path_of(s.dir(), o(2))), big, "a file five times too large was cut down");
+        assert_eq!(pooled(s.dir()).len(), 1);
+        s.put(o(3), &vec![3; 2 * BIG]).unwrap();
+        assert_eq!(inode(&path_of(s.dir(), o(3))), big, "a file under four times the size was left");
+        assert!(s.get(o(3)).unwrap().iter().all(|b| *b == 3));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    #[test]
     fn a_write_that_overflows_a_kept_mapping_fails_and_leaves_nothing() {
         let mut s = store("warm-overflow", 64 * RECYCLE_MIN);
         s.put(o(1), &vec![1; BIG]).unwrap();
@@ -878,17 +920,22 @@ mod tests {
         write_sealed_with(s.dir(), o(3), RECYCLE_MIN, |w| w.write_all(&vec![3; BIG])).unwrap();
         assert_eq!(warm::kept().0, 1);
         std::fs::remove_file(path_of(s.dir(), o(3))).unwrap();
+        std::thread::sleep(warm::PRUNE_EVERY);
         write_sealed_with(s.dir(), o(4), RECYCLE_MIN, |w| w.write_all(&vec![4; BIG])).unwrap();
         assert_eq!(warm::kept().0, 0, "a mapping of an unlinked file outlived the next write");
-        // An object unlinked, not pooled (the pool is full), when nobody reads it loses its
-        // pages too.
+        // A pooled file that leaves the full pool, and an object too large for the pool, unlinked
+        // when nobody reads them, lose their pages too.
         let mut small = store("warm-punch-full", 8 * RECYCLE_MIN);
         small.put(o(5), &vec![5; BIG]).unwrap();
         small.put(o(6), &vec![6; BIG]).unwrap();
-        let sixth = File::open(path_of(small.dir(), o(6))).unwrap();
+        small.put(o(7), &vec![7; 2 * BIG]).unwrap();
+        let fifth = File::open(path_of(small.dir(), o(5))).unwrap();
+        let seventh = File::open(path_of(small.dir(), o(7))).unwrap();
         small.delete(o(5));
         small.delete(o(6));
-        assert_eq!(sixth.metadata().unwrap().blocks(), 0, "a file the full pool refused kept its pages");
+        small.delete(o(7));
+        assert_eq!(fifth.metadata().unwrap().blocks(), 0, "a file the full pool let go kept its pages");
+        assert_eq!(seventh.metadata().unwrap().blocks(), 0, "an object the pool refused kept its pages");
         std::fs::remove_dir_all(s.dir()).unwrap();
         std::fs::remove_dir_all(small.dir()).unwrap();
     }
@@ -948,10 +995,12 @@ mod tests {
         let mut s = store("pool-cap", 8 * RECYCLE_MIN);
         s.put(o(1), &vec![1; BIG]).unwrap();
         s.put(o(2), &vec![2; BIG]).unwrap();
+        let last_freed = inode(&path_of(s.dir(), o(2)));
         s.delete(o(1));
         s.delete(o(2));
         assert_eq!(s.pooled(), RECYCLE_MIN, "the pool grew past its share");
-        assert_eq!(pooled(s.dir()).len(), 1);
+        let (_, name) = pooled(s.dir()).pop().expect("one pooled file");
+        assert_eq!(inode(&s.dir().join(POOL).join(name)), last_freed, "the pool kept the file freed first");
         // Objects too small to take the pooled file fill the rest: used and pooled bytes together
         // reach the capacity, and the next write empties the pool rather than be refused.
         let small = BIG / 2 - 1;

@@ -10,9 +10,10 @@
 //!
 //! A kept mapping holds on to the pages of a file that is unlinked. The store therefore punches
 //! the pages out of every large file it unlinks while nobody reads it (pooled files never are
-//! read; see [`crate::ShmStore`]), and a process drops its mappings of unlinked files at its next
-//! large write. What remains is a file unlinked while a reader mapped it: its pages stay until the
-//! writer's next large write. A process keeps at most [`MAX_KEPT`] mappings, of at most
+//! read; see [`crate::ShmStore`]), and a process drops its mappings of unlinked files when it next
+//! writes a large object (looking at most every [`PRUNE_EVERY`]). What remains is a file
+//! unlinked while a reader mapped it, or by another process that does not punch (a store's
+//! directory removed whole): its pages stay until that look. A process keeps at most [`MAX_KEPT`] mappings, of at most
 //! [`MAX_KEPT_BYTES`] in all; the least recently used go first.
 //!
 //! **Copies on every core.** One core copies at about 6 GB/s here and two at twice that, so a
@@ -22,12 +23,16 @@ use memmap2::MmapMut;
 use std::fs::File;
 use std::io;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-/// The most mappings a process keeps.
-pub const MAX_KEPT: usize = 8;
+/// The most mappings a process keeps (a worker's outputs of a MiB each, say).
+pub const MAX_KEPT: usize = 256;
 
 /// The most bytes a process keeps mapped.
 pub const MAX_KEPT_BYTES: u64 = 1 << 30;
+
+/// How often, at most, a writer looks for mappings of unlinked files.
+pub const PRUNE_EVERY: Duration = Duration::from_millis(20);
 
 /// Copies of at least this many bytes are split among threads.
 pub const PARALLEL_MIN: usize = 8 << 20;
@@ -59,6 +64,8 @@ struct Cache {
     ticks: u64,
     /// Writes that went through a kept mapping.
     hits: u64,
+    /// When the mappings of unlinked files were last dropped.
+    pruned: Option<Instant>,
 }
 
 impl Cache {
@@ -66,9 +73,14 @@ impl Cache {
         self.kept.iter().map(|k| k.map.len() as u64).sum()
     }
 
-    /// Drops the mappings of files no longer linked (their pages would be held for nothing).
+    /// Drops the mappings of files no longer linked (their pages would be held for nothing), at
+    /// most once per [`PRUNE_EVERY`]: one look costs a system call per mapping.
     fn prune(&mut self) {
         use std::os::unix::fs::MetadataExt;
+        if self.pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.pruned = Some(Instant::now());
         self.kept.retain(|k| k.file.metadata().is_ok_and(|m| m.nlink() > 0));
     }
 }
