@@ -229,6 +229,7 @@ pub async fn start_on<T: Transport>(options: HeadOptions, transport: T) -> Resul
             }
         }
     });
+    core.stays_hot = T::STAYS_HOT;
     let core = tokio::spawn(core.run(events_rx));
     tracing::info!(%addr, "head listening");
     Ok(HeadHandle { addr, core, accept })
@@ -465,6 +466,8 @@ struct NodeEntry {
 
 struct Core {
     head: Head,
+    /// Whether its thread keeps running for a while after each event ([`keel_net::stay_hot`]).
+    stays_hot: bool,
     start: Instant,
     conns: BTreeMap<ConnId, ConnState>,
     /// Live nodes, as peers and drivers learn of them.
@@ -542,6 +545,7 @@ impl Decided {
 impl Core {
     fn new(config: HeadConfig) -> Core {
         Core {
+            stays_hot: false,
             head: Head::new(config),
             start: Instant::now(),
             conns: BTreeMap::new(),
@@ -581,6 +585,10 @@ impl Core {
 
     async fn serve(&mut self, mut events: mpsc::UnboundedReceiver<CoreEvent>) {
         loop {
+            // The next event (a node's report, a driver's next call) mostly comes within a spin.
+            if self.stays_hot {
+                keel_net::stay_hot(|| !events.is_empty()).await;
+            }
             let deadline = self.head.poll_timeout();
             let event = match deadline {
                 Some(t) => {

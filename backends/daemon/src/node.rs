@@ -741,6 +741,11 @@ impl<T: Transport> Core<T> {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Ev>) -> Result<(), NodeError> {
         self.connect();
         loop {
+            // Kept hot for a while after each event: the next (a worker's report, the head's
+            // next task) mostly comes within it and then finds this thread running.
+            if T::STAYS_HOT {
+                keel_net::stay_hot(|| !events.is_empty()).await;
+            }
             let event = match self.node.poll_timeout() {
                 Some(t) => {
                     let wait = Duration::from_nanos(t.0.saturating_sub(self.now().0));

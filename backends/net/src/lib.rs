@@ -20,12 +20,14 @@
 pub mod backoff;
 pub mod frame;
 pub mod handshake;
+pub mod hot;
 pub mod transport;
 pub mod unix;
 pub mod wire;
 
 pub use frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
 pub use handshake::{HandshakeError, Token, TokenError};
+pub use hot::{stay_hot, SPIN};
 pub use transport::{Connection, Listener, Tcp, Transport};
 
 /// How often a writer with nothing to say sends a keepalive.

@@ -36,6 +36,10 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Whether daemons of one process may also reach each other without this network, by handing
     /// typed messages over (a simulated network must see every message, so it says no).
     const IN_PROCESS_LINKS: bool = false;
+    /// Whether a daemon's thread keeps running for [`crate::SPIN`] after each event
+    /// ([`crate::stay_hot`]): true on real threads; false on the simulated network, whose hosts
+    /// share one thread in simulated time.
+    const STAYS_HOT: bool = false;
 }
 
 /// An accepted connection and the peer's address.
@@ -187,6 +191,7 @@ impl Transport for Tcp {
     type Listener = TcpListen;
 
     const IN_PROCESS_LINKS: bool = true;
+    const STAYS_HOT: bool = true;
 
     async fn connect(&self, addr: &str) -> io::Result<Connection<Self::Read, Self::Write>> {
         if let Some(listener) = in_process(addr) {
