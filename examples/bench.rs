@@ -61,10 +61,10 @@ struct Args {
     only: Vec<String>,
 }
 
-/// The workloads, in the order they run.
 /// Rounds of put and get before `put-get` is measured (the same on every side).
 const PUT_WARM_UPS: usize = 4;
 
+/// The workloads, in the order they run.
 const WORKLOADS: [&str; 10] = [
     "idle-memory",
     "noop-tasks",

@@ -418,7 +418,7 @@ pub fn run_node(args: &NodeArgs) -> Result<(), String> {
             () = interrupted() => Ok(()),
         }
     });
-    let _ = std::fs::remove_dir_all(store);
+    let _ = keel_shm::remove_store(&store);
     result
 }
 
@@ -478,7 +478,7 @@ pub fn run_up(args: &UpArgs) -> Result<(), String> {
         }
         Ok(())
     });
-    let _ = std::fs::remove_dir_all(store_root);
+    let _ = keel_shm::remove_store(&store_root);
     result
 }
 

@@ -21,7 +21,7 @@ impl Embedded {
         self.node.abort();
         self.head.abort();
         for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
+            let _ = keel_shm::remove_store(d);
         }
     }
 }

@@ -141,7 +141,7 @@ impl NodeHandle {
         for l in &self.listeners {
             l.abort();
         }
-        let _ = std::fs::remove_dir_all(&self.store_dir);
+        let _ = keel_shm::remove_store(&self.store_dir);
     }
 }
 

@@ -109,9 +109,20 @@ impl Deref for View {
     }
 }
 
+/// Removes a store's directory `dir` (or a directory of stores) and everything in it, and this
+/// process's kept mappings of its files (see [`warm`]; another process drops its own when it
+/// next writes or maps a large object).
+pub fn remove_store(dir: &Path) -> io::Result<()> {
+    let removed = std::fs::remove_dir_all(dir);
+    warm::prune_now();
+    removed
+}
+
 /// Maps the sealed object `object` of the store in `dir` (for worker processes, which know the
 /// directory but not the store).
 pub fn map(dir: &Path, object: ObjectId) -> Result<View, StoreError> {
+    // A process that only reads (an idle worker's arguments) still lets go of stale mappings.
+    warm::prune();
     let path = path_of(dir, object);
     let file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
     map_file(file, &path, Lock::Shared)
@@ -282,7 +293,7 @@ pub fn sweep_orphans(base: &Path, prefix: &str) -> usize {
         // SAFETY: a plain call on a descriptor this function owns.
         let free =
             owner.as_ref().is_none_or(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0);
-        if free && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if free && remove_store(&entry.path()).is_ok() {
             removed += 1;
         }
     }
@@ -355,7 +366,7 @@ pub fn write_sealed_with(
                 // SAFETY: the partial file is this writer's alone until it is sealed.
                 None => unsafe { memmap2::MmapOptions::new().len(size as usize).populate().map_mut(&file) }?,
             };
-            let mut out = warm::MapWriter::new(&mut map[..size as usize]);
+            let mut out = warm::MapWriter::new(warm::head_mut(&mut map, size));
             fill(&mut out)?;
             let written = out.written() as u64;
             (written, Some(map))
@@ -456,8 +467,8 @@ impl Creating {
     /// The bytes to fill.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match self.map.as_mut() {
-            // A mapping kept from an earlier write may be longer.
-            Some(m) => &mut m[..self.size as usize],
+            // A mapping kept from an earlier write may be longer (past the file's end).
+            Some(m) => warm::head_mut(m, self.size),
             None => &mut [],
         }
     }
@@ -499,7 +510,7 @@ impl ShmStore {
     pub fn open(dir: &Path, capacity: u64) -> Result<ShmStore, StoreError> {
         let io = |source| StoreError::Io { path: dir.to_path_buf(), source };
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io)?;
+            remove_store(dir).map_err(io)?;
         }
         std::fs::create_dir_all(dir.join(POOL)).map_err(io)?;
         let owner = File::create(dir.join(OWNER)).map_err(io)?;
@@ -730,13 +741,7 @@ impl ShmStore {
         let unshared = Arc::strong_count(&view) == 1;
         let recyclable = size >= RECYCLE_MIN && unshared;
         drop(view);
-        if recyclable && self.pooled + size > self.pool_limit() {
-            self.recount_pool();
-            if size <= self.pool_limit() {
-                self.shrink_pool_to(self.pool_limit() - size);
-            }
-        }
-        if recyclable && self.pooled + size <= self.pool_limit() {
+        if recyclable && size <= self.pool_limit() {
             let to = self.dir.join(POOL).join(format!("{size}.{}", self.next_pooled));
             self.next_pooled += 1;
             if std::fs::rename(&path, &to).is_ok() {
@@ -748,6 +753,11 @@ impl ShmStore {
                 };
                 if File::open(&to).is_ok_and(|f| ours(&f) && try_lock(&f, libc::LOCK_EX)) {
                     self.pooled += size;
+                    // Room is made once the file is in: the files freed first go.
+                    if self.pooled > self.pool_limit() {
+                        self.recount_pool();
+                        self.shrink_pool_to(self.pool_limit());
+                    }
                 } else {
                     discard(&to, Some(inode));
                 }
@@ -757,7 +767,13 @@ impl ShmStore {
         if recyclable {
             discard(&path, Some(inode));
         } else {
-            // Small, or still read through a clone of the store's own view: only unlinked.
+            // Small, or still read through a clone of the store's own view: only unlinked (this
+            // process's kept mapping of it goes, so that the pages go with the clone).
+            if size >= RECYCLE_MIN {
+                if let Ok(file) = File::open(&path) {
+                    warm::forget(&file);
+                }
+            }
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -890,14 +906,77 @@ mod tests {
     fn a_write_that_overflows_a_kept_mapping_fails_and_leaves_nothing() {
         let mut s = store("warm-overflow", 64 * RECYCLE_MIN);
         s.put(o(1), &vec![1; BIG]).unwrap();
+        s.put(o(4), &vec![1; BIG]).unwrap();
         s.delete(o(1));
+        s.delete(o(4));
+        // Both writes take a pooled file and write through a mapping.
         let err = write_sealed_with(s.dir(), o(2), RECYCLE_MIN, |w| w.write_all(&vec![2; BIG + 1]))
             .expect_err("wrote more than announced");
-        assert!(err.to_string().contains("announced"), "{err}");
+        assert!(err.to_string().contains("more bytes were written than the 262144 announced"), "{err}");
+        assert_eq!(pooled(s.dir()).len(), 1, "the first write did not take a pooled file");
         let short = write_sealed_with(s.dir(), o(3), RECYCLE_MIN, |w| w.write_all(&vec![2; BIG - 1]))
             .expect_err("wrote less than announced");
-        assert!(short.to_string().contains("not the 262144 announced"), "{short}");
+        assert!(short.to_string().contains("262143 bytes were written, not the 262144 announced"), "{short}");
+        assert!(pooled(s.dir()).is_empty(), "the second write did not take a pooled file");
         assert!(files(&s).is_empty(), "{:?}", files(&s));
+        std::fs::remove_dir_all(s.dir()).unwrap();
+    }
+
+    /// Blocks of unlinked files under `dir` this process still holds a descriptor of.
+    fn deleted_blocks_held(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let Ok(target) = std::fs::read_link(e.path()) else { continue };
+            let target = target.to_string_lossy();
+            if target.starts_with(&*dir.to_string_lossy()) && target.ends_with("(deleted)") {
+                total += std::fs::metadata(e.path()).map_or(0, |m| m.blocks());
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn an_object_deleted_while_the_store_shares_its_view_keeps_no_pages_once_the_view_goes() {
+        let mut s = store("warm-shared", 64 * RECYCLE_MIN);
+        let dir = s.dir().to_path_buf();
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        let streaming = s.get(o(1)).unwrap();
+        s.delete(o(1));
+        assert!(streaming.iter().all(|b| *b == 1), "a shared view's bytes changed");
+        drop(streaming);
+        assert_eq!(deleted_blocks_held(&dir), 0, "the writer's kept mapping held the pages");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removed_store_keeps_no_pages_in_the_process_that_removed_it() {
+        let mut s = store("warm-removed", 64 * RECYCLE_MIN);
+        let dir = s.dir().to_path_buf();
+        s.put(o(1), &vec![1; 4 * BIG]).unwrap();
+        s.delete(o(1));
+        s.put(o(2), &vec![2; 4 * BIG]).unwrap();
+        assert_eq!(warm::kept().0, 1);
+        remove_store(&dir).unwrap();
+        assert_eq!(deleted_blocks_held(&dir), 0, "kept mappings held the removed store's pages");
+        assert_eq!(warm::kept().0, 0);
+    }
+
+    #[test]
+    fn a_delete_that_cannot_pool_its_file_leaves_the_pool_as_it_was() {
+        // The pool holds one big file: o(1)'s. A reader maps o(2) when it goes.
+        let mut s = store("pool-reader", 8 * RECYCLE_MIN);
+        s.put(o(1), &vec![1; BIG]).unwrap();
+        s.put(o(2), &vec![2; BIG]).unwrap();
+        let first = inode(&path_of(s.dir(), o(1)));
+        s.delete(o(1));
+        let reader = map(s.dir(), o(2)).unwrap();
+        s.delete(o(2));
+        let (_, name) = pooled(s.dir()).pop().expect("the pool was emptied");
+        assert_eq!(inode(&s.dir().join(POOL).join(name)), first);
+        assert_eq!(s.pooled(), RECYCLE_MIN);
+        assert!(reader.iter().all(|b| *b == 2), "a reader's bytes changed");
+        drop(reader);
         std::fs::remove_dir_all(s.dir()).unwrap();
     }
 

@@ -8,12 +8,14 @@
 //! Nothing writes through a kept mapping except after its process took the file from the pool
 //! under the file's exclusive lock, so readers never see it change.
 //!
-//! A kept mapping holds on to the pages of a file that is unlinked. The store therefore punches
-//! the pages out of every large file it unlinks while nobody reads it (pooled files never are
-//! read; see [`crate::ShmStore`]), and a process drops its mappings of unlinked files when it next
-//! writes a large object (looking at most every [`PRUNE_EVERY`]). What remains is a file
-//! unlinked while a reader mapped it, or by another process that does not punch (a store's
-//! directory removed whole): its pages stay until that look. A process keeps at most [`MAX_KEPT`] mappings, of at most
+//! A kept mapping holds on to the pages of a file that is unlinked. So the store punches the
+//! pages out of every large file it unlinks while nobody reads it (pooled files never are read;
+//! see [`crate::ShmStore`]); it drops its own process's mapping of an object it unlinks while a
+//! clone of its view still reads it, and [`crate::remove_store`] its process's mappings of a
+//! removed store. Every process drops its mappings of unlinked files when it next writes or maps a
+//! large object (looking at most every [`PRUNE_EVERY`]). What remains is a file unlinked while a
+//! reader mapped it, or a store removed by another process: their pages stay in a process that
+//! wrote them until that look. A process keeps at most [`MAX_KEPT`] mappings, of at most
 //! [`MAX_KEPT_BYTES`] in all; the least recently used go first.
 //!
 //! **Copies on every core.** One core copies at about 6 GB/s here and two at twice that, so a
@@ -142,9 +144,16 @@ pub(crate) fn forget(file: &File) {
     }
 }
 
-/// Drops the mappings of files no longer linked.
+/// Drops the mappings of files no longer linked (at most once per [`PRUNE_EVERY`]).
 pub(crate) fn prune() {
     cache().prune();
+}
+
+/// Drops the mappings of files no longer linked, now.
+pub(crate) fn prune_now() {
+    let mut cache = cache();
+    cache.pruned = None;
+    cache.prune();
 }
 
 /// How many mappings this process keeps, and of how many bytes.
@@ -172,18 +181,32 @@ pub fn copy(dst: &mut [u8], src: &[u8]) {
         return;
     }
     assert_eq!(dst.len(), src.len(), "a copy between slices of different lengths");
-    // Whole pages to each thread, so that no two write to one page.
+    // Parts of whole pages (of the destination, when it starts on a page).
     let chunk = src.len().div_ceil(threads).next_multiple_of(4096);
-    std::thread::scope(|scope| {
-        let mut parts = dst.chunks_mut(chunk).zip(src.chunks(chunk));
-        let mine = parts.next();
-        for (d, s) in parts {
-            scope.spawn(move || d.copy_from_slice(s));
-        }
-        if let Some((d, s)) = mine {
+    type Part<'a> = Mutex<Option<(&'a mut [u8], &'a [u8])>>;
+    let parts: Vec<Part> = dst.chunks_mut(chunk).zip(src.chunks(chunk)).map(|p| Mutex::new(Some(p))).collect();
+    let run = |part: &Part| {
+        if let Some((d, s)) = part.lock().unwrap_or_else(|e| e.into_inner()).take() {
             d.copy_from_slice(s);
         }
+    };
+    std::thread::scope(|scope| {
+        for part in &parts[1..] {
+            // A thread that cannot be had leaves its part to this one.
+            if std::thread::Builder::new().spawn_scoped(scope, || run(part)).is_err() {
+                run(part);
+            }
+        }
+        run(&parts[0]);
     });
+}
+
+/// The first `len` bytes of `map`, made without a reference to the whole mapping: a mapping kept
+/// from a longer file reaches past the end of the file it maps now.
+pub(crate) fn head_mut(map: &mut MmapMut, len: u64) -> &mut [u8] {
+    let len = usize::try_from(len).expect("a mapped object fits in memory").min(map.len());
+    // SAFETY: the first `len` bytes of a live mapping this borrow holds exclusively.
+    unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), len) }
 }
 
 /// Writes into a mapped object of a fixed size; writing more is an error.
