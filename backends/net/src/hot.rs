@@ -23,6 +23,10 @@ pub const SPIN: Duration = Duration::from_micros(100);
 /// the thread's last call's [`SPIN`] has passed. A task that calls this while another of its
 /// thread spins only moves that deadline and returns at once.
 pub async fn stay_hot(ready: impl Fn() -> bool) {
+    // Work is waiting: the thread is busy anyway, and the next call moves the deadline.
+    if ready() {
+        return;
+    }
     let state = HOT.with(|h| h.clone());
     state.until.fetch_max(state.nanos() + SPIN.as_nanos() as u64, Relaxed);
     if state.spinning.swap(true, Relaxed) {
