@@ -145,6 +145,7 @@ impl Gather {
     fn sleep(&self, deadline: Option<std::time::Instant>, spin: bool) {
         if spin {
             let limit = spin_limit(deadline, std::time::Instant::now());
+            let _waiting = keel_net::hot::Waiting::start();
             spin_until(limit, || self.woken.load(std::sync::atomic::Ordering::Acquire));
         }
         let mut s = self.state.lock().expect("gather");
@@ -262,6 +263,8 @@ impl Shared {
         out: Box<dyn Fn(DriverToHead) -> bool + Send>,
         token: Token,
     ) -> Arc<Shared> {
+        // This process's cores stay hot only while a caller waits (see `keel_net::hot`).
+        keel_net::hot::has_callers();
         let (cmds, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
         let located = Located::default();

@@ -3,10 +3,13 @@
 //! Waking a thread that sleeps costs tens of microseconds on a virtual machine (its CPU is halted
 //! and must be interrupted), and a request and its answer cross threads several times. A core
 //! task that has just handled something therefore keeps its thread running for [`SPIN`], yielding
-//! on every turn, so that what comes next finds the thread awake.
+//! on every turn, so that what comes next finds the thread awake. That costs CPU, which other
+//! threads of a busy machine would use better: in a process with callers (a driver's or a
+//! worker's program), threads spin only while a caller itself spins for an answer ([`Waiting`]),
+//! that is, while someone waits on a round trip that is about to end.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,10 @@ pub const SPIN: Duration = Duration::from_micros(100);
 pub async fn stay_hot(ready: impl Fn() -> bool) {
     // Work is waiting: the thread is busy anyway, and the next call moves the deadline.
     if ready() {
+        return;
+    }
+    // Spinning trades CPU for latency: in a process with callers, only while one waits.
+    if gate(|g| g.callers.load(Relaxed) && g.waiting.load(Relaxed) == 0) {
         return;
     }
     let state = HOT.with(|h| h.clone());
@@ -48,6 +55,57 @@ pub async fn stay_hot(ready: impl Fn() -> bool) {
         }
         std::thread::yield_now();
         tokio::task::yield_now().await;
+    }
+}
+
+/// When a process's threads may spin.
+#[derive(Default)]
+struct Gate {
+    /// Whether this process has callers (a driver's or a worker's program): then its threads stay
+    /// hot only while one of them waits for an answer ([`Waiting`]). A daemon alone in its
+    /// process always does.
+    callers: AtomicBool,
+    /// Callers of this process spinning for an answer now.
+    waiting: AtomicUsize,
+}
+
+#[cfg(not(test))]
+fn gate<T>(f: impl FnOnce(&Gate) -> T) -> T {
+    static GATE: Gate = Gate { callers: AtomicBool::new(false), waiting: AtomicUsize::new(0) };
+    f(&GATE)
+}
+
+/// Tests run side by side in one process: each thread has its own gate.
+#[cfg(test)]
+fn gate<T>(f: impl FnOnce(&Gate) -> T) -> T {
+    thread_local! {
+        static GATE: Gate = Gate::default();
+    }
+    GATE.with(f)
+}
+
+/// Says that this process has callers (see [`Waiting`]).
+pub fn has_callers() {
+    gate(|g| g.callers.store(true, Relaxed));
+}
+
+/// A caller spinning for an answer, while it lives: a round trip someone is waiting on is in
+/// flight, and the threads that carry it stay hot ([`stay_hot`]). A caller that goes to sleep
+/// (its answer is far off: a long task, a large batch) drops it, and the threads sleep too once
+/// their spin ends.
+pub struct Waiting(());
+
+impl Waiting {
+    /// Starts a wait.
+    pub fn start() -> Waiting {
+        gate(|g| g.waiting.fetch_add(1, Relaxed));
+        Waiting(())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        gate(|g| g.waiting.fetch_sub(1, Relaxed));
     }
 }
 
@@ -106,17 +164,32 @@ mod tests {
             });
             // The first is spinning (this task runs between its turns).
             tokio::task::yield_now().await;
-            let second = Instant::now();
+            let hot = HOT.with(|h| h.clone());
+            assert!(hot.spinning.load(Relaxed), "the first task is not spinning");
+            let deadline = hot.until.load(Relaxed);
+            let turns = AtomicUsize::new(0);
+            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
+            assert_eq!(turns.load(Relaxed), 1, "a second task spun too");
+            assert!(hot.until.load(Relaxed) > deadline, "a later call did not move the spinner's deadline");
+            assert!(first.await.unwrap() >= SPIN, "the spinner stopped early");
+            assert!(!hot.spinning.load(Relaxed), "the spin ended but the thread is still marked");
+        });
+    }
+
+    #[test]
+    fn in_a_process_with_callers_threads_spin_only_while_a_caller_waits() {
+        runtime().block_on(async {
+            has_callers();
+            let turns = AtomicUsize::new(0);
+            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
+            assert_eq!(turns.swap(0, Relaxed), 1, "spun with nobody waiting");
+            let waiting = Waiting::start();
+            let start = Instant::now();
             stay_hot(|| false).await;
-            assert!(second.elapsed() < SPIN, "a second task spun too");
-            while second.elapsed() < SPIN / 2 {
-                tokio::task::yield_now().await;
-            }
-            let moved = Instant::now();
-            stay_hot(|| false).await;
-            let spun = first.await.unwrap();
-            assert!(moved.elapsed() >= SPIN, "a later call did not move the spinner's deadline");
-            assert!(spun >= SPIN + SPIN / 2, "the spinner stopped at its own deadline: {spun:?}");
+            assert!(start.elapsed() >= SPIN, "did not spin while a caller waited");
+            drop(waiting);
+            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
+            assert_eq!(turns.load(Relaxed), 1, "spun once the caller stopped waiting");
         });
     }
 
