@@ -15,6 +15,7 @@ import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from side_common import (  # noqa: E402
+    MAP_REDUCE_WARM_UPS,
     PUT_WARM_UPS,
     common_arguments,
     idle_memory,
@@ -147,6 +148,8 @@ def main():
         reduces = [reduce.remote(*maps[i : i + 20]) for i in range(0, 200, 20)]
         assert sum(ray.get(reduces)) == 200 << 20
 
+    for _ in range(MAP_REDUCE_WARM_UPS):
+        map_reduce()
     report(args, "map-reduce", "s", [("wall", walls(args.runs, map_reduce))])
 
     def chain():

@@ -12,6 +12,9 @@ import time
 # Rounds of put and get before `put-get` is measured (the same on every side, Keel's included).
 PUT_WARM_UPS = 4
 
+# Rounds of `map-reduce` before it is measured (the same on every side).
+MAP_REDUCE_WARM_UPS = 1
+
 
 def tree_rss(pid):
     """Resident memory of `pid` and every process under it, in bytes."""
