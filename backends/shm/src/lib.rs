@@ -232,31 +232,56 @@ fn pooled(dir: &Path) -> Vec<(u64, std::ffi::OsString)> {
         .collect()
 }
 
-/// Takes a pooled file of the store in `dir` for an object of `size` bytes: the smallest that
-/// holds it (at most four times its size), else the largest. It is renamed to `to` (which must not exist), locked exclusively
-/// and cut to `size`; returned with the size it had in the pool. None when the pool has none to
-/// give.
+/// Takes a pooled file of the store in `dir` for an object of `size` bytes: one of exactly its
+/// size that this process keeps mapped (see [`warm`]) if the pool has one, else the smallest that
+/// holds it (at most four times its size), else the largest. It is renamed to `to` (which must
+/// not exist), locked exclusively and cut to `size`; returned with the size it had in the pool.
+/// None when the pool has none to give.
 fn claim(dir: &Path, size: u64, to: &Path) -> Option<(File, u64)> {
-    let mut files = pooled(dir);
-    // Not one that would be cut to less than a quarter: its pages are worth more to a later write
-    // of its size than to this one.
-    files.retain(|(s, _)| *s / 4 <= size);
-    // Those that hold it, smallest first; then the others, largest first.
-    files.sort_by_key(|(s, _)| if *s >= size { (0, *s) } else { (1, u64::MAX - *s) });
-    for (had, name) in files.into_iter().take(4) {
-        if rename_new(&dir.join(POOL).join(&name), to).is_err() {
-            // Taken by another writer meanwhile (or `to` exists: the fresh path says so).
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let pool = dir.join(POOL);
+    let dev = std::fs::metadata(&pool).ok()?.dev();
+    let mut files = Vec::new();
+    let mut tries = 0;
+    for entry in std::fs::read_dir(&pool).ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(had) = name.to_str().and_then(|n| n.split('.').next()?.parse::<u64>().ok()) else { continue };
+        // The best there is: taken at once, without reading the rest of the pool.
+        if had == size && tries < 4 && warm::holds(dev, entry.ino()) {
+            tries += 1;
+            if let Some(file) = take_pooled(&pool.join(&name), size, to) {
+                return Some((file, had));
+            }
             continue;
         }
-        let taken = OpenOptions::new().read(true).write(true).open(to).ok().filter(|f| try_lock(f, libc::LOCK_EX));
-        match taken {
-            Some(file) if file.set_len(size).is_ok() => return Some((file, had)),
-            _ => {
-                let _ = std::fs::remove_file(to);
-            }
+        // Not one that would be cut to less than a quarter: its pages are worth more to a later
+        // write of its size than to this one.
+        if had / 4 <= size {
+            files.push((had, name));
+        }
+    }
+    // Those that hold it, smallest first; then the others, largest first.
+    files.sort_by_key(|(s, _)| if *s >= size { (0, *s) } else { (1, u64::MAX - *s) });
+    for (had, name) in files.into_iter().take(4usize.saturating_sub(tries)) {
+        if let Some(file) = take_pooled(&pool.join(&name), size, to) {
+            return Some((file, had));
         }
     }
     None
+}
+
+/// Takes the pooled file `from` for an object of `size` bytes (see [`claim`]).
+fn take_pooled(from: &Path, size: u64, to: &Path) -> Option<File> {
+    // Taken by another writer meanwhile (or `to` exists: the fresh path says so).
+    rename_new(from, to).ok()?;
+    let taken = OpenOptions::new().read(true).write(true).open(to).ok().filter(|f| try_lock(f, libc::LOCK_EX));
+    match taken {
+        Some(file) if file.set_len(size).is_ok() => Some(file),
+        _ => {
+            let _ = std::fs::remove_file(to);
+            None
+        }
+    }
 }
 
 /// The file of a sealed object.
@@ -884,6 +909,28 @@ mod tests {
         assert_eq!((inode(&path_of(&dir, o(5))), warm::hits()), (file, 2));
         assert_eq!(read(o(5)), vec![5; 2 * BIG]);
         assert_eq!(warm::kept().0, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn of_pooled_files_of_the_size_wanted_a_writer_takes_the_one_it_keeps_mapped() {
+        let mut s = store("warm-choice", 64 * RECYCLE_MIN);
+        let dir = s.dir().to_path_buf();
+        // Several written with `write` (not kept), one through a mapping (kept).
+        for i in 1..7 {
+            write_sealed_with(&dir, o(i), RECYCLE_MIN, |w| w.write_all(&vec![1; BIG])).unwrap();
+            s.adopt(o(i), RECYCLE_MIN).unwrap();
+        }
+        s.put(o(9), &vec![9; BIG]).unwrap();
+        let kept = inode(&path_of(&dir, o(9)));
+        for i in [1, 2, 3, 9, 4, 5, 6] {
+            s.delete(o(i));
+        }
+        assert_eq!(pooled(&dir).len(), 7);
+        write_sealed_with(&dir, o(10), RECYCLE_MIN, |w| w.write_all(&vec![10; BIG])).unwrap();
+        assert_eq!(inode(&path_of(&dir, o(10))), kept, "a file this process does not keep mapped was taken");
+        assert_eq!(warm::hits(), 1);
+        assert_eq!(map(&dir, o(10)).unwrap().to_vec(), vec![10; BIG]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

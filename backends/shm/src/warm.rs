@@ -22,6 +22,7 @@
 //! copy of [`PARALLEL_MIN`] bytes or more is split among up to [`MAX_THREADS`] threads.
 
 use memmap2::MmapMut;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::sync::{Mutex, OnceLock};
@@ -52,7 +53,6 @@ fn key_of(file: &File) -> io::Result<Key> {
 }
 
 struct Kept {
-    key: Key,
     /// Its descriptor: whether the file is still linked anywhere.
     file: File,
     map: MmapMut,
@@ -62,7 +62,9 @@ struct Kept {
 
 #[derive(Default)]
 struct Cache {
-    kept: Vec<Kept>,
+    kept: HashMap<Key, Kept>,
+    /// The bytes `kept` maps.
+    bytes: u64,
     ticks: u64,
     /// Writes that went through a kept mapping.
     hits: u64,
@@ -71,8 +73,16 @@ struct Cache {
 }
 
 impl Cache {
-    fn bytes(&self) -> u64 {
-        self.kept.iter().map(|k| k.map.len() as u64).sum()
+    fn remove(&mut self, key: Key) -> Option<Kept> {
+        let kept = self.kept.remove(&key)?;
+        self.bytes -= kept.map.len() as u64;
+        Some(kept)
+    }
+
+    fn insert(&mut self, key: Key, kept: Kept) {
+        self.remove(key);
+        self.bytes += kept.map.len() as u64;
+        self.kept.insert(key, kept);
     }
 
     /// Drops the mappings of files no longer linked (their pages would be held for nothing), at
@@ -83,14 +93,16 @@ impl Cache {
             return;
         }
         self.pruned = Some(Instant::now());
-        self.kept.retain(|k| k.file.metadata().is_ok_and(|m| m.nlink() > 0));
+        self.kept.retain(|_, k| k.file.metadata().is_ok_and(|m| m.nlink() > 0));
+        self.bytes = self.kept.values().map(|k| k.map.len() as u64).sum();
     }
 }
 
 #[cfg(not(test))]
 fn cache() -> std::sync::MutexGuard<'static, Cache> {
     static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    // A panic while the lock was held left nothing half done: the cache is only ever a list.
+    // A panic while the lock was held left nothing half done that matters: at worst the byte count
+    // is off until the next look for unlinked files.
     CACHE.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -109,8 +121,7 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
 pub(crate) fn take(file: &File, len: u64) -> Option<MmapMut> {
     let key = key_of(file).ok()?;
     let mut cache = cache();
-    let at = cache.kept.iter().position(|k| k.key == key)?;
-    let kept = cache.kept.swap_remove(at);
+    let kept = cache.remove(key)?;
     let fits = kept.map.len() as u64 >= len;
     cache.hits += u64::from(fits);
     drop(cache);
@@ -126,21 +137,24 @@ pub(crate) fn keep(file: File, map: MmapMut) {
     }
     let mut cache = cache();
     cache.prune();
-    cache.kept.retain(|k| k.key != key);
     cache.ticks += 1;
     let tick = cache.ticks;
-    cache.kept.push(Kept { key, file, map, tick });
-    while cache.kept.len() > MAX_KEPT || cache.bytes() > MAX_KEPT_BYTES {
-        let oldest = cache.kept.iter().enumerate().min_by_key(|(_, k)| k.tick).map(|(i, _)| i);
-        let Some(oldest) = oldest else { break };
-        cache.kept.swap_remove(oldest);
+    cache.insert(key, Kept { file, map, tick });
+    while cache.kept.len() > MAX_KEPT || cache.bytes > MAX_KEPT_BYTES {
+        let Some(oldest) = cache.kept.iter().min_by_key(|(_, k)| k.tick).map(|(key, _)| *key) else { break };
+        cache.remove(oldest);
     }
+}
+
+/// Whether this process keeps a mapping of the file `ino` of device `dev`.
+pub(crate) fn holds(dev: u64, ino: u64) -> bool {
+    cache().kept.contains_key(&(dev, ino))
 }
 
 /// Drops this process's mapping of `file`, which is about to be unlinked.
 pub(crate) fn forget(file: &File) {
     if let Ok(key) = key_of(file) {
-        cache().kept.retain(|k| k.key != key);
+        cache().remove(key);
     }
 }
 
@@ -159,7 +173,7 @@ pub(crate) fn prune_now() {
 /// How many mappings this process keeps, and of how many bytes.
 pub fn kept() -> (usize, u64) {
     let cache = cache();
-    (cache.kept.len(), cache.bytes())
+    (cache.kept.len(), cache.bytes)
 }
 
 /// How many writes went through a mapping kept from an earlier one.
