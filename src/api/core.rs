@@ -144,6 +144,8 @@ impl Gather {
     /// in a loop for up to [`SPIN`] (never past the deadline).
     fn sleep(&self, deadline: Option<std::time::Instant>, spin: bool) {
         if spin {
+            #[cfg(test)]
+            tests::SPINS.with(|n| n.set(n.get() + 1));
             let limit = spin_limit(deadline, std::time::Instant::now());
             let _waiting = keel_net::hot::Waiting::start();
             spin_until(limit, || self.woken.load(std::sync::atomic::Ordering::Acquire));
@@ -263,8 +265,6 @@ impl Shared {
         out: Box<dyn Fn(DriverToHead) -> bool + Send>,
         token: Token,
     ) -> Arc<Shared> {
-        // This process's cores stay hot only while a caller waits (see `keel_net::hot`).
-        keel_net::hot::has_callers();
         let (cmds, rx) = mpsc::unbounded_channel();
         let peers = Arc::new(Mutex::new(BTreeMap::new()));
         let located = Located::default();
@@ -346,6 +346,11 @@ impl Shared {
     pub fn wait_gathered(&self, gather: &Gather, deadline: Option<std::time::Instant>) {
         use std::sync::atomic::Ordering::Relaxed;
         if gather.done() {
+            return;
+        }
+        // Nobody hears of this process's waits (a driver's): no grace to count, a spin first.
+        if self.on_block.get().is_none() {
+            gather.sleep(deadline, true);
             return;
         }
         // The grace is the task's, not each wait's: a loop of short waits that time out is a
@@ -1140,6 +1145,28 @@ mod tests {
         assert_eq!(spin_limit(Some(now + Duration::from_micros(30)), now), Duration::from_micros(30));
         assert_eq!(spin_limit(Some(now), now), Duration::ZERO, "a poll does not spin");
         assert_eq!(spin_limit(Some(now - Duration::from_micros(5)), now), Duration::ZERO);
+    }
+
+    thread_local! {
+        /// Waits of this thread that began with a spin.
+        pub(super) static SPINS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn a_drivers_wait_spins_first_however_many_of_its_waits_timed_out_before() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (_itx, irx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::start(runtime.handle().clone(), irx, Box::new(|_| true), keel_net::Token::generate());
+        let gather = super::Gather::new(1, 1, false);
+        // Far more than a worker's grace, spent in waits that timed out.
+        let soon = || Some(std::time::Instant::now() + std::time::Duration::from_micros(150));
+        for _ in 0..5 {
+            shared.wait_gathered(&gather, soon());
+        }
+        let before = SPINS.with(|n| n.get());
+        shared.wait_gathered(&gather, soon());
+        assert_eq!(SPINS.with(|n| n.get()), before + 1, "a driver's wait no longer spins");
+        assert_eq!(before, 5);
     }
 
     #[test]

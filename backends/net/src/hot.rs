@@ -1,12 +1,14 @@
-//! Keeping a runtime's thread running for a short while after it handled something.
+//! Keeping a runtime's thread running for a short while after it handled something, while a
+//! caller of the same process waits for an answer.
 //!
 //! Waking a thread that sleeps costs tens of microseconds on a virtual machine (its CPU is halted
-//! and must be interrupted), and a request and its answer cross threads several times. A core
-//! task that has just handled something therefore keeps its thread running for [`SPIN`], yielding
-//! on every turn, so that what comes next finds the thread awake. That costs CPU, which other
-//! threads of a busy machine would use better: in a process with callers (a driver's or a
-//! worker's program), threads spin only while a caller itself spins for an answer ([`Waiting`]),
-//! that is, while someone waits on a round trip that is about to end.
+//! and must be interrupted), and a request and its answer cross threads several times. So while
+//! a caller (a driver's or a worker's program) spins for an answer ([`Waiting`]), a core task of
+//! the same process that has just handled something keeps its thread running for [`SPIN`],
+//! yielding on every turn, so that what comes next finds the thread awake. Spinning costs CPU,
+//! which the machine's other threads would use better when nobody waits on a round trip about to
+//! end: a daemon alone in its process (`keel head`, `keel node`) never spins, and neither does a
+//! process whose callers sleep (a batch being awaited).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -19,19 +21,16 @@ use std::time::{Duration, Instant};
 /// mostly comes within this.
 pub const SPIN: Duration = Duration::from_micros(100);
 
-/// Keeps this task's runtime thread running for [`SPIN`] from now, yielding the CPU to other
-/// threads and the runtime to its other tasks on every turn (a turn also polls the runtime's
-/// sockets, so that a message arriving meanwhile is read at once, with no wake-up). One task per
-/// thread spins at a time: the others, and this one, stop awaiting this once `ready()` or once
-/// the thread's last call's [`SPIN`] has passed. A task that calls this while another of its
-/// thread spins only moves that deadline and returns at once.
+/// While a caller of this process waits ([`Waiting`]), keeps this task's runtime thread running
+/// for [`SPIN`] from now or until `ready()`, yielding the CPU to other threads and the runtime to
+/// its other tasks on every turn (in a runtime of one thread, as drivers, workers and the
+/// embedded cluster have, a turn also polls the runtime's sockets, so that a message arriving
+/// meanwhile is read at once). One task per thread spins at a time: a task that calls this while
+/// another of its thread spins only moves that spin's end (never more than [`MOST_SPUN`] past
+/// its start: the spinning task's own timers wait meanwhile) and returns at once.
 pub async fn stay_hot(ready: impl Fn() -> bool) {
     // Work is waiting: the thread is busy anyway, and the next call moves the deadline.
-    if ready() {
-        return;
-    }
-    // Spinning trades CPU for latency: in a process with callers, only while one waits.
-    if gate(|g| g.callers.load(Relaxed) && g.waiting.load(Relaxed) == 0) {
+    if ready() || WAITING.load(Relaxed) == 0 {
         return;
     }
     let state = HOT.with(|h| h.clone());
@@ -47,10 +46,12 @@ pub async fn stay_hot(ready: impl Fn() -> bool) {
         }
     }
     let spinning = Spinning(state);
+    let most = spinning.0.nanos() + MOST_SPUN.as_nanos() as u64;
     loop {
         let here = HOT.with(|h| Arc::ptr_eq(h, &spinning.0));
+        let now = spinning.0.nanos();
         // A task moved to another of the runtime's threads no longer keeps its first one hot.
-        if ready() || !here || spinning.0.nanos() >= spinning.0.until.load(Relaxed) {
+        if ready() || !here || now >= spinning.0.until.load(Relaxed) || now >= most {
             return;
         }
         std::thread::yield_now();
@@ -58,54 +59,29 @@ pub async fn stay_hot(ready: impl Fn() -> bool) {
     }
 }
 
-/// When a process's threads may spin.
-#[derive(Default)]
-struct Gate {
-    /// Whether this process has callers (a driver's or a worker's program): then its threads stay
-    /// hot only while one of them waits for an answer ([`Waiting`]). A daemon alone in its
-    /// process always does.
-    callers: AtomicBool,
-    /// Callers of this process spinning for an answer now.
-    waiting: AtomicUsize,
-}
+/// The longest one task spins, however often the others of its thread move the end of its spin.
+pub const MOST_SPUN: Duration = Duration::from_micros(400);
 
-#[cfg(not(test))]
-fn gate<T>(f: impl FnOnce(&Gate) -> T) -> T {
-    static GATE: Gate = Gate { callers: AtomicBool::new(false), waiting: AtomicUsize::new(0) };
-    f(&GATE)
-}
-
-/// Tests run side by side in one process: each thread has its own gate.
-#[cfg(test)]
-fn gate<T>(f: impl FnOnce(&Gate) -> T) -> T {
-    thread_local! {
-        static GATE: Gate = Gate::default();
-    }
-    GATE.with(f)
-}
-
-/// Says that this process has callers (see [`Waiting`]).
-pub fn has_callers() {
-    gate(|g| g.callers.store(true, Relaxed));
-}
+/// Callers of this process spinning for an answer now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 /// A caller spinning for an answer, while it lives: a round trip someone is waiting on is in
-/// flight, and the threads that carry it stay hot ([`stay_hot`]). A caller that goes to sleep
-/// (its answer is far off: a long task, a large batch) drops it, and the threads sleep too once
-/// their spin ends.
+/// flight, and the threads of this process that carry it stay hot ([`stay_hot`]). A caller that
+/// goes to sleep (its answer is far off: a long task, a large batch) drops it, and the threads
+/// sleep too once their spin ends.
 pub struct Waiting(());
 
 impl Waiting {
     /// Starts a wait.
     pub fn start() -> Waiting {
-        gate(|g| g.waiting.fetch_add(1, Relaxed));
+        WAITING.fetch_add(1, Relaxed);
         Waiting(())
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        gate(|g| g.waiting.fetch_sub(1, Relaxed));
+        WAITING.fetch_sub(1, Relaxed);
     }
 }
 
@@ -135,75 +111,89 @@ thread_local! {
 mod tests {
     use super::*;
     use std::future::Future;
-    use std::sync::atomic::AtomicUsize;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
+    /// Serialises the tests: the count of waiting callers is the process's.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many times `ready` was asked during one call: once when it did not spin.
+    async fn turns_of_one_call() -> usize {
+        let turns = AtomicUsize::new(0);
+        stay_hot(|| {
+            turns.fetch_add(1, Relaxed);
+            false
+        })
+        .await;
+        turns.load(Relaxed)
+    }
+
     #[test]
-    fn a_spin_ends_at_once_when_ready_and_after_spin_when_not() {
+    fn threads_spin_only_while_a_caller_waits() {
+        let _serial = one_at_a_time();
         runtime().block_on(async {
-            stay_hot(|| true).await;
-            let turns = AtomicUsize::new(0);
-            stay_hot(|| turns.fetch_add(1, Relaxed) == 2).await;
-            assert_eq!(turns.load(Relaxed), 3, "the spin went on once ready");
+            assert_eq!(turns_of_one_call().await, 1, "spun with nobody waiting");
+            let waiting = Waiting::start();
             let start = Instant::now();
-            stay_hot(|| false).await;
-            assert!(start.elapsed() >= SPIN, "a spin ended early");
+            assert!(turns_of_one_call().await > 1, "did not spin while a caller waited");
+            assert!(start.elapsed() >= SPIN, "the spin ended early");
+            drop(waiting);
+            assert_eq!(turns_of_one_call().await, 1, "spun once the caller stopped waiting");
         });
     }
 
     #[test]
-    fn one_task_spins_per_thread_and_the_others_move_its_deadline() {
+    fn a_spin_ends_at_once_when_ready() {
+        let _serial = one_at_a_time();
+        let _waiting = Waiting::start();
         runtime().block_on(async {
-            let first = tokio::spawn(async {
-                let start = Instant::now();
-                stay_hot(|| false).await;
-                start.elapsed()
-            });
+            let turns = AtomicUsize::new(0);
+            stay_hot(|| turns.fetch_add(1, Relaxed) == 2).await;
+            assert_eq!(turns.load(Relaxed), 3, "the spin went on once ready");
+        });
+    }
+
+    #[test]
+    fn one_task_spins_per_thread_and_the_others_move_the_end_of_its_spin_within_a_bound() {
+        let _serial = one_at_a_time();
+        let _waiting = Waiting::start();
+        runtime().block_on(async {
+            let first = tokio::spawn(stay_hot(|| false));
             // The first is spinning (this task runs between its turns).
             tokio::task::yield_now().await;
             let hot = HOT.with(|h| h.clone());
             assert!(hot.spinning.load(Relaxed), "the first task is not spinning");
-            let deadline = hot.until.load(Relaxed);
-            let turns = AtomicUsize::new(0);
-            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
-            assert_eq!(turns.load(Relaxed), 1, "a second task spun too");
-            assert!(hot.until.load(Relaxed) > deadline, "a later call did not move the spinner's deadline");
-            assert!(first.await.unwrap() >= SPIN, "the spinner stopped early");
+            let end = hot.until.load(Relaxed);
+            assert_eq!(turns_of_one_call().await, 1, "a second task spun too");
+            assert!(hot.until.load(Relaxed) > end, "a later call did not move the end of the spin");
+            // A busy neighbour keeps moving it: the spin still ends, and the first task gets back
+            // to its own timers.
+            let start = Instant::now();
+            while start.elapsed() < 3 * MOST_SPUN && !first.is_finished() {
+                assert_eq!(turns_of_one_call().await, 1);
+                tokio::task::yield_now().await;
+            }
+            assert!(first.is_finished(), "neighbours kept a spin going past its bound");
             assert!(!hot.spinning.load(Relaxed), "the spin ended but the thread is still marked");
         });
     }
 
     #[test]
-    fn in_a_process_with_callers_threads_spin_only_while_a_caller_waits() {
-        runtime().block_on(async {
-            has_callers();
-            let turns = AtomicUsize::new(0);
-            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
-            assert_eq!(turns.swap(0, Relaxed), 1, "spun with nobody waiting");
-            let waiting = Waiting::start();
-            let start = Instant::now();
-            stay_hot(|| false).await;
-            assert!(start.elapsed() >= SPIN, "did not spin while a caller waited");
-            drop(waiting);
-            stay_hot(|| turns.fetch_add(1, Relaxed) == usize::MAX).await;
-            assert_eq!(turns.load(Relaxed), 1, "spun once the caller stopped waiting");
-        });
-    }
-
-    #[test]
     fn a_spin_dropped_midway_lets_the_next_call_spin() {
+        let _serial = one_at_a_time();
+        let _waiting = Waiting::start();
         runtime().block_on(async {
             let mut spin = Box::pin(stay_hot(|| false));
             let first = std::future::poll_fn(|cx| std::task::Poll::Ready(spin.as_mut().poll(cx))).await;
             assert!(first.is_pending(), "the spin ended at its first turn");
             drop(spin);
-            tokio::time::sleep(SPIN).await;
-            let start = Instant::now();
-            stay_hot(|| false).await;
-            assert!(start.elapsed() >= SPIN, "the dropped spin left its thread marked as spinning");
+            assert!(turns_of_one_call().await > 1, "the dropped spin left its thread marked as spinning");
         });
     }
 }
