@@ -593,10 +593,10 @@ async fn run(
     let mut groups: HashMap<PlacementGroupId, oneshot::Sender<GroupOutcome>> = HashMap::new();
     let mut gone: Option<String> = None;
     loop {
-        // Kept hot for `SPIN` after each command or message: a program's next call, or the answer
-        // to its last (read by this runtime's other tasks as it polls its sockets between turns),
-        // mostly comes within it, and then finds this thread running rather than asleep, which
-        // costs tens of microseconds to wake. The CPU is yielded on every turn.
+        // While this process's program waits for an answer, kept hot for `SPIN` after each
+        // command or message: its next call, or the answer to its last (read by this runtime's
+        // other tasks as it polls its sockets between turns), mostly comes within it, and then
+        // finds this thread running rather than asleep, which costs tens of microseconds to wake.
         keel_net::stay_hot(|| !cmds.is_empty() || (gone.is_none() && !incoming.is_empty())).await;
         tokio::select! {
             cmd = cmds.recv() => {

@@ -36,9 +36,9 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Whether daemons of one process may also reach each other without this network, by handing
     /// typed messages over (a simulated network must see every message, so it says no).
     const IN_PROCESS_LINKS: bool = false;
-    /// Whether a daemon's thread keeps running for [`crate::SPIN`] after each event
-    /// ([`crate::stay_hot`]): true on real threads; false on the simulated network, whose hosts
-    /// share one thread in simulated time.
+    /// Whether a daemon's thread may keep running for [`crate::SPIN`] after each event while a
+    /// caller of its process waits ([`crate::stay_hot`]): true on real threads; false on the
+    /// simulated network, whose hosts share one thread in simulated time.
     const STAYS_HOT: bool = false;
 }
 

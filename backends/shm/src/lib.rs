@@ -383,7 +383,7 @@ pub fn write_sealed_with(
         // Held while the file is written: a partial file nobody holds was left by a dead writer.
         try_lock(&file, libc::LOCK_EX);
         guard = Some(Partial(partial.clone()));
-        let written = if reused {
+        let (count, map) = if reused {
             // Its pages exist: through a mapping (the one this process kept, if any), the write
             // is one copy, on every core.
             let mut map = match warm::take(&file, size) {
@@ -393,8 +393,7 @@ pub fn write_sealed_with(
             };
             let mut out = warm::MapWriter::new(warm::head_mut(&mut map, size));
             fill(&mut out)?;
-            let written = out.written() as u64;
-            (written, Some(map))
+            (out.written() as u64, Some(map))
         } else {
             // Writing allocates a tmpfs's pages about twice as fast as faulting them in a mapping.
             let mut out = Counted(io::BufWriter::with_capacity(1 << 20, &file), 0);
@@ -402,13 +401,13 @@ pub fn write_sealed_with(
             io::Write::flush(&mut out)?;
             (out.1, None)
         };
-        if written.0 != size {
-            return Err(io::Error::other(format!("{} bytes were written, not the {size} announced", written.0)));
+        if count != size {
+            return Err(io::Error::other(format!("{count} bytes were written, not the {size} announced")));
         }
         // Readers must find the file free once it is in place.
         // SAFETY: a plain call on a descriptor `file` owns.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_UN) };
-        Ok((file, written.1))
+        Ok((file, map))
     })();
     let (file, map) = match written {
         Ok(done) => done,
