@@ -584,6 +584,11 @@ impl Core {
     }
 
     async fn serve(&mut self, mut events: mpsc::UnboundedReceiver<CoreEvent>) {
+        // One timer, set again only when the machine's next deadline changes (a new one for each
+        // event costs a registration with the runtime's timer wheel every time).
+        let timer = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Time> = None;
         loop {
             // The next event (a node's report, a driver's next call) mostly comes within a spin.
             if self.stays_hot {
@@ -592,10 +597,15 @@ impl Core {
             let deadline = self.head.poll_timeout();
             let event = match deadline {
                 Some(t) => {
-                    let wait = std::time::Duration::from_nanos(t.0.saturating_sub(self.now().0));
+                    if armed != Some(t) {
+                        let wait = std::time::Duration::from_nanos(t.0.saturating_sub(self.now().0));
+                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                        armed = Some(t);
+                    }
                     tokio::select! {
                         e = events.recv() => e,
-                        _ = tokio::time::sleep(wait) => {
+                        () = &mut timer => {
+                            armed = None;
                             let now = self.now();
                             self.record(&Entry::Timeout { now });
                             self.decided.record();

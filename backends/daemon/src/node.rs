@@ -740,6 +740,11 @@ impl<T: Transport> Core<T> {
 
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Ev>) -> Result<(), NodeError> {
         self.connect();
+        // One timer, set again only when the machine's next deadline changes (a new one for each
+        // event costs a registration with the runtime's timer wheel every time).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Time> = None;
         loop {
             // Kept hot for a while after each event: the next (a worker's report, the head's
             // next task) mostly comes within it and then finds this thread running.
@@ -748,10 +753,15 @@ impl<T: Transport> Core<T> {
             }
             let event = match self.node.poll_timeout() {
                 Some(t) => {
-                    let wait = Duration::from_nanos(t.0.saturating_sub(self.now().0));
+                    if armed != Some(t) {
+                        let wait = Duration::from_nanos(t.0.saturating_sub(self.now().0));
+                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                        armed = Some(t);
+                    }
                     tokio::select! {
                         e = events.recv() => e,
-                        _ = tokio::time::sleep(wait) => {
+                        () = &mut timer => {
+                            armed = None;
                             let now = self.now();
                             self.node.handle_timeout(now);
                             self.drain();
