@@ -29,7 +29,7 @@ pub const SPIN: Duration = Duration::from_micros(100);
 /// another of its thread spins only moves that spin's end (never more than [`MOST_SPUN`] past
 /// its start: the spinning task's own timers wait meanwhile) and returns at once.
 pub async fn stay_hot(ready: impl Fn() -> bool) {
-    // Work is waiting: the thread is busy anyway, and the next call moves the deadline.
+    // Work is waiting (the thread is busy anyway), or nobody waits on a round trip.
     if ready() || WAITING.load(Relaxed) == 0 {
         return;
     }
