@@ -2,9 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod cluster;
 mod recording;
 mod replay;

@@ -58,6 +58,7 @@ pub mod ids;
 pub mod node;
 pub mod proto;
 pub mod resources;
+pub mod slab;
 #[cfg(feature = "testkit")]
 pub mod synthetic;
 #[cfg(feature = "testkit")]

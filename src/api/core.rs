@@ -10,6 +10,7 @@ use keel_kernel::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use keel_kernel::proto::{DriverToHead, HeadToDriver, Hello, ObjectData, Welcome, PROTOCOL_VERSION};
 use keel_net::wire::{FromHead, PeerFrame, PeerInfo, Register, ToHead, WorkerProgram};
 use keel_net::{Token, DEFAULT_MAX_FRAME};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::path::Path;
@@ -221,7 +222,7 @@ struct CmdCounts {
 }
 
 /// Objects in a store, and their holders, as far as this process knows.
-type Located = Arc<Mutex<HashMap<ObjectId, Vec<NodeId>>>>;
+type Located = Arc<Mutex<FxHashMap<ObjectId, Vec<NodeId>>>>;
 
 /// While it lives, the task counts as blocked (see [`Shared::blocked`]).
 pub(crate) struct Blocked<'a>(&'a Shared);
@@ -582,13 +583,13 @@ async fn run(
     located: Located,
     counts: Arc<CmdCounts>,
 ) {
-    let mut objects: HashMap<ObjectId, Awaited> = HashMap::new();
+    let mut objects: FxHashMap<ObjectId, Awaited> = FxHashMap::default();
     // Submissions and puts whose value is still wanted, in the order they were sent: after a
     // reconnection they are sent again (the head refuses what it already has), in case the head
     // lost them with the batch it had not yet made durable.
     let mut resend: Vec<(ObjectId, DriverToHead)> = Vec::new();
     // The keys of `resend` still wanted (entries of others are dropped lazily).
-    let mut wanted: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
+    let mut wanted: FxHashSet<ObjectId> = FxHashSet::default();
     let mut named: HashMap<(String, String), Vec<oneshot::Sender<Option<ActorId>>>> = HashMap::new();
     let mut groups: HashMap<PlacementGroupId, oneshot::Sender<GroupOutcome>> = HashMap::new();
     let mut gone: Option<String> = None;
@@ -765,7 +766,7 @@ fn unlocate(located: &Located, object: ObjectId) {
     }
 }
 
-fn resolve(objects: &mut HashMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
+fn resolve(objects: &mut FxHashMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
     if let Some(a) = objects.get_mut(&object) {
         for w in a.waiters.drain(..) {
             w.answer(Ok(r.clone()));
@@ -1116,8 +1117,8 @@ pub(crate) fn connect_driver() -> Result<Keel> {
         shared,
         job,
         ids: Mutex::new(ids),
-        handles: Mutex::new(HashMap::new()),
-        actor_seqs: Mutex::new(HashMap::new()),
+        handles: Mutex::new(FxHashMap::default()),
+        actor_seqs: Mutex::new(FxHashMap::default()),
         host: keel_daemon::node::hostname(),
         local_node: None,
         runtime: Some(runtime),

@@ -18,7 +18,6 @@ use keel_kernel::proto::{
 use keel_kernel::ResourceSet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -115,9 +114,9 @@ pub(crate) struct Inner {
     pub shared: Arc<Shared>,
     pub job: JobId,
     pub ids: Mutex<IdSpace>,
-    pub handles: Mutex<HashMap<ObjectId, usize>>,
+    pub handles: Mutex<rustc_hash::FxHashMap<ObjectId, usize>>,
     /// The next call's sequence number, per actor this process calls.
-    pub actor_seqs: Mutex<HashMap<ActorId, u64>>,
+    pub actor_seqs: Mutex<rustc_hash::FxHashMap<ActorId, u64>>,
     pub host: String,
     /// In a worker: this node and its store, for large puts.
     pub local_node: Option<(NodeId, std::path::PathBuf)>,

@@ -15,6 +15,7 @@ use super::{Head, HeadOutput};
 use crate::errors::{ErrorReason, InputError};
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::proto::{HeadToDriver, HeadToNode, ObjectData};
+use crate::slab::SlabMap;
 use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
 
@@ -144,7 +145,7 @@ pub(super) type ReleaseWork = smallvec::SmallVec<[ObjectId; 4]>;
 /// before it can reach an output.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct ObjectTable {
-    objects: FxHashMap<ObjectId, ObjectRecord>,
+    objects: SlabMap<ObjectId, ObjectRecord>,
     /// Handles per borrower (a holder other than the owner), per object.
     handles: FxHashMap<TaskId, FxHashMap<ObjectId, u64>>,
     /// Objects per task owner, for owner death. Drivers' objects are not indexed: a driver owns
@@ -172,13 +173,16 @@ impl ObjectTable {
 
     /// Every object in no particular order: only for checks whose result does not depend on order.
     pub fn iter_unordered(&self) -> impl Iterator<Item = (ObjectId, &ObjectRecord)> {
-        self.objects.iter().map(|(k, v)| (*k, v))
+        self.objects.iter_unordered().map(|(k, v)| (*k, v))
     }
 
     /// Every (holder, object, handles) entry, in no particular order (for the invariants).
     pub fn handle_entries(&self) -> impl Iterator<Item = (TaskId, ObjectId, u64)> + '_ {
-        let owners =
-            self.objects.iter().filter(|(_, r)| r.owner_handles > 0).map(|(o, r)| (r.owner, *o, r.owner_handles));
+        let owners = self
+            .objects
+            .iter_unordered()
+            .filter(|(_, r)| r.owner_handles > 0)
+            .map(|(o, r)| (r.owner, *o, r.owner_handles));
         self.handles.iter().flat_map(|(h, m)| m.iter().map(move |(o, n)| (*h, *o, *n))).chain(owners)
     }
 
@@ -298,7 +302,7 @@ impl ObjectTable {
     /// the index holds too (driver ids only ever join the job table).
     fn owned_unordered(&self, owner: TaskId, is_driver: bool) -> Vec<ObjectId> {
         if is_driver {
-            self.objects.iter().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect()
+            self.objects.iter_unordered().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect()
         } else {
             self.owned.items_unordered(owner).collect()
         }

@@ -14,6 +14,7 @@ use crate::errors::{ErrorReason, InputError, TaskFailure};
 use crate::ids::{JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::proto::{Arg, ArgSource, HeadToNode, LabelConstraint, SchedulingStrategy, TaskKind, TaskOutcome, TaskSpec};
 use crate::resources::{Allocation, Amount, ResourceSet};
+use crate::slab::SlabMap;
 use crate::time::{Duration, Time};
 use crate::vecset::{VecMap, VecSet};
 use rustc_hash::FxHashMap;
@@ -230,7 +231,7 @@ impl Classes {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct TaskTable {
     /// Lookup only: never iterated into an output without sorting.
-    tasks: FxHashMap<TaskId, TaskRecord>,
+    tasks: SlabMap<TaskId, TaskRecord>,
     /// Tasks per task owner, for recursive cancellation and owner death. Drivers' tasks are not
     /// indexed: a driver owns nearly every task and dies once, when its job ends, so a scan then
     /// is cheaper than an index entry per task.
@@ -274,7 +275,7 @@ impl TaskTable {
 
     /// Every task in no particular order: only for checks whose result does not depend on order.
     pub fn iter_unordered(&self) -> impl Iterator<Item = (TaskId, &TaskRecord)> {
-        self.tasks.iter().map(|(k, v)| (*k, v))
+        self.tasks.iter_unordered().map(|(k, v)| (*k, v))
     }
 
     fn insert(&mut self, task: TaskId, record: TaskRecord) {
@@ -309,7 +310,8 @@ impl TaskTable {
         if !is_driver {
             return self.owned.items(owner);
         }
-        let mut tasks: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.owner == owner).map(|(id, _)| *id).collect();
+        let mut tasks: Vec<TaskId> =
+            self.tasks.iter_unordered().filter(|(_, t)| t.owner == owner).map(|(id, _)| *id).collect();
         tasks.sort_unstable();
         tasks
     }

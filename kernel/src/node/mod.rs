@@ -128,7 +128,6 @@ use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use crate::proto::{HeadToNode, NodeToHead, NodeToNode};
 use crate::time::{Duration, Time};
 use pulls::PullTable;
-use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
 use store::ObjectTable;
 use tasks::Task;
@@ -191,7 +190,7 @@ pub struct Node {
     objects: ObjectTable,
     pulls: PullTable,
     /// Hashed: looked up by id; listed (rarely) sorted by id.
-    tasks: FxHashMap<TaskId, Task>,
+    tasks: crate::slab::SlabMap<TaskId, Task>,
     /// Methods waiting for each actor worker, in arrival order (no empty queues).
     actor_queues: BTreeMap<WorkerId, VecDeque<TaskId>>,
     /// Attempts handed to a busy worker behind its running one, in the order it runs them: an
@@ -249,7 +248,7 @@ impl Node {
             draining: false,
             left: false,
             outputs: VecDeque::new(),
-            tasks: FxHashMap::default(),
+            tasks: Default::default(),
             actor_queues: BTreeMap::new(),
             sent_ahead: BTreeMap::new(),
             successors: BTreeMap::new(),
@@ -356,7 +355,7 @@ impl Node {
     pub fn running_tasks(&self) -> Vec<(TaskId, u32, WorkerId)> {
         let mut running: Vec<_> = self
             .tasks
-            .iter()
+            .iter_unordered()
             .filter_map(|(id, t)| match t.phase {
                 TaskPhase::Running(w) => Some((*id, t.attempt, w)),
                 _ => None,
@@ -577,7 +576,7 @@ impl Node {
         let max_idle = if self.draining { 0 } else { self.config.max_idle_workers };
         assert!(self.workers.idle_pool_len() <= max_idle, "too many idle workers");
         // In id order, so that a failed check names the same task on every build.
-        let mut ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        let mut ids: Vec<TaskId> = self.tasks.iter_unordered().map(|(k, _)| *k).collect();
         ids.sort_unstable();
         for id in ids {
             self.check_task(id, &self.tasks[&id]);

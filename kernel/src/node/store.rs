@@ -8,7 +8,6 @@
 use super::io::LocalObject;
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::vecset::{VecMap, VecSet};
-use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
 /// What [`ObjectTable::free`] did.
@@ -29,7 +28,7 @@ pub(crate) struct ObjectTable {
     used_bytes: u64,
     tick: u64,
     /// Hashed: looked up by id on every use; listed (rarely) in id order by [`iter`](Self::iter).
-    objects: FxHashMap<ObjectId, LocalObject>,
+    objects: crate::slab::SlabMap<ObjectId, LocalObject>,
     /// The recency index: `(tick, object)` for every use, oldest first. An entry is live while its
     /// tick is the object's `last_used_tick`; older entries of the object are stale, skipped, and
     /// dropped when they reach the front or outnumber the live ones. Ticks only grow, so live
@@ -42,7 +41,7 @@ impl ObjectTable {
     pub(crate) fn new(capacity_bytes: u64) -> ObjectTable {
         assert!(capacity_bytes > 0, "object store capacity must be positive");
         let table =
-            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: FxHashMap::default(), lru: VecDeque::new() };
+            ObjectTable { capacity_bytes, used_bytes: 0, tick: 0, objects: Default::default(), lru: VecDeque::new() };
         assert!(table.objects.is_empty());
         table
     }
@@ -65,7 +64,7 @@ impl ObjectTable {
 
     /// Every entry, in object id order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ObjectId, &LocalObject)> {
-        let mut entries: Vec<(ObjectId, &LocalObject)> = self.objects.iter().map(|(o, e)| (*o, e)).collect();
+        let mut entries: Vec<(ObjectId, &LocalObject)> = self.objects.iter_unordered().map(|(o, e)| (*o, e)).collect();
         entries.sort_unstable_by_key(|(o, _)| *o);
         entries.into_iter()
     }
@@ -104,7 +103,8 @@ impl ObjectTable {
 
     /// Whether a new secondary copy of `size_bytes` could be made to fit by evicting.
     pub(crate) fn could_fit(&self, size_bytes: u64) -> bool {
-        let evictable: u64 = self.objects.values().filter(|e| e.is_evictable()).map(|e| e.size).sum();
+        let evictable: u64 =
+            self.objects.iter_unordered().map(|(_, e)| e).filter(|e| e.is_evictable()).map(|e| e.size).sum();
         assert!(evictable <= self.used_bytes);
         let unevictable = self.used_bytes - evictable;
         unevictable.saturating_add(size_bytes) <= self.capacity_bytes
