@@ -88,6 +88,18 @@ impl<K: Hash + Eq + Copy, V> SlabMap<K, V> {
         None
     }
 
+    /// The value of `key`, made by `make` first if it has none.
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let slot = match self.index.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                self.insert(key, make());
+                self.index[&key]
+            }
+        };
+        &mut self.slots[slot as usize].as_mut().expect("an indexed slot is full").1
+    }
+
     /// Removes the entry of `key`; returns its value.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let slot = self.index.remove(key)?;
@@ -194,6 +206,10 @@ mod tests {
                 assert_eq!(ours.insert(key, step), model.insert(key, step), "insert {key}");
             } else {
                 assert_eq!(ours.remove(&key), model.remove(&key), "remove {key}");
+            }
+            if step % 7 == 0 {
+                *ours.get_or_insert_with(key, || 0) += 1;
+                *model.entry(key).or_insert(0) += 1;
             }
             assert_eq!(ours.len(), model.len());
             assert_eq!(ours.get(&key), model.get(&key));

@@ -8,6 +8,7 @@ use keel_daemon::conn;
 use keel_kernel::errors::{ErrorReason, InputError};
 use keel_kernel::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId};
 use keel_kernel::proto::{DriverToHead, HeadToDriver, Hello, ObjectData, Welcome, PROTOCOL_VERSION};
+use keel_kernel::slab::SlabMap;
 use keel_net::wire::{FromHead, PeerFrame, PeerInfo, Register, ToHead, WorkerProgram};
 use keel_net::{Token, DEFAULT_MAX_FRAME};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -583,7 +584,7 @@ async fn run(
     located: Located,
     counts: Arc<CmdCounts>,
 ) {
-    let mut objects: FxHashMap<ObjectId, Awaited> = FxHashMap::default();
+    let mut objects: SlabMap<ObjectId, Awaited> = SlabMap::new();
     // Submissions and puts whose value is still wanted, in the order they were sent: after a
     // reconnection they are sent again (the head refuses what it already has), in case the head
     // lost them with the batch it had not yet made durable.
@@ -619,7 +620,7 @@ async fn run(
                                 (None, None) => None,
                             };
                             if let Some(data) = data {
-                                objects.entry(*object).or_default().resolution = Some(Resolution::Ready(data));
+                                objects.get_or_insert_with(*object, Awaited::default).resolution = Some(Resolution::Ready(data));
                             }
                         }
                         if let Some(key) = key {
@@ -634,7 +635,7 @@ async fn run(
                     Cmd::Subscribe { objects: wanted_now } => {
                         let mut ask = Vec::new();
                         for (object, slot) in wanted_now {
-                            let entry = objects.entry(object).or_default();
+                            let entry = objects.get_or_insert_with(object, Awaited::default);
                             if let Some(r) = &entry.resolution {
                                 slot.answer(Ok(r.clone()));
                             } else if let Some(why) = &gone {
@@ -706,7 +707,7 @@ async fn run(
                             out(msg.clone());
                         }
                         let mut waited: Vec<ObjectId> =
-                            objects.iter().filter(|(_, a)| a.resolution.is_none() && a.subscribed).map(|(o, _)| *o).collect();
+                            objects.iter_unordered().filter(|(_, a)| a.resolution.is_none() && a.subscribed).map(|(o, _)| *o).collect();
                         waited.sort_unstable();
                         if !waited.is_empty() {
                             out(DriverToHead::Subscribe(waited));
@@ -745,7 +746,7 @@ async fn run(
                         }
                     }
                     Incoming::Lost(why) => {
-                        for (_, a) in objects.iter_mut() {
+                        for (_, a) in objects.iter_mut_unordered() {
                             for w in a.waiters.drain(..) {
                                 w.answer(Err(why.clone()));
                             }
@@ -766,7 +767,7 @@ fn unlocate(located: &Located, object: ObjectId) {
     }
 }
 
-fn resolve(objects: &mut FxHashMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
+fn resolve(objects: &mut SlabMap<ObjectId, Awaited>, object: ObjectId, r: Resolution) {
     if let Some(a) = objects.get_mut(&object) {
         for w in a.waiters.drain(..) {
             w.answer(Ok(r.clone()));

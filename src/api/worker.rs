@@ -35,6 +35,9 @@ struct Inbox {
     /// Whether an attempt is there to take or the connection closed (set under the lock): a
     /// `next` spinning before it sleeps looks here, not at the lock the reader pushes under.
     changed: AtomicBool,
+    /// Whether `next` sleeps on `ready` (set and cleared under the lock): only then does a push
+    /// wake it, so that a worker busy or spinning costs its reader no system call per attempt.
+    sleeping: AtomicBool,
 }
 
 impl Inbox {
@@ -42,8 +45,11 @@ impl Inbox {
         let mut state = self.state.lock().expect("inbox");
         state.0.push_back(exec);
         self.changed.store(true, Ordering::Release);
+        let wake = self.sleeping.load(Ordering::Relaxed);
         drop(state);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Marks a held attempt interrupted; one already started runs on (it cannot be stopped).
@@ -84,7 +90,9 @@ impl Inbox {
                 return None;
             }
             self.changed.store(false, Ordering::Release);
+            self.sleeping.store(true, Ordering::Relaxed);
             state = self.ready.wait(state).expect("inbox");
+            self.sleeping.store(false, Ordering::Relaxed);
         }
     }
 }
