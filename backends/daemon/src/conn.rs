@@ -85,15 +85,29 @@ pub fn spawn_writer<T, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        // One timer for the connection's life: a batch written only notes the time, and the
+        // timer, when it fires, sends a keepalive or waits out the rest of the idle period
+        // (rather than a new timer per batch).
+        let every = keepalive.unwrap_or(Duration::MAX);
+        let mut wrote = tokio::time::Instant::now();
+        let idle = tokio::time::sleep_until(wrote.checked_add(every).unwrap_or_else(far_future));
+        tokio::pin!(idle);
         'outer: loop {
             let first = match keepalive {
                 None => rx.recv().await,
-                Some(every) => tokio::select! {
+                Some(_) => tokio::select! {
                     first = rx.recv() => first,
-                    _ = tokio::time::sleep(every) => {
-                        if let Err(e) = writer.keepalive().await {
-                            tracing::debug!(error = %e, "keepalive failed; the connection is closed");
-                            break 'outer;
+                    _ = &mut idle => {
+                        let due = wrote + every;
+                        if tokio::time::Instant::now() >= due {
+                            if let Err(e) = writer.keepalive().await {
+                                tracing::debug!(error = %e, "keepalive failed; the connection is closed");
+                                break 'outer;
+                            }
+                            wrote = tokio::time::Instant::now();
+                            idle.as_mut().reset(wrote + every);
+                        } else {
+                            idle.as_mut().reset(due);
                         }
                         continue;
                     }
@@ -122,8 +136,55 @@ pub fn spawn_writer<T, W>(
                 tracing::debug!(error = %e, "flush failed; the connection is closed");
                 break;
             }
+            if keepalive.is_some() {
+                wrote = tokio::time::Instant::now();
+            }
         }
         use tokio::io::AsyncWriteExt;
         let _ = writer.get_mut().shutdown().await;
     });
+}
+
+/// A deadline no connection lives to see (for a writer without keepalives).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{spawn_writer, Outbound};
+    use keel_net::{FrameReader, FrameWriter, NetError};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// A frame sent after `quiet` of silence, read by a reader that gives up after 60 ms of
+    /// silence, from a writer that sends keepalives every `keepalive`.
+    async fn after_silence(keepalive: Option<Duration>, quiet: Duration) -> Result<u32, NetError> {
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(far, 1 << 20, "peer");
+        reader.set_silence_limit(Some(Duration::from_millis(60)));
+        let (tx, rx) = mpsc::unbounded_channel();
+        spawn_writer(FrameWriter::new(near, 1 << 20, "peer"), rx, keepalive);
+        tx.send(Outbound::Frame(1u32)).unwrap();
+        assert_eq!(reader.recv::<u32>("a number").await?, 1);
+        tokio::spawn(async move {
+            tokio::time::sleep(quiet).await;
+            let _ = tx.send(Outbound::Frame(2u32));
+            // Kept open until the frame is read.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        reader.recv::<u32>("a number").await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_keeps_its_connection_alive_with_keepalives() {
+        let got = after_silence(Some(Duration::from_millis(20)), Duration::from_millis(300)).await;
+        assert_eq!(got.unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_keepalives_the_reader_gives_up_on_silence() {
+        let got = after_silence(None, Duration::from_millis(300)).await;
+        assert!(matches!(got, Err(NetError::Timeout { .. })), "{got:?}");
+    }
 }
