@@ -18,9 +18,8 @@ use keel_traces::{open, shared_traces_dir, Job, NodeShape};
 use std::hint::black_box;
 use std::time::Duration;
 
-// The allocator the `keel` binary uses, so that the figures are the command's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `keel` binary's allocator (the library sets it), so that the figures are the command's.
+use keel as _;
 
 fn options(nodes: Vec<NodeShape>) -> Options {
     Options { nodes, policy: Policy::Hybrid, failures: Vec::new(), seed: 1, progress: None, autoscale: None }

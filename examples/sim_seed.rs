@@ -7,8 +7,8 @@
 use keel_sim::scenario::Scenario;
 use std::time::Instant;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `keel` binary's allocator (the library sets it).
+use keel as _;
 
 fn main() {
     let arg = |i: usize, default: u64| std::env::args().nth(i).map_or(default, |a| a.parse().expect("a number"));

@@ -26,6 +26,9 @@
 //! Values travel as postcard bytes (serde). Small values travel inline; large ones stay in the
 //! shared-memory store of the node that made them and are read from there: mapped without a copy
 //! on the same machine, fetched over the node's data port from another.
+//!
+//! The crate sets mimalloc as the program's global allocator (feature `mimalloc`, on by default);
+//! a program with its own `#[global_allocator]` turns the feature off.
 
 mod api;
 

@@ -1,6 +1,9 @@
 //! The `keel` command line.
 
 use clap::{Parser, Subcommand};
+// The library sets the global allocator (mimalloc, feature `mimalloc`); a binary that names
+// nothing of it would not link it.
+use keel as _;
 
 mod cluster;
 mod recording;

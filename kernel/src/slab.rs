@@ -4,10 +4,14 @@
 //! submits a burst, each a few hundred bytes. In a hash map the records themselves are the
 //! buckets: every lookup lands on a random cache line of a table of megabytes, and on a random
 //! page. Here the hash index holds only the key and a slot number (16 or 24 bytes an entry, so
-//! it stays in cache), and the records sit in a vector in the order they were made. Work arrives
-//! in about that order (tasks end in the order they were submitted), so consecutive lookups touch
-//! neighbouring records. A freed slot is reused by the next record made, and a map emptied gives
-//! its slots back.
+//! it stays in cache), and the records sit in a vector, mostly in the order they were made (a
+//! freed slot is taken by the next record made). Work arrives in about that order (tasks end in
+//! the order they were submitted), so consecutive lookups touch neighbouring records.
+//!
+//! When fewer than a quarter of the slots of a large map are full, the records move down into
+//! a vector of their own size, in the same order, so that a map that peaked does not keep its
+//! peak's memory, nor walk its empty slots when listed. An emptied small map numbers its slots
+//! from the start again.
 //!
 //! Iteration (`iter_unordered`) follows the slots: a function of the operations applied, as a
 //! hash map's order is, and like it never to reach an output unsorted. A map serializes as a map
@@ -18,6 +22,9 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::hash::Hash;
 use std::marker::PhantomData;
+
+/// Maps with at least this many slots give memory back when three quarters of them are empty.
+const COMPACT_FROM: usize = 1024;
 
 /// A map from `K` to `V` with its values in a slab (see the module's documentation).
 #[derive(Clone)]
@@ -104,14 +111,30 @@ impl<K: Hash + Eq + Copy, V> SlabMap<K, V> {
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let slot = self.index.remove(key)?;
         let (_, value) = self.slots[slot as usize].take().expect("an indexed slot is full");
-        if self.index.is_empty() {
-            // An emptied map gives its slots back.
+        if self.index.is_empty() && self.slots.len() < COMPACT_FROM {
             self.slots.clear();
             self.free.clear();
         } else {
             self.free.push(slot);
+            if self.slots.len() >= COMPACT_FROM && self.index.len() * 4 < self.slots.len() {
+                self.compact();
+            }
         }
         Some(value)
+    }
+
+    /// Moves the records down into a vector of their own size, in slot order. At least three
+    /// quarters of the slots were freed since the last time, so the work is constant per removal.
+    fn compact(&mut self) {
+        let live = self.index.len();
+        let mut slots = Vec::with_capacity((2 * live).max(COMPACT_FROM / 2));
+        for (key, value) in std::mem::take(&mut self.slots).into_iter().flatten() {
+            *self.index.get_mut(&key).expect("a full slot is indexed") = slots.len() as u32;
+            slots.push(Some((key, value)));
+        }
+        self.slots = slots;
+        self.free = Vec::new();
+        self.index.shrink_to(2 * live);
     }
 
     /// Removes every entry.
@@ -189,38 +212,53 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::SlabMap;
+    use super::{SlabMap, COMPACT_FROM};
     use std::collections::BTreeMap;
 
-    #[test]
-    fn slab_map_agrees_with_a_btree_map_over_random_operations() {
+    /// Random inserts and removals over `keys` keys, inserting with probability `inserts[phase]`
+    /// percent in each phase of `steps` steps, checked against a `BTreeMap`.
+    fn agrees_with_a_btree_map(keys: u64, steps: u64, inserts: &[u64]) {
         let mut ours: SlabMap<u32, u64> = SlabMap::new();
         let mut model: BTreeMap<u32, u64> = BTreeMap::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for step in 0..20_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let key = (x % 300) as u32;
-            if x % 5 < 3 {
-                assert_eq!(ours.insert(key, step), model.insert(key, step), "insert {key}");
-            } else {
-                assert_eq!(ours.remove(&key), model.remove(&key), "remove {key}");
+        for (phase, &insert) in inserts.iter().enumerate() {
+            for step in 0..steps {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = (x % keys) as u32;
+                if (x >> 32) % 100 < insert {
+                    assert_eq!(ours.insert(key, step), model.insert(key, step), "insert {key} in phase {phase}");
+                } else {
+                    assert_eq!(ours.remove(&key), model.remove(&key), "remove {key} in phase {phase}");
+                }
+                if step % 7 == 0 {
+                    *ours.get_or_insert_with(key, || 0) += 1;
+                    *model.entry(key).or_insert(0) += 1;
+                }
+                assert_eq!(ours.len(), model.len());
+                assert_eq!(ours.get(&key), model.get(&key));
             }
-            if step % 7 == 0 {
-                *ours.get_or_insert_with(key, || 0) += 1;
-                *model.entry(key).or_insert(0) += 1;
-            }
-            assert_eq!(ours.len(), model.len());
-            assert_eq!(ours.get(&key), model.get(&key));
+            let mut listed: Vec<(u32, u64)> = ours.iter_unordered().map(|(k, v)| (*k, *v)).collect();
+            listed.sort_unstable();
+            assert_eq!(listed, model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(), "after phase {phase}");
         }
-        let mut listed: Vec<(u32, u64)> = ours.iter_unordered().map(|(k, v)| (*k, *v)).collect();
-        listed.sort_unstable();
-        assert_eq!(listed, model.into_iter().collect::<Vec<_>>());
     }
 
     #[test]
-    fn freed_slots_are_reused_and_an_emptied_map_gives_its_slots_back() {
+    fn slab_map_agrees_with_a_btree_map_over_random_operations() {
+        agrees_with_a_btree_map(300, 20_000, &[60]);
+    }
+
+    #[test]
+    fn slab_map_agrees_with_a_btree_map_while_it_grows_and_compacts() {
+        // Grows past `COMPACT_FROM` slots, shrinks to a few records (compacting on the way), and
+        // grows again over the compacted slots, twice.
+        agrees_with_a_btree_map(6_000, 30_000, &[90, 5, 90, 2, 50]);
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_an_emptied_small_map_numbers_from_the_start() {
         let mut map: SlabMap<u32, u32> = SlabMap::new();
         for k in 0..10 {
             map.insert(k, k);
@@ -234,6 +272,29 @@ mod tests {
         map.remove(&100);
         assert!(map.is_empty());
         assert!(map.slots.is_empty() && map.free.is_empty(), "slots {} free {:?}", map.slots.len(), map.free);
+    }
+
+    #[test]
+    fn a_large_map_that_empties_gives_its_memory_back_and_keeps_its_order() {
+        let mut map: SlabMap<u32, [u64; 8]> = SlabMap::new();
+        for k in 0..100_000 {
+            map.insert(k, [k as u64; 8]);
+        }
+        let peak = map.slots.capacity();
+        // Every 1000th record stays.
+        for k in (0..100_000).filter(|k| k % 1000 != 0) {
+            map.remove(&k);
+        }
+        assert_eq!(map.len(), 100);
+        assert!(map.slots.len() < 4 * COMPACT_FROM, "{} slots for 100 records", map.slots.len());
+        assert!(map.slots.capacity() * 10 < peak, "capacity {} after a peak of {peak}", map.slots.capacity());
+        let listed: Vec<u32> = map.iter_unordered().map(|(k, _)| *k).collect();
+        assert_eq!(listed, (0..100).map(|i| i * 1000).collect::<Vec<_>>(), "slot order kept");
+        for k in (0..100).map(|i| i * 1000) {
+            assert_eq!(map.get(&k), Some(&[k as u64; 8]));
+            map.remove(&k);
+        }
+        assert!(map.is_empty() && map.slots.is_empty() && map.free.is_empty());
     }
 
     #[test]

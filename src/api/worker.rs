@@ -37,6 +37,8 @@ struct Inbox {
     changed: AtomicBool,
     /// Whether `next` sleeps on `ready` (set and cleared under the lock): only then does a push
     /// wake it, so that a worker busy or spinning costs its reader no system call per attempt.
+    /// One thread takes attempts (the worker's main thread): with two, one could clear the flag
+    /// while the other slept on.
     sleeping: AtomicBool,
 }
 

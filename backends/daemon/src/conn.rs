@@ -98,14 +98,14 @@ pub fn spawn_writer<T, W>(
                 Some(_) => tokio::select! {
                     first = rx.recv() => first,
                     _ = &mut idle => {
-                        let due = wrote + every;
+                        let due = wrote.checked_add(every).unwrap_or_else(far_future);
                         if tokio::time::Instant::now() >= due {
                             if let Err(e) = writer.keepalive().await {
                                 tracing::debug!(error = %e, "keepalive failed; the connection is closed");
                                 break 'outer;
                             }
                             wrote = tokio::time::Instant::now();
-                            idle.as_mut().reset(wrote + every);
+                            idle.as_mut().reset(wrote.checked_add(every).unwrap_or_else(far_future));
                         } else {
                             idle.as_mut().reset(due);
                         }
@@ -174,6 +174,46 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
         });
         reader.recv::<u32>("a number").await
+    }
+
+    /// Counts the keepalives (empty frames) and other frames a writer with a 20 ms keepalive
+    /// sends in `span`, while it is given a frame every `every` (never, if `None`).
+    async fn frames_in(span: Duration, every: Option<Duration>) -> (usize, usize) {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        spawn_writer(FrameWriter::new(near, 1 << 20, "peer"), rx, Some(Duration::from_millis(20)));
+        let feeder = tokio::spawn(async move {
+            let Some(every) = every else { return std::future::pending().await };
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = tx.send(Outbound::Frame(7u32));
+            }
+        });
+        let end = tokio::time::Instant::now() + span;
+        let (mut keepalives, mut frames) = (0, 0);
+        let mut prefix = [0u8; 4];
+        while let Ok(read) = tokio::time::timeout_at(end, far.read_exact(&mut prefix)).await {
+            read.unwrap();
+            let len = u32::from_le_bytes(prefix) as usize;
+            if len == 0 {
+                keepalives += 1;
+            } else {
+                let mut body = vec![0u8; len];
+                far.read_exact(&mut body).await.unwrap();
+                frames += 1;
+            }
+        }
+        feeder.abort();
+        (keepalives, frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_sends_one_keepalive_per_period_and_a_busy_one_none() {
+        let (keepalives, frames) = frames_in(Duration::from_millis(1_010), None).await;
+        assert_eq!((keepalives, frames), (50, 0), "idle for 1,010 ms with a keepalive every 20 ms");
+        let (keepalives, frames) = frames_in(Duration::from_millis(1_010), Some(Duration::from_millis(15))).await;
+        assert_eq!((keepalives, frames), (0, 67), "a frame every 15 ms leaves no 20 ms of silence");
     }
 
     #[tokio::test(start_paused = true)]
