@@ -619,6 +619,28 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_read_after_a_crash_between_snapshots_goes_on_from_the_newer_snapshot() {
+        let path = temp("between-read");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        j.append(&input(1)).unwrap();
+        j.snapshot(&head(), &Default::default(), 1).unwrap();
+        for i in 2..5 {
+            j.append(&input(i)).unwrap();
+        }
+        j.sync().unwrap();
+        let old_journal = std::fs::read(&path).unwrap();
+        j.snapshot(&head(), &Default::default(), 1).unwrap();
+        drop(j);
+        // As if the head died after the second snapshot's rename and before the journal's: the
+        // journal goes on from snapshot 1, and snapshot 2 holds all it has.
+        std::fs::write(&path, &old_journal).unwrap();
+        let recording = crate::recording::read(&path).unwrap();
+        assert_eq!(recording.snapshot.as_ref().map(|s| s.generation), Some(2));
+        assert!(recording.entries.is_empty(), "{:?}", recording.entries);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
     fn a_damaged_or_missing_snapshot_is_reported_not_skipped() {
         let path = temp("badsnap");
         let (mut j, _) = Journal::open(&path).unwrap();

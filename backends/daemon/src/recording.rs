@@ -108,6 +108,10 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
             let snapshot = read_snapshot(&snap_path)?;
             match snapshot {
                 Some(s) if s.generation == generation => (Some(s), entries[1..].to_vec()),
+                // The head died after writing this snapshot and before starting the journal
+                // afresh: the snapshot holds every record the journal does (as the head itself
+                // reads it back, `Journal::open`).
+                Some(s) if s.generation > generation => (Some(s), Vec::new()),
                 other => {
                     let found = other.map_or("no snapshot".to_string(), |s| format!("generation {}", s.generation));
                     return Err(JournalError::BadSnapshot {
