@@ -49,6 +49,12 @@ fn print_verified(path: &Path, v: &Verified, torn: u64, seconds: f64) {
     if v.from_generation > 0 {
         println!("(from snapshot {}: the records before it were compacted into it)", v.from_generation);
     }
+    if v.superseded_records > 0 {
+        println!(
+            "the journal's last {} records were left unchecked: the head stopped right after writing snapshot {}, which holds them",
+            v.superseded_records, v.from_generation
+        );
+    }
     if v.restarts > 0 {
         println!("the head restarted {} times during the recording (each time from its journal)", v.restarts);
     }

@@ -637,6 +637,7 @@ mod tests {
         let recording = crate::recording::read(&path).unwrap();
         assert_eq!(recording.snapshot.as_ref().map(|s| s.generation), Some(2));
         assert!(recording.entries.is_empty(), "{:?}", recording.entries);
+        assert_eq!(recording.superseded_records, 3, "the three inputs after snapshot 1");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

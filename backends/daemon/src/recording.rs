@@ -23,6 +23,9 @@ pub struct Recording {
     pub snapshot: Option<Snapshot>,
     /// Bytes of a record cut short at the end (the head died while writing it).
     pub torn_tail_bytes: u64,
+    /// Records of the journal left out because a newer snapshot holds them (the head died after
+    /// writing that snapshot and before starting its journal afresh): they cannot be checked.
+    pub superseded_records: u64,
 }
 
 /// Why a recording cannot be read or does not verify.
@@ -88,6 +91,8 @@ pub struct Verified {
     pub restarts: u64,
     /// The snapshot generation the journal goes on from (0: from the start).
     pub from_generation: u64,
+    /// Records a newer snapshot held, left unchecked ([`Recording::superseded_records`]).
+    pub superseded_records: u64,
     /// Inputs and timer runs after the last batch record: the head stopped before making them
     /// durable, so nothing was decided for them.
     pub unfinished_inputs: u64,
@@ -101,6 +106,7 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
         return Err(JournalError::NotAJournal { path: path.to_path_buf() }.into());
     }
     let torn_tail_bytes = bytes.len() as u64 - good_len;
+    let mut superseded_records = 0;
     let (snapshot, entries) = match entries.first() {
         Some(Entry::Begins { generation }) => {
             let generation = *generation;
@@ -111,7 +117,10 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
                 // The head died after writing this snapshot and before starting the journal
                 // afresh: the snapshot holds every record the journal does (as the head itself
                 // reads it back, `Journal::open`).
-                Some(s) if s.generation > generation => (Some(s), Vec::new()),
+                Some(s) if s.generation > generation => {
+                    superseded_records = entries.len() as u64 - 1;
+                    (Some(s), Vec::new())
+                }
                 other => {
                     let found = other.map_or("no snapshot".to_string(), |s| format!("generation {}", s.generation));
                     return Err(JournalError::BadSnapshot {
@@ -122,16 +131,19 @@ pub fn read(path: &Path) -> Result<Recording, RecordingError> {
                 }
             }
         }
+        // A journal from the start is the whole history: it verifies from its configuration,
+        // even if the head died while writing its first snapshot (which the head, restarting,
+        // would go on from instead).
         _ => (None, entries),
     };
-    Ok(Recording { path: path.to_path_buf(), entries, snapshot, torn_tail_bytes })
+    Ok(Recording { path: path.to_path_buf(), entries, snapshot, torn_tail_bytes, superseded_records })
 }
 
 /// Feeds the recording through a fresh machine and checks that, batch by batch, it decides
 /// exactly the outputs the head did. `each` sees every input or timer record with the machine
 /// after it and the outputs it decided for it.
 pub fn verify(rec: Recording, mut each: impl FnMut(&Head, &Entry, &[HeadOutput])) -> Result<Verified, RecordingError> {
-    let mut verified = Verified::default();
+    let mut verified = Verified { superseded_records: rec.superseded_records, ..Verified::default() };
     let mut entries = rec.entries.into_iter().enumerate().peekable();
     let mut head = match rec.snapshot {
         Some(s) => {
