@@ -80,6 +80,21 @@ impl<K: Hash + Eq + Copy, V> SlabMap<K, V> {
             let (_, old) = self.slots[slot as usize].as_mut().expect("an indexed slot is full");
             return Some(std::mem::replace(old, value));
         }
+        self.place(key, value);
+        None
+    }
+
+    /// The value of `key`, made by `make` first if it has none.
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let slot = match self.index.get(&key) {
+            Some(&slot) => slot,
+            None => self.place(key, make()),
+        };
+        &mut self.slots[slot as usize].as_mut().expect("an indexed slot is full").1
+    }
+
+    /// Puts a new entry in a free slot, or a new one; returns the slot.
+    fn place(&mut self, key: K, value: V) -> u32 {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some((key, value));
@@ -92,19 +107,7 @@ impl<K: Hash + Eq + Copy, V> SlabMap<K, V> {
             }
         };
         self.index.insert(key, slot);
-        None
-    }
-
-    /// The value of `key`, made by `make` first if it has none.
-    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        let slot = match self.index.get(&key) {
-            Some(&slot) => slot,
-            None => {
-                self.insert(key, make());
-                self.index[&key]
-            }
-        };
-        &mut self.slots[slot as usize].as_mut().expect("an indexed slot is full").1
+        slot
     }
 
     /// Removes the entry of `key`; returns its value.

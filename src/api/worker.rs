@@ -29,25 +29,32 @@ struct Execute {
 /// come while the current one runs.
 #[derive(Default)]
 struct Inbox {
-    /// The attempts not started, and whether the node's connection closed.
-    state: Mutex<(VecDeque<Execute>, bool)>,
+    state: Mutex<Held>,
     ready: Condvar,
     /// Whether an attempt is there to take or the connection closed (set under the lock): a
     /// `next` spinning before it sleeps looks here, not at the lock the reader pushes under.
     changed: AtomicBool,
-    /// Whether `next` sleeps on `ready` (set and cleared under the lock): only then does a push
-    /// wake it, so that a worker busy or spinning costs its reader no system call per attempt.
-    /// One thread takes attempts (the worker's main thread): with two, one could clear the flag
-    /// while the other slept on.
-    sleeping: AtomicBool,
+}
+
+/// What an [`Inbox`] holds under its lock.
+#[derive(Default)]
+struct Held {
+    /// The attempts not started.
+    queue: VecDeque<Execute>,
+    /// Whether the node's connection closed.
+    closed: bool,
+    /// Whether `next` sleeps on `ready`: only then does a push wake it, so that a worker busy or
+    /// spinning costs its reader no system call per attempt. One thread takes attempts (the
+    /// worker's main thread): with two, one could clear it while the other slept on.
+    sleeping: bool,
 }
 
 impl Inbox {
     fn push(&self, exec: Execute) {
         let mut state = self.state.lock().expect("inbox");
-        state.0.push_back(exec);
+        state.queue.push_back(exec);
         self.changed.store(true, Ordering::Release);
-        let wake = self.sleeping.load(Ordering::Relaxed);
+        let wake = state.sleeping;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -57,7 +64,7 @@ impl Inbox {
     /// Marks a held attempt interrupted; one already started runs on (it cannot be stopped).
     fn interrupt(&self, task: TaskId, attempt: u32) {
         let mut state = self.state.lock().expect("inbox");
-        if let Some(exec) = state.0.iter_mut().find(|e| e.spec.task == task && e.attempt == attempt) {
+        if let Some(exec) = state.queue.iter_mut().find(|e| e.spec.task == task && e.attempt == attempt) {
             exec.interrupted = true;
         }
     }
@@ -66,15 +73,15 @@ impl Inbox {
     /// false when the first is not held (it runs, or ran, and those behind it follow it here).
     fn withdraw(&self, tasks: &[(TaskId, u32)]) -> bool {
         let mut state = self.state.lock().expect("inbox");
-        keel_kernel::node::withdraw_held(&mut state.0, tasks, |e| (e.spec.task, e.attempt))
+        keel_kernel::node::withdraw_held(&mut state.queue, tasks, |e| (e.spec.task, e.attempt))
     }
 
     /// The node is gone: what it handed over and was not started is dropped (the head runs it
     /// again elsewhere), so that nothing runs twice.
     fn close(&self) {
         let mut state = self.state.lock().expect("inbox");
-        state.0.clear();
-        state.1 = true;
+        state.queue.clear();
+        state.closed = true;
         self.changed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
@@ -84,17 +91,17 @@ impl Inbox {
         super::core::spin_until(super::core::SPIN, || self.changed.load(Ordering::Acquire));
         let mut state = self.state.lock().expect("inbox");
         loop {
-            if let Some(exec) = state.0.pop_front() {
-                self.changed.store(!state.0.is_empty() || state.1, Ordering::Release);
+            if let Some(exec) = state.queue.pop_front() {
+                self.changed.store(!state.queue.is_empty() || state.closed, Ordering::Release);
                 return Some(exec);
             }
-            if state.1 {
+            if state.closed {
                 return None;
             }
             self.changed.store(false, Ordering::Release);
-            self.sleeping.store(true, Ordering::Relaxed);
+            state.sleeping = true;
             state = self.ready.wait(state).expect("inbox");
-            self.sleeping.store(false, Ordering::Relaxed);
+            state.sleeping = false;
         }
     }
 }

@@ -89,8 +89,9 @@ pub fn spawn_writer<T, W>(
         // timer, when it fires, sends a keepalive or waits out the rest of the idle period
         // (rather than a new timer per batch).
         let every = keepalive.unwrap_or(Duration::MAX);
+        let idle_from = |at: tokio::time::Instant| at.checked_add(every).unwrap_or_else(far_future);
         let mut wrote = tokio::time::Instant::now();
-        let idle = tokio::time::sleep_until(wrote.checked_add(every).unwrap_or_else(far_future));
+        let idle = tokio::time::sleep_until(idle_from(wrote));
         tokio::pin!(idle);
         'outer: loop {
             let first = match keepalive {
@@ -98,14 +99,14 @@ pub fn spawn_writer<T, W>(
                 Some(_) => tokio::select! {
                     first = rx.recv() => first,
                     _ = &mut idle => {
-                        let due = wrote.checked_add(every).unwrap_or_else(far_future);
+                        let due = idle_from(wrote);
                         if tokio::time::Instant::now() >= due {
                             if let Err(e) = writer.keepalive().await {
                                 tracing::debug!(error = %e, "keepalive failed; the connection is closed");
                                 break 'outer;
                             }
                             wrote = tokio::time::Instant::now();
-                            idle.as_mut().reset(wrote.checked_add(every).unwrap_or_else(far_future));
+                            idle.as_mut().reset(idle_from(wrote));
                         } else {
                             idle.as_mut().reset(due);
                         }

@@ -594,6 +594,16 @@ mod tests {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
+    /// Takes a snapshot, then puts back the journal as it was before it: as if the head died
+    /// after the snapshot's rename and before the journal's.
+    fn snapshot_and_lose_the_fresh_journal(mut j: Journal, path: &Path) {
+        j.sync().unwrap();
+        let old_journal = std::fs::read(path).unwrap();
+        j.snapshot(&head(), &Default::default(), 1).unwrap();
+        drop(j);
+        std::fs::write(path, &old_journal).unwrap();
+    }
+
     #[test]
     fn a_crash_between_snapshot_and_fresh_journal_drops_the_records_the_snapshot_holds() {
         let path = temp("between");
@@ -601,12 +611,7 @@ mod tests {
         for i in 0..5 {
             j.append(&input(i)).unwrap();
         }
-        j.sync().unwrap();
-        let old_journal = std::fs::read(&path).unwrap();
-        j.snapshot(&head(), &Default::default(), 1).unwrap();
-        drop(j);
-        // As if the head died after the snapshot's rename and before the journal's.
-        std::fs::write(&path, &old_journal).unwrap();
+        snapshot_and_lose_the_fresh_journal(j, &path);
         let (mut j, rec) = Journal::open(&path).unwrap();
         assert_eq!(rec.snapshot.map(|s| s.generation), Some(1));
         assert!(rec.entries.is_empty());
@@ -627,13 +632,8 @@ mod tests {
         for i in 2..5 {
             j.append(&input(i)).unwrap();
         }
-        j.sync().unwrap();
-        let old_journal = std::fs::read(&path).unwrap();
-        j.snapshot(&head(), &Default::default(), 1).unwrap();
-        drop(j);
-        // As if the head died after the second snapshot's rename and before the journal's: the
-        // journal goes on from snapshot 1, and snapshot 2 holds all it has.
-        std::fs::write(&path, &old_journal).unwrap();
+        // The journal goes on from snapshot 1, and snapshot 2 holds all it has.
+        snapshot_and_lose_the_fresh_journal(j, &path);
         let recording = crate::recording::read(&path).unwrap();
         assert_eq!(recording.snapshot.as_ref().map(|s| s.generation), Some(2));
         assert!(recording.entries.is_empty(), "{:?}", recording.entries);
